@@ -1,0 +1,219 @@
+"""`edge-convert`: a trained TensorFlow/Keras model → a TFLite bundle the device can run, with a report.
+
+Example:
+  edge-convert model.keras --mode int8 --calibration data/train --eval data/test \\
+      --labels labels.txt --out digits.tflite --report report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from converter.convert import IO_TYPES, MODES, convert, import_tensorflow, saved_model_dir
+from converter.datasets import calibration_tensors, folder_labels, list_examples, stratified_sample
+from converter.errors import ConvertError
+from converter.evaluate import Evaluation, evaluate, summarize
+from edge_infer import __version__
+from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, write_bundle
+from edge_infer.manifest import COLORS, ImageInputSpec, ManifestError, parse_manifest
+from edge_infer.runtime import Engine
+
+
+def _say(msg: str) -> None:
+    print(f"edge-convert: {msg}", file=sys.stderr, flush=True)
+
+
+def _read_labels(args: argparse.Namespace) -> list[str]:
+    if args.labels:
+        path = Path(args.labels)
+        try:
+            labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except OSError as exc:
+            raise ConvertError(f"{path}: cannot read labels file: {exc.strerror}") from None
+        if not labels:
+            raise ConvertError(f"{path}: labels file is empty")
+        if len(set(labels)) != len(labels):
+            raise ConvertError(f"{path}: labels file repeats a label")
+        return labels
+    if args.calibration:
+        return folder_labels(Path(args.calibration))
+    raise ConvertError("no labels: pass --labels FILE or a --calibration folder laid out by label")
+
+
+def _input_spec(args: argparse.Namespace, model_bytes: bytes) -> ImageInputSpec:
+    """Input size and colour from the model's input tensor, normalisation from the flags."""
+    shape = Engine(model_bytes).inputs[0].shape
+    if len(shape) != 4 or shape[3] not in (1, 3):
+        raise ConvertError(f"model input shape {shape} is not an image batch (1, H, W, 1|3)")
+    color = args.color or ("L" if shape[3] == 1 else "RGB")
+    if (color == "L") != (shape[3] == 1):
+        raise ConvertError(f"--color {color} does not fit the model's {shape[3]}-channel input")
+    return ImageInputSpec(width=shape[2], height=shape[1], color=color, scale=args.scale, offset=args.offset)
+
+
+def _manifest(
+    args: argparse.Namespace, model_bytes: bytes, spec: ImageInputSpec, labels: list[str], mode: str, tf: Any
+) -> dict[str, Any]:
+    model = Path(args.model)
+    return build_manifest_doc(
+        model_bytes,
+        name=args.name or model.stem,
+        version=args.model_version,
+        created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        task="classification",
+        model={"quantization": mode, "io_type": "float32" if mode == "float32" else args.io_type},
+        input=spec.to_dict(),
+        output={"activation": args.activation},
+        labels=labels,
+        thresholds={"default": args.threshold},
+        converter={"tool": "edge-convert", "version": __version__, "tensorflow": tf.__version__},
+    )
+
+
+def _in_memory_bundle(out: Path, model_bytes: bytes, doc: dict[str, Any]) -> Bundle:
+    try:
+        return Bundle(path=out, model_bytes=model_bytes, manifest=parse_manifest(doc))
+    except ManifestError as exc:
+        raise ConvertError(f"invalid manifest: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    model_path = Path(args.model)
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise ConvertError(f"{out.parent}: output folder does not exist")
+    labels = _read_labels(args)
+    calibration = list_examples(Path(args.calibration), "calibration") if args.calibration else None
+    eval_examples = list_examples(Path(args.eval), "eval") if args.eval else None
+    for examples, what in ((calibration, "calibration"), (eval_examples, "eval")):
+        unknown = sorted({ex.label for ex in examples or []} - set(labels))
+        if unknown:
+            raise ConvertError(f"{what} folder has label folders not in the labels: {', '.join(unknown)}")
+    if args.mode == "int8" and calibration is None:
+        raise ConvertError("--mode int8 needs --calibration DIR (representative images)")
+
+    _say("loading TensorFlow")
+    tf = import_tensorflow()
+    with saved_model_dir(model_path) as saved:
+        _say(f"converting {model_path} → float32")
+        float_bytes = convert(saved, "float32")
+        spec = _input_spec(args, float_bytes)
+        float_out = Engine(float_bytes).outputs[0]
+        if int(np.prod(float_out.shape)) != len(labels):
+            raise ConvertError(f"model has {int(np.prod(float_out.shape))} outputs but {len(labels)} labels")
+        variants: dict[str, bytes] = {"float32": float_bytes}
+        if args.mode == "int8":
+            assert calibration is not None
+            chosen = stratified_sample(calibration, args.calibration_samples)
+
+            def representative() -> Iterator[np.ndarray]:
+                bar = tqdm(total=len(chosen), desc="calibrate", unit="img", file=sys.stderr, leave=False)
+                for x in calibration_tensors(chosen, spec):
+                    bar.update()
+                    yield x
+                bar.close()
+
+            _say(f"converting → int8 ({args.io_type} I/O), calibrating on {len(chosen)} images")
+            variants["int8"] = convert(saved, "int8", representative, args.io_type)
+
+    docs = {mode: _manifest(args, data, spec, labels, mode, tf) for mode, data in variants.items()}
+    report: dict[str, Any] = {
+        "model": str(model_path),
+        "mode": args.mode,
+        "input": spec.to_dict(),
+        "labels": labels,
+        "variants": {mode: {"size_bytes": len(data)} for mode, data in variants.items()},
+    }
+    if eval_examples is not None:
+        evals: dict[str, Evaluation] = {
+            mode: evaluate(_in_memory_bundle(out, data, docs[mode]), eval_examples, mode)
+            for mode, data in variants.items()
+        }
+        reference = evals["float32"]
+        report["evaluation"] = {
+            "dataset": str(Path(args.eval)),
+            "examples": len(eval_examples),
+            "runtime": reference.runtime,
+            "variants": {
+                mode: summarize(ev, len(variants[mode]), None if mode == "float32" else reference)
+                for mode, ev in evals.items()
+            },
+        }
+        docs[args.mode]["evaluation"] = report["evaluation"]
+    try:
+        write_bundle(out, variants[args.mode], docs[args.mode])
+    except BundleError as exc:
+        raise ConvertError(str(exc)) from None
+    report["bundle"] = {"path": str(out), "bytes": out.stat().st_size, "sha256": docs[args.mode]["model"]["sha256"]}
+    report["seconds"] = round(time.monotonic() - started, 1)
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print_table(report)
+    _say(f"wrote {out} ({out.stat().st_size} bytes)" + (f" and {args.report}" if args.report else ""))
+    return 0
+
+
+def _print_table(report: dict[str, Any]) -> None:
+    evaluation = report.get("evaluation", {}).get("variants", {})
+    print(f"{'variant':<9} {'size':>10} {'accuracy':>9} {'agreement':>10} {'latency':>10}")
+    for mode, info in report["variants"].items():
+        ev = evaluation.get(mode, {})
+        acc = f"{ev['accuracy'] * 100:.2f}%" if "accuracy" in ev else "—"
+        agree = f"{ev['agreement_with_float32'] * 100:.2f}%" if "agreement_with_float32" in ev else "—"
+        lat = f"{ev['latency_ms']:.3f}ms" if "latency_ms" in ev else "—"
+        print(f"{mode:<9} {info['size_bytes']:>9,}B {acc:>9} {agree:>10} {lat:>10}")
+    if evaluation:
+        print(f"(evaluated on {report['evaluation']['examples']} images with {report['evaluation']['runtime']})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edge-convert",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
+    p.add_argument("model", help="SavedModel directory or .keras file")
+    p.add_argument("--mode", choices=MODES, default="int8", help="quantization (default: int8)")
+    p.add_argument("--io-type", choices=IO_TYPES, default="uint8", help="int8 mode: input/output type")
+    p.add_argument("--calibration", help="representative images: <dir>/<label>/*.png|jpg")
+    p.add_argument("--calibration-samples", type=int, default=300, help="images used to calibrate (300)")
+    p.add_argument("--eval", help="labelled held-out images: <dir>/<label>/*.png|jpg")
+    p.add_argument("--labels", help="labels file, one per line, in model output order")
+    p.add_argument("--out", required=True, help="bundle to write (.tflite)")
+    p.add_argument("--report", help="write the conversion report as JSON here")
+    p.add_argument("--name", help="model name in the manifest (default: model file stem)")
+    p.add_argument("--model-version", default="1.0.0", help="model version in the manifest")
+    p.add_argument("--color", choices=COLORS, help="colour order (default: from the input channels)")
+    p.add_argument("--scale", type=float, default=1.0 / 255.0, help="normalise: x = pixel*scale + offset")
+    p.add_argument("--offset", type=float, default=0.0, help="normalise: x = pixel*scale + offset")
+    p.add_argument("--activation", choices=("softmax", "none", "logits"), default="softmax",
+                   help="softmax: the model outputs probabilities; logits: the device applies softmax")
+    p.add_argument("--threshold", type=float, default=0.5, help="recommended confidence threshold")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except ConvertError as exc:
+        print(f"edge-convert: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""One-file model bundles: a TFLite flatbuffer with a zip archive (manifest.json) appended.
+
+TFLite runtimes ignore the trailing bytes, so a bundle still loads as a plain model in any TFLite tool;
+Python's `zipfile` finds the archive at the end of the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_infer.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ManifestError, parse_manifest
+
+MANIFEST_NAME = "manifest.json"
+TFLITE_IDENTIFIER = b"TFL3"
+
+
+class BundleError(Exception):
+    """A bundle the device cannot honour. `str()` is one line naming the file and the problem."""
+
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = Path(path)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified bundle: the model bytes (without the archive) and its manifest."""
+
+    path: Path
+    model_bytes: bytes
+    manifest: Manifest
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.model_sha256
+
+
+def model_digest(model_bytes: bytes) -> str:
+    """The sha256 hex digest that identifies a model everywhere (manifest, messages, msg_id)."""
+    return hashlib.sha256(model_bytes).hexdigest()
+
+
+def build_manifest_doc(model_bytes: bytes, **fields: Any) -> dict[str, Any]:
+    """Complete a manifest document with the format header and the model's size and digest."""
+    doc: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+    doc.update(fields)
+    model = dict(doc.get("model", {}))
+    model.update({"sha256": model_digest(model_bytes), "size": len(model_bytes)})
+    doc["model"] = model
+    return doc
+
+
+def write_bundle(path: Path | str, model_bytes: bytes, manifest_doc: dict[str, Any]) -> Path:
+    """Validate the manifest and write model + archive atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    if model_bytes[4:8] != TFLITE_IDENTIFIER:
+        raise BundleError(path, "model bytes are not a TFLite flatbuffer (no TFL3 identifier)")
+    try:
+        manifest = parse_manifest(manifest_doc)
+    except ManifestError as exc:
+        raise BundleError(path, f"invalid manifest: {exc}") from None
+    if manifest.model_sha256 != model_digest(model_bytes) or manifest.model_size != len(model_bytes):
+        raise BundleError(path, "manifest model.sha256/model.size do not describe these model bytes")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr(MANIFEST_NAME, json.dumps(manifest_doc, indent=2, sort_keys=True) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(model_bytes)
+        fh.write(archive.getvalue())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest_doc(path: Path | str) -> tuple[bytes, dict[str, Any]]:
+    """Return the whole file's bytes and the decoded manifest document, without validating it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(path, "bundle not found") from None
+    except IsADirectoryError:
+        raise BundleError(path, "is a directory, expected a bundle file") from None
+    except OSError as exc:
+        raise BundleError(path, f"cannot read bundle: {exc.strerror}") from None
+    if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
+        raise BundleError(path, "not a TFLite model (no TFL3 identifier); the file is corrupt or not a model")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            raw = zf.read(MANIFEST_NAME) if MANIFEST_NAME in zf.namelist() else None
+    except zipfile.BadZipFile:
+        raise BundleError(
+            path,
+            "no manifest archive found: a plain .tflite model or a truncated bundle "
+            "(make bundles with edge-convert)",
+        ) from None
+    except Exception as exc:  # zlib.error, EOFError, ...: a damaged archive must never crash the caller
+        raise BundleError(path, f"corrupt bundle archive: {exc}") from None
+    if raw is None:
+        raise BundleError(path, f"archive has no {MANIFEST_NAME}")
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(path, f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
+    return data, doc
+
+
+def load_bundle(path: Path | str) -> Bundle:
+    """Read and verify a bundle: manifest valid, model bytes intact (size and sha256)."""
+    path = Path(path)
+    data, doc = read_manifest_doc(path)
+    try:
+        manifest = parse_manifest(doc)
+    except ManifestError as exc:
+        raise BundleError(path, f"invalid manifest: {exc}") from None
+    if manifest.model_size > len(data):
+        raise BundleError(path, "truncated: the file is shorter than the model the manifest describes")
+    model_bytes = data[: manifest.model_size]
+    if model_digest(model_bytes) != manifest.model_sha256:
+        raise BundleError(path, "model bytes do not match the manifest's sha256 (corrupted or tampered file)")
+    return Bundle(path=path, model_bytes=model_bytes, manifest=manifest)

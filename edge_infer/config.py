@@ -1,0 +1,198 @@
+"""The device config (TOML). Validated on load: every error names the file, the key and what was expected.
+
+Relative paths are resolved against the config file's folder, so a config and its bundle travel together.
+"""
+
+from __future__ import annotations
+
+import difflib
+import socket
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Check = Callable[[Any], str | None]
+
+
+class ConfigError(Exception):
+    """One line: `<file>: <key>: <problem>`."""
+
+
+@dataclass(frozen=True)
+class Field:
+    kind: type | tuple[type, ...]
+    default: Any = None
+    required: bool = False
+    choices: tuple[Any, ...] = ()
+    check: Check | None = None
+    is_path: bool = False
+
+
+def _between(lo: float, hi: float) -> Check:
+    return lambda v: None if lo <= v <= hi else f"expected a value from {lo} to {hi}, got {v}"
+
+
+def _topic_segment(v: str) -> str | None:
+    if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
+        return f"'{v}' is not a valid MQTT topic segment (no wildcards, no leading/trailing '/')"
+    return None
+
+
+def _device_id(v: str) -> str | None:
+    if not v or any(c in v for c in "/+#\0 "):
+        return f"'{v}' is not a valid device id (letters, digits, '-', '_', '.'; no '/', '+', '#', spaces)"
+    return None
+
+
+SCHEMA: dict[str, dict[str, Field]] = {
+    "device": {
+        "id": Field(str, default=None, check=_device_id),
+        "state_dir": Field(str, default="/var/lib/edge-infer", is_path=True),
+    },
+    "model": {
+        "bundle": Field(str, required=True, is_path=True),
+        "threads": Field(int, default=1, check=_between(1, 64)),
+        "runtime": Field(str, default="auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow")),
+        "top_k": Field(int, default=3, check=_between(1, 1000)),
+        "threshold": Field((int, float), default=None, check=_between(0.0, 1.0)),
+        "thresholds": Field(dict, default={}),
+    },
+    "source": {
+        "type": Field(str, required=True, choices=("directory",)),
+        "name": Field(str, default=None),
+        "path": Field(str, required=True, is_path=True),
+        "poll_interval": Field((int, float), default=0.5, check=_between(0.01, 3600)),
+        "settle_seconds": Field((int, float), default=1.0, check=_between(0.0, 3600)),
+        "max_file_bytes": Field(int, default=50 * 1024 * 1024, check=_between(1, 2**40)),
+    },
+    "gate": {
+        "max_pixels": Field(int, default=40_000_000, check=_between(1, 2**40)),
+        "min_side": Field(int, default=8, check=_between(1, 100_000)),
+    },
+    "mqtt": {
+        "host": Field(str, default="127.0.0.1"),
+        "port": Field(int, default=1883, check=_between(1, 65535)),
+        "topic_prefix": Field(str, default="edge", check=_topic_segment),
+        "client_id": Field(str, default=None),
+        "keepalive": Field(int, default=30, check=_between(5, 3600)),
+        "qos": Field(int, default=1, choices=(0, 1)),
+        "protocol": Field(str, default="5", choices=("5", "3.1.1")),
+        "max_inflight": Field(int, default=32, check=_between(1, 1000)),
+        "drain_timeout": Field((int, float), default=30.0, check=_between(0.0, 86400)),
+    },
+    "outbox": {
+        "path": Field(str, default=None, is_path=True),
+        "durability": Field(str, default="full", choices=("full", "normal")),
+    },
+    "log": {
+        "level": Field(str, default="info", choices=("debug", "info", "warning", "error")),
+    },
+}
+REQUIRED_SECTIONS = ("model", "source")
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    device: dict[str, Any]
+    model: dict[str, Any]
+    source: dict[str, Any]
+    gate: dict[str, Any]
+    mqtt: dict[str, Any]
+    outbox: dict[str, Any]
+    log: dict[str, Any]
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", int: "an integer", float: "a number", dict: "a table", bool: "true/false"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if kinds == (int, float):
+        return "a number"
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _unknown(path: Path, where: str, key: str, known: list[str]) -> ConfigError:
+    hint = difflib.get_close_matches(key, known, n=1)
+    suggestion = f" (did you mean '{hint[0]}'?)" if hint else f" (known: {', '.join(known)})"
+    return ConfigError(f"{path}: {where}: unknown key{suggestion}")
+
+
+def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{name}]: expected a table, got {type(table).__name__}")
+    fields = SCHEMA[name]
+    for key in table:
+        if key not in fields:
+            raise _unknown(path, f"[{name}].{key}", key, list(fields))
+    out: dict[str, Any] = {}
+    for key, spec in fields.items():
+        where = f"[{name}].{key}"
+        if key not in table:
+            if spec.required:
+                raise ConfigError(f"{path}: {where}: missing (required)")
+            out[key] = spec.default
+            continue
+        value = table[key]
+        kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise ConfigError(f"{path}: {where}: expected {_type_name(spec.kind)}, got {value!r}")
+        if spec.choices and value not in spec.choices:
+            choices = ", ".join(repr(c) for c in spec.choices)
+            raise ConfigError(f"{path}: {where}: expected one of {choices}, got {value!r}")
+        if spec.check and (problem := spec.check(value)):
+            raise ConfigError(f"{path}: {where}: {problem}")
+        if spec.is_path:
+            value = str((path.parent / Path(value).expanduser()).resolve())
+        out[key] = value
+    return out
+
+
+def _validate_thresholds(path: Path, thresholds: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for label, value in thresholds.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{path}: [model.thresholds].{label}: expected a number from 0 to 1, got {value!r}")
+        out[label] = float(value)
+    return out
+
+
+def parse_config(doc: dict[str, Any], path: Path) -> Config:
+    """Validate a decoded TOML document, fill defaults and resolve paths."""
+    for section in doc:
+        if section not in SCHEMA:
+            raise _unknown(path, f"[{section}]", section, list(SCHEMA))
+    for section in REQUIRED_SECTIONS:
+        if section not in doc:
+            raise ConfigError(f"{path}: [{section}]: missing section (required)")
+    sections = {name: _validate_section(path, name, doc.get(name, {})) for name in SCHEMA}
+    device = sections["device"]
+    if device["id"] is None:
+        device["id"] = socket.gethostname().split(".")[0] or "edge-device"
+    sections["model"]["thresholds"] = _validate_thresholds(path, sections["model"]["thresholds"])
+    if sections["outbox"]["path"] is None:
+        sections["outbox"]["path"] = str(Path(device["state_dir"]) / "outbox.db")
+    if sections["mqtt"]["client_id"] is None:
+        sections["mqtt"]["client_id"] = f"edge-infer-{device['id']}"
+    if sections["source"]["name"] is None:
+        sections["source"]["name"] = sections["source"]["type"]
+    return Config(path=path, **sections)
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; raises `ConfigError` with a one-line message."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        doc = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    return parse_config(doc, path.resolve())

@@ -1,0 +1,166 @@
+"""Wiring: config → bundle, runtime, source, pipeline, outbox and publisher; signals; the main loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from edge_infer import __version__
+from edge_infer.bundle import load_bundle
+from edge_infer.config import Config
+from edge_infer.decide import Thresholds
+from edge_infer.messages import Identity, message_id, rejection_payload, result_payload, status_payload
+from edge_infer.outbox import Outbox
+from edge_infer.pipeline import Classifier, Outcome, Pipeline
+from edge_infer.publisher import MqttSettings, Publisher
+from edge_infer.sources import Sample, make_source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    results: int = 0
+    uncertain: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
+    published: int = 0
+    queued: int = 0
+    dead_letters: int = 0
+
+    @property
+    def rejected(self) -> int:
+        return sum(self.rejections.values())
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        bundle = load_bundle(cfg.model["bundle"])
+        self.classifier = Classifier(bundle, cfg.model["threads"], cfg.model["runtime"], cfg.model["top_k"])
+        manifest = bundle.manifest
+        self.pipeline = Pipeline(
+            self.classifier,
+            Thresholds(manifest, cfg.model["threshold"], cfg.model["thresholds"]),
+            cfg.gate["max_pixels"],
+            cfg.gate["min_side"],
+        )
+        self.identity = Identity(
+            device_id=cfg.device["id"],
+            boot_id=str(uuid.uuid4()),
+            model={"name": manifest.name, "version": manifest.version, "sha256": manifest.model_sha256},
+        )
+        self.outbox = Outbox(cfg.outbox["path"], cfg.outbox["durability"])
+        self.source = make_source(cfg.source)
+        self.stop_event = threading.Event()
+        self.summary = RunSummary()
+        mqtt = cfg.mqtt
+        self.publisher = Publisher(
+            MqttSettings(
+                host=mqtt["host"],
+                port=mqtt["port"],
+                topic_prefix=mqtt["topic_prefix"],
+                device_id=cfg.device["id"],
+                client_id=mqtt["client_id"],
+                keepalive=mqtt["keepalive"],
+                qos=mqtt["qos"],
+                protocol=mqtt["protocol"],
+                max_inflight=mqtt["max_inflight"],
+            ),
+            cfg.outbox["path"],
+            birth=lambda: status_payload(
+                self.identity, "online", version=__version__, runtime=self.classifier.engine.runtime.to_dict()
+            ),
+            will=lambda: status_payload(self.identity, "offline"),
+            durability=cfg.outbox["durability"],
+        )
+
+    def _done(self, sample: Sample) -> bool:
+        if self.outbox.is_processed(sample.source, sample.key):
+            self.summary.skipped += 1
+            return True
+        return False
+
+    def handle(self, sample: Sample) -> Outcome:
+        """Process one sample and commit its result or rejection, with its checkpoint, to the outbox."""
+        outcome = self.pipeline.process(sample)
+        msg_id = message_id(sample, self.identity.model["sha256"])
+        checkpoint = (sample.source, sample.key)
+        if outcome.verdict.ok:
+            assert outcome.result is not None and outcome.decision is not None
+            result, decision = outcome.result, outcome.decision
+            self.outbox.commit(
+                "results",
+                msg_id,
+                lambda seq: result_payload(
+                    self.identity, seq, msg_id, sample, result, decision, outcome.latency_ms
+                ),
+                checkpoint,
+            )
+            self.summary.results += 1
+            self.summary.uncertain += decision.status == "uncertain"
+            log.debug("event=result input=%s label=%s confidence=%.3f", sample.input_id, result.label,
+                      result.confidence)
+        else:
+            verdict = outcome.verdict
+            self.outbox.commit(
+                "rejections",
+                msg_id,
+                lambda seq: rejection_payload(self.identity, seq, msg_id, sample, verdict),
+                checkpoint,
+            )
+            reason = verdict.reason or "unknown"
+            self.summary.rejections[reason] = self.summary.rejections.get(reason, 0) + 1
+            log.info("event=rejected input=%s reason=%s detail=%r", sample.input_id, reason, verdict.detail)
+        self.publisher.notify()
+        return outcome
+
+    def run(self, once: bool = False) -> RunSummary:
+        """Process inputs until SIGTERM/SIGINT (or, with `once`, until the source is exhausted and the
+        outbox has been given a chance to drain)."""
+        runtime = self.classifier.engine.runtime
+        log.info(
+            "event=start version=%s device=%s boot_id=%s model=%s@%s sha256=%s runtime=%s/%s outbox=%s",
+            __version__, self.identity.device_id, self.identity.boot_id, self.identity.model["name"],
+            self.identity.model["version"], self.identity.model["sha256"][:12], runtime.name, runtime.version,
+            self.outbox.path,
+        )
+        self.publisher.start()
+        try:
+            for sample in self.source.samples(self.stop_event, once, self._done):
+                self.handle(sample)
+            if once:
+                self._drain(self.cfg.mqtt["drain_timeout"])
+        finally:
+            self.publisher.stop()
+            self.summary.published = self.publisher.published
+            self.summary.dead_letters = self.publisher.dead_lettered
+            self.summary.queued = self.outbox.backlog()
+            self.outbox.close()
+        log.info(
+            "event=stop results=%d uncertain=%d rejected=%d skipped=%d published=%d queued=%d",
+            self.summary.results, self.summary.uncertain, self.summary.rejected, self.summary.skipped,
+            self.summary.published, self.summary.queued,
+        )
+        return self.summary
+
+    def _drain(self, timeout: float) -> None:
+        """Wait for the publisher to empty the outbox; give up early when the broker is unreachable."""
+        deadline = time.monotonic() + timeout
+        self.publisher.notify()
+        while self.outbox.backlog() and time.monotonic() < deadline and not self.stop_event.is_set():
+            if self.publisher.unreachable():
+                break
+            time.sleep(0.05)
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("event=signal signal=%s (stopping)", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)

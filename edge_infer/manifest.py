@@ -1,0 +1,160 @@
+"""The bundle manifest: what the device needs to run a model, validated with key paths in every error."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_NAME = "edge-infer-bundle"
+FORMAT_VERSION = 1
+TASKS = ("classification",)
+COLORS = ("L", "RGB", "BGR")
+RESIZE_MODES = ("stretch",)
+OUTPUT_ACTIVATIONS = ("softmax", "none", "logits")
+
+
+class ManifestError(ValueError):
+    """A manifest that does not describe something this version can run; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ImageInputSpec:
+    """How raw images become the model's input tensor (see `edge_infer.preprocess`)."""
+
+    width: int
+    height: int
+    color: str = "RGB"
+    resize: str = "stretch"
+    scale: float = 1.0 / 255.0
+    offset: float = 0.0
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "L" else 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "image",
+            "width": self.width,
+            "height": self.height,
+            "color": self.color,
+            "resize": self.resize,
+            "normalize": {"scale": self.scale, "offset": self.offset},
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything in `manifest.json` the device acts on; `raw` keeps the full document (evaluation etc.)."""
+
+    name: str
+    version: str
+    task: str
+    model_sha256: str
+    model_size: int
+    input: ImageInputSpec
+    labels: tuple[str, ...]
+    output_activation: str = "softmax"
+    default_threshold: float = 0.5
+    label_thresholds: dict[str, float] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def threshold_for(self, label: str) -> float:
+        return self.label_thresholds.get(label, self.default_threshold)
+
+
+def _get(doc: dict[str, Any], path: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
+    """Fetch a dotted key from a nested dict, checking its type; errors name the dotted key."""
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            if default is not ...:
+                return default
+            raise ManifestError(f"missing key '{path}'")
+        node = node[part]
+    if isinstance(node, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+        raise ManifestError(f"'{path}': expected {_kind_name(kind)}, got a boolean")
+    if not isinstance(node, kind):
+        raise ManifestError(f"'{path}': expected {_kind_name(kind)}, got {type(node).__name__}")
+    return node
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _choice(value: str, path: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ManifestError(f"'{path}': unsupported value '{value}' (supported: {', '.join(allowed)})")
+    return value
+
+
+def parse_manifest(doc: Any) -> Manifest:
+    """Validate a decoded manifest.json and return the typed view of it."""
+    if not isinstance(doc, dict):
+        raise ManifestError("manifest is not a JSON object")
+    fmt = _get(doc, "format", str)
+    if fmt != FORMAT_NAME:
+        raise ManifestError(f"'format' is '{fmt}', expected '{FORMAT_NAME}'")
+    version = _get(doc, "format_version", int)
+    if version > FORMAT_VERSION:
+        raise ManifestError(
+            f"bundle format version {version} is newer than this edge-infer supports ({FORMAT_VERSION}); "
+            "upgrade edge-infer"
+        )
+    if version < 1:
+        raise ManifestError(f"'format_version': {version} is not a valid version")
+    task = _choice(_get(doc, "task", str), "task", TASKS)
+    sha = _get(doc, "model.sha256", str)
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise ManifestError("'model.sha256': expected 64 lowercase hex digits")
+    size = _get(doc, "model.size", int)
+    if size <= 0:
+        raise ManifestError("'model.size': expected a positive integer")
+
+    kind = _get(doc, "input.kind", str)
+    _choice(kind, "input.kind", ("image",))
+    width = _get(doc, "input.width", int)
+    height = _get(doc, "input.height", int)
+    if width <= 0 or height <= 0:
+        raise ManifestError("'input.width'/'input.height': expected positive integers")
+    spec = ImageInputSpec(
+        width=width,
+        height=height,
+        color=_choice(_get(doc, "input.color", str), "input.color", COLORS),
+        resize=_choice(_get(doc, "input.resize", str, "stretch"), "input.resize", RESIZE_MODES),
+        scale=float(_get(doc, "input.normalize.scale", (int, float), 1.0 / 255.0)),
+        offset=float(_get(doc, "input.normalize.offset", (int, float), 0.0)),
+    )
+    labels = _get(doc, "labels", list)
+    if not labels or not all(isinstance(x, str) and x for x in labels):
+        raise ManifestError("'labels': expected a non-empty list of non-empty strings")
+    if len(set(labels)) != len(labels):
+        raise ManifestError("'labels': labels must be unique")
+    default_threshold = float(_get(doc, "thresholds.default", (int, float), 0.5))
+    per_label = _get(doc, "thresholds.labels", dict, {})
+    for label, value in per_label.items():
+        if label not in labels:
+            raise ManifestError(f"'thresholds.labels.{label}': not one of the bundle's labels")
+        if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ManifestError(f"'thresholds.labels.{label}': expected a number in [0, 1]")
+    if not 0.0 <= default_threshold <= 1.0:
+        raise ManifestError("'thresholds.default': expected a number in [0, 1]")
+    activation = _choice(
+        _get(doc, "output.activation", str, "softmax"), "output.activation", OUTPUT_ACTIVATIONS
+    )
+    return Manifest(
+        name=_get(doc, "name", str),
+        version=_get(doc, "version", str),
+        task=task,
+        model_sha256=sha,
+        model_size=size,
+        input=spec,
+        labels=tuple(labels),
+        output_activation=activation,
+        default_threshold=default_threshold,
+        label_thresholds={k: float(v) for k, v in per_label.items()},
+        raw=doc,
+    )

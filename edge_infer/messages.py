@@ -1,0 +1,95 @@
+"""MQTT payloads. Every message carries the envelope of DESIGN.md; the JSON Schemas in `schemas/` describe
+them and the tests validate real messages against those schemas."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from edge_infer.clock import rfc3339, time_synced
+from edge_infer.decide import Decision
+from edge_infer.gates import Verdict
+from edge_infer.postprocess import Classification
+from edge_infer.sources import Sample
+
+PAYLOAD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is speaking: the device, this run of the daemon, and the model it runs."""
+
+    device_id: str
+    boot_id: str
+    model: dict[str, str]  # name, version, sha256
+
+
+def message_id(sample: Sample, model_sha256: str) -> str:
+    """Stable across restarts: the same input through the same model always yields the same msg_id."""
+    h = hashlib.sha256()
+    for part in (sample.source, sample.input_id, sample.fingerprint, model_sha256):
+        h.update(part.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()[:32]
+
+
+def _encode(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
+
+
+def _envelope(identity: Identity, seq: int, msg_id: str, sample: Sample) -> dict[str, Any]:
+    return {
+        "v": PAYLOAD_VERSION,
+        "device_id": identity.device_id,
+        "boot_id": identity.boot_id,
+        "seq": seq,
+        "msg_id": msg_id,
+        "ts": rfc3339(time.time()),
+        "time_synced": time_synced(),
+        "input": {"source": sample.source, "id": sample.input_id, "captured_at": rfc3339(sample.ts)},
+        "model": identity.model,
+    }
+
+
+def result_payload(
+    identity: Identity,
+    seq: int,
+    msg_id: str,
+    sample: Sample,
+    result: Classification,
+    decision: Decision,
+    latency_ms: float,
+) -> bytes:
+    doc = _envelope(identity, seq, msg_id, sample)
+    doc.update(
+        task="classification",
+        result=result.to_dict(),
+        status=decision.status,
+        threshold=decision.threshold,
+        latency_ms=round(latency_ms, 3),
+    )
+    return _encode(doc)
+
+
+def rejection_payload(identity: Identity, seq: int, msg_id: str, sample: Sample, verdict: Verdict) -> bytes:
+    doc = _envelope(identity, seq, msg_id, sample)
+    doc.update(reason=verdict.reason, detail=verdict.detail, metrics=verdict.metrics)
+    return _encode(doc)
+
+
+def status_payload(identity: Identity, state: str, **fields: Any) -> bytes:
+    """Retained `status`: `online` (birth, with version/runtime/model) or `offline` (LWT, clean stop)."""
+    doc: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
+        "device_id": identity.device_id,
+        "boot_id": identity.boot_id,
+        "state": state,
+        "ts": rfc3339(time.time()),
+        "time_synced": time_synced(),
+        "model": identity.model,
+    }
+    doc.update(fields)
+    return _encode(doc)

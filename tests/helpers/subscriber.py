@@ -1,0 +1,62 @@
+"""A real MQTT subscriber (paho 2.x) that records everything under a topic filter."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    @property
+    def kind(self) -> str:
+        return self.topic.rsplit("/", 1)[-1]
+
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.payload)
+
+
+class Subscriber:
+    def __init__(self, port: int, topic: str = "#") -> None:
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not self._subscribed.wait(10):
+            raise RuntimeError("subscriber did not get SUBACK")
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def of_kind(self, kind: str) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if m.kind == kind]
+
+    def wait_for(self, predicate: Callable[[Subscriber], bool], timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(0.05)
+        return predicate(self)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
