@@ -1,0 +1,122 @@
+"""The bundle contract: one file, loads as a plain TFLite model, refused with one line when damaged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edge_infer.bundle import BundleError, build_manifest_doc, load_bundle, read_manifest_doc, write_bundle
+from edge_infer.runtime import RUNTIMES, Engine
+from tests.conftest import DIGITS_INT8
+
+SHIPPED = DIGITS_INT8.read_bytes()
+BUNDLE = load_bundle(DIGITS_INT8)
+
+
+def _doc(**overrides: object) -> dict:
+    _, doc = read_manifest_doc(DIGITS_INT8)
+    doc = {k: v for k, v in doc.items() if k not in ("format", "format_version")}
+    doc.update(overrides)
+    return build_manifest_doc(BUNDLE.model_bytes, **doc)
+
+
+def test_shipped_bundle_is_verified_and_described() -> None:
+    m = BUNDLE.manifest
+    assert (m.name, m.task, m.labels) == ("digits", "classification", tuple(str(d) for d in range(10)))
+    assert (m.input.width, m.input.height, m.input.color) == (16, 16, "L")
+    assert m.model_size == len(BUNDLE.model_bytes) < len(SHIPPED)
+    assert BUNDLE.model_bytes[4:8] == b"TFL3"
+    assert m.raw["evaluation"]["variants"]["int8"]["accuracy"] > 0.95
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    out = write_bundle(tmp_path / "b.tflite", BUNDLE.model_bytes, _doc(version="2.0.0"))
+    again = load_bundle(out)
+    assert again.model_bytes == BUNDLE.model_bytes
+    assert again.manifest.version == "2.0.0"
+    assert not list(tmp_path.glob(".*.tmp")), "atomic write leaves no temp file"
+
+
+def test_bundle_still_loads_as_a_plain_model_in_every_installed_runtime(tmp_path: Path) -> None:
+    """Trailing archive bytes are ignored by TFLite runtimes: the whole file is a valid .tflite."""
+    loaded = []
+    for name in RUNTIMES:
+        try:
+            engine = Engine(SHIPPED, runtime=name)
+        except Exception:
+            continue
+        loaded.append(name)
+        assert engine.inputs[0].shape == (1, 16, 16, 1)
+    assert loaded, "at least one runtime must load the whole bundle file"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b[: BUNDLE.manifest.model_size], "no manifest archive"),
+        (lambda b: b[: len(b) // 2], "no manifest archive"),
+        (lambda b: b[:1000] + bytes([b[1000] ^ 0xFF]) + b[1001:], "do not match the manifest's sha256"),
+        (lambda b: b"", "no TFL3 identifier"),
+        (lambda b: b"\x89PNG\r\n\x1a\n" + b[8:], "no TFL3 identifier"),
+        (lambda b: b[:-10], "archive"),
+    ],
+    ids=["plain-tflite", "truncated", "flipped-model-byte", "empty", "not-a-model", "cut-archive"],
+)
+def test_damaged_bundles_are_refused_with_one_line(tmp_path: Path, damage, message: str) -> None:
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(damage(SHIPPED))
+    with pytest.raises(BundleError) as err:
+        load_bundle(path)
+    text = str(err.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": 99}, "newer than this edge-infer supports"),
+        ({"task": "detection-3d"}, "unsupported value 'detection-3d'"),
+        ({"labels": []}, "'labels'"),
+        ({"input": {"kind": "image", "width": 16, "height": 16, "color": "CMYK"}}, "'input.color'"),
+        ({"thresholds": {"default": 1.5}}, "'thresholds.default'"),
+    ],
+)
+def test_unsupported_manifests_are_refused(tmp_path: Path, change: dict, message: str) -> None:
+    doc = _doc()
+    doc.update(change)
+    import io
+    import zipfile
+
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("manifest.json", json.dumps(doc))
+    path = tmp_path / "m.tflite"
+    path.write_bytes(BUNDLE.model_bytes + archive.getvalue())
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path)
+
+
+def test_missing_bundle() -> None:
+    with pytest.raises(BundleError, match="bundle not found"):
+        load_bundle("/nonexistent/model.tflite")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(0, len(SHIPPED) - 1), st.integers(0, 255)), min_size=1, max_size=8),
+       st.integers(1, len(SHIPPED)))
+def test_random_damage_never_escapes_as_anything_but_bundle_error(tmp_path: Path, flips, cut) -> None:
+    data = bytearray(SHIPPED[:cut])
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    path = tmp_path / "fuzz.tflite"
+    path.write_bytes(bytes(data))
+    try:
+        bundle = load_bundle(path)
+    except BundleError:
+        return
+    assert bundle.model_bytes == BUNDLE.model_bytes  # only damage outside the model (and manifest) may pass

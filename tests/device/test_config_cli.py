@@ -1,0 +1,115 @@
+"""Config validation and the CLI's user-facing errors: exit 2, one line, naming the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_infer.config import ConfigError, load_config
+from tests.conftest import DIGITS_INT8, REPO, run_cli, write_config
+from tests.helpers.broker import Mosquitto, free_port
+
+DEVICE_CONFIGS = sorted((REPO / "device_configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", DEVICE_CONFIGS, ids=[p.stem for p in DEVICE_CONFIGS])
+def test_every_shipped_device_config_is_valid(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.mqtt["topic_prefix"] and cfg.model["threads"] >= 1
+
+
+def test_demo_config_resolves_paths_relative_to_itself() -> None:
+    cfg = load_config(REPO / "device_configs" / "demo.toml")
+    assert Path(cfg.model["bundle"]) == DIGITS_INT8
+    assert Path(cfg.source["path"]) == REPO / "demo" / "samples"
+    assert cfg.outbox["path"] == str(REPO / ".demo-state" / "outbox.db")
+    assert cfg.mqtt["client_id"] == "edge-infer-demo-pi"
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[model]\nbundle='x'\n[source]\ntype='directory'\npath='.'\n[mqtt]\nprot=1883\n",
+         "[mqtt].prot: unknown key (did you mean 'port'?)"),
+        ("[model]\nbundle='x'\n[source]\ntype='directory'\npath='.'\n[mqtt]\nport='abc'\n",
+         "[mqtt].port: expected an integer, got 'abc'"),
+        ("[model]\nbundle='x'\n[source]\ntype='directory'\npath='.'\n[mqtt]\nport=70000\n",
+         "[mqtt].port: expected a value from 1 to 65535, got 70000"),
+        ("[model]\nbundle='x'\n[source]\ntype='camera'\npath='.'\n", "[source].type: expected one of 'directory'"),
+        ("[model]\nbundle='x'\n", "[source]: missing section (required)"),
+        ("[model]\n[source]\ntype='directory'\npath='.'\n", "[model].bundle: missing (required)"),
+        ("[model]\nbundle='x'\nthreads=true\n[source]\ntype='directory'\npath='.'\n",
+         "[model].threads: expected an integer, got True"),
+        ("[model]\nbundle='x'\n[source]\ntype='directory'\npath='.'\n[mqtt]\ntopic_prefix='a/#'\n",
+         "[mqtt].topic_prefix: 'a/#' is not a valid MQTT topic segment"),
+        ("[model]\nbundle='x'\n[model.thresholds]\n'7'=2.0\n[source]\ntype='directory'\npath='.'\n",
+         "[model.thresholds].7: expected a number from 0 to 1"),
+        ("[modle]\nbundle='x'\n", "[modle]: unknown key (did you mean 'model'?)"),
+        ("[model\nbundle='x'\n", "invalid TOML"),
+    ],
+)
+def test_config_errors_name_file_and_key(tmp_path: Path, toml: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path.resolve() if 'TOML' not in message else path}: ")
+    assert message in str(err.value)
+
+
+def _assert_one_line_exit_2(proc, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("edge-infer: error: ")
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_cli_bad_config_exits_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[model]\nbundle='x.tflite'\n[source]\ntype='directory'\npath='.'\n[mqtt]\nport=-1\n")
+    for command in ("run", "check"):
+        _assert_one_line_exit_2(run_cli(command, "--config", str(cfg)), str(cfg.resolve()), "[mqtt].port")
+
+
+def test_cli_missing_config_exits_2(tmp_path: Path) -> None:
+    _assert_one_line_exit_2(run_cli("run", "--config", str(tmp_path / "nope.toml")), "config file not found")
+
+
+def test_cli_missing_bundle_exits_2(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", bundle=tmp_path / "gone.tflite", source=tmp_path, state=tmp_path / "s",
+                       port=free_port())
+    _assert_one_line_exit_2(run_cli("run", "--config", str(cfg), "--once"), "gone.tflite", "bundle not found")
+
+
+def test_cli_corrupted_bundle_exits_2_and_processes_nothing(tmp_path: Path) -> None:
+    data = bytearray(DIGITS_INT8.read_bytes())
+    data[2000] ^= 0x55
+    bad = tmp_path / "corrupt.tflite"
+    bad.write_bytes(bytes(data))
+    (tmp_path / "in").mkdir()
+    cfg = write_config(tmp_path / "c.toml", bundle=bad, source=tmp_path / "in", state=tmp_path / "s",
+                       port=free_port())
+    _assert_one_line_exit_2(run_cli("run", "--config", str(cfg), "--once"), "corrupt.tflite", "sha256")
+    assert not (tmp_path / "s" / "outbox.db").exists()
+
+
+def test_check_reports_bundle_runtime_and_broker(tmp_path: Path) -> None:
+    (tmp_path / "b").mkdir()
+    broker = Mosquitto(tmp_path / "b").start()
+    try:
+        cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path, state=tmp_path / "s",
+                           port=broker.port)
+        proc = run_cli("check", "--config", str(cfg))
+        assert proc.returncode == 0, proc.stderr
+        assert "bundle   ok:" in proc.stdout and "digits 1.0.0" in proc.stdout
+        assert "runtime  ok:" in proc.stdout
+        assert f"broker   ok: 127.0.0.1:{broker.port} reachable" in proc.stdout
+    finally:
+        broker.stop()
+    proc = run_cli("check", "--config", str(cfg))
+    assert proc.returncode == 0
+    assert "broker   unreachable" in proc.stdout and "results will queue" in proc.stdout
