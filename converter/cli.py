@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     model_path = Path(args.model)
     out = Path(args.out)
+    if not model_path.exists():
+        raise ConvertError(f"{model_path}: model not found")
     if not out.parent.exists():
         raise ConvertError(f"{out.parent}: output folder does not exist")
     labels = _read_labels(args)

@@ -28,15 +28,19 @@ BAD_FILES = {"cut-off.jpg": "truncated", "zero.png": "empty_file", "readme.txt":
 
 
 def make_inputs(folder: Path) -> dict[str, str]:
-    """Every held-out digit (flattened, label in the name) plus three bad files. Returns id → truth."""
+    return make_inputs_from(DIGITS_TEST, folder)
+
+
+def make_inputs_from(dataset: Path, folder: Path) -> dict[str, str]:
+    """Every image of a labelled folder (flattened, label in the name) plus three bad files: id → truth."""
     folder.mkdir()
     truth: dict[str, str] = {}
-    for label_dir in sorted(DIGITS_TEST.iterdir()):
+    for label_dir in sorted(dataset.iterdir()):
         for image in sorted(label_dir.glob("*.png")):
             name = f"{label_dir.name}_{image.name}"
             shutil.copy(image, folder / name)
             truth[name] = label_dir.name
-    photo = Image.open(next((DIGITS_TEST / "3").glob("*.png"))).convert("RGB").resize((64, 64))
+    photo = Image.open(next((dataset / "3").glob("*.png"))).convert("RGB").resize((64, 64))
     buf = io.BytesIO()
     photo.save(buf, "JPEG", quality=95)
     (folder / "cut-off.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) * 2 // 3])

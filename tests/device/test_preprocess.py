@@ -26,7 +26,7 @@ def test_grayscale_resize_and_scale() -> None:
     spec = ImageInputSpec(width=16, height=16, color="L")
     x = normalized_image(digit(), spec)
     assert x.shape == (16, 16, 1) and x.dtype == np.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    assert x.min() >= 0.0 and x.max() <= 1.0 and x.max() > 0.5
     expected = np.asarray(digit().convert("L").resize((16, 16), Image.Resampling.BILINEAR), np.float32) / 255
     np.testing.assert_allclose(x[..., 0], expected, rtol=0, atol=1e-6)
 

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it, on a fresh Debian / Raspberry Pi OS machine:  bash tests/run.sh
+#
+#  - installs mosquitto with apt when it is missing (tests start their own brokers on free ports);
+#  - builds one virtual environment per leg under .venvs/ (reused while setup.cfg is unchanged):
+#      litert    device side on ai-edge-litert, numpy 2          → tests/device
+#      tflrt     device side on tflite-runtime 2.14, numpy < 2   → tests/device   (what a 32-bit Pi gets)
+#      convert   TensorFlow converter + device code              → tests/converter
+#  - runs pytest in each leg and ends with one line:  tests: N passed, N failed, N skipped
+# Extra arguments go to every pytest run (e.g. -x, -k outbox).  LEGS="litert tflrt" picks legs.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENVS=${EDGE_INFER_VENVS:-$ROOT/.venvs}
+PYTHON=${PYTHON:-python3}
+MACHINE=$(uname -m)
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+
+say() { printf '\n== %s\n' "$*"; }
+die() { printf 'tests/run.sh: %s\n' "$*" >&2; exit 2; }
+
+# ---- system prerequisites -------------------------------------------------------------------------
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "Python 3.11 or newer is required ($("$PYTHON" --version 2>&1))"
+PYVER=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+  die "need root to run: $*"; fi; }
+apt_install() {
+  say "installing with apt: $*"
+  as_root apt-get update -qq || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null || die "apt-get install $* failed"
+}
+if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then apt_install mosquitto; fi
+if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
+  apt_install "python${PYVER}-venv"
+fi
+
+# ---- one virtual environment per leg -----------------------------------------------------------------
+# make_venv NAME PIP-INSTALL-ARGS... : (re)build .venvs/NAME unless its stamp matches setup.cfg + args
+make_venv() {
+  local name=$1; shift
+  local dir=$VENVS/$name stamp
+  stamp=$(cat setup.cfg tests/requirements_for.py | sha256sum | cut -c1-16)-$(echo "$*" | sha256sum | cut -c1-16)
+  if [ -f "$dir/.stamp" ] && [ "$(cat "$dir/.stamp")" = "$stamp" ]; then return 0; fi
+  say "building $name environment (.venvs/$name)"
+  rm -rf "$dir"
+  "$PYTHON" -m venv "$dir" || return 1
+  "$dir/bin/pip" install -q --upgrade pip || return 1
+  "$@" || return 1
+  echo "$stamp" > "$dir/.stamp"
+}
+pip_in() { local name=$1; shift; "$VENVS/$name/bin/pip" install -q "$@"; }
+
+build_litert() { pip_in litert -e ".[test]"; }
+build_tflrt() {
+  # exactly what setup.cfg resolves to on an armv7l Pi, plus the test extra; the package itself without deps
+  "$VENVS/tflrt/bin/python" tests/requirements_for.py armv7l test > "$VENVS/tflrt/requirements.txt" &&
+    pip_in tflrt -r "$VENVS/tflrt/requirements.txt" && pip_in tflrt --no-deps -e .
+}
+build_convert() { pip_in convert -e ".[convert,test]"; }
+
+# ---- legs ------------------------------------------------------------------------------------------------
+declare -A PATHS=([litert]=tests/device [tflrt]=tests/device [convert]=tests/converter)
+declare -A EXPECT=([litert]=ai_edge_litert [tflrt]=tflite_runtime [convert]=)
+unavailable() {  # why a leg cannot run on this machine (wheels that do not exist), or nothing
+  case $1 in
+    litert) [ "$MACHINE" = armv7l ] && echo "ai-edge-litert has no armv7l wheels" ;;
+    tflrt) [[ "$PYVER" != 3.11 && "$PYVER" != 3.10 ]] && echo "tflite-runtime 2.14 has no wheels for Python $PYVER" ;;
+    convert) [ "$MACHINE" = armv7l ] && echo "TensorFlow has no armv7l wheels (convert on a workstation)" ;;
+  esac
+  return 0
+}
+
+failed_legs=()
+mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml
+for leg in ${LEGS:-litert tflrt convert}; do
+  why=$(unavailable "$leg")
+  if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; continue; fi
+  if ! make_venv "$leg" "build_$leg"; then failed_legs+=("$leg(install)"); continue; fi
+  say "leg $leg: pytest ${PATHS[$leg]} ($("$VENVS/$leg/bin/python" -c 'import numpy; print("numpy", numpy.__version__)'))"
+  EDGE_INFER_EXPECT_RUNTIME=${EXPECT[$leg]} "$VENVS/$leg/bin/python" -m pytest "${PATHS[$leg]}" \
+    -p no:cacheprovider --junitxml="$VENVS/junit-$leg.xml" "$@"
+  rc=$?
+  case $rc in
+    0) ;;
+    5) echo "tests/run.sh: leg $leg collected no tests — that is a failure here"; failed_legs+=("$leg(no tests)") ;;
+    *) failed_legs+=("$leg(pytest exit $rc)") ;;
+  esac
+  if [ "$leg" = litert ]; then
+    say "lint: ruff check"
+    "$VENVS/litert/bin/ruff" check --quiet . || failed_legs+=("ruff")
+  fi
+done
+
+# ---- one closing line over every leg -----------------------------------------------------------------------
+"$PYTHON" - "$VENVS" <<'EOF'
+import glob, sys, xml.etree.ElementTree as ET
+total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+for path in sorted(glob.glob(f"{sys.argv[1]}/junit-*.xml")):
+    for suite in ET.parse(path).getroot().iter("testsuite"):
+        for key in total:
+            total[key] += int(suite.get(key, 0))
+failed = total["failures"] + total["errors"]
+passed = total["tests"] - failed - total["skipped"]
+print(f"\ntests: {passed} passed, {failed} failed, {total['skipped']} skipped")
+EOF
+if [ ${#failed_legs[@]} -gt 0 ]; then
+  echo "tests/run.sh: FAILED legs: ${failed_legs[*]}"
+  exit 1
+fi
+echo "tests/run.sh: all legs passed"
