@@ -37,8 +37,8 @@ def decode_image(
         ) from None
     except Image.DecompressionBombError as exc:
         raise DecodeRejected(Verdict.reject("too_large", _describe(exc), bytes=len(data))) from None
-    except Exception as exc:
-        raise DecodeRejected(Verdict.reject("decode_error", _describe(exc), bytes=len(data))) from None
+    except Exception as exc:  # a header cut short fails already here
+        raise DecodeRejected(Verdict.reject(_failure_reason(exc), _describe(exc), bytes=len(data))) from None
     width, height = image.size
     pixels = width * height
     if pixels > max_pixels:
@@ -65,14 +65,19 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-    except OSError as exc:
-        text = _describe(exc)
-        lowered = text.lower()
-        reason = "truncated" if "truncated" in lowered or "broken data stream" in lowered else "decode_error"
-        raise DecodeRejected(Verdict.reject(reason, text, bytes=len(data), width=width, height=height)) from None
     except Exception as exc:  # any decoder failure is a verdict, never a crash
-        raise DecodeRejected(Verdict.reject("decode_error", _describe(exc), bytes=len(data))) from None
+        raise DecodeRejected(
+            Verdict.reject(_failure_reason(exc), _describe(exc), bytes=len(data), width=width, height=height)
+        ) from None
     return image
+
+
+def _failure_reason(exc: BaseException) -> str:
+    """`truncated` for data cut short (Pillow says so in an OSError), else `decode_error`."""
+    text = str(exc).lower()
+    if isinstance(exc, OSError) and ("truncated" in text or "broken data stream" in text):
+        return "truncated"
+    return "decode_error"
 
 
 def _describe(exc: BaseException) -> str:
