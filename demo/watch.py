@@ -17,7 +17,8 @@ def describe(kind: str, doc: dict) -> str:
     who = doc.get("input", {}).get("id", "")
     if kind == "results":
         r = doc["result"]
-        return f"  result     #{doc['seq']:<4} {who:<22} → {r['label']}  (confidence {r['confidence']:.2f}, {doc['status']})"
+        confidence = f"confidence {r['confidence']:.2f}, {doc['status']}"
+        return f"  result     #{doc['seq']:<4} {who:<22} → {r['label']}  ({confidence})"
     if kind == "rejections":
         return f"  rejection  #{doc['seq']:<4} {who:<22} → {doc['reason']}: {doc['detail']}"
     if kind == "status":
