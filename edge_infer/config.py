@@ -46,6 +46,14 @@ def _device_id(v: str) -> str | None:
     return None
 
 
+def _host_list(v: list[Any]) -> str | None:
+    for item in v:
+        host, _, port = str(item).rpartition(":")
+        if not isinstance(item, str) or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            return f"expected a list of \"host:port\" strings, got {item!r}"
+    return None
+
+
 SCHEMA: dict[str, dict[str, Field]] = {
     "device": {
         "id": Field(str, default=None, check=_device_id),
@@ -80,11 +88,26 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "qos": Field(int, default=1, choices=(0, 1)),
         "protocol": Field(str, default="5", choices=("5", "3.1.1")),
         "max_inflight": Field(int, default=32, check=_between(1, 1000)),
+        "max_publish_rate": Field((int, float), default=0, check=_between(0, 1_000_000)),
         "drain_timeout": Field((int, float), default=30.0, check=_between(0.0, 86400)),
+        "hosts": Field(list, default=[], check=_host_list),
+        "username": Field(str, default=None),
+        "password_file": Field(str, default=None, is_path=True),
+        "tls": Field(bool, default=False),
+        "ca_file": Field(str, default=None, is_path=True),
+        "cert_file": Field(str, default=None, is_path=True),
+        "key_file": Field(str, default=None, is_path=True),
+        "tls_insecure": Field(bool, default=False),
     },
     "outbox": {
         "path": Field(str, default=None, is_path=True),
         "durability": Field(str, default="full", choices=("full", "normal")),
+        "max_rows": Field(int, default=100_000, check=_between(10, 100_000_000)),
+        "max_bytes": Field(int, default=64 * 1024 * 1024, check=_between(64 * 1024, 2**40)),
+        "ttl": Field((int, float), default=7 * 24 * 3600, check=_between(1, 10 * 365 * 24 * 3600)),
+        "policy": Field(str, default="drop-oldest", choices=("drop-oldest", "reject-new")),
+        "commit_window_ms": Field((int, float), default=20, check=_between(0, 10_000)),
+        "max_batch": Field(int, default=256, check=_between(1, 100_000)),
     },
     "log": {
         "level": Field(str, default="info", choices=("debug", "info", "warning", "error")),
@@ -106,7 +129,8 @@ class Config:
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", dict: "a table", bool: "true/false"}
+    names = {str: "a string", int: "an integer", float: "a number", dict: "a table", bool: "true or false",
+             list: "a list"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if kinds == (int, float):
         return "a number"
@@ -124,6 +148,11 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
         raise ConfigError(f"{path}: [{name}]: expected a table, got {type(table).__name__}")
     fields = SCHEMA[name]
     for key in table:
+        if name == "mqtt" and key == "password":
+            raise ConfigError(
+                f"{path}: [mqtt].password: passwords are never read from the config file; use password_file, "
+                "the EDGE_INFER_MQTT_PASSWORD environment variable or a systemd credential named mqtt_password"
+            )
         if key not in fields:
             raise _unknown(path, f"[{name}].{key}", key, list(fields))
     out: dict[str, Any] = {}
@@ -136,7 +165,7 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
             continue
         value = table[key]
         kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
-        if isinstance(value, bool) or not isinstance(value, kinds):
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             raise ConfigError(f"{path}: {where}: expected {_type_name(spec.kind)}, got {value!r}")
         if spec.choices and value not in spec.choices:
             choices = ", ".join(repr(c) for c in spec.choices)
@@ -175,6 +204,13 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         sections["outbox"]["path"] = str(Path(device["state_dir"]) / "outbox.db")
     if sections["mqtt"]["client_id"] is None:
         sections["mqtt"]["client_id"] = f"edge-infer-{device['id']}"
+    mqtt = sections["mqtt"]
+    if not mqtt["hosts"]:
+        mqtt["hosts"] = [f"{mqtt['host']}:{mqtt['port']}"]
+    if (mqtt["cert_file"] is None) != (mqtt["key_file"] is None):
+        raise ConfigError(f"{path}: [mqtt].cert_file/key_file: give both (client certificate and its key) or neither")
+    if (mqtt["ca_file"] or mqtt["cert_file"] or mqtt["tls_insecure"]) and not mqtt["tls"]:
+        raise ConfigError(f"{path}: [mqtt].tls: set tls = true to use ca_file, cert_file/key_file or tls_insecure")
     if sections["source"]["name"] is None:
         sections["source"]["name"] = sections["source"]["type"]
     return Config(path=path, **sections)

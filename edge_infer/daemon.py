@@ -13,11 +13,19 @@ from edge_infer import __version__
 from edge_infer.bundle import load_bundle
 from edge_infer.config import Config
 from edge_infer.decide import Thresholds
-from edge_infer.messages import Identity, message_id, rejection_payload, result_payload, status_payload
-from edge_infer.outbox import Outbox
+from edge_infer.messages import (
+    Identity,
+    event_payload,
+    message_id,
+    rejection_payload,
+    result_payload,
+    status_payload,
+)
+from edge_infer.outbox import Limits, Outbox, Pending
 from edge_infer.pipeline import Classifier, Outcome, Pipeline
-from edge_infer.publisher import MqttSettings, Publisher
+from edge_infer.publisher import Publisher, settings_from_config
 from edge_infer.sources import Sample, make_source
+from edge_infer.writer import OutboxWriter
 
 log = logging.getLogger(__name__)
 
@@ -54,29 +62,37 @@ class Daemon:
             boot_id=str(uuid.uuid4()),
             model={"name": manifest.name, "version": manifest.version, "sha256": manifest.model_sha256},
         )
-        self.outbox = Outbox(cfg.outbox["path"], cfg.outbox["durability"])
+        box = cfg.outbox
+        limits = Limits(max_rows=box["max_rows"], max_bytes=box["max_bytes"], ttl_s=float(box["ttl"]),
+                        policy=box["policy"])
+        primary = Outbox(
+            box["path"], box["durability"], limits,
+            event_builder=lambda seq, msg_id, name, details: event_payload(self.identity, seq, msg_id, name, details),
+            primary=True,
+        )
+        if primary.replaced is not None:
+            log.error("event=outbox_replaced %s", " ".join(f"{k}={v!r}" for k, v in primary.replaced.items()))
+            primary.add_event("outbox_replaced", primary.replaced)
+        self.outbox = Outbox(box["path"], box["durability"], limits)  # the main thread's own connection
         self.source = make_source(cfg.source)
         self.stop_event = threading.Event()
         self.summary = RunSummary()
-        mqtt = cfg.mqtt
         self.publisher = Publisher(
-            MqttSettings(
-                host=mqtt["host"],
-                port=mqtt["port"],
-                topic_prefix=mqtt["topic_prefix"],
-                device_id=cfg.device["id"],
-                client_id=mqtt["client_id"],
-                keepalive=mqtt["keepalive"],
-                qos=mqtt["qos"],
-                protocol=mqtt["protocol"],
-                max_inflight=mqtt["max_inflight"],
-            ),
-            cfg.outbox["path"],
-            birth=lambda: status_payload(
-                self.identity, "online", version=__version__, runtime=self.classifier.engine.runtime.to_dict()
+            settings_from_config(cfg.mqtt, cfg.device["id"]),
+            box["path"],
+            birth=lambda problems: status_payload(
+                self.identity, "online", version=__version__, runtime=self.classifier.engine.runtime.to_dict(),
+                problems=problems,
             ),
             will=lambda: status_payload(self.identity, "offline"),
-            durability=cfg.outbox["durability"],
+            durability=box["durability"],
+        )
+        self.writer = OutboxWriter(
+            primary,
+            window_s=box["commit_window_ms"] / 1000.0,
+            max_batch=box["max_batch"],
+            on_committed=self.publisher.notify,
+            on_problem=lambda text: self.publisher.set_problem("outbox", text),
         )
 
     def _done(self, sample: Sample) -> bool:
@@ -93,13 +109,14 @@ class Daemon:
         if outcome.verdict.ok:
             assert outcome.result is not None and outcome.decision is not None
             result, decision = outcome.result, outcome.decision
-            self.outbox.commit(
-                "results",
-                msg_id,
-                lambda seq: result_payload(
-                    self.identity, seq, msg_id, sample, result, decision, outcome.latency_ms
-                ),
-                checkpoint,
+            self.writer.put(
+                Pending(
+                    "results",
+                    msg_id,
+                    lambda seq: result_payload(self.identity, seq, msg_id, sample, result, decision,
+                                               outcome.latency_ms),
+                    checkpoint,
+                )
             )
             self.summary.results += 1
             self.summary.uncertain += decision.status == "uncertain"
@@ -107,16 +124,15 @@ class Daemon:
                       result.confidence)
         else:
             verdict = outcome.verdict
-            self.outbox.commit(
-                "rejections",
-                msg_id,
-                lambda seq: rejection_payload(self.identity, seq, msg_id, sample, verdict),
-                checkpoint,
+            self.writer.put(
+                Pending(
+                    "rejections", msg_id, lambda seq: rejection_payload(self.identity, seq, msg_id, sample, verdict),
+                    checkpoint,
+                )
             )
             reason = verdict.reason or "unknown"
             self.summary.rejections[reason] = self.summary.rejections.get(reason, 0) + 1
             log.info("event=rejected input=%s reason=%s detail=%r", sample.input_id, reason, verdict.detail)
-        self.publisher.notify()
         return outcome
 
     def run(self, once: bool = False) -> RunSummary:
@@ -129,18 +145,22 @@ class Daemon:
             self.identity.model["version"], self.identity.model["sha256"][:12], runtime.name, runtime.version,
             self.outbox.path,
         )
+        self.writer.start()
         self.publisher.start()
         try:
             for sample in self.source.samples(self.stop_event, once, self._done):
                 self.handle(sample)
+            self.writer.flush()
             if once:
                 self._drain(self.cfg.mqtt["drain_timeout"])
         finally:
+            self.writer.stop()
             self.publisher.stop()
             self.summary.published = self.publisher.published
             self.summary.dead_letters = self.publisher.dead_lettered
             self.summary.queued = self.outbox.backlog()
             self.outbox.close()
+            self.writer.outbox.close()
         log.info(
             "event=stop results=%d uncertain=%d rejected=%d skipped=%d published=%d queued=%d",
             self.summary.results, self.summary.uncertain, self.summary.rejected, self.summary.skipped,

@@ -40,7 +40,7 @@ def _encode(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
 
 
-def _envelope(identity: Identity, seq: int, msg_id: str, sample: Sample) -> dict[str, Any]:
+def _base(identity: Identity, seq: int, msg_id: str) -> dict[str, Any]:
     return {
         "v": PAYLOAD_VERSION,
         "device_id": identity.device_id,
@@ -49,9 +49,14 @@ def _envelope(identity: Identity, seq: int, msg_id: str, sample: Sample) -> dict
         "msg_id": msg_id,
         "ts": rfc3339(time.time()),
         "time_synced": time_synced(),
-        "input": {"source": sample.source, "id": sample.input_id, "captured_at": rfc3339(sample.ts)},
         "model": identity.model,
     }
+
+
+def _envelope(identity: Identity, seq: int, msg_id: str, sample: Sample) -> dict[str, Any]:
+    doc = _base(identity, seq, msg_id)
+    doc["input"] = {"source": sample.source, "id": sample.input_id, "captured_at": rfc3339(sample.ts)}
+    return doc
 
 
 def result_payload(
@@ -77,6 +82,21 @@ def result_payload(
 def rejection_payload(identity: Identity, seq: int, msg_id: str, sample: Sample, verdict: Verdict) -> bytes:
     doc = _envelope(identity, seq, msg_id, sample)
     doc.update(reason=verdict.reason, detail=verdict.detail, metrics=verdict.metrics)
+    return _encode(doc)
+
+
+EVENT_SEVERITY = {
+    "outbox_dropped": "warning",
+    "dead_letter": "error",
+    "outbox_replaced": "error",
+    "outbox_recovered": "warning",
+}
+
+
+def event_payload(identity: Identity, seq: int, msg_id: str, name: str, details: dict[str, Any]) -> bytes:
+    """`events`: something happened to the device or its data that a person should know about."""
+    doc = _base(identity, seq, msg_id)
+    doc.update(event=name, severity=EVENT_SEVERITY.get(name, "info"), details=details)
     return _encode(doc)
 
 

@@ -2,17 +2,27 @@
 once the broker acknowledged it. Source checkpoints are written in the same transaction as the message they
 produced, so a crash can never lose an input nor publish it without recording it.
 
-One `Outbox` object per thread (SQLite connections are not shared); WAL lets the publisher read while the
-pipeline writes.
+- `seq` is allocated inside the committing transaction (any connection), strictly increasing, never reused —
+  not even after a corrupt database is replaced: a small sidecar file (`<db>.seq`) keeps a reserved floor.
+- Bounds (`max_rows`, `max_bytes`, `ttl`) apply to data messages (results, rejections); when one is crossed the
+  oldest are dropped (`drop-oldest`) or the new one is (`reject-new`). Every drop is counted persistently and
+  recorded as an `outbox_dropped` event naming the dropped seq ranges, so a subscriber can tell a gap that was
+  explained from one that was not. Events (the alerts) are dropped last, and only by their own cap.
+- One `Outbox` per thread (SQLite connections are not shared); WAL lets the publisher read while the writer
+  commits. The primary (the daemon's writer) checks integrity on open and holds an exclusive lock file.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA_VERSION = 1
 SCHEMA = """
@@ -22,8 +32,10 @@ CREATE TABLE IF NOT EXISTS messages (
     kind TEXT NOT NULL,
     msg_id TEXT NOT NULL,
     created REAL NOT NULL,
+    size INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
 CREATE TABLE IF NOT EXISTS processed (
     source TEXT NOT NULL,
     input_key TEXT NOT NULL,
@@ -40,13 +52,35 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     reason TEXT NOT NULL,
     failed_at REAL NOT NULL
 );
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', 1), ('last_seq', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES
+    ('schema_version', 1), ('last_seq', 0), ('rows', 0), ('bytes', 0),
+    ('dropped_max_rows', 0), ('dropped_max_bytes', 0), ('dropped_ttl', 0), ('dropped_purged', 0),
+    ('dropped_events', 0),
+    ('dead_letters', 0);
 """
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
+EVENTS = "events"
+SEQ_RESERVE = 10_000
+# Builds an event payload: (seq, msg_id, event name, details) → bytes. The daemon supplies it (it knows the
+# envelope); see `edge_infer.messages.event_payload`.
+EventBuilder = Callable[[int, str, str, dict[str, Any]], bytes]
 
 
 class OutboxError(Exception):
-    """The outbox database cannot be opened or used; the message names the file."""
+    """The outbox cannot be opened or used; the message names the file."""
+
+
+class OutboxFull(OutboxError):
+    """The disk (or the database's page limit) is full: the commit was rolled back, nothing was lost."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_rows: int = 100_000
+    max_bytes: int = 64 * 1024 * 1024
+    ttl_s: float = 7 * 24 * 3600.0
+    policy: str = "drop-oldest"  # or "reject-new" (for data messages; events always drop oldest)
+    max_event_rows: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -57,56 +91,279 @@ class Row:
     payload: bytes
 
 
+@dataclass(frozen=True)
+class Pending:
+    """A message waiting to be committed: its payload is built once its seq is known."""
+
+    kind: str
+    msg_id: str
+    build: Callable[[int], bytes]
+    checkpoint: tuple[str, str] | None = None
+
+
+def _ranges(seqs: list[int]) -> list[list[int]]:
+    """[1,2,3,7,8] → [[1,3],[7,8]]"""
+    out: list[list[int]] = []
+    for s in sorted(seqs):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "full" in text or "no space" in text or getattr(exc, "sqlite_errorcode", 0) == 13  # SQLITE_FULL
+
+
 class Outbox:
-    def __init__(self, path: Path | str, durability: str = "full", busy_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        durability: str = "full",
+        limits: Limits | None = None,
+        event_builder: EventBuilder | None = None,
+        primary: bool = False,
+        busy_timeout_s: float = 30.0,
+    ) -> None:
         self.path = Path(path)
+        self.limits = limits or Limits()
+        self.event_builder = event_builder
+        self.replaced: dict[str, Any] | None = None  # set when a corrupt database was moved aside
+        self._lock_fd: int | None = None
+        self._seq_file = self.path.with_name(self.path.name + ".seq")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
-            self._db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
         except OSError as exc:
-            raise OutboxError(f"{self.path}: cannot create outbox directory: {exc.strerror}") from None
-        version = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+            raise OutboxError(f"{self.path.parent}: cannot create outbox directory: {exc.strerror}") from None
+        if primary:
+            self._take_lock()
+        try:
+            self._db = self._connect(durability, busy_timeout_s, check=primary)
+        except sqlite3.DatabaseError as exc:
+            if not primary:
+                raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
+            self._db = self._replace_corrupt(str(exc), durability, busy_timeout_s)
+        version = self._meta("schema_version")
         if version > SCHEMA_VERSION:
             raise OutboxError(f"{self.path}: outbox schema {version} is newer than this edge-infer supports")
+        if primary:
+            self._apply_seq_floor()
+
+    # ---- opening ----------------------------------------------------------------------------------------
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise OutboxError(
+                f"{self.path}: outbox is in use by another edge-infer process (pid {holder}); "
+                "two daemons cannot share one state_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _connect(self, durability: str, busy_timeout_s: float, check: bool) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False)
+        try:
+            if check:
+                result = db.execute("PRAGMA quick_check").fetchone()[0]
+                if result != "ok":
+                    raise sqlite3.DatabaseError(f"quick_check: {result}")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+            db.executescript(SCHEMA)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _replace_corrupt(self, why: str, durability: str, busy_timeout_s: float) -> sqlite3.Connection:
+        """Move a corrupt database aside (kept for inspection) and start a fresh one."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        kept = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(kept) + suffix))
+        self.replaced = {"reason": why[:300], "kept_as": str(kept)}
+        try:
+            return self._connect(durability, busy_timeout_s, check=False)
+        except sqlite3.DatabaseError as exc:
+            raise OutboxError(f"{self.path}: cannot create a fresh outbox database: {exc}") from None
+
+    def _apply_seq_floor(self) -> None:
+        """A fresh database (first start, or after a corrupt one was moved aside) continues above every seq
+        ever reserved, so a seq is never reused."""
+        try:
+            floor = int(self._seq_file.read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            floor = 0
+        last = self._meta("last_seq")
+        if last < floor:
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (floor,))
+            if self.replaced is not None:
+                self.replaced["seq_resumes_after"] = floor
+        self._reserved = max(floor, last)
+
+    def _reserve(self, upto: int) -> None:
+        if upto <= getattr(self, "_reserved", 0):
+            return
+        bound = upto + SEQ_RESERVE
+        tmp = self._seq_file.with_name(self._seq_file.name + ".tmp")
+        with open(tmp, "w") as fh:
+            fh.write(f"{bound}\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self._seq_file)
+        self._reserved = bound
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
-    def commit(
-        self,
-        kind: str,
-        msg_id: str,
-        build_payload: Callable[[int], bytes],
-        checkpoint: tuple[str, str] | None = None,
-    ) -> int:
-        """Allocate the next seq, store `build_payload(seq)` and the source checkpoint atomically."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
+    # ---- helpers ------------------------------------------------------------------------------------------
+    def _meta(self, key: str) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0])
+
+    def _bump(self, key: str, by: int) -> None:
+        if by:
+            self._db.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
+
+    def _next_seqs(self, n: int) -> list[int]:
+        last = int(
+            self._db.execute("UPDATE meta SET value = value + ? WHERE key = 'last_seq' RETURNING value", (n,))
+            .fetchone()[0]
+        )
+        self._reserve(last)
+        return list(range(last - n + 1, last + 1))
+
+    def _insert(self, seq: int, kind: str, msg_id: str, payload: bytes, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO messages (seq, kind, msg_id, created, size, payload) VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, kind, msg_id, now, len(payload), payload),
+        )
+        self._bump("rows", 1)
+        self._bump("bytes", len(payload))
+
+    def _delete_rows(self, where: str, params: Iterable[Any]) -> list[int]:
+        rows = self._db.execute(f"DELETE FROM messages WHERE {where} RETURNING seq, size", tuple(params)).fetchall()
+        self._bump("rows", -len(rows))
+        self._bump("bytes", -sum(size for _, size in rows))
+        return [seq for seq, _ in rows]
+
+    def _transaction(self, work: Callable[[], Any]) -> Any:
         try:
-            seq = db.execute(
-                "UPDATE meta SET value = value + 1 WHERE key = 'last_seq' RETURNING value"
-            ).fetchone()[0]
-            now = time.time()
-            db.execute(
-                "INSERT INTO messages (seq, kind, msg_id, created, payload) VALUES (?, ?, ?, ?, ?)",
-                (seq, kind, msg_id, now, build_payload(seq)),
-            )
-            if checkpoint is not None:
-                db.execute(
-                    "INSERT OR REPLACE INTO processed (source, input_key, seq, at) VALUES (?, ?, ?, ?)",
-                    (checkpoint[0], checkpoint[1], seq, now),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if _is_full(exc):
+                raise OutboxFull(f"{self.path}: disk full: {exc}") from None
             raise
+        try:
+            result = work()
+            self._db.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and _is_full(exc):
+                raise OutboxFull(f"{self.path}: disk full: {exc}") from None
+            raise
+
+    # ---- writing ------------------------------------------------------------------------------------------
+    def commit(self, kind: str, msg_id: str, build: Callable[[int], bytes],
+               checkpoint: tuple[str, str] | None = None) -> int:
+        """Commit one message (and its checkpoint); returns its seq."""
+        return self.commit_batch([Pending(kind, msg_id, build, checkpoint)])[0]
+
+    def commit_batch(self, items: list[Pending]) -> list[int]:
+        """Commit many messages in one transaction (one fsync): group commit. Returns their seqs."""
+        return self._transaction(lambda: self._commit_batch(items))
+
+    def _commit_batch(self, items: list[Pending]) -> list[int]:
+        now = time.time()
+        seqs = self._next_seqs(len(items))
+        dropped: dict[str, list[int]] = {}
+        for seq, item in zip(seqs, items, strict=True):
+            payload = item.build(seq)
+            if item.kind == EVENTS or self._make_room(len(payload), dropped):
+                self._insert(seq, item.kind, item.msg_id, payload, now)
+            else:
+                dropped.setdefault(self._over_which(), []).append(seq)
+            if item.checkpoint is not None:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO processed (source, input_key, seq, at) VALUES (?, ?, ?, ?)",
+                    (item.checkpoint[0], item.checkpoint[1], seq, now),
+                )
+        self._record_drops(dropped, now)
+        return seqs
+
+    def _over_which(self) -> str:
+        if self._meta("rows") + 1 > self.limits.max_rows:
+            return "max_rows"
+        return "max_bytes"
+
+    def _make_room(self, incoming: int, dropped: dict[str, list[int]]) -> bool:
+        """Apply the caps for one incoming data message. False: the policy rejects the new message."""
+        limits = self.limits
+        while True:
+            over = self._meta("rows") + 1 > limits.max_rows or self._meta("bytes") + incoming > limits.max_bytes
+            if not over:
+                return True
+            if limits.policy == "reject-new" or incoming > limits.max_bytes:
+                return False
+            reason = self._over_which()
+            victims = self._delete_rows(
+                "seq IN (SELECT seq FROM messages WHERE kind != ? ORDER BY seq LIMIT 64)", (EVENTS,)
+            )
+            if not victims:
+                return False  # only events are left: they are kept, the new data message is not
+            dropped.setdefault(reason, []).extend(victims)
+
+    def expire(self) -> int:
+        """Drop data messages older than the TTL (recorded like any other drop). Returns how many."""
+        cutoff = time.time() - self.limits.ttl_s
+
+        def work() -> int:
+            victims = self._delete_rows("created < ? AND kind != ?", (cutoff, EVENTS))
+            if victims:
+                self._record_drops({"ttl": victims}, time.time())
+            return len(victims)
+
+        return self._transaction(work)
+
+    def _record_drops(self, dropped: dict[str, list[int]], now: float) -> None:
+        for reason, seqs in dropped.items():
+            self._bump(f"dropped_{reason}", len(seqs))
+            self._add_event("outbox_dropped", {"reason": reason, "count": len(seqs), "seq_ranges": _ranges(seqs),
+                                               "policy": self.limits.policy}, now)
+        events = self._db.execute("SELECT COUNT(*) FROM messages WHERE kind = ?", (EVENTS,)).fetchone()[0]
+        if events > self.limits.max_event_rows:
+            victims = self._delete_rows(
+                "seq IN (SELECT seq FROM messages WHERE kind = ? ORDER BY seq LIMIT ?)",
+                (EVENTS, events - self.limits.max_event_rows),
+            )
+            self._bump("dropped_events", len(victims))
+
+    def _add_event(self, name: str, details: dict[str, Any], now: float) -> int | None:
+        if self.event_builder is None:
+            return None
+        seq, msg_id = self._next_seqs(1)[0], uuid.uuid4().hex
+        self._insert(seq, EVENTS, msg_id, self.event_builder(seq, msg_id, name, details), now)
         return seq
 
+    def add_event(self, name: str, details: dict[str, Any]) -> int | None:
+        """Commit an event message (e.g. the outbox was replaced, a message was dead-lettered)."""
+        return self._transaction(lambda: self._add_event(name, details, time.time()))
+
+    # ---- reading and acknowledging ------------------------------------------------------------------------
     def is_processed(self, source: str, input_key: str) -> bool:
         row = self._db.execute(
             "SELECT 1 FROM processed WHERE source = ? AND input_key = ?", (source, input_key)
@@ -123,29 +380,73 @@ class Outbox:
 
     def delete(self, seqs: Iterable[int]) -> None:
         """Forget acknowledged messages."""
-        batch = [(s,) for s in seqs]
+        batch = list(seqs)
         if batch:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("DELETE FROM messages WHERE seq = ?", batch)
-            self._db.execute("COMMIT")
+            self._transaction(lambda: self._delete_rows(f"seq IN ({','.join('?' * len(batch))})", batch))
 
     def dead_letter(self, seq: int, reason: str) -> None:
-        """Move a message the broker refused out of the queue, keeping it for inspection."""
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        db.execute(
-            "INSERT OR REPLACE INTO dead_letters (seq, kind, msg_id, created, payload, reason, failed_at) "
-            "SELECT seq, kind, msg_id, created, payload, ?, ? FROM messages WHERE seq = ?",
-            (reason, time.time(), seq),
-        )
-        db.execute("DELETE FROM messages WHERE seq = ?", (seq,))
-        db.execute("COMMIT")
+        """Move a message the broker refused out of the queue, keep it for inspection, say so in an event."""
+
+        def work() -> None:
+            row = self._db.execute("SELECT kind, msg_id FROM messages WHERE seq = ?", (seq,)).fetchone()
+            if row is None:
+                return
+            self._db.execute(
+                "INSERT OR REPLACE INTO dead_letters (seq, kind, msg_id, created, payload, reason, failed_at) "
+                "SELECT seq, kind, msg_id, created, payload, ?, ? FROM messages WHERE seq = ?",
+                (reason, time.time(), seq),
+            )
+            self._delete_rows("seq = ?", (seq,))
+            self._bump("dead_letters", 1)
+            self._add_event("dead_letter", {"seq": seq, "msg_id": row[1], "kind": row[0], "reason": reason},
+                            time.time())
+
+        self._transaction(work)
+
+    def purge(self, what: str) -> int:
+        """Operator action: delete all queued messages (`queue`) or all dead letters (`dead-letters`)."""
+        if what == "dead-letters":
+            return self._transaction(lambda: self._db.execute("DELETE FROM dead_letters").rowcount)
+
+        def work() -> int:
+            victims = self._delete_rows("1", ())
+            if victims:
+                self._record_drops({"purged": victims}, time.time())
+            return len(victims)
+
+        return self._transaction(work)
 
     def backlog(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        return self._meta("rows")
 
     def last_seq(self) -> int:
-        return int(self._db.execute("SELECT value FROM meta WHERE key = 'last_seq'").fetchone()[0])
+        return self._meta("last_seq")
+
+    def stats(self) -> dict[str, Any]:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        oldest = self._db.execute("SELECT MIN(created) FROM messages").fetchone()[0]
+        by_kind = dict(self._db.execute("SELECT kind, COUNT(*) FROM messages GROUP BY kind").fetchall())
+        return {
+            "path": str(self.path),
+            "queued": meta["rows"],
+            "queued_bytes": meta["bytes"],
+            "queued_by_kind": by_kind,
+            "oldest_age_s": round(time.time() - oldest, 1) if oldest else None,
+            "last_seq": meta["last_seq"],
+            "dropped": {k.removeprefix("dropped_"): v for k, v in meta.items() if k.startswith("dropped_")},
+            "dead_letters": self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0],
+            "processed_inputs": self._db.execute("SELECT COUNT(*) FROM processed").fetchone()[0],
+            "limits": {"max_rows": self.limits.max_rows, "max_bytes": self.limits.max_bytes,
+                       "ttl_s": self.limits.ttl_s, "policy": self.limits.policy},
+        }
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT seq, kind, msg_id, reason, failed_at, length(payload) FROM dead_letters ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        keys = ("seq", "kind", "msg_id", "reason", "failed_at", "bytes")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
 
     def dead_letter_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+        return self._meta("dead_letters")

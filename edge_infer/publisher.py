@@ -1,32 +1,41 @@
 """Outbox → MQTT. One thread owns every paho call.
 
-The publisher only hands paho what it can send now (while connected, at most `max_inflight` unacknowledged),
-and deletes an outbox row only when the broker acknowledged it without a failure reason code. Each connection
-gets a fresh paho client, so nothing queued inside paho outlives a connection: after a reconnect the outbox,
-not paho, decides what is sent again (at-least-once; subscribers drop duplicates by `msg_id`).
+The publisher only hands paho what it can send now (while connected, at most `max_inflight` unacknowledged,
+at most `max_publish_rate` per second), and deletes an outbox row only when the broker acknowledged it
+without a failure reason code; a refused message goes to the dead-letter table and never blocks the queue.
+Each connection gets a fresh paho client, so nothing queued inside paho outlives a connection: after a
+reconnect the outbox, not paho, decides what is sent again (at-least-once; subscribers drop duplicates by
+`msg_id`). Brokers in `hosts` are tried in turn, with exponential back-off and jitter between rounds.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from edge_infer.config import ConfigError
 from edge_infer.outbox import Outbox
 
 log = logging.getLogger(__name__)
+PASSWORD_ENV = "EDGE_INFER_MQTT_PASSWORD"
+CREDENTIAL_NAME = "mqtt_password"  # systemd LoadCredential=mqtt_password:/etc/edge-infer/mqtt_password
+PUBLISH_OVERHEAD = 64  # fixed header, topic length, packet id, properties: a safe upper bound
 
 
 @dataclass(frozen=True)
 class MqttSettings:
-    host: str
-    port: int
+    hosts: list[tuple[str, int]]
     topic_prefix: str
     device_id: str
     client_id: str
@@ -34,11 +43,46 @@ class MqttSettings:
     qos: int = 1
     protocol: str = "5"
     max_inflight: int = 32
+    max_publish_rate: float = 0.0  # messages per second while draining; 0 = unlimited
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
 
     def topic(self, kind: str) -> str:
         return f"{self.topic_prefix}/{self.device_id}/{kind}"
+
+
+def read_password(password_file: str | None) -> str | None:
+    """The broker password: environment, then systemd credential, then `password_file`. Never from TOML."""
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidates = [Path(creds) / CREDENTIAL_NAME] if creds else []
+    if password_file:
+        candidates.append(Path(password_file))
+    for path in candidates:
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read MQTT password file: {exc.strerror}") from None
+    return None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Publisher(threading.Thread):
@@ -48,7 +92,7 @@ class Publisher(threading.Thread):
         self,
         settings: MqttSettings,
         outbox_path: str,
-        birth: Callable[[], bytes],
+        birth: Callable[[list[str]], bytes],
         will: Callable[[], bytes],
         durability: str = "full",
     ) -> None:
@@ -64,16 +108,37 @@ class Publisher(threading.Thread):
         self.connect_failures = 0  # consecutive failed connection attempts
         self.published = 0
         self.dead_lettered = 0
+        self.broker: str | None = None  # "host:port" while connected
+        self._problems: dict[str, str] = {}
+        self._status_dirty = threading.Event()
         self._inflight: dict[int, int] = {}  # paho mid → outbox seq
         self._acked: list[int] = []
         self._refused: list[tuple[int, str]] = []
         self._last_sent = 0
+        self._max_packet: int | None = None
         self._connack_failure: str | None = None
+        self._tokens = 0.0
+        self._tokens_at = time.monotonic()
+        for host, _port in settings.hosts:
+            if settings.username and not settings.tls and not _is_loopback(host):
+                log.warning("event=insecure_credentials broker=%s (password sent without TLS; set mqtt.tls)", host)
+        if settings.tls_insecure:
+            log.warning("event=tls_insecure (broker certificate hostname is NOT verified: mqtt.tls_insecure)")
 
     # ---- called from other threads -------------------------------------------------------------
     def notify(self) -> None:
         """Tell the publisher new rows were committed."""
         self._wake.set()
+
+    def set_problem(self, name: str, text: str | None) -> None:
+        """Raise (text) or clear (None) a condition shown in the retained status message."""
+        changed = self._problems.get(name) != text
+        if text is None:
+            self._problems.pop(name, None)
+        else:
+            self._problems[name] = text
+        if changed:
+            self._status_dirty.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish `offline`, disconnect cleanly and end the thread."""
@@ -87,55 +152,67 @@ class Publisher(threading.Thread):
     # ---- publisher thread ----------------------------------------------------------------------
     def run(self) -> None:
         outbox = Outbox(self._outbox_path, self._durability)
+        hosts = self.settings.hosts
         delay = self.settings.reconnect_min_s
+        attempt = 0
         try:
             while not self._stop_requested.is_set():
+                host, port = hosts[attempt % len(hosts)]
                 client = self._new_client()
                 try:
-                    client.connect(self.settings.host, self.settings.port, self.settings.keepalive)
-                except (OSError, ValueError) as exc:
-                    self._connection_failed(f"{type(exc).__name__}: {exc}")
+                    client.connect(host, port, self.settings.keepalive)
+                except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS verification
+                    self._connection_failed(host, port, f"{type(exc).__name__}: {exc}")
                 else:
-                    was_connected = self._session(client, outbox)
-                    if was_connected:
+                    self.broker = f"{host}:{port}"
+                    if self._session(client, outbox):
                         delay = self.settings.reconnect_min_s
+                        attempt -= 1  # a connection that worked: retry the same broker first
                     else:
-                        self._connection_failed(self._connack_failure or "connection closed before CONNACK")
+                        self._connection_failed(host, port, self._connack_failure or "closed before CONNACK")
+                    self.broker = None
+                attempt += 1
                 if self._stop_requested.is_set():
                     break
-                # exponential back-off with full jitter, so a fleet does not reconnect in lockstep
-                self._stop_requested.wait(random.uniform(self.settings.reconnect_min_s, delay))
-                delay = min(delay * 2, self.settings.reconnect_max_s)
+                if attempt % len(hosts) == 0:  # a whole round failed: back off, with full jitter
+                    self._stop_requested.wait(random.uniform(self.settings.reconnect_min_s, delay))
+                    delay = min(delay * 2, self.settings.reconnect_max_s)
         finally:
             outbox.close()
 
-    def _connection_failed(self, why: str) -> None:
+    def _connection_failed(self, host: str, port: int, why: str) -> None:
         self.connect_failures += 1
-        if self.connect_failures == 1 or self.connect_failures % 20 == 0:
+        if self.connect_failures <= len(self.settings.hosts) or self.connect_failures % 20 == 0:
             log.warning(
                 "event=mqtt_unreachable broker=%s:%d attempts=%d error=%r (results stay queued)",
-                self.settings.host,
-                self.settings.port,
-                self.connect_failures,
-                why,
+                host, port, self.connect_failures, why,
             )
 
     def _new_client(self) -> mqtt.Client:
-        v5 = self.settings.protocol == "5"
+        s = self.settings
+        v5 = s.protocol == "5"
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=self.settings.client_id,
+            client_id=s.client_id,
             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
             clean_session=None if v5 else True,
         )
-        client.will_set(self.settings.topic("status"), self._will(), qos=1, retain=True)
+        client.suppress_exceptions = True
+        client.connect_timeout = 5.0
+        if s.tls:
+            client.tls_set(
+                ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file, cert_reqs=ssl.CERT_REQUIRED
+            )
+            client.tls_insecure_set(s.tls_insecure)
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        client.will_set(s.topic("status"), self._will(), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
-        self._inflight = {}
-        self._acked = []
-        self._refused = []
+        self._inflight, self._acked, self._refused = {}, [], []
         self._last_sent = 0
+        self._max_packet = None
         self._connack_failure = None
         return client
 
@@ -145,8 +222,7 @@ class Publisher(threading.Thread):
         last_poll = 0.0
         connack_deadline = time.monotonic() + max(5.0, self.settings.keepalive)
         while True:
-            busy = bool(self._inflight)
-            rc = client.loop(timeout=0.01 if busy else 0.05)
+            rc = client.loop(timeout=0.01 if self._inflight else 0.05)
             if self.connected.is_set():
                 established = True
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -159,10 +235,11 @@ class Publisher(threading.Thread):
                 if established or self._connack_failure or time.monotonic() > connack_deadline:
                     break
                 continue
+            if self._status_dirty.is_set():
+                self._status_dirty.clear()
+                client.publish(self.settings.topic("status"), self._birth(self.problems()), qos=1, retain=True)
             now = time.monotonic()
-            if self._wake.is_set() or (
-                len(self._inflight) < self.settings.max_inflight and now - last_poll > 1.0
-            ):
+            if self._wake.is_set() or (len(self._inflight) < self.settings.max_inflight and now - last_poll > 1.0):
                 self._wake.clear()
                 last_poll = now
                 self._fill(client, outbox)
@@ -171,27 +248,52 @@ class Publisher(threading.Thread):
         self._inflight = {}
         return established
 
-    def _fill(self, client: mqtt.Client, outbox: Outbox) -> None:
+    def problems(self) -> list[str]:
+        return [f"{name}: {text}" for name, text in sorted(self._problems.items())]
+
+    def _room(self) -> int:
         room = self.settings.max_inflight - len(self._inflight)
+        rate = self.settings.max_publish_rate
+        if rate > 0:
+            now = time.monotonic()
+            self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)  # bucket of one second
+            self._tokens_at = now
+            room = min(room, int(self._tokens))
+        return room
+
+    def _fill(self, client: mqtt.Client, outbox: Outbox) -> None:
+        room = self._room()
         if room <= 0:
+            self._wake.set()  # window full or rate spent: try again on the next loop turn
             return
         rows = outbox.pending(self._last_sent, room)
         for row in rows:
-            info = client.publish(self.settings.topic(row.kind), row.payload, qos=self.settings.qos)
+            topic = self.settings.topic(row.kind)
+            if self._max_packet and len(row.payload) + len(topic) + PUBLISH_OVERHEAD > self._max_packet:
+                self._last_sent = row.seq
+                self._refused.append((row.seq, f"payload of {len(row.payload)} bytes exceeds the broker's "
+                                                f"maximum packet size ({self._max_packet})"))
+                continue
+            info = client.publish(topic, row.payload, qos=self.settings.qos)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 log.warning("event=publish_failed seq=%d rc=%s", row.seq, info.rc)
                 return
-            self._inflight[info.mid] = row.seq
+            self._tokens -= 1
+            if self.settings.qos == 0:
+                self._acked.append(row.seq)  # QoS 0 has no acknowledgement: handed to the socket is all we get
+            else:
+                self._inflight[info.mid] = row.seq
             self._last_sent = row.seq
         if len(rows) == room:
             self._wake.set()  # there may be more: come back on the next loop turn
 
     def _flush_acks(self, outbox: Outbox) -> None:
         while self._refused:
-            seq, reason = self._refused.pop()
+            seq, reason = self._refused.pop(0)
             outbox.dead_letter(seq, reason)
             self.dead_lettered += 1
-            log.error("event=dead_letter seq=%d reason=%r (the broker refused it; kept in dead_letters)", seq, reason)
+            log.error("event=dead_letter seq=%d reason=%r (kept in the dead_letters table)", seq, reason)
+            self._wake.set()  # the dead-letter event is a new row to publish
         if self._acked:
             acked, self._acked = self._acked, []
             outbox.delete(acked)
@@ -215,19 +317,18 @@ class Publisher(threading.Thread):
         self._flush_acks(outbox)
 
     # ---- paho callbacks (run inside client.loop on this thread; must never raise) --------------------
-    def _on_connect(self, client: mqtt.Client, _userdata, _flags, reason_code, _props) -> None:
+    def _on_connect(self, client: mqtt.Client, _userdata, _flags, reason_code, props) -> None:
         try:
             if reason_code.is_failure:
                 self._connack_failure = f"broker refused the connection: {reason_code}"
-                log.error("event=mqtt_refused reason=%r", str(reason_code))
+                log.error("event=mqtt_refused broker=%s reason=%r", self.broker, str(reason_code))
                 return
-            if self.connect_failures:
-                log.info("event=mqtt_connected broker=%s:%d after_attempts=%d", self.settings.host,
-                         self.settings.port, self.connect_failures)
-            else:
-                log.info("event=mqtt_connected broker=%s:%d", self.settings.host, self.settings.port)
+            self._max_packet = getattr(props, "MaximumPacketSize", None) if props is not None else None
+            log.info("event=mqtt_connected broker=%s after_failures=%d max_packet=%s", self.broker,
+                     self.connect_failures, self._max_packet)
             self.connect_failures = 0
-            client.publish(self.settings.topic("status"), self._birth(), qos=1, retain=True)
+            self._status_dirty.clear()
+            client.publish(self.settings.topic("status"), self._birth(self.problems()), qos=1, retain=True)
             self.connected.set()
             self._wake.set()
         except Exception:
@@ -236,7 +337,8 @@ class Publisher(threading.Thread):
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
         try:
             if self.connected.is_set() and not self._stop_requested.is_set():
-                log.warning("event=mqtt_disconnected reason=%r inflight=%d", str(reason_code), len(self._inflight))
+                log.warning("event=mqtt_disconnected broker=%s reason=%r inflight=%d", self.broker,
+                            str(reason_code), len(self._inflight))
             self.connected.clear()
         except Exception:
             log.exception("event=callback_error callback=on_disconnect")
@@ -247,8 +349,35 @@ class Publisher(threading.Thread):
             if seq is None:
                 return  # status messages are not outbox rows
             if reason_code.is_failure:
-                self._refused.append((seq, str(reason_code)))
+                self._refused.append((seq, f"broker refused: {reason_code} (0x{reason_code.value:02x})"))
             else:
                 self._acked.append(seq)
         except Exception:
             log.exception("event=callback_error callback=on_publish")
+
+
+def settings_from_config(mqtt_cfg: dict, device_id: str) -> MqttSettings:
+    """Build publisher settings from a validated `[mqtt]` table (reads the password, never logs it)."""
+    hosts = []
+    for item in mqtt_cfg["hosts"]:
+        host, _, port = item.rpartition(":")
+        hosts.append((host.strip("[]"), int(port)))
+    return MqttSettings(
+        hosts=hosts,
+        topic_prefix=mqtt_cfg["topic_prefix"],
+        device_id=device_id,
+        client_id=mqtt_cfg["client_id"],
+        keepalive=mqtt_cfg["keepalive"],
+        qos=mqtt_cfg["qos"],
+        protocol=mqtt_cfg["protocol"],
+        max_inflight=mqtt_cfg["max_inflight"],
+        max_publish_rate=float(mqtt_cfg["max_publish_rate"]),
+        username=mqtt_cfg["username"],
+        password=read_password(mqtt_cfg["password_file"]) if mqtt_cfg["username"] else None,
+        tls=mqtt_cfg["tls"],
+        ca_file=mqtt_cfg["ca_file"],
+        cert_file=mqtt_cfg["cert_file"],
+        key_file=mqtt_cfg["key_file"],
+        tls_insecure=mqtt_cfg["tls_insecure"],
+    )
+

@@ -1,0 +1,125 @@
+"""Group commit: the pipeline hands finished messages to this thread, which commits them to the outbox many
+per transaction (one fsync), at most `window` seconds after the first arrived. A bounded queue applies
+back-pressure to the pipeline; a full disk pauses commits (the pipeline then waits) until space returns."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from edge_infer.outbox import Outbox, OutboxFull, Pending
+
+log = logging.getLogger(__name__)
+EXPIRE_EVERY_S = 60.0
+
+
+class OutboxWriter(threading.Thread):
+    def __init__(
+        self,
+        outbox: Outbox,
+        window_s: float,
+        max_batch: int,
+        on_committed: Callable[[], None],
+        on_problem: Callable[[str | None], None],
+        retry_s: float = 1.0,
+    ) -> None:
+        super().__init__(name="outbox-writer", daemon=True)
+        self.outbox = outbox
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self.retry_s = retry_s
+        self._on_committed = on_committed
+        self._on_problem = on_problem
+        self._queue: queue.Queue[Pending] = queue.Queue(maxsize=max(4 * max_batch, 64))
+        self._stop_requested = threading.Event()
+        self.committed = 0
+        self.lost_on_stop = 0  # messages that could not be committed before stopping (disk full)
+        self._full_since: float | None = None
+        self._last_expire = time.monotonic()
+
+    def put(self, item: Pending) -> bool:
+        """Queue a message; blocks while the queue is full. False if stopping before it could be queued."""
+        while not self._stop_requested.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until everything queued so far is committed (or the disk stays full past `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.is_alive():
+            if self._queue.unfinished_tasks == 0:
+                return True
+            time.sleep(0.01)
+        return self._queue.unfinished_tasks == 0
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
+        self._stop_requested.set()
+        self.join(timeout)
+
+    def run(self) -> None:
+        while not (self._stop_requested.is_set() and self._queue.empty()):
+            try:
+                first = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self._maybe_expire()
+                continue
+            batch = [first]
+            deadline = time.monotonic() + self.window_s
+            while len(batch) < self.max_batch:
+                remaining = deadline - time.monotonic()
+                try:
+                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(batch)
+            for _ in batch:
+                self._queue.task_done()
+            self._maybe_expire()
+
+    def _commit(self, batch: list[Pending]) -> None:
+        delay = self.retry_s
+        while True:
+            try:
+                self.outbox.commit_batch(batch)
+            except OutboxFull as exc:
+                if self._full_since is None:
+                    self._full_since = time.monotonic()
+                    log.error("event=outbox_disk_full error=%r (pausing input; retrying every %.0fs)", str(exc),
+                              delay)
+                    self._on_problem(f"disk full, {len(batch)}+ results waiting to be stored: {exc}")
+                if self._stop_requested.is_set():
+                    self.lost_on_stop += len(batch)
+                    log.error("event=uncommitted_on_stop count=%d (their inputs will be processed again on "
+                              "restart)", len(batch))
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            break
+        self.committed += len(batch)
+        if self._full_since is not None:
+            down = time.monotonic() - self._full_since
+            self._full_since = None
+            log.warning("event=outbox_recovered after_s=%.1f", down)
+            self._on_problem(None)
+            with contextlib.suppress(OutboxFull):
+                self.outbox.add_event("outbox_recovered", {"condition": "disk_full", "duration_s": round(down, 1)})
+        self._on_committed()
+
+    def _maybe_expire(self) -> None:
+        if time.monotonic() - self._last_expire < EXPIRE_EVERY_S:
+            return
+        self._last_expire = time.monotonic()
+        with contextlib.suppress(OutboxFull):
+            if expired := self.outbox.expire():
+                log.warning("event=outbox_expired count=%d ttl_s=%.0f", expired, self.outbox.limits.ttl_s)
+                self._on_committed()
