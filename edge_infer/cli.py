@@ -6,7 +6,9 @@ Exit codes: 0 ok; 2 a problem the user can fix (config, bundle, runtime, outbox)
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -86,6 +88,107 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from edge_infer.outbox import Outbox
+
+    cfg = load_config(args.config)
+    path = cfg.outbox["path"]
+    if not os.path.exists(path):
+        raise OutboxError(f"{path}: no outbox yet (the daemon creates it on its first run)")
+    box = Outbox(path, cfg.outbox["durability"])
+    try:
+        if args.action == "stats":
+            _show(box.stats(), args.json)
+        elif args.action == "list":
+            rows = box.pending(0, args.limit)
+            if args.json:
+                print(json.dumps([{"seq": r.seq, "kind": r.kind, "msg_id": r.msg_id, "bytes": len(r.payload)}
+                                  for r in rows]))
+            else:
+                for r in rows:
+                    print(f"{r.seq:>10}  {r.kind:<10}  {r.msg_id}  {len(r.payload):>6} B")
+                print(f"({len(rows)} shown of {box.backlog()} queued)")
+        elif args.action == "dead-letters":
+            letters = box.dead_letters(args.limit)
+            if args.json:
+                print(json.dumps(letters))
+            else:
+                for d in letters:
+                    print(f"{d['seq']:>10}  {d['kind']:<10}  {d['msg_id']}  {d['bytes']:>6} B  {d['reason']}")
+                print(f"({len(letters)} shown of {box.dead_letter_count()} dead letters)")
+        else:  # purge
+            if not args.yes:
+                print(f"edge-infer: this deletes every {args.what} entry in {path}; add --yes to do it",
+                      file=sys.stderr)
+                return 2
+            print(f"purged {box.purge(args.what)} {args.what} entries (recorded as an outbox_dropped event)"
+                  if args.what == "queue" else f"purged {box.purge(args.what)} dead letters")
+    finally:
+        box.close()
+    return 0
+
+
+def _show(doc: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(doc, indent=2))
+        return
+    for key, value in doc.items():
+        print(f"{key:<18} {value}")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import threading
+    import time
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_infer.audit import Auditor
+
+    auditor = Auditor(validate=not args.no_schema)
+    lock = threading.Lock()
+    last = [time.monotonic()]
+
+    def on_message(_c, _u, msg: mqtt.MQTTMessage) -> None:
+        with lock:
+            auditor.feed(msg.topic, msg.payload)
+            last[0] = time.monotonic()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.on_connect = lambda c, *_: c.subscribe(args.topic, qos=1)
+    client.on_message = on_message
+    try:
+        client.connect(args.host, args.port)
+    except OSError as exc:
+        print(f"edge-infer: error: cannot reach broker {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    client.loop_start()
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < args.duration:
+            if args.idle and time.monotonic() - last[0] > args.idle and auditor.messages:
+                break
+            time.sleep(0.1)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    with lock:
+        report = auditor.report()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        if not report["schema_validation"]:
+            print("schema validation skipped: pip install jsonschema")
+        for device, d in report["devices"].items():
+            print(f"{device}: {d['received']} unique messages (seq {d['seq_first']}..{d['seq_last']}), "
+                  f"{d['duplicates_dropped']} duplicates dropped, {d['explained_drops']} explained drops, "
+                  f"{d['dead_letters']} dead letters, {d['missing']} missing {d['unexplained_gaps'][:5]}")
+        for problem in report["invalid"][:10]:
+            print(f"invalid: {problem}")
+        print("complete" if report["complete"] else "INCOMPLETE")
+    return 0 if report["complete"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-infer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edge-infer {__version__}")
@@ -99,6 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, help="device config (TOML)")
     check.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     check.set_defaults(func=cmd_check)
+    box = sub.add_parser("outbox", help="inspect or manage the outbox")
+    box.add_argument("action", choices=("stats", "list", "dead-letters", "purge"))
+    box.add_argument("--config", required=True, help="device config (TOML)")
+    box.add_argument("--json", action="store_true")
+    box.add_argument("--limit", type=int, default=50)
+    box.add_argument("--what", choices=("queue", "dead-letters"), default="dead-letters", help="purge: which")
+    box.add_argument("--yes", action="store_true", help="purge: really delete")
+    box.set_defaults(func=cmd_outbox)
+    audit = sub.add_parser("audit", help="subscribe and check streams are complete (for subscribers)")
+    audit.add_argument("--host", default="127.0.0.1")
+    audit.add_argument("--port", type=int, default=1883)
+    audit.add_argument("--topic", default="edge/#")
+    audit.add_argument("--duration", type=float, default=60.0, help="listen at most this long (s)")
+    audit.add_argument("--idle", type=float, default=0.0, help="stop after this many quiet seconds (s)")
+    audit.add_argument("--no-schema", action="store_true", help="skip JSON Schema validation")
+    audit.add_argument("--json", action="store_true")
+    audit.set_defaults(func=cmd_audit)
     return parser
 
 

@@ -90,6 +90,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "max_inflight": Field(int, default=32, check=_between(1, 1000)),
         "max_publish_rate": Field((int, float), default=0, check=_between(0, 1_000_000)),
         "drain_timeout": Field((int, float), default=30.0, check=_between(0.0, 86400)),
+        "reconnect_max": Field((int, float), default=30.0, check=_between(0.5, 3600)),
         "hosts": Field(list, default=[], check=_host_list),
         "username": Field(str, default=None),
         "password_file": Field(str, default=None, is_path=True),

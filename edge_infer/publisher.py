@@ -10,6 +10,7 @@ reconnect the outbox, not paho, decides what is sent again (at-least-once; subsc
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -25,7 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_infer.config import ConfigError
-from edge_infer.outbox import Outbox
+from edge_infer.outbox import Outbox, OutboxFull
 
 log = logging.getLogger(__name__)
 PASSWORD_ENV = "EDGE_INFER_MQTT_PASSWORD"
@@ -165,7 +166,15 @@ class Publisher(threading.Thread):
                     self._connection_failed(host, port, f"{type(exc).__name__}: {exc}")
                 else:
                     self.broker = f"{host}:{port}"
-                    if self._session(client, outbox):
+                    try:
+                        established = self._session(client, outbox)
+                    except Exception:  # never let the publisher thread die: log, drop the connection, retry
+                        log.exception("event=publisher_error broker=%s (reconnecting)", self.broker)
+                        established = False
+                        self.connected.clear()
+                        with contextlib.suppress(Exception):
+                            client.disconnect()
+                    if established:
                         delay = self.settings.reconnect_min_s
                         attempt -= 1  # a connection that worked: retry the same broker first
                     else:
@@ -288,16 +297,22 @@ class Publisher(threading.Thread):
             self._wake.set()  # there may be more: come back on the next loop turn
 
     def _flush_acks(self, outbox: Outbox) -> None:
-        while self._refused:
-            seq, reason = self._refused.pop(0)
-            outbox.dead_letter(seq, reason)
-            self.dead_lettered += 1
-            log.error("event=dead_letter seq=%d reason=%r (kept in the dead_letters table)", seq, reason)
-            self._wake.set()  # the dead-letter event is a new row to publish
-        if self._acked:
-            acked, self._acked = self._acked, []
-            outbox.delete(acked)
-            self.published += len(acked)
+        """Record acknowledgements and refusals. If the disk is full they wait here (already sent, so they
+        are not sent again in this connection) and are retried on the next loop turn."""
+        try:
+            while self._refused:
+                seq, reason = self._refused[0]
+                outbox.dead_letter(seq, reason)
+                self._refused.pop(0)
+                self.dead_lettered += 1
+                log.error("event=dead_letter seq=%d reason=%r (kept in the dead_letters table)", seq, reason)
+                self._wake.set()  # the dead-letter event is a new row to publish
+            if self._acked:
+                outbox.delete(self._acked)
+                self.published += len(self._acked)
+                self._acked = []
+        except OutboxFull:
+            pass
 
     def _goodbye(self, client: mqtt.Client, outbox: Outbox) -> None:
         """Clean stop: wait briefly for in-flight acks, publish retained `offline`, disconnect."""
@@ -379,5 +394,6 @@ def settings_from_config(mqtt_cfg: dict, device_id: str) -> MqttSettings:
         cert_file=mqtt_cfg["cert_file"],
         key_file=mqtt_cfg["key_file"],
         tls_insecure=mqtt_cfg["tls_insecure"],
+        reconnect_max_s=float(mqtt_cfg["reconnect_max"]),
     )
 

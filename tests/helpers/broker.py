@@ -34,14 +34,24 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "") -> None:
+    """`persistent=True` keeps sessions across restarts (saved every second), so a test subscriber with a
+    persistent session misses nothing while the broker is down — even after a SIGKILL."""
+
+    def __init__(self, workdir: Path, port: int | None = None, extra_conf: str = "", persistent: bool = False,
+                 listener: str | None = None) -> None:
         self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.conf = workdir / "mosquitto.conf"
         self.log = workdir / "mosquitto.log"
+        persistence = (
+            f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
+            if persistent else "persistence false\n"
+        )
+        listen = listener or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n{extra_conf}"
+            f"{listen}{persistence}log_dest file {self.log}\nlog_type error\nlog_type warning\n"
+            f"log_type notice\nmax_queued_messages 100000\n{extra_conf}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -51,10 +61,11 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while not port_open(self.port):
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log.read_text()[-500:]}")
+                tail = self.log.read_text()[-500:] if self.log.exists() else ""
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {tail}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not listen on {self.port}")
-            time.sleep(0.05)
+            time.sleep(0.02)
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

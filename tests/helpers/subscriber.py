@@ -28,15 +28,28 @@ class Received:
 
 
 class Subscriber:
-    def __init__(self, port: int, topic: str = "#") -> None:
+    """`session=NAME` makes it a persistent session (clean_start off, 1 h expiry) that reconnects by itself:
+    with a persistent broker, nothing published while it is away is lost to it."""
+
+    def __init__(self, port: int, topic: str = "#", session: str | None = None, **tls: Any) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=session or "", protocol=mqtt.MQTTv5)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", port)
+        if tls:
+            self.client.tls_set(**tls)
+        properties = None
+        if session:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = 3600
+            self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.connect("127.0.0.1", port, clean_start=not session, properties=properties)
         self.client.loop_start()
         if not self._subscribed.wait(10):
             raise RuntimeError("subscriber did not get SUBACK")
@@ -44,6 +57,10 @@ class Subscriber:
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with self._lock:
             self.messages.append(Received(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def all(self) -> list[Received]:
+        with self._lock:
+            return list(self.messages)
 
     def of_kind(self, kind: str) -> list[Received]:
         with self._lock:
