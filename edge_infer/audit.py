@@ -115,6 +115,8 @@ class Auditor:
                 ranges = [(int(a), int(b)) for a, b in details.get("seq_ranges", [])]
                 device.explained.extend(ranges)
                 device.dropped += sum(b - a + 1 for a, b in ranges)
+            elif doc.get("event") == "outbox_replaced" and "seq_resumes_after" in details:
+                device.explained.append((1, int(details["seq_resumes_after"])))  # lost with the corrupt file
             elif doc.get("event") == "dead_letter":
                 device.explained.append((int(details["seq"]), int(details["seq"])))
                 device.dead_letters += 1

@@ -65,11 +65,10 @@ class Daemon:
         box = cfg.outbox
         limits = Limits(max_rows=box["max_rows"], max_bytes=box["max_bytes"], ttl_s=float(box["ttl"]),
                         policy=box["policy"])
-        primary = Outbox(
-            box["path"], box["durability"], limits,
-            event_builder=lambda seq, msg_id, name, details: event_payload(self.identity, seq, msg_id, name, details),
-            primary=True,
-        )
+        def events(seq: int, msg_id: str, name: str, details: dict) -> bytes:
+            return event_payload(self.identity, seq, msg_id, name, details)
+
+        primary = Outbox(box["path"], box["durability"], limits, event_builder=events, primary=True)
         if primary.replaced is not None:
             log.error("event=outbox_replaced %s", " ".join(f"{k}={v!r}" for k, v in primary.replaced.items()))
             primary.add_event("outbox_replaced", primary.replaced)
@@ -79,13 +78,12 @@ class Daemon:
         self.summary = RunSummary()
         self.publisher = Publisher(
             settings_from_config(cfg.mqtt, cfg.device["id"]),
-            box["path"],
+            lambda: Outbox(box["path"], box["durability"], limits, event_builder=events),
             birth=lambda problems: status_payload(
                 self.identity, "online", version=__version__, runtime=self.classifier.engine.runtime.to_dict(),
                 problems=problems,
             ),
             will=lambda: status_payload(self.identity, "offline"),
-            durability=box["durability"],
         )
         self.writer = OutboxWriter(
             primary,

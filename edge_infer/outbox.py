@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     failed_at REAL NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES
-    ('schema_version', 1), ('last_seq', 0), ('rows', 0), ('bytes', 0),
+    ('schema_version', 1), ('last_seq', 0), ('rows', 0), ('bytes', 0), ('event_rows', 0),
     ('dropped_max_rows', 0), ('dropped_max_bytes', 0), ('dropped_ttl', 0), ('dropped_purged', 0),
     ('dropped_events', 0),
     ('dead_letters', 0);
@@ -198,18 +198,19 @@ class Outbox:
             raise OutboxError(f"{self.path}: cannot create a fresh outbox database: {exc}") from None
 
     def _apply_seq_floor(self) -> None:
-        """A fresh database (first start, or after a corrupt one was moved aside) continues above every seq
-        ever reserved, so a seq is never reused."""
+        """A fresh database (first start, deleted, or a corrupt one moved aside) continues above every seq
+        ever reserved, so a seq is never reused. A healthy database keeps its own count."""
         try:
             floor = int(self._seq_file.read_text().strip() or 0)
         except (FileNotFoundError, ValueError):
             floor = 0
         last = self._meta("last_seq")
-        if last < floor:
+        if last == 0 and floor > 0:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq'", (floor,))
             if self.replaced is not None:
                 self.replaced["seq_resumes_after"] = floor
-        self._reserved = max(floor, last)
+            last = floor
+        self._reserved = last
 
     def _reserve(self, upto: int) -> None:
         if upto <= getattr(self, "_reserved", 0):
@@ -246,18 +247,26 @@ class Outbox:
         return list(range(last - n + 1, last + 1))
 
     def _insert(self, seq: int, kind: str, msg_id: str, payload: bytes, now: float) -> None:
+        """Insert one message; `rows`/`bytes` count data messages (what the caps limit), `event_rows` events."""
         self._db.execute(
             "INSERT INTO messages (seq, kind, msg_id, created, size, payload) VALUES (?, ?, ?, ?, ?, ?)",
             (seq, kind, msg_id, now, len(payload), payload),
         )
-        self._bump("rows", 1)
-        self._bump("bytes", len(payload))
+        if kind == EVENTS:
+            self._bump("event_rows", 1)
+        else:
+            self._bump("rows", 1)
+            self._bump("bytes", len(payload))
 
     def _delete_rows(self, where: str, params: Iterable[Any]) -> list[int]:
-        rows = self._db.execute(f"DELETE FROM messages WHERE {where} RETURNING seq, size", tuple(params)).fetchall()
-        self._bump("rows", -len(rows))
-        self._bump("bytes", -sum(size for _, size in rows))
-        return [seq for seq, _ in rows]
+        rows = self._db.execute(
+            f"DELETE FROM messages WHERE {where} RETURNING seq, size, kind", tuple(params)
+        ).fetchall()
+        data = [(seq, size) for seq, size, kind in rows if kind != EVENTS]
+        self._bump("rows", -len(data))
+        self._bump("bytes", -sum(size for _, size in data))
+        self._bump("event_rows", -(len(rows) - len(data)))
+        return [seq for seq, _, _ in rows]
 
     def _transaction(self, work: Callable[[], Any]) -> Any:
         try:
@@ -296,7 +305,8 @@ class Outbox:
             if item.kind == EVENTS or self._make_room(len(payload), dropped):
                 self._insert(seq, item.kind, item.msg_id, payload, now)
             else:
-                dropped.setdefault(self._over_which(), []).append(seq)
+                over_rows = self._meta("rows") + 1 > self.limits.max_rows
+                dropped.setdefault("max_rows" if over_rows else "max_bytes", []).append(seq)
             if item.checkpoint is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO processed (source, input_key, seq, at) VALUES (?, ?, ?, ?)",
@@ -305,27 +315,29 @@ class Outbox:
         self._record_drops(dropped, now)
         return seqs
 
-    def _over_which(self) -> str:
-        if self._meta("rows") + 1 > self.limits.max_rows:
-            return "max_rows"
-        return "max_bytes"
-
     def _make_room(self, incoming: int, dropped: dict[str, list[int]]) -> bool:
-        """Apply the caps for one incoming data message. False: the policy rejects the new message."""
+        """Apply the caps for one incoming data message, dropping exactly as many of the oldest data messages
+        as needed (drop-oldest). False: the new message is dropped instead (reject-new, or no room possible)."""
         limits = self.limits
-        while True:
-            over = self._meta("rows") + 1 > limits.max_rows or self._meta("bytes") + incoming > limits.max_bytes
-            if not over:
-                return True
-            if limits.policy == "reject-new" or incoming > limits.max_bytes:
-                return False
-            reason = self._over_which()
-            victims = self._delete_rows(
-                "seq IN (SELECT seq FROM messages WHERE kind != ? ORDER BY seq LIMIT 64)", (EVENTS,)
-            )
-            if not victims:
-                return False  # only events are left: they are kept, the new data message is not
-            dropped.setdefault(reason, []).extend(victims)
+        need_rows = self._meta("rows") + 1 - limits.max_rows
+        need_bytes = self._meta("bytes") + incoming - limits.max_bytes
+        if need_rows <= 0 and need_bytes <= 0:
+            return True
+        if limits.policy == "reject-new" or incoming > limits.max_bytes:
+            return False
+        victims: list[int] = []
+        freed_rows = freed_bytes = 0
+        for seq, size in self._db.execute("SELECT seq, size FROM messages WHERE kind != ? ORDER BY seq", (EVENTS,)):
+            if freed_rows >= need_rows and freed_bytes >= need_bytes:
+                break
+            victims.append(seq)
+            freed_rows += 1
+            freed_bytes += size
+        if freed_rows < need_rows or freed_bytes < need_bytes:
+            return False
+        self._delete_rows(f"seq IN ({','.join('?' * len(victims))})", victims)
+        dropped.setdefault("max_rows" if need_rows > 0 else "max_bytes", []).extend(victims)
+        return True
 
     def expire(self) -> int:
         """Drop data messages older than the TTL (recorded like any other drop). Returns how many."""
@@ -344,7 +356,7 @@ class Outbox:
             self._bump(f"dropped_{reason}", len(seqs))
             self._add_event("outbox_dropped", {"reason": reason, "count": len(seqs), "seq_ranges": _ranges(seqs),
                                                "policy": self.limits.policy}, now)
-        events = self._db.execute("SELECT COUNT(*) FROM messages WHERE kind = ?", (EVENTS,)).fetchone()[0]
+        events = self._meta("event_rows")
         if events > self.limits.max_event_rows:
             victims = self._delete_rows(
                 "seq IN (SELECT seq FROM messages WHERE kind = ? ORDER BY seq LIMIT ?)",
@@ -417,7 +429,8 @@ class Outbox:
         return self._transaction(work)
 
     def backlog(self) -> int:
-        return self._meta("rows")
+        """Messages waiting to be published: data and events."""
+        return self._meta("rows") + self._meta("event_rows")
 
     def last_seq(self) -> int:
         return self._meta("last_seq")
@@ -428,8 +441,8 @@ class Outbox:
         by_kind = dict(self._db.execute("SELECT kind, COUNT(*) FROM messages GROUP BY kind").fetchall())
         return {
             "path": str(self.path),
-            "queued": meta["rows"],
-            "queued_bytes": meta["bytes"],
+            "queued": meta["rows"] + meta["event_rows"],
+            "queued_data_bytes": meta["bytes"],
             "queued_by_kind": by_kind,
             "oldest_age_s": round(time.time() - oldest, 1) if oldest else None,
             "last_seq": meta["last_seq"],

@@ -92,15 +92,15 @@ class Publisher(threading.Thread):
     def __init__(
         self,
         settings: MqttSettings,
-        outbox_path: str,
+        open_outbox: Callable[[], Outbox],
         birth: Callable[[list[str]], bytes],
         will: Callable[[], bytes],
-        durability: str = "full",
     ) -> None:
+        """`open_outbox` opens this thread's own connection to the outbox (with the daemon's event builder,
+        so a dead letter is announced as an event)."""
         super().__init__(name="publisher", daemon=True)
         self.settings = settings
-        self._outbox_path = outbox_path
-        self._durability = durability
+        self._open_outbox = open_outbox
         self._birth = birth
         self._will = will
         self._stop_requested = threading.Event()
@@ -152,7 +152,7 @@ class Publisher(threading.Thread):
 
     # ---- publisher thread ----------------------------------------------------------------------
     def run(self) -> None:
-        outbox = Outbox(self._outbox_path, self._durability)
+        outbox = self._open_outbox()
         hosts = self.settings.hosts
         delay = self.settings.reconnect_min_s
         attempt = 0

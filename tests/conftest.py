@@ -40,12 +40,13 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None)
     )
 
 
-def write_config(path: Path, *, bundle: Path, source: Path, state: Path, port: int, extra: str = "") -> Path:
+def write_config(path: Path, *, bundle: Path, source: Path, state: Path, port: int,
+                 device_id: str = "test-pi", outbox: str = "", mqtt: str = "") -> Path:
     """A device config as a Pi owner would write it."""
     path.write_text(
         f"""
 [device]
-id = "test-pi"
+id = "{device_id}"
 state_dir = "{state}"
 
 [model]
@@ -63,7 +64,11 @@ host = "127.0.0.1"
 port = {port}
 topic_prefix = "edge"
 drain_timeout = 30
-{extra}
+reconnect_max = 1.0
+{mqtt}
+
+[outbox]
+{outbox}
 """
     )
     return path

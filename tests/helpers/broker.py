@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -49,9 +50,11 @@ class Mosquitto:
             if persistent else "persistence false\n"
         )
         listen = listener or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        # started as root, mosquitto drops to user 'mosquitto', who cannot reach pytest's private tmp dirs
+        listen += "user root\n" if os.geteuid() == 0 else ""
         self.conf.write_text(
             f"{listen}{persistence}log_dest file {self.log}\nlog_type error\nlog_type warning\n"
-            f"log_type notice\nmax_queued_messages 100000\n{extra_conf}"
+            f"log_type notice\nmax_queued_messages 100000\nqueue_qos0_messages true\n{extra_conf}"
         )
         self.proc: subprocess.Popen[bytes] | None = None
 

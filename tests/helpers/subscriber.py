@@ -31,12 +31,12 @@ class Subscriber:
     """`session=NAME` makes it a persistent session (clean_start off, 1 h expiry) that reconnects by itself:
     with a persistent broker, nothing published while it is away is lost to it."""
 
-    def __init__(self, port: int, topic: str = "#", session: str | None = None, **tls: Any) -> None:
+    def __init__(self, port: int, topic: str = "#", session: str | None = None, qos: int = 1, **tls: Any) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=session or "", protocol=mqtt.MQTTv5)
-        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=qos)
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
         if tls:
