@@ -295,7 +295,7 @@ def test_failover_to_the_second_broker_loses_nothing(tmp_path: Path) -> None:
     first = Mosquitto(tmp_path / "b1").start()
     second = Mosquitto(tmp_path / "b2").start()
     try:
-        subs = [Subscriber(b.port, "edge/test-pi/#") for b in (first, second)]
+        subs = [Subscriber(b.port, "edge/test-pi/#", qos=0) for b in (first, second)]  # QoS 0: see faults.py
         names = make_frames(tmp_path / "in", 2000)
         hosts = f'hosts = ["127.0.0.1:{first.port}", "127.0.0.1:{second.port}"]\nmax_publish_rate = 800'
         daemon = DaemonProcess(config(tmp_path, first.port, mqtt=hosts), tmp_path / "daemon.log").start()

@@ -1,0 +1,119 @@
+"""Delivery benchmark: durable enqueue rate and backlog drain rate, each against a baseline measured in the
+same run on the same machine (so the ratios mean something on a noisy host).
+
+    .venvs/litert/bin/python tests/benchmarks/bench_delivery.py [--messages 20000]
+
+- enqueue: results committed to the outbox at durability=full through the group-commit writer, vs one
+  transaction (one fsync) per result — what a naive durable queue does.
+- drain:   a backlog published at QoS 1 to a local mosquitto by the publisher (windowed, acked rows deleted
+  from SQLite), vs a naive loop that publishes and waits for each PUBACK in turn (no storage at all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_infer.outbox import Outbox, Pending
+from edge_infer.publisher import MqttSettings, Publisher
+from edge_infer.writer import OutboxWriter
+from tests.helpers.broker import Mosquitto
+
+PAYLOAD = (b'{"v":1,"device_id":"bench","result":{"label":"7","confidence":0.99}' + b" " * 520 + b"}")[:600]
+
+
+def pending(i: int) -> Pending:
+    return Pending("results", f"{i:032x}", lambda seq: PAYLOAD, ("bench", f"input-{i}"))
+
+
+def enqueue_grouped(path: Path, n: int) -> float:
+    box = Outbox(path, "full", primary=True)
+    writer = OutboxWriter(box, window_s=0.02, max_batch=256, on_committed=lambda: None, on_problem=lambda _: None)
+    writer.start()
+    started = time.perf_counter()
+    for i in range(n):
+        writer.put(pending(i))
+    writer.flush()
+    elapsed = time.perf_counter() - started
+    writer.stop()
+    box.close()
+    return n / elapsed
+
+
+def enqueue_one_by_one(path: Path, n: int) -> float:
+    box = Outbox(path, "full", primary=True)
+    started = time.perf_counter()
+    for i in range(n):
+        box.commit_batch([pending(i)])
+    elapsed = time.perf_counter() - started
+    box.close()
+    return n / elapsed
+
+
+def drain_publisher(path: Path, n: int, port: int) -> float:
+    box = Outbox(path, "full", primary=True)
+    for start in range(0, n, 1000):
+        box.commit_batch([pending(i) for i in range(start, min(n, start + 1000))])
+    settings = MqttSettings(hosts=[("127.0.0.1", port)], topic_prefix="bench", device_id="pub",
+                            client_id="bench-publisher", max_inflight=64)
+    publisher = Publisher(settings, lambda: Outbox(path, "full"), birth=lambda _p: b"{}", will=lambda: b"{}")
+    started = time.perf_counter()
+    publisher.start()
+    while box.backlog():
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    publisher.stop()
+    box.close()
+    return n / elapsed
+
+
+def drain_naive(n: int, port: int) -> float:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-naive", protocol=mqtt.MQTTv5)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    started = time.perf_counter()
+    for _ in range(n):
+        client.publish("bench/naive/results", PAYLOAD, qos=1).wait_for_publish()
+    elapsed = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    return n / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=20000)
+    args = parser.parse_args()
+    n = args.messages
+    with tempfile.TemporaryDirectory(prefix="bench-delivery-", dir=os.environ.get("BENCH_DIR")) as tmp:
+        root = Path(tmp)
+        grouped = enqueue_grouped(root / "a.db", n)
+        single = enqueue_one_by_one(root / "b.db", max(500, n // 20))
+        broker = Mosquitto(root / "broker").start()
+        try:
+            drained = drain_publisher(root / "c.db", n, broker.port)
+            naive = drain_naive(max(500, n // 10), broker.port)
+        finally:
+            broker.stop()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"disk under {tempfile.gettempdir() if not os.environ.get('BENCH_DIR') else os.environ['BENCH_DIR']}")
+    print(f"{'measure':<44} {'msg/s':>10}")
+    print(f"{'durable enqueue, group commit (full)':<44} {grouped:>10,.0f}")
+    print(f"{'  baseline: one transaction per result':<44} {single:>10,.0f}   ratio {grouped / single:.1f}x")
+    print(f"{'backlog drain, QoS 1, acked rows deleted':<44} {drained:>10,.0f}")
+    print(f"{'  baseline: publish + wait for PUBACK each':<44} {naive:>10,.0f}   ratio {drained / naive:.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
