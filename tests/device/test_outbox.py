@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pytest
 
-from edge_infer.outbox import Outbox, OutboxError
+from edge_infer.audit import Auditor
+from edge_infer.outbox import Limits, Outbox, OutboxError, Pending
 
 
 def test_seq_increases_and_is_never_reused_across_reopen_and_deletes(tmp_path: Path) -> None:
@@ -66,3 +69,76 @@ def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(OutboxError, match="cannot open outbox database"):
         Outbox(path)
+
+
+def _event_builder(seq: int, msg_id: str, name: str, details: dict) -> bytes:
+    return json.dumps({"seq": seq, "msg_id": msg_id, "event": name, "details": details}).encode()
+
+
+def _events(box: Outbox) -> list[dict]:
+    return [json.loads(r.payload) for r in box.pending(0, 10_000) if r.kind == "events"]
+
+
+def test_max_bytes_drops_exactly_the_oldest_needed(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", limits=Limits(max_bytes=1000), event_builder=_event_builder)
+    for i in range(5):
+        box.commit("results", str(i), lambda s: b"x" * 300)  # the 4th and 5th each push out one
+    data = [r.seq for r in box.pending(0, 100) if r.kind == "results"]
+    assert data == [3, 4, 6]  # seq 5 is the first drop event
+    dropped = [e for e in _events(box) if e["event"] == "outbox_dropped"]
+    assert [(e["details"]["reason"], e["details"]["seq_ranges"]) for e in dropped] == [
+        ("max_bytes", [[1, 1]]), ("max_bytes", [[2, 2]])]
+    assert box.stats()["dropped"]["max_bytes"] == 2
+
+
+def test_reject_new_keeps_the_old_and_still_checkpoints_the_input(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", limits=Limits(max_rows=10, policy="reject-new"), event_builder=_event_builder)
+    seqs = box.commit_batch([Pending("results", str(i), lambda s: b"r", ("dir", f"f{i}")) for i in range(12)])
+    assert [r.seq for r in box.pending(0, 100) if r.kind == "results"] == seqs[:10]
+    (event,) = _events(box)
+    assert event["details"] == {"reason": "max_rows", "count": 2, "seq_ranges": [[11, 12]], "policy": "reject-new"}
+    assert box.is_processed("dir", "f11"), "a dropped input is accounted for, not reprocessed forever"
+
+
+def test_ttl_expiry_is_recorded(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", limits=Limits(ttl_s=0.05), event_builder=_event_builder)
+    box.commit("results", "a", lambda s: b"a")
+    time.sleep(0.1)
+    assert box.expire() == 1
+    (event,) = _events(box)
+    assert event["details"]["reason"] == "ttl" and event["details"]["seq_ranges"] == [[1, 1]]
+
+
+def test_purge_queue_is_recorded_and_dead_letters_purge(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", event_builder=_event_builder)
+    for i in range(3):
+        box.commit("results", str(i), lambda s: b"r")
+    box.dead_letter(1, "Not authorized")
+    assert box.purge("dead-letters") == 1 and box.dead_letter_count() == 1  # the count is history
+    assert box.purge("queue") == 3  # two results and the dead_letter event
+    assert [e["event"] for e in _events(box)] == ["outbox_dropped"]
+
+
+def test_a_deleted_database_continues_above_every_reserved_seq(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path, primary=True)
+    assert box.commit("results", "a", lambda s: b"a") == 1
+    box.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    box = Outbox(path, primary=True)
+    assert box.commit("results", "b", lambda s: b"b") > 1, "seq 1 is never issued twice"
+
+
+def test_audit_explains_drops_and_finds_real_gaps() -> None:
+    auditor = Auditor(validate=False)
+
+    def send(seq: int, kind: str = "results", **extra) -> None:
+        auditor.feed(f"edge/d/{kind}", json.dumps({"device_id": "d", "seq": seq, "msg_id": f"m{seq}", **extra}))
+
+    for seq in (1, 2, 6, 9, 9):
+        send(seq)
+    send(7, "events", event="outbox_dropped", details={"seq_ranges": [[3, 5]]})
+    report = auditor.report()["devices"]["d"]
+    assert report["duplicates_dropped"] == 1 and report["explained_drops"] == 3
+    assert report["unexplained_gaps"] == [[8, 8]] and report["missing"] == 1
