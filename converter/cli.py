@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
             chosen = stratified_sample(calibration, args.calibration_samples)
 
             def representative() -> Iterator[np.ndarray]:
-                bar = tqdm(total=len(chosen), desc="calibrate", unit="img", file=sys.stderr, leave=False)
+                bar = tqdm(total=len(chosen), desc="calibrate", unit="img", file=sys.stderr, leave=False, disable=None)
                 for x in calibration_tensors(chosen, spec):
                     bar.update()
                     yield x

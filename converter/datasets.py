@@ -63,10 +63,11 @@ def stratified_sample(examples: list[Example], limit: int) -> list[Example]:
     return chosen
 
 
-def load_image(path: Path) -> Image.Image:
-    """Decode a dataset image with the device's decode gate; a bad file is a one-line error."""
+def load_image(path: Path, draft_size: tuple[int, int] | None = None) -> Image.Image:
+    """Decode a dataset image with the device's decode gate (and the same JPEG draft scaling the device uses
+    for this model's input size); a bad file is a one-line error."""
     try:
-        return decode_image(path.read_bytes())
+        return decode_image(path.read_bytes(), draft_size=draft_size)
     except DecodeRejected as rejected:
         raise ConvertError(f"{path}: {rejected.verdict.reason}: {rejected.verdict.detail}") from None
     except OSError as exc:
@@ -76,4 +77,4 @@ def load_image(path: Path) -> Image.Image:
 def calibration_tensors(examples: list[Example], spec: ImageInputSpec) -> Iterator[np.ndarray]:
     """The exact float tensors (H, W, C) the device computes from these files."""
     for ex in examples:
-        yield normalized_image(load_image(ex.path), spec)
+        yield normalized_image(load_image(ex.path, (spec.width, spec.height)), spec)

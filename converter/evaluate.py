@@ -40,8 +40,8 @@ def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluatio
     classifier = Classifier(bundle, threads=1)
     predictions: list[str] = []
     spent = 0.0
-    for ex in tqdm(examples, desc=f"evaluate {variant}", unit="img", file=sys.stderr, leave=False):
-        image = load_image(ex.path)
+    for ex in tqdm(examples, desc=f"evaluate {variant}", unit="img", file=sys.stderr, leave=False, disable=None):
+        image = load_image(ex.path, classifier.draft_size)
         started = time.perf_counter()
         predictions.append(classifier.classify(image).label)
         spent += time.perf_counter() - started

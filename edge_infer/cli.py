@@ -189,6 +189,23 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0 if report["complete"] else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_infer.bench import BenchError, print_report, run_bench
+
+    cfg = load_config(args.config)
+    _setup_logging("error")
+    try:
+        report = run_bench(cfg, args.frames)
+    except BenchError as exc:
+        print(f"edge-infer: error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_report(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-infer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edge-infer {__version__}")
@@ -219,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-schema", action="store_true", help="skip JSON Schema validation")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+    bench = sub.add_parser("bench", help="measure every stage on the configured model and inputs")
+    bench.add_argument("--config", required=True, help="device config (TOML); inputs from [source].path")
+    bench.add_argument("--frames", type=int, default=200, help="frames per measurement (200)")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -75,6 +75,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "settle_seconds": Field((int, float), default=1.0, check=_between(0.0, 3600)),
         "max_file_bytes": Field(int, default=50 * 1024 * 1024, check=_between(1, 2**40)),
     },
+    "pipeline": {
+        "mode": Field(str, default="pipelined", choices=("pipelined", "sequential")),
+        "queue_size": Field(int, default=4, check=_between(1, 1024)),
+    },
     "gate": {
         "max_pixels": Field(int, default=40_000_000, check=_between(1, 2**40)),
         "min_side": Field(int, default=8, check=_between(1, 100_000)),
@@ -123,6 +127,7 @@ class Config:
     device: dict[str, Any]
     model: dict[str, Any]
     source: dict[str, Any]
+    pipeline: dict[str, Any]
     gate: dict[str, Any]
     mqtt: dict[str, Any]
     outbox: dict[str, Any]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import queue
 import signal
 import threading
 import time
@@ -22,7 +24,7 @@ from edge_infer.messages import (
     status_payload,
 )
 from edge_infer.outbox import Limits, Outbox, Pending
-from edge_infer.pipeline import Classifier, Outcome, Pipeline
+from edge_infer.pipeline import Classifier, Outcome, Pipeline, Prepared
 from edge_infer.publisher import Publisher, settings_from_config
 from edge_infer.sources import Sample, make_source
 from edge_infer.writer import OutboxWriter
@@ -76,6 +78,7 @@ class Daemon:
         self.source = make_source(cfg.source)
         self.stop_event = threading.Event()
         self.summary = RunSummary()
+        self.pulled = 0  # inputs the source offered (read or skipped): what back-pressure bounds
         self.publisher = Publisher(
             settings_from_config(cfg.mqtt, cfg.device["id"]),
             lambda: Outbox(box["path"], box["durability"], limits, event_builder=events),
@@ -94,6 +97,7 @@ class Daemon:
         )
 
     def _done(self, sample: Sample) -> bool:
+        self.pulled += 1
         if self.outbox.is_processed(sample.source, sample.key):
             self.summary.skipped += 1
             return True
@@ -101,8 +105,12 @@ class Daemon:
 
     def handle(self, sample: Sample) -> Outcome:
         """Process one sample and commit its result or rejection, with its checkpoint, to the outbox."""
-        outcome = self.pipeline.process(sample)
+        return self.commit(sample, self.pipeline.process(sample))
+
+    def commit(self, sample: Sample, outcome: Outcome) -> Outcome:
+        """Hand a finished sample to the group-commit writer (blocks while its queue is full)."""
         msg_id = message_id(sample, self.identity.model["sha256"])
+        sample = dataclasses.replace(sample, data=None)  # the queued payload builder must not pin the bytes
         checkpoint = (sample.source, sample.key)
         if outcome.verdict.ok:
             assert outcome.result is not None and outcome.decision is not None
@@ -114,7 +122,8 @@ class Daemon:
                     lambda seq: result_payload(self.identity, seq, msg_id, sample, result, decision,
                                                outcome.latency_ms),
                     checkpoint,
-                )
+                ),
+                self.stop_event,
             )
             self.summary.results += 1
             self.summary.uncertain += decision.status == "uncertain"
@@ -126,7 +135,8 @@ class Daemon:
                 Pending(
                     "rejections", msg_id, lambda seq: rejection_payload(self.identity, seq, msg_id, sample, verdict),
                     checkpoint,
-                )
+                ),
+                self.stop_event,
             )
             reason = verdict.reason or "unknown"
             self.summary.rejections[reason] = self.summary.rejections.get(reason, 0) + 1
@@ -146,8 +156,11 @@ class Daemon:
         self.writer.start()
         self.publisher.start()
         try:
-            for sample in self.source.samples(self.stop_event, once, self._done):
-                self.handle(sample)
+            if self.cfg.pipeline["mode"] == "pipelined":
+                self._run_pipelined(once)
+            else:
+                for sample in self.source.samples(self.stop_event, once, self._done):
+                    self.handle(sample)
             self.writer.flush()
             if once:
                 self._drain(self.cfg.mqtt["drain_timeout"])
@@ -165,6 +178,36 @@ class Daemon:
             self.summary.published, self.summary.queued,
         )
         return self.summary
+
+    def _run_pipelined(self, once: bool) -> None:
+        """Decode and preprocess in one thread while this one runs the interpreter; a bounded queue between
+        them (and the writer's behind) makes the slowest stage set the pace instead of a growing backlog.
+        Order is preserved: one producer, one consumer."""
+        handoff: queue.Queue[Prepared | None] = queue.Queue(maxsize=self.cfg.pipeline["queue_size"])
+        failure: list[BaseException] = []
+
+        def front() -> None:
+            try:
+                for sample in self.source.samples(self.stop_event, once, self._done):
+                    prepared = self.pipeline.prepare(sample)
+                    while not self.stop_event.is_set():
+                        try:
+                            handoff.put(prepared, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as exc:  # surfaced in the main thread below
+                failure.append(exc)
+            finally:
+                handoff.put(None)
+
+        thread = threading.Thread(target=front, name="decode", daemon=True)
+        thread.start()
+        while (prepared := handoff.get()) is not None:
+            self.commit(prepared.sample, self.pipeline.finish(prepared))
+        thread.join()
+        if failure:
+            raise failure[0]
 
     def _drain(self, timeout: float) -> None:
         """Wait for the publisher to empty the outbox; give up early when the broker is unreachable."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 from edge_infer.bundle import Bundle, BundleError
@@ -38,12 +39,34 @@ class Classifier:
                 f"{spec.width}x{spec.height} {spec.color} input {expected}",
             )
 
-    def classify(self, image: Image.Image) -> Classification:
-        tensor = image_tensor(image, self.manifest.input, self.engine.inputs[0])
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        """What JPEG draft decoding may reduce a frame to (see `decode_image`)."""
+        return (self.manifest.input.width, self.manifest.input.height)
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Decoded image → input tensor (thread-safe: touches no interpreter state)."""
+        return image_tensor(image, self.manifest.input, self.engine.inputs[0])
+
+    def infer(self, tensor: np.ndarray) -> Classification:
+        """Input tensor → classification (call from one thread: the interpreter is not thread-safe)."""
         outputs = self.engine.run(tensor)
         return classify(
             outputs[0], self.engine.outputs[0], self.manifest.labels, self.manifest.output_activation, self.top_k
         )
+
+    def classify(self, image: Image.Image) -> Classification:
+        return self.infer(self.prepare(image))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A sample after the CPU-bound front half (decode, gate, preprocess): a tensor, or a rejection."""
+
+    sample: Sample
+    verdict: Verdict
+    tensor: np.ndarray | None
+    started: float
 
 
 @dataclass(frozen=True)
@@ -69,14 +92,25 @@ class Pipeline:
         self.max_pixels = max_pixels
         self.min_side = min_side
 
-    def process(self, sample: Sample) -> Outcome:
+    def prepare(self, sample: Sample) -> Prepared:
+        """Front half: decode gate and preprocessing. Runs in its own thread when pipelined."""
         started = time.perf_counter()
         if sample.data is None:
-            return Outcome(Verdict.reject("unreadable", sample.read_error or "the input could not be read"))
+            verdict = Verdict.reject("unreadable", sample.read_error or "the input could not be read")
+            return Prepared(sample, verdict, None, started)
         try:
-            image = decode_image(sample.data, self.max_pixels, self.min_side)
+            image = decode_image(sample.data, self.max_pixels, self.min_side, self.classifier.draft_size)
         except DecodeRejected as rejected:
-            return Outcome(rejected.verdict)
-        result = self.classifier.classify(image)
+            return Prepared(sample, rejected.verdict, None, started)
+        return Prepared(sample, Verdict(ok=True), self.classifier.prepare(image), started)
+
+    def finish(self, prepared: Prepared) -> Outcome:
+        """Back half: inference, postprocessing and the decision (the interpreter's thread)."""
+        if prepared.tensor is None:
+            return Outcome(prepared.verdict)
+        result = self.classifier.infer(prepared.tensor)
         decision = decide(result, self.thresholds)
-        return Outcome(Verdict(ok=True), result, decision, (time.perf_counter() - started) * 1000.0)
+        return Outcome(prepared.verdict, result, decision, (time.perf_counter() - prepared.started) * 1000.0)
+
+    def process(self, sample: Sample) -> Outcome:
+        return self.finish(self.prepare(sample))

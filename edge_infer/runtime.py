@@ -113,6 +113,11 @@ class Engine:
             [(t.shape, t.dtype.name) for t in self.outputs],
         )
 
+    @property
+    def interpreter(self) -> Any:
+        """The underlying TFLite Interpreter (for benchmarks that compare against raw use)."""
+        return self._interpreter
+
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Invoke on one input tensor (already shaped and typed for input 0); return every output."""
         self._interpreter.set_tensor(self.inputs[0].index, tensor)

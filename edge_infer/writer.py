@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -34,16 +35,17 @@ class OutboxWriter(threading.Thread):
         self.retry_s = retry_s
         self._on_committed = on_committed
         self._on_problem = on_problem
-        self._queue: queue.Queue[Pending] = queue.Queue(maxsize=max(4 * max_batch, 64))
+        self._queue: queue.Queue[Pending] = queue.Queue(maxsize=max(max_batch, 16))
         self._stop_requested = threading.Event()
         self.committed = 0
         self.lost_on_stop = 0  # messages that could not be committed before stopping (disk full)
         self._full_since: float | None = None
         self._last_expire = time.monotonic()
 
-    def put(self, item: Pending) -> bool:
-        """Queue a message; blocks while the queue is full. False if stopping before it could be queued."""
-        while not self._stop_requested.is_set():
+    def put(self, item: Pending, abandon: threading.Event | None = None) -> bool:
+        """Queue a message; blocks while the queue is full (back-pressure). False if the writer or the caller
+        (`abandon`) stops first: the message is then not committed, and its input is processed again."""
+        while not self._stop_requested.is_set() and not (abandon is not None and abandon.is_set()):
             try:
                 self._queue.put(item, timeout=0.2)
                 return True
@@ -90,12 +92,12 @@ class OutboxWriter(threading.Thread):
         while True:
             try:
                 self.outbox.commit_batch(batch)
-            except OutboxFull as exc:
+            except (OutboxFull, sqlite3.OperationalError) as exc:  # disk full, or the database locked for long
                 if self._full_since is None:
                     self._full_since = time.monotonic()
-                    log.error("event=outbox_disk_full error=%r (pausing input; retrying every %.0fs)", str(exc),
-                              delay)
-                    self._on_problem(f"disk full, {len(batch)}+ results waiting to be stored: {exc}")
+                    what = "disk full" if isinstance(exc, OutboxFull) else "outbox unavailable"
+                    log.error("event=outbox_%s error=%r (pausing input; retrying)", what.replace(" ", "_"), str(exc))
+                    self._on_problem(f"{what}, {len(batch)}+ results waiting to be stored: {exc}")
                 if self._stop_requested.is_set():
                     self.lost_on_stop += len(batch)
                     log.error("event=uncommitted_on_stop count=%d (their inputs will be processed again on "
@@ -111,15 +113,15 @@ class OutboxWriter(threading.Thread):
             self._full_since = None
             log.warning("event=outbox_recovered after_s=%.1f", down)
             self._on_problem(None)
-            with contextlib.suppress(OutboxFull):
-                self.outbox.add_event("outbox_recovered", {"condition": "disk_full", "duration_s": round(down, 1)})
+            with contextlib.suppress(OutboxFull, sqlite3.OperationalError):
+                self.outbox.add_event("outbox_recovered", {"duration_s": round(down, 1)})
         self._on_committed()
 
     def _maybe_expire(self) -> None:
         if time.monotonic() - self._last_expire < EXPIRE_EVERY_S:
             return
         self._last_expire = time.monotonic()
-        with contextlib.suppress(OutboxFull):
+        with contextlib.suppress(OutboxFull, sqlite3.OperationalError):
             if expired := self.outbox.expire():
                 log.warning("event=outbox_expired count=%d ttl_s=%.0f", expired, self.outbox.limits.ttl_s)
                 self._on_committed()

@@ -23,9 +23,17 @@ class DecodeRejected(Exception):
 
 
 def decode_image(
-    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE
+    data: bytes,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+    draft_size: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """Decode completely or raise `DecodeRejected` carrying the verdict (reason codes are stable)."""
+    """Decode completely or raise `DecodeRejected` carrying the verdict (reason codes are stable).
+
+    `draft_size` (the model's input size) lets a JPEG decode at 1/2, 1/4 or 1/8 scale when that still covers
+    it — much less work for a 640×480 frame feeding a 224×224 model. The converter decodes with the same
+    argument, so calibration and serving see the same pixels.
+    """
     if not data:
         raise DecodeRejected(Verdict.reject("empty_file", "the file is empty (0 bytes)", bytes=0))
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -62,6 +70,8 @@ def decode_image(
             )
         )
     try:
+        if draft_size is not None and image.format == "JPEG":
+            image.draft(None, draft_size)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()

@@ -63,7 +63,7 @@ def test_int8_is_small_and_accurate_and_the_report_is_true(digits: DigitsWorkspa
     assert bundle.manifest.raw["evaluation"] == report["evaluation"]
     classifier = Classifier(bundle)
     examples = list_examples(digits.test, "eval")
-    correct = sum(classifier.classify(load_image(ex.path)).label == ex.label for ex in examples)
+    correct = sum(classifier.classify(load_image(ex.path, classifier.draft_size)).label == ex.label for ex in examples)
     assert correct / len(examples) == pytest.approx(variants["int8"]["accuracy"], abs=1e-6)
     assert bundle.manifest.raw["model"]["io_type"] == "uint8"
     engine = classifier.engine

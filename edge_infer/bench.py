@@ -1,0 +1,231 @@
+"""`edge-infer bench`: measure every stage on the configured model and inputs, in one run, side by side.
+
+Each figure is measured in the same process run as its baseline, so the ratios hold on a noisy machine:
+raw invoke rate, decode+preprocess rate, decode-gate cost, the full pipeline (pipelined and sequential, into
+a durable outbox in a temporary folder), a naive per-frame loop (open → convert → resize → invoke, as the
+TFLite examples do), start-up to first result, and steady-state RSS against a floor (a bare script that
+imports numpy, Pillow, paho and the runtime and loads the same model).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edge_infer.bundle import load_bundle
+from edge_infer.config import Config
+from edge_infer.gates.image import DecodeRejected, decode_image
+from edge_infer.pipeline import Classifier
+from edge_infer.sources.directory import IGNORED_SUFFIXES
+
+
+class BenchError(Exception):
+    """Nothing to measure (no images in the source folder); one line."""
+
+
+def _images(cfg: Config, frames: int) -> list[Path]:
+    folder = Path(cfg.source["path"])
+    found = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if path.name.startswith(".") or path.name.endswith(IGNORED_SUFFIXES) or not path.is_file():
+            continue
+        try:
+            decode_image(path.read_bytes())
+        except (DecodeRejected, OSError):
+            continue
+        found.append(path)
+    if not found:
+        raise BenchError(f"{folder}: no decodable images to benchmark with ([source].path)")
+    return list(itertools.islice(itertools.cycle(found), frames))
+
+
+def _rate(n: int, seconds: float) -> dict[str, float]:
+    return {"per_s": round(n / seconds, 1), "ms": round(seconds / n * 1000.0, 3)}
+
+
+def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str) -> Config:
+    return dataclasses.replace(
+        cfg,
+        device={**cfg.device, "state_dir": str(root)},
+        source={**cfg.source, "path": str(inputs), "settle_seconds": 0.0},
+        pipeline={**cfg.pipeline, "mode": mode},
+        outbox={**cfg.outbox, "path": str(root / f"{mode}.db")},
+        mqtt={**cfg.mqtt, "hosts": ["127.0.0.1:9"], "drain_timeout": 0.0},  # discard port: never connects
+        log={**cfg.log, "level": "error"},
+    )
+
+
+def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path) -> dict[str, float]:
+    from edge_infer.daemon import Daemon
+
+    inputs = root / f"in-{mode}"
+    inputs.mkdir()
+    for i, path in enumerate(files):
+        shutil.copy(path, inputs / f"{i:06d}{path.suffix}")
+    daemon = Daemon(_temp_config(cfg, root, inputs, mode))
+    started = time.perf_counter()
+    daemon.run(once=True)
+    elapsed = time.perf_counter() - started
+    return _rate(daemon.summary.results + daemon.summary.rejected, elapsed)
+
+
+def _naive_rate(cfg: Config, files: list[Path]) -> dict[str, float]:
+    """The loop from the TFLite examples: no draft decoding, no overlap, a fresh PIL pipeline per frame."""
+    bundle = load_bundle(cfg.model["bundle"])
+    classifier = Classifier(bundle, cfg.model["threads"], cfg.model["runtime"])
+    interpreter = classifier.engine.interpreter
+    spec, tensor = bundle.manifest.input, classifier.engine.inputs[0]
+    started = time.perf_counter()
+    for path in files:
+        image = Image.open(path).convert("L" if spec.color == "L" else "RGB").resize((spec.width, spec.height))
+        x = np.expand_dims(np.asarray(image), 0)
+        if spec.color == "L":
+            x = x[..., np.newaxis]
+        if tensor.dtype == np.float32:
+            x = x.astype(np.float32) * spec.scale + spec.offset
+        interpreter.set_tensor(tensor.index, x.astype(tensor.dtype))
+        interpreter.invoke()
+        int(np.argmax(interpreter.get_tensor(classifier.engine.outputs[0].index)))
+    return _rate(len(files), time.perf_counter() - started)
+
+
+CHILD_FLOOR = """
+import sys, numpy, PIL.Image, paho.mqtt.client
+from edge_infer.runtime import Engine
+from edge_infer.bundle import load_bundle
+b = load_bundle(sys.argv[1]); e = Engine(b.model_bytes, int(sys.argv[2]), sys.argv[3])
+e.run(numpy.zeros(e.inputs[0].shape, e.inputs[0].dtype))
+print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])
+"""
+CHILD_DAEMON = """
+import sys, time
+t0 = float(sys.argv[2])
+from edge_infer.config import load_config
+from edge_infer.bench import _temp_config
+from edge_infer.daemon import Daemon
+from pathlib import Path
+cfg = load_config(sys.argv[1])
+root = Path(sys.argv[3])
+d = Daemon(_temp_config(cfg, root, Path(sys.argv[4]), "pipelined"))
+sample = next(d.source.samples(d.stop_event, True, lambda s: False))
+d.pipeline.process(sample)
+print("first", time.time() - t0, flush=True)
+d.run(once=True)
+print("rss", [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1], flush=True)
+"""
+
+
+def _children(cfg: Config, files: list[Path], root: Path) -> dict[str, Any]:
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    floor = subprocess.run(
+        [sys.executable, "-c", CHILD_FLOOR, cfg.model["bundle"], str(cfg.model["threads"]), cfg.model["runtime"]],
+        capture_output=True, text=True, env=env, timeout=300, check=True,
+    )
+    inputs = root / "in-child"
+    inputs.mkdir()
+    for i, path in enumerate(files):
+        shutil.copy(path, inputs / f"{i:06d}{path.suffix}")
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_DAEMON, str(cfg.path), str(time.time()), str(root / "child"), str(inputs)],
+        capture_output=True, text=True, env=env, timeout=600, check=True,
+    ).stdout.split()
+    floor_kb, rss_kb = int(floor.stdout.strip().splitlines()[-1]), int(out[out.index("rss") + 1])
+    return {
+        "startup_to_first_result_s": round(float(out[out.index("first") + 1]), 3),
+        "rss_mb": round(rss_kb / 1024, 1),
+        "rss_floor_mb": round(floor_kb / 1024, 1),
+        "rss_ratio": round(rss_kb / floor_kb, 3),
+    }
+
+
+def run_bench(cfg: Config, frames: int = 200) -> dict[str, Any]:
+    files = _images(cfg, frames)
+    blobs = [p.read_bytes() for p in files]
+    bundle = load_bundle(cfg.model["bundle"])
+    classifier = Classifier(bundle, cfg.model["threads"], cfg.model["runtime"])
+    draft = classifier.draft_size
+    max_pixels, min_side = cfg.gate["max_pixels"], cfg.gate["min_side"]
+
+    started = time.perf_counter()
+    for data in blobs:
+        decode_image(data, max_pixels, min_side, draft)
+    gate = _rate(len(blobs), time.perf_counter() - started)
+
+    started = time.perf_counter()
+    tensors = [classifier.prepare(decode_image(data, max_pixels, min_side, draft)) for data in blobs]
+    decode_pre = _rate(len(blobs), time.perf_counter() - started)
+
+    classifier.engine.run(tensors[0])  # warm-up
+    started = time.perf_counter()
+    for tensor in tensors:
+        classifier.engine.run(tensor)
+    invoke = _rate(len(tensors), time.perf_counter() - started)
+
+    naive = _naive_rate(cfg, files)
+    with tempfile.TemporaryDirectory(prefix="edge-infer-bench-") as tmp:
+        root = Path(tmp)
+        pipelined = _pipeline_rate(cfg, files, "pipelined", root)
+        sequential = _pipeline_rate(cfg, files, "sequential", root)
+        children = _children(cfg, files, root)
+    slowest = min(invoke["per_s"], decode_pre["per_s"])
+    frame = Image.open(files[0])
+    return {
+        "model": {"name": bundle.manifest.name, "sha256": bundle.sha256[:12], "bytes": bundle.manifest.model_size},
+        "runtime": classifier.engine.runtime.to_dict(),
+        "threads": cfg.model["threads"],
+        "frames": len(files),
+        "frame_size": f"{frame.width}x{frame.height} {frame.format}",
+        "machine": {"arch": os.uname().machine, "cpus": os.cpu_count()},
+        "stages": {
+            "invoke": invoke,
+            "decode_preprocess": decode_pre,
+            "decode_gate": gate,
+            "pipeline_pipelined": pipelined,
+            "pipeline_sequential": sequential,
+            "naive_loop": naive,
+        },
+        "ratios": {
+            "pipeline_vs_slowest_stage": round(pipelined["per_s"] / slowest, 3),
+            "pipeline_vs_naive": round(pipelined["per_s"] / naive["per_s"], 3),
+            "pipelined_vs_sequential": round(pipelined["per_s"] / sequential["per_s"], 3),
+            "decode_gate_share_of_frame": round(gate["ms"] / pipelined["ms"], 3),
+        },
+        **children,
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    print(f"model {report['model']['name']} ({report['model']['bytes']:,} B), runtime {report['runtime']['name']} "
+          f"{report['runtime']['version']}, {report['threads']} thread(s), {report['frames']} frames of "
+          f"{report['frame_size']}, {report['machine']['arch']} × {report['machine']['cpus']} CPUs")
+    print(f"{'stage':<44} {'frames/s':>10} {'ms/frame':>10}")
+    labels = {
+        "invoke": "raw interpreter invoke",
+        "decode_preprocess": "decode + preprocess",
+        "decode_gate": "decode gate (verify + full decode)",
+        "pipeline_pipelined": "full pipeline, pipelined (durable outbox)",
+        "pipeline_sequential": "full pipeline, sequential",
+        "naive_loop": "naive loop (open→convert→resize→invoke)",
+    }
+    for key, label in labels.items():
+        stage = report["stages"][key]
+        print(f"{label:<44} {stage['per_s']:>10,.1f} {stage['ms']:>10.3f}")
+    r = report["ratios"]
+    print(f"pipeline / slowest stage            {r['pipeline_vs_slowest_stage']:.2f}")
+    print(f"pipeline / naive loop               {r['pipeline_vs_naive']:.2f}")
+    print(f"pipelined / sequential              {r['pipelined_vs_sequential']:.2f}")
+    print(f"decode gate / pipeline frame time   {r['decode_gate_share_of_frame']:.2f}")
+    print(f"start-up to first result            {report['startup_to_first_result_s']:.2f} s")
+    print(f"steady RSS / floor                  {report['rss_mb']} MB / {report['rss_floor_mb']} MB "
+          f"= {report['rss_ratio']:.2f}")

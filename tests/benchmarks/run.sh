@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every benchmark, rerunnable from a fresh clone:   bash tests/benchmarks/run.sh
+# Builds the test environments if needed (via tests/run.sh --collect-only), makes the pipeline benchmark's
+# inputs (a MobileNetV2-shaped int8 bundle and 640x480 JPEG frames, in .bench/), then prints:
+#   - edge-infer bench on both device runtimes (stage rates, pipeline vs slowest stage and vs a naive loop,
+#     start-up to first result, RSS vs a floor);
+#   - the delivery benchmark (durable enqueue and backlog drain rates vs same-run baselines).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+VENVS=${EDGE_INFER_VENVS:-$PWD/.venvs}
+if [ ! -x "$VENVS/convert/bin/python" ] || [ ! -x "$VENVS/litert/bin/python" ] || [ ! -x "$VENVS/tflrt/bin/python" ]; then
+  bash tests/run.sh --collect-only -q > /dev/null
+fi
+"$VENVS/convert/bin/python" tests/benchmarks/make_bench_assets.py --out .bench 2>&1 | grep -E "^(wrote|edge-convert)" || true
+FRAMES=${FRAMES:-600}
+echo; echo "== edge-infer bench (ai-edge-litert)"
+"$VENVS/litert/bin/edge-infer" bench --config .bench/bench.toml --frames "$FRAMES" 2>&1 | grep -v '^INFO:'
+echo; echo "== edge-infer bench (tflite-runtime 2.14)"
+EDGE_INFER_RUNTIME=tflite_runtime "$VENVS/tflrt/bin/edge-infer" bench --config .bench/bench.toml --frames 60 2>&1 | grep -v '^INFO:'
+echo; echo "== delivery"
+"$VENVS/litert/bin/python" tests/benchmarks/bench_delivery.py

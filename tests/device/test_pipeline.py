@@ -1,0 +1,97 @@
+"""The pipelined path (decode/preprocess in one thread, inference in another, commits in a third) gives
+exactly the sequential path's results in the same order, and a stalled stage holds the others back."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from edge_infer.config import load_config
+from edge_infer.daemon import Daemon
+from tests.conftest import DIGITS_INT8, run_cli, write_config
+from tests.device.faults import make_frames, wait_until
+from tests.device.test_daemon_mqtt import make_inputs
+from tests.helpers.broker import free_port
+
+
+def outbox_docs(db: Path) -> list[dict]:
+    with sqlite3.connect(db) as conn:
+        return [json.loads(p) for (p,) in conn.execute("SELECT payload FROM messages ORDER BY seq")]
+
+
+def comparable(doc: dict) -> tuple:
+    return (doc["seq"], doc["msg_id"], doc["input"]["id"], doc.get("result"), doc.get("reason"), doc.get("status"))
+
+
+def test_pipelined_equals_sequential(tmp_path: Path) -> None:
+    make_inputs(tmp_path / "in")
+    frame = Image.open(next((tmp_path / "in").glob("7_*.png"))).convert("RGB").resize((640, 480))
+    buf = io.BytesIO()
+    frame.save(buf, "JPEG", quality=90)  # a camera-sized JPEG: decoded at reduced scale (draft) on both paths
+    (tmp_path / "in" / "camera.jpg").write_bytes(buf.getvalue())
+    port = free_port()
+    docs = {}
+    for mode in ("sequential", "pipelined"):
+        cfg = write_config(tmp_path / f"{mode}.toml", bundle=DIGITS_INT8, source=tmp_path / "in",
+                           state=tmp_path / mode, port=port)
+        cfg.write_text(cfg.read_text() + f'\n[pipeline]\nmode = "{mode}"\n')
+        proc = run_cli("run", "--config", str(cfg), "--once")
+        assert proc.returncode == 0, proc.stderr
+        docs[mode] = outbox_docs(tmp_path / mode / "outbox.db")
+    assert len(docs["pipelined"]) == 454
+    assert [comparable(d) for d in docs["pipelined"]] == [comparable(d) for d in docs["sequential"]]
+    camera = next(d for d in docs["pipelined"] if d["input"]["id"] == "camera.jpg")
+    assert camera["result"]["label"] == "7"
+
+
+def test_a_stalled_outbox_holds_the_pipeline_back(tmp_path: Path) -> None:
+    """Another process holds the outbox's write lock: commits stall, the writer's and the hand-off queues
+    fill, and the source stops being read — memory does not grow with the backlog. Then it all goes through."""
+    make_frames(tmp_path / "in", 300)
+    cfg_path = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
+                            port=free_port(), outbox="max_batch = 16")
+    daemon = Daemon(load_config(cfg_path))
+    blocker = sqlite3.connect(tmp_path / "s" / "outbox.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # e.g. a long-running backup or a person poking at it with sqlite3
+    runner = threading.Thread(target=daemon.run, kwargs={"once": True})
+    runner.start()
+    try:
+        time.sleep(3)
+        # writer queue (16) + the batch it is trying to commit (16) + hand-off (4) + one in each thread
+        assert daemon.pulled <= 16 + 16 + 4 + 3, daemon.pulled
+        assert daemon.writer.committed == 0
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert wait_until(lambda: not runner.is_alive(), 60)
+    assert daemon.pulled == 300 and daemon.summary.results == 300
+    assert len(outbox_docs(tmp_path / "s" / "outbox.db")) == 300
+
+
+def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
+    from tests.conftest import REPO
+
+    proc = run_cli("bench", "--config", str(REPO / "device_configs" / "demo.toml"), "--frames", "30", "--json",
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert set(report["stages"]) == {"invoke", "decode_preprocess", "decode_gate", "pipeline_pipelined",
+                                     "pipeline_sequential", "naive_loop"}
+    assert all(stage["per_s"] > 0 for stage in report["stages"].values())
+    assert report["frames"] == 30 and report["frame_size"] == "32x32 PNG"
+    assert 0 < report["startup_to_first_result_s"] < 60 and report["rss_ratio"] > 0.5
+
+
+def test_bench_without_images_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("no images here")
+    cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
+                       port=free_port())
+    proc = run_cli("bench", "--config", str(cfg))
+    assert proc.returncode == 2 and "no decodable images to benchmark with" in proc.stderr
