@@ -70,7 +70,7 @@ def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path) -> dic
     from edge_infer.daemon import Daemon
 
     inputs = root / f"in-{mode}"
-    inputs.mkdir()
+    inputs.mkdir(parents=True)
     for i, path in enumerate(files):
         shutil.copy(path, inputs / f"{i:06d}{path.suffix}")
     daemon = Daemon(_temp_config(cfg, root, inputs, mode))
@@ -149,35 +149,42 @@ def _children(cfg: Config, files: list[Path], root: Path) -> dict[str, Any]:
     }
 
 
-def run_bench(cfg: Config, frames: int = 200) -> dict[str, Any]:
+def _median(results: list[dict[str, float]]) -> dict[str, float]:
+    return sorted(results, key=lambda r: r["per_s"])[len(results) // 2]
+
+
+def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]:
+    """Measure every stage `rounds` times, interleaved (so a burst of machine noise hits all stages alike),
+    and report each stage's median round."""
     files = _images(cfg, frames)
     blobs = [p.read_bytes() for p in files]
     bundle = load_bundle(cfg.model["bundle"])
     classifier = Classifier(bundle, cfg.model["threads"], cfg.model["runtime"])
     draft = classifier.draft_size
     max_pixels, min_side = cfg.gate["max_pixels"], cfg.gate["min_side"]
-
-    started = time.perf_counter()
-    for data in blobs:
-        decode_image(data, max_pixels, min_side, draft)
-    gate = _rate(len(blobs), time.perf_counter() - started)
-
-    started = time.perf_counter()
     tensors = [classifier.prepare(decode_image(data, max_pixels, min_side, draft)) for data in blobs]
-    decode_pre = _rate(len(blobs), time.perf_counter() - started)
-
     classifier.engine.run(tensors[0])  # warm-up
-    started = time.perf_counter()
-    for tensor in tensors:
-        classifier.engine.run(tensor)
-    invoke = _rate(len(tensors), time.perf_counter() - started)
+    samples: dict[str, list[dict[str, float]]] = {}
 
-    naive = _naive_rate(cfg, files)
+    def timed(name: str, work: Any) -> None:
+        started = time.perf_counter()
+        work()
+        samples.setdefault(name, []).append(_rate(len(files), time.perf_counter() - started))
+
     with tempfile.TemporaryDirectory(prefix="edge-infer-bench-") as tmp:
         root = Path(tmp)
-        pipelined = _pipeline_rate(cfg, files, "pipelined", root)
-        sequential = _pipeline_rate(cfg, files, "sequential", root)
+        for r in range(rounds):
+            timed("decode_gate", lambda: [decode_image(d, max_pixels, min_side, draft) for d in blobs])
+            timed("decode_preprocess",
+                  lambda: [classifier.prepare(decode_image(d, max_pixels, min_side, draft)) for d in blobs])
+            timed("invoke", lambda: [classifier.engine.run(t) for t in tensors])
+            samples.setdefault("naive_loop", []).append(_naive_rate(cfg, files))
+            for mode in ("pipelined", "sequential"):
+                samples.setdefault(f"pipeline_{mode}", []).append(_pipeline_rate(cfg, files, mode, root / str(r)))
         children = _children(cfg, files, root)
+    stages = {name: _median(results) for name, results in samples.items()}
+    invoke, decode_pre, gate = stages["invoke"], stages["decode_preprocess"], stages["decode_gate"]
+    pipelined, sequential, naive = stages["pipeline_pipelined"], stages["pipeline_sequential"], stages["naive_loop"]
     slowest = min(invoke["per_s"], decode_pre["per_s"])
     frame = Image.open(files[0])
     return {
@@ -187,14 +194,8 @@ def run_bench(cfg: Config, frames: int = 200) -> dict[str, Any]:
         "frames": len(files),
         "frame_size": f"{frame.width}x{frame.height} {frame.format}",
         "machine": {"arch": os.uname().machine, "cpus": os.cpu_count()},
-        "stages": {
-            "invoke": invoke,
-            "decode_preprocess": decode_pre,
-            "decode_gate": gate,
-            "pipeline_pipelined": pipelined,
-            "pipeline_sequential": sequential,
-            "naive_loop": naive,
-        },
+        "rounds": rounds,
+        "stages": stages,
         "ratios": {
             "pipeline_vs_slowest_stage": round(pipelined["per_s"] / slowest, 3),
             "pipeline_vs_naive": round(pipelined["per_s"] / naive["per_s"], 3),
@@ -208,7 +209,8 @@ def run_bench(cfg: Config, frames: int = 200) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     print(f"model {report['model']['name']} ({report['model']['bytes']:,} B), runtime {report['runtime']['name']} "
           f"{report['runtime']['version']}, {report['threads']} thread(s), {report['frames']} frames of "
-          f"{report['frame_size']}, {report['machine']['arch']} × {report['machine']['cpus']} CPUs")
+          f"{report['frame_size']}, {report['machine']['arch']} × {report['machine']['cpus']} CPUs, "
+          f"median of {report['rounds']} rounds")
     print(f"{'stage':<44} {'frames/s':>10} {'ms/frame':>10}")
     labels = {
         "invoke": "raw interpreter invoke",

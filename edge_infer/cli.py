@@ -195,7 +195,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _setup_logging("error")
     try:
-        report = run_bench(cfg, args.frames)
+        report = run_bench(cfg, args.frames, args.rounds)
     except BenchError as exc:
         print(f"edge-infer: error: {exc}", file=sys.stderr)
         return 2
@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure every stage on the configured model and inputs")
     bench.add_argument("--config", required=True, help="device config (TOML); inputs from [source].path")
     bench.add_argument("--frames", type=int, default=200, help="frames per measurement (200)")
+    bench.add_argument("--rounds", type=int, default=3, help="repeat every measurement; report medians (3)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
     return parser

@@ -14,7 +14,7 @@ from PIL import Image
 
 from edge_infer.config import load_config
 from edge_infer.daemon import Daemon
-from tests.conftest import DIGITS_INT8, run_cli, write_config
+from tests.conftest import DIGITS_INT8, REPO, run_cli, write_config
 from tests.device.faults import make_frames, wait_until
 from tests.device.test_daemon_mqtt import make_inputs
 from tests.helpers.broker import free_port
@@ -75,10 +75,8 @@ def test_a_stalled_outbox_holds_the_pipeline_back(tmp_path: Path) -> None:
 
 
 def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
-    from tests.conftest import REPO
-
-    proc = run_cli("bench", "--config", str(REPO / "device_configs" / "demo.toml"), "--frames", "30", "--json",
-                   timeout=300)
+    demo = REPO / "device_configs" / "demo.toml"
+    proc = run_cli("bench", "--config", str(demo), "--frames", "30", "--rounds", "1", "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert set(report["stages"]) == {"invoke", "decode_preprocess", "decode_gate", "pipeline_pipelined",
