@@ -111,33 +111,26 @@ class Daemon:
         """Hand a finished sample to the group-commit writer (blocks while its queue is full)."""
         msg_id = message_id(sample, self.identity.model["sha256"])
         sample = dataclasses.replace(sample, data=None)  # the queued payload builder must not pin the bytes
-        checkpoint = (sample.source, sample.key)
-        if outcome.verdict.ok:
-            assert outcome.result is not None and outcome.decision is not None
-            result, decision = outcome.result, outcome.decision
-            self.writer.put(
-                Pending(
-                    "results",
-                    msg_id,
-                    lambda seq: result_payload(self.identity, seq, msg_id, sample, result, decision,
-                                               outcome.latency_ms),
-                    checkpoint,
-                ),
-                self.stop_event,
-            )
+        result, decision, verdict = outcome.result, outcome.decision, outcome.verdict
+        if result is not None and decision is not None:
+            kind = "results"
+
+            def build(seq: int) -> bytes:
+                return result_payload(self.identity, seq, msg_id, sample, result, decision, outcome.latency_ms)
+        else:
+            kind = "rejections"
+
+            def build(seq: int) -> bytes:
+                return rejection_payload(self.identity, seq, msg_id, sample, verdict)
+
+        if not self.writer.put(Pending(kind, msg_id, build, (sample.source, sample.key)), self.stop_event):
+            return outcome  # stopping: not committed, so the input is processed again on the next start
+        if result is not None and decision is not None:
             self.summary.results += 1
             self.summary.uncertain += decision.status == "uncertain"
             log.debug("event=result input=%s label=%s confidence=%.3f", sample.input_id, result.label,
                       result.confidence)
         else:
-            verdict = outcome.verdict
-            self.writer.put(
-                Pending(
-                    "rejections", msg_id, lambda seq: rejection_payload(self.identity, seq, msg_id, sample, verdict),
-                    checkpoint,
-                ),
-                self.stop_event,
-            )
             reason = verdict.reason or "unknown"
             self.summary.rejections[reason] = self.summary.rejections.get(reason, 0) + 1
             log.info("event=rejected input=%s reason=%s detail=%r", sample.input_id, reason, verdict.detail)
