@@ -4,7 +4,8 @@
 # inputs (a MobileNetV2-shaped int8 bundle and 640x480 JPEG frames, in .bench/), then prints:
 #   - edge-infer bench on both device runtimes (stage rates, pipeline vs slowest stage and vs a naive loop,
 #     start-up to first result, RSS vs a floor);
-#   - the delivery benchmark (durable enqueue and backlog drain rates vs same-run baselines).
+#   - the delivery benchmark (durable enqueue and backlog drain rates vs same-run baselines);
+#   - converter time per mode; a 100,000-inference memory soak (RSS slope).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENVS=${EDGE_INFER_VENVS:-$PWD/.venvs}
@@ -19,3 +20,9 @@ echo; echo "== edge-infer bench (tflite-runtime 2.14)"
 EDGE_INFER_RUNTIME=tflite_runtime "$VENVS/tflrt/bin/edge-infer" bench --config .bench/bench.toml --frames 60 2>&1 | grep -v '^INFO:'
 echo; echo "== delivery"
 "$VENVS/litert/bin/python" tests/benchmarks/bench_delivery.py
+echo; echo "== converter time per mode"
+"$VENVS/convert/bin/python" tests/benchmarks/bench_converter.py --assets .bench 2>/dev/null | grep -v '^edge-convert\|^variant\|^float32 \+[0-9,]*B\|^int8 \+[0-9,]*B\|^(evaluated'
+if [ "${SOAK:-1}" != 0 ]; then
+  echo; echo "== memory soak (SOAK=0 skips it: about 3 minutes)"
+  "$VENVS/litert/bin/python" tests/benchmarks/soak.py 2>&1 | grep -E '^(soak|RSS)'
+fi

@@ -1,0 +1,41 @@
+"""Converter time per mode for the MobileNetV2-shaped model of the pipeline benchmark (converter environment).
+
+    .venvs/convert/bin/python tests/benchmarks/bench_converter.py --assets .bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from converter.cli import main as convert
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--assets", type=Path, default=Path(".bench"))
+    args = parser.parse_args()
+    model = args.assets / "mobilenetv2.keras"
+    print(f"{'mode':<9} {'seconds':>8} {'bundle bytes':>13}  (MobileNetV2-shaped, 224x224x3, 100 calibration images)")
+    with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
+        for mode in ("float32", "int8"):
+            out, report = Path(tmp) / f"{mode}.tflite", Path(tmp) / f"{mode}.json"
+            started = time.perf_counter()
+            rc = convert([str(model), "--mode", mode, "--calibration", str(args.assets / "calibration"),
+                          "--labels", str(args.assets / "labels.txt"), "--calibration-samples", "100",
+                          "--out", str(out), "--report", str(report), "--scale", str(2 / 255), "--offset", "-1"])
+            if rc:
+                return rc
+            seconds = time.perf_counter() - started
+            print(f"{mode:<9} {seconds:>8.1f} {json.loads(report.read_text())['bundle']['bytes']:>13,}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
