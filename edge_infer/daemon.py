@@ -166,9 +166,9 @@ class Daemon:
             self.outbox.close()
             self.writer.outbox.close()
         log.info(
-            "event=stop results=%d uncertain=%d rejected=%d skipped=%d published=%d queued=%d",
+            "event=stop results=%d uncertain=%d rejected=%d skipped=%d published=%d queued=%d uncommitted=%d",
             self.summary.results, self.summary.uncertain, self.summary.rejected, self.summary.skipped,
-            self.summary.published, self.summary.queued,
+            self.summary.published, self.summary.queued, self.writer.lost_on_stop,
         )
         return self.summary
 

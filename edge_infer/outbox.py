@@ -432,9 +432,6 @@ class Outbox:
         """Messages waiting to be published: data and events."""
         return self._meta("rows") + self._meta("event_rows")
 
-    def last_seq(self) -> int:
-        return self._meta("last_seq")
-
     def stats(self) -> dict[str, Any]:
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         oldest = self._db.execute("SELECT MIN(created) FROM messages").fetchone()[0]
