@@ -24,6 +24,7 @@ from tests.device.faults import (
     wait_until,
 )
 from tests.helpers.broker import Mosquitto, free_port
+from tests.helpers.proxy import FreezableProxy
 from tests.helpers.schemas import validate
 from tests.helpers.subscriber import Subscriber
 
@@ -310,6 +311,36 @@ def test_failover_to_the_second_broker_loses_nothing(tmp_path: Path) -> None:
         finally:
             daemon.kill()
     finally:
+        first.stop()
+        second.stop()
+
+
+def test_a_silently_dead_link_is_detected_by_keepalive_and_fails_over(tmp_path: Path) -> None:
+    """The link to the first broker stops carrying packets without closing (a dead Wi-Fi hop). Keepalive must
+    notice, drop the connection and move to the second broker; nothing in flight is lost."""
+    first = Mosquitto(tmp_path / "b1").start()
+    second = Mosquitto(tmp_path / "b2").start()
+    proxy = FreezableProxy(first.port)
+    try:
+        subs = [Subscriber(b.port, "edge/test-pi/#") for b in (first, second)]
+        names = make_frames(tmp_path / "in", 600)
+        mqtt = f'hosts = ["127.0.0.1:{proxy.port}", "127.0.0.1:{second.port}"]\nkeepalive = 5\nmax_publish_rate = 100'
+        daemon = DaemonProcess(config(tmp_path, first.port, mqtt=mqtt), tmp_path / "daemon.log").start()
+        try:
+            assert wait_until(lambda: len(subs[0].of_kind("results")) > 50, 30)
+            proxy.frozen.set()
+            frozen_at = time.monotonic()
+            assert wait_until(lambda: input_ids(*subs) >= set(names), 90), daemon.log.read_text()[-2000:]
+            assert "event=mqtt_disconnected" in daemon.log.read_text()
+            assert len(subs[1].of_kind("results")) > 0
+            took = time.monotonic() - frozen_at
+            print(f"\nfrozen link abandoned; stream completed on the second broker {took:.1f} s after the freeze")
+            assert audit(*subs)["complete"]
+            assert daemon.terminate() == 0
+        finally:
+            daemon.kill()
+    finally:
+        proxy.close()
         first.stop()
         second.stop()
 
