@@ -50,9 +50,9 @@ def _read_labels(args: argparse.Namespace) -> list[str]:
     raise ConvertError("no labels: pass --labels FILE or a --calibration folder laid out by label")
 
 
-def _input_spec(args: argparse.Namespace, model_bytes: bytes) -> ImageInputSpec:
+def _input_spec(args: argparse.Namespace, engine: Engine) -> ImageInputSpec:
     """Input size and colour from the model's input tensor, normalisation from the flags."""
-    shape = Engine(model_bytes).inputs[0].shape
+    shape = engine.inputs[0].shape
     if len(shape) != 4 or shape[3] not in (1, 3):
         raise ConvertError(f"model input shape {shape} is not an image batch (1, H, W, 1|3)")
     color = args.color or ("L" if shape[3] == 1 else "RGB")
@@ -110,8 +110,9 @@ def run(args: argparse.Namespace) -> int:
     with saved_model_dir(model_path) as saved:
         _say(f"converting {model_path} → float32")
         float_bytes = convert(saved, "float32")
-        spec = _input_spec(args, float_bytes)
-        float_out = Engine(float_bytes).outputs[0]
+        float_engine = Engine(float_bytes)  # one interpreter tells input shape and output size
+        spec = _input_spec(args, float_engine)
+        float_out = float_engine.outputs[0]
         if int(np.prod(float_out.shape)) != len(labels):
             raise ConvertError(f"model has {int(np.prod(float_out.shape))} outputs but {len(labels)} labels")
         variants: dict[str, bytes] = {"float32": float_bytes}

@@ -95,8 +95,10 @@ class OutboxWriter(threading.Thread):
             except (OutboxFull, sqlite3.OperationalError) as exc:  # disk full, or the database locked for long
                 if self._full_since is None:
                     self._full_since = time.monotonic()
-                    what = "disk full" if isinstance(exc, OutboxFull) else "outbox unavailable"
-                    log.error("event=outbox_%s error=%r (pausing input; retrying)", what.replace(" ", "_"), str(exc))
+                    full = isinstance(exc, OutboxFull)
+                    what = "disk full" if full else "outbox unavailable"
+                    log.error("event=%s error=%r (pausing input; retrying)",
+                              "outbox_disk_full" if full else "outbox_unavailable", str(exc))
                     self._on_problem(f"{what}, {len(batch)}+ results waiting to be stored: {exc}")
                 if self._stop_requested.is_set():
                     self.lost_on_stop += len(batch)
