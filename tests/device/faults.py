@@ -65,7 +65,8 @@ def outbox_count(db: Path, sql: str = "SELECT COUNT(*) FROM messages") -> int:
         return 0
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
-            return int(conn.execute(sql).fetchone()[0])
+            row = conn.execute(sql).fetchone()  # None while the daemon is still creating the schema
+            return int(row[0]) if row else 0
     except sqlite3.OperationalError:
         return 0
 
