@@ -20,7 +20,13 @@ import numpy as np
 from tqdm import tqdm
 
 from converter.convert import IO_TYPES, MODES, convert, import_tensorflow, saved_model_dir
-from converter.datasets import calibration_tensors, folder_labels, list_examples, stratified_sample
+from converter.datasets import (
+    calibration_tensors,
+    folder_labels,
+    list_examples,
+    quality_reference,
+    stratified_sample,
+)
 from converter.errors import ConvertError
 from converter.evaluate import Evaluation, evaluate, summarize
 from edge_infer import __version__
@@ -62,9 +68,16 @@ def _input_spec(args: argparse.Namespace, engine: Engine) -> ImageInputSpec:
 
 
 def _manifest(
-    args: argparse.Namespace, model_bytes: bytes, spec: ImageInputSpec, labels: list[str], mode: str, tf: Any
+    args: argparse.Namespace,
+    model_bytes: bytes,
+    spec: ImageInputSpec,
+    labels: list[str],
+    mode: str,
+    tf: Any,
+    reference: dict[str, Any],
 ) -> dict[str, Any]:
     model = Path(args.model)
+    extra = {"reference": reference} if reference else {}
     return build_manifest_doc(
         model_bytes,
         name=args.name or model.stem,
@@ -77,6 +90,7 @@ def _manifest(
         labels=labels,
         thresholds={"default": args.threshold},
         converter={"tool": "edge-convert", "version": __version__, "tensorflow": tf.__version__},
+        **extra,
     )
 
 
@@ -130,7 +144,14 @@ def run(args: argparse.Namespace) -> int:
             _say(f"converting → int8 ({args.io_type} I/O), calibrating on {len(chosen)} images")
             variants["int8"] = convert(saved, "int8", representative, args.io_type)
 
-    docs = {mode: _manifest(args, data, spec, labels, mode, tf) for mode, data in variants.items()}
+    reference: dict[str, Any] = {}
+    if calibration is not None:
+        sample = stratified_sample(calibration, args.calibration_samples)
+        _say(f"measuring input quality reference on {len(sample)} calibration images")
+        reference["image_quality"] = quality_reference(sample, spec)
+    else:
+        _say("no --calibration: no input quality reference; the device gate falls back to its loose defaults")
+    docs = {mode: _manifest(args, data, spec, labels, mode, tf, reference) for mode, data in variants.items()}
     report: dict[str, Any] = {
         "model": str(model_path),
         "mode": args.mode,
@@ -138,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         "labels": labels,
         "variants": {mode: {"size_bytes": len(data)} for mode, data in variants.items()},
     }
+    if reference:
+        report["reference"] = reference
     if eval_examples is not None:
         evals: dict[str, Evaluation] = {
             mode: evaluate(_in_memory_bundle(out, data, docs[mode]), eval_examples, mode)

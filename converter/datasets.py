@@ -12,8 +12,9 @@ from PIL import Image
 
 from converter.errors import ConvertError
 from edge_infer.gates.image import DecodeRejected, decode_image
+from edge_infer.gates.quality import assess, reference_stats
 from edge_infer.manifest import ImageInputSpec
-from edge_infer.preprocess import normalized_image
+from edge_infer.preprocess import model_view, normalized_image
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -78,3 +79,13 @@ def calibration_tensors(examples: list[Example], spec: ImageInputSpec) -> Iterat
     """The exact float tensors (H, W, C) the device computes from these files."""
     for ex in examples:
         yield normalized_image(load_image(ex.path, (spec.width, spec.height)), spec)
+
+
+def quality_reference(examples: list[Example], spec: ImageInputSpec) -> dict[str, object]:
+    """What good input looks like to the device's quality gate: its metrics' percentiles over these images,
+    measured by the gate's own code on the same decoded view (`reference.image_quality` in the manifest)."""
+    qualities = []
+    for ex in examples:
+        image = load_image(ex.path, (spec.width, spec.height))
+        qualities.append(assess(image, model_view(image, spec)))
+    return reference_stats(qualities)

@@ -79,7 +79,9 @@ def train_model(train_dir: Path, out: Path, epochs: int = 40, seed: int = SEED) 
 
 def write_demo_samples(test_dir: Path, out: Path, per_label: int = 2) -> None:
     """The demo's input folder: a few real held-out digits plus the bad files a real camera folder gets —
-    a JPEG cut off mid-write, a zero-byte file and a stray text file."""
+    a JPEG cut off mid-write, a zero-byte file, a stray text file, an out-of-focus and an unlit scan."""
+    from PIL import ImageEnhance, ImageFilter
+
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     for label_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
@@ -90,6 +92,9 @@ def write_demo_samples(test_dir: Path, out: Path, per_label: int = 2) -> None:
     image.save(buf, "JPEG", quality=90)
     (out / "camera-glitch.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     (out / "empty.png").write_bytes(b"")
+    scan = Image.open(sorted((test_dir / "3").glob("*.png"))[0])
+    scan.filter(ImageFilter.GaussianBlur(3)).save(out / "out-of-focus.png")
+    ImageEnhance.Brightness(scan).enhance(0.08).save(out / "lights-off.png")
     (out / "notes.txt").write_text("this is not an image\n")
 
 

@@ -46,6 +46,17 @@ def _device_id(v: str) -> str | None:
     return None
 
 
+def _limit(hi: float) -> Check:
+    return lambda v: None if v < 0 or v <= hi else f"expected a value from 0 to {hi} (or -1 to turn the check off)"
+
+
+def _roi(v: list[Any]) -> str | None:
+    ok = len(v) == 4 and all(isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)
+    if not ok or not (v[0] < v[2] and v[1] < v[3]):
+        return f"expected [x0, y0, x1, y1] as fractions of the frame (0–1, x0 < x1, y0 < y1), got {v!r}"
+    return None
+
+
 def _host_list(v: list[Any]) -> str | None:
     for item in v:
         host, _, port = str(item).rpartition(":")
@@ -82,6 +93,21 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "gate": {
         "max_pixels": Field(int, default=40_000_000, check=_between(1, 2**40)),
         "min_side": Field(int, default=8, check=_between(1, 100_000)),
+        "quality": Field(bool, default=True),
+        "min_brightness": Field((int, float), default=None, check=_limit(255)),
+        "max_brightness": Field((int, float), default=None, check=_limit(255)),
+        "max_dark_fraction": Field((int, float), default=None, check=_limit(1)),
+        "max_bright_fraction": Field((int, float), default=None, check=_limit(1)),
+        "min_contrast": Field((int, float), default=None, check=_limit(255)),
+        "min_sharpness": Field((int, float), default=None, check=_limit(1e9)),
+        "max_noise": Field((int, float), default=None, check=_limit(255)),
+        "roi": Field(list, default=None, check=_roi),
+        "frozen_frames": Field(int, default=0, check=_between(0, 100_000)),
+        "frozen_max_diff": Field((int, float), default=0.5, check=_between(0.0, 255.0)),
+        "publish_rejections": Field(bool, default=True),
+        "keep_rejected": Field(int, default=0, check=_between(0, 10_000_000)),
+        "keep_rejected_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1, 2**40)),
+        "rejected_dir": Field(str, default=None, is_path=True),
     },
     "mqtt": {
         "host": Field(str, default="127.0.0.1"),
@@ -217,6 +243,8 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         raise ConfigError(f"{path}: [mqtt].cert_file/key_file: give both (client certificate and its key) or neither")
     if (mqtt["ca_file"] or mqtt["cert_file"] or mqtt["tls_insecure"]) and not mqtt["tls"]:
         raise ConfigError(f"{path}: [mqtt].tls: set tls = true to use ca_file, cert_file/key_file or tls_insecure")
+    if sections["gate"]["rejected_dir"] is None:
+        sections["gate"]["rejected_dir"] = str(Path(device["state_dir"]) / "rejected")
     if sections["source"]["name"] is None:
         sections["source"]["name"] = sections["source"]["type"]
     return Config(path=path, **sections)

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 from edge_infer import __version__
 from edge_infer.bundle import load_bundle
+from edge_infer.capture import CaptureStore
 from edge_infer.config import Config
 from edge_infer.decide import Thresholds
+from edge_infer.gates.quality import gate_from_config
 from edge_infer.messages import (
     Identity,
     event_payload,
@@ -58,6 +60,9 @@ class Daemon:
             Thresholds(manifest, cfg.model["threshold"], cfg.model["thresholds"]),
             cfg.gate["max_pixels"],
             cfg.gate["min_side"],
+            gate_from_config(cfg.gate, manifest.image_quality_reference),
+            CaptureStore(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"], cfg.gate["keep_rejected_bytes"])
+            if cfg.gate["keep_rejected"] else None,
         )
         self.identity = Identity(
             device_id=cfg.device["id"],
@@ -117,11 +122,13 @@ class Daemon:
 
             def build(seq: int) -> bytes:
                 return result_payload(self.identity, seq, msg_id, sample, result, decision, outcome.latency_ms)
-        else:
+        elif self.cfg.gate["publish_rejections"]:
             kind = "rejections"
 
             def build(seq: int) -> bytes:
                 return rejection_payload(self.identity, seq, msg_id, sample, verdict)
+        else:
+            kind, build = "rejections", None  # counted and checkpointed, not published
 
         if not self.writer.put(Pending(kind, msg_id, build, (sample.source, sample.key)), self.stop_event):
             return outcome  # stopping: not committed, so the input is processed again on the next start
@@ -146,6 +153,9 @@ class Daemon:
             self.identity.model["version"], self.identity.model["sha256"][:12], runtime.name, runtime.version,
             self.outbox.path,
         )
+        limits = self.pipeline.gate.limits
+        log.info("event=gate quality=%s limits=%s %s", self.pipeline.gate.enabled, limits.source,
+                 " ".join(f"{k}={v:.4g}" for k, v in limits.to_dict().items() if isinstance(v, float)))
         self.writer.start()
         self.publisher.start()
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_infer.gates.quality import validate_reference
+
 FORMAT_NAME = "edge-infer-bundle"
 FORMAT_VERSION = 1
 TASKS = ("classification",)
@@ -58,6 +60,12 @@ class Manifest:
     default_threshold: float = 0.5
     label_thresholds: dict[str, float] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def image_quality_reference(self) -> dict[str, Any] | None:
+        """Quality-metric percentiles the converter measured on the calibration images, if it recorded them."""
+        ref = self.raw.get("reference", {})
+        return ref.get("image_quality") if isinstance(ref, dict) else None
 
     def threshold_for(self, label: str) -> float:
         return self.label_thresholds.get(label, self.default_threshold)
@@ -142,6 +150,9 @@ def parse_manifest(doc: Any) -> Manifest:
             raise ManifestError(f"'thresholds.labels.{label}': expected a number in [0, 1]")
     if not 0.0 <= default_threshold <= 1.0:
         raise ManifestError("'thresholds.default': expected a number in [0, 1]")
+    quality = _get(doc, "reference.image_quality", dict, None)
+    if quality is not None and (problem := validate_reference(quality)):
+        raise ManifestError(f"'reference.image_quality': {problem}")
     activation = _choice(
         _get(doc, "output.activation", str, "softmax"), "output.activation", OUTPUT_ACTIVATIONS
     )

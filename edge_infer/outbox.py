@@ -97,7 +97,7 @@ class Pending:
 
     kind: str
     msg_id: str
-    build: Callable[[int], bytes]
+    build: Callable[[int], bytes] | None  # None: record the checkpoint only (nothing to publish, no seq)
     checkpoint: tuple[str, str] | None = None
 
 
@@ -298,11 +298,14 @@ class Outbox:
 
     def _commit_batch(self, items: list[Pending]) -> list[int]:
         now = time.time()
-        seqs = self._next_seqs(len(items))
+        fresh = iter(self._next_seqs(sum(item.build is not None for item in items)))
+        seqs = [0 if item.build is None else next(fresh) for item in items]
         dropped: dict[str, list[int]] = {}
         for seq, item in zip(seqs, items, strict=True):
-            payload = item.build(seq)
-            if item.kind == EVENTS or self._make_room(len(payload), dropped):
+            payload = item.build(seq) if item.build is not None else None
+            if payload is None:
+                pass
+            elif item.kind == EVENTS or self._make_room(len(payload), dropped):
                 self._insert(seq, item.kind, item.msg_id, payload, now)
             else:
                 over_rows = self._meta("rows") + 1 > self.limits.max_rows

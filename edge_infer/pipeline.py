@@ -13,11 +13,13 @@ import numpy as np
 from PIL import Image
 
 from edge_infer.bundle import Bundle, BundleError
+from edge_infer.capture import CaptureStore
 from edge_infer.decide import Decision, Thresholds, decide
 from edge_infer.gates import Verdict
 from edge_infer.gates.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image
+from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate
 from edge_infer.postprocess import Classification, classify
-from edge_infer.preprocess import image_tensor
+from edge_infer.preprocess import image_tensor, model_view, view_tensor
 from edge_infer.runtime import Engine
 from edge_infer.sources import Sample
 
@@ -47,6 +49,13 @@ class Classifier:
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Decoded image → input tensor (thread-safe: touches no interpreter state)."""
         return image_tensor(image, self.manifest.input, self.engine.inputs[0])
+
+    def view(self, image: Image.Image) -> Image.Image:
+        """The decoded image at the model's size and colour (what the quality gate measures)."""
+        return model_view(image, self.manifest.input)
+
+    def view_tensor(self, view: Image.Image) -> np.ndarray:
+        return view_tensor(view, self.manifest.input, self.engine.inputs[0])
 
     def infer(self, tensor: np.ndarray) -> Classification:
         """Input tensor → classification (call from one thread: the interpreter is not thread-safe)."""
@@ -86,11 +95,15 @@ class Pipeline:
         thresholds: Thresholds,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
+        gate: ImageGate | None = None,
+        capture: CaptureStore | None = None,
     ) -> None:
         self.classifier = classifier
         self.thresholds = thresholds
         self.max_pixels = max_pixels
         self.min_side = min_side
+        self.gate = gate if gate is not None else ImageGate(DEFAULT_LIMITS)
+        self.capture = capture
 
     def prepare(self, sample: Sample) -> Prepared:
         """Front half: decode gate and preprocessing. Runs in its own thread when pipelined."""
@@ -101,8 +114,20 @@ class Pipeline:
         try:
             image = decode_image(sample.data, self.max_pixels, self.min_side, self.classifier.draft_size)
         except DecodeRejected as rejected:
-            return Prepared(sample, rejected.verdict, None, started)
-        return Prepared(sample, Verdict(ok=True), self.classifier.prepare(image), started)
+            return self._rejected(sample, rejected.verdict, started)
+        view = self.classifier.view(image)
+        verdict = self.gate.check(image, view)
+        if not verdict.ok:
+            return self._rejected(sample, verdict, started)
+        return Prepared(sample, verdict, self.classifier.view_tensor(view), started)
+
+    def _rejected(self, sample: Sample, verdict: Verdict, started: float) -> Prepared:
+        if self.capture is not None and sample.data:
+            self.capture.save(verdict.reason or "rejected", sample.input_id, sample.data, {
+                "input_id": sample.input_id, "source": sample.source, "reason": verdict.reason,
+                "detail": verdict.detail, "metrics": verdict.metrics, "captured_at": sample.ts,
+            })
+        return Prepared(sample, verdict, None, started)
 
     def finish(self, prepared: Prepared) -> Outcome:
         """Back half: inference, postprocessing and the decision (the interpreter's thread)."""

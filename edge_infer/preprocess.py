@@ -4,19 +4,29 @@ them, so what the model saw at calibration time is, bit for bit, what it sees on
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from edge_infer.manifest import ImageInputSpec
 from edge_infer.runtime import TensorInfo
 
 
-def normalized_image(image: Image.Image, spec: ImageInputSpec) -> np.ndarray:
-    """Orient, convert colour, resize and normalise a decoded image: float32 array of shape (H, W, C)."""
-    image = ImageOps.exif_transpose(image)
+def model_view(image: Image.Image, spec: ImageInputSpec) -> Image.Image:
+    """A decoded image (see `edge_infer.gates.image.decode_image`) as the model sees it: its colour, its size.
+    The quality gate measures this view, so "blurry" means blurry at the resolution the model works at."""
     image = image.convert("L" if spec.color == "L" else "RGB")
     if image.size != (spec.width, spec.height):
         image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32)
+    return image
+
+
+def normalized_image(image: Image.Image, spec: ImageInputSpec) -> np.ndarray:
+    """Convert colour, resize and normalise a decoded image: float32 array of shape (H, W, C)."""
+    return normalized_view(model_view(image, spec), spec)
+
+
+def normalized_view(view: Image.Image, spec: ImageInputSpec) -> np.ndarray:
+    """Normalise a `model_view` image: float32 array of shape (H, W, C)."""
+    pixels = np.asarray(view, dtype=np.float32)
     if spec.color == "L":
         pixels = pixels[..., np.newaxis]
     elif spec.color == "BGR":
@@ -39,3 +49,8 @@ def to_input_tensor(x: np.ndarray, tensor: TensorInfo) -> np.ndarray:
 def image_tensor(image: Image.Image, spec: ImageInputSpec, tensor: TensorInfo) -> np.ndarray:
     """The full path from a decoded image to the tensor handed to the interpreter."""
     return to_input_tensor(normalized_image(image, spec), tensor)
+
+
+def view_tensor(view: Image.Image, spec: ImageInputSpec, tensor: TensorInfo) -> np.ndarray:
+    """`image_tensor` for an image already in its `model_view`."""
+    return to_input_tensor(normalized_view(view, spec), tensor)

@@ -5,10 +5,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
-from PIL import Image, ImageFile, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from edge_infer.gates import Verdict
 
@@ -79,7 +81,57 @@ def decode_image(
         raise DecodeRejected(
             Verdict.reject(_failure_reason(exc), _describe(exc), bytes=len(data), width=width, height=height)
         ) from None
-    return image
+    return standardize(image)
+
+
+ALPHA_BACKGROUND = 255  # transparent pixels become white, as an image viewer shows them
+
+
+def standardize(image: Image.Image) -> Image.Image:
+    """Apply EXIF orientation and bring any safe mode to `L` or `RGB`, or raise `DecodeRejected`
+    (`unsupported_mode`).
+
+    Palette, 1-bit, CMYK and YCbCr convert directly; alpha (RGBA, LA, PA, palette transparency) is flattened
+    onto white; 16-bit greyscale is scaled down (not clipped, which would turn most of the frame white).
+    """
+    with contextlib.suppress(Exception):  # a corrupt EXIF block must not cost the frame; keep it as stored
+        image = ImageOps.exif_transpose(image)
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    try:
+        if mode in ("1", "CMYK", "YCbCr"):
+            return image.convert("RGB" if mode != "1" else "L")
+        if mode == "P":
+            mode = "RGBA" if "transparency" in image.info else "RGB"
+            image = image.convert(mode)
+            if mode == "RGB":
+                return image
+        if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            pixels = np.asarray(image)
+            if pixels.dtype != np.uint8:
+                pixels = pixels.astype(np.int64)
+                shift = 8 if pixels.max(initial=0) > 255 or mode.startswith("I;16") else 0
+                pixels = np.clip(pixels >> shift, 0, 255)
+            return Image.fromarray(pixels.astype(np.uint8), "L")
+        if mode in ("LA", "La", "PA"):
+            image = image.convert("LA")
+            background = Image.new("L", image.size, ALPHA_BACKGROUND)
+            background.paste(image.getchannel("L"), mask=image.getchannel("A"))
+            return background
+        if mode in ("RGBA", "RGBa", "RGBX"):
+            image = image.convert("RGBA")
+            background = Image.new("RGB", image.size, (ALPHA_BACKGROUND,) * 3)
+            background.paste(image.convert("RGB"), mask=image.getchannel("A"))
+            return background
+    except Exception as exc:
+        raise DecodeRejected(
+            Verdict.reject("unsupported_mode", f"cannot convert {image.mode} safely: {_describe(exc)}",
+                           mode=image.mode)
+        ) from None
+    raise DecodeRejected(
+        Verdict.reject("unsupported_mode", f"pixel mode {mode} has no safe conversion to L or RGB", mode=mode)
+    )
 
 
 def _failure_reason(exc: BaseException) -> str:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge_infer.gates.image import decode_image
 from edge_infer.manifest import ImageInputSpec
 from edge_infer.preprocess import image_tensor, normalized_image, to_input_tensor
 from edge_infer.runtime import TensorInfo
@@ -70,7 +71,7 @@ def test_exif_orientation_is_applied() -> None:
     exif[0x0112] = 6  # rotate 90° CW on display
     buf = io.BytesIO()
     image.save(buf, "JPEG", exif=exif, quality=100)
-    upright = normalized_image(Image.open(buf), ImageInputSpec(4, 8, "L", scale=1.0))
+    upright = normalized_image(decode_image(buf.getvalue(), min_side=1), ImageInputSpec(4, 8, "L", scale=1.0))
     assert upright.shape == (8, 4, 1)
     assert upright[:4].mean() > 200 and upright[4:].mean() < 50  # the white half is now on top
 

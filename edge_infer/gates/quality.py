@@ -1,0 +1,296 @@
+"""Image quality: is this frame fit for the model? Metrics, limits and the frozen-frame check.
+
+The metrics are measured on the frame as the model sees it (`edge_infer.preprocess.model_view`, in greyscale),
+and the converter measures the very same metrics on the calibration images to record what good input looks
+like (`reference_stats`). Limits derive from that reference (`limits_from_reference`), so "too dark" means
+darker than the training data rather than a magic number; the device config can override each limit.
+
+Metrics (greyscale, 0–255):
+- `brightness`: mean level; `dark_fraction` / `bright_fraction`: share of pixels crushed to ≤ 10 / ≥ 245.
+- `contrast`: standard deviation of the levels (RMS contrast).
+- `sharpness`: variance of the 4-neighbour Laplacian (low when blurred).
+- `noise`: Immerkær's fast noise estimate (σ of Gaussian noise, in levels), taken at the frame's own
+  resolution on a grid of small patches (the lower quartile of them: noise is everywhere, texture is not) —
+  downscaling to the model's size would average the noise away.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edge_infer.gates import Verdict
+
+DARK_LEVEL = 10
+BRIGHT_LEVEL = 245
+PERCENTILES = (1, 5, 50, 95, 99)
+_NOISE_NORM = math.sqrt(math.pi / 2) / 6
+_LEVELS = np.arange(256, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class ImageQuality:
+    brightness: float
+    dark_fraction: float
+    bright_fraction: float
+    contrast: float
+    sharpness: float
+    noise: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in asdict(self).items()}
+
+
+METRICS = tuple(f.name for f in fields(ImageQuality))
+
+
+def crop_roi(gray: np.ndarray, roi: Sequence[float] | None) -> np.ndarray:
+    """Cut the region of interest, given as fractions `[x0, y0, x1, y1]` of the frame."""
+    if roi is None:
+        return gray
+    h, w = gray.shape
+    x0, y0, x1, y1 = roi
+    left, right = round(x0 * w), max(round(x1 * w), round(x0 * w) + 3)
+    top, bottom = round(y0 * h), max(round(y1 * h), round(y0 * h) + 3)
+    return gray[top:bottom, left:right]
+
+
+def assess(decoded: Image.Image, view: Image.Image, roi: Sequence[float] | None = None) -> ImageQuality:
+    """The metrics of one frame: `view` is its `model_view`, `decoded` the frame at its decoded resolution.
+    The converter records these for its calibration images; `ImageGate` checks them on the device."""
+    gray = np.asarray(view if view.mode == "L" else view.convert("L"))
+    return measure(crop_roi(gray, roi), native_noise(decoded, roi))
+
+
+def native_noise(image: Image.Image, roi: Sequence[float] | None = None, grid: int = 4, patch: int = 32) -> float:
+    """Immerkær noise at the image's own resolution: lower quartile over a grid of patches inside the ROI."""
+    gray = np.asarray(image if image.mode == "L" else image.convert("L"))
+    gray = crop_roi(gray, roi)
+    h, w = gray.shape
+    size = min(patch, h, w)
+    if size < 3:
+        return 0.0
+    ys = [int((h - size) * (j + 0.5) / grid) for j in range(grid)]
+    xs = [int((w - size) * (i + 0.5) / grid) for i in range(grid)]
+    tiles = np.stack([gray[y : y + size, x : x + size] for y in ys for x in xs]).astype(np.int16)
+    estimates = np.sort(_immerkaer(tiles))
+    return float(estimates[len(estimates) // 4])
+
+
+def _immerkaer(g: np.ndarray) -> np.ndarray:
+    """Per tile (…, H, W): convolve with [[1,-2,1],[-2,4,-2],[1,-2,1]], mean |·| → σ of the noise."""
+    centre = g[..., 1:-1, 1:-1]
+    edges = g[..., :-2, 1:-1] + g[..., 2:, 1:-1] + g[..., 1:-1, :-2] + g[..., 1:-1, 2:]
+    corners = g[..., :-2, :-2] + g[..., :-2, 2:] + g[..., 2:, :-2] + g[..., 2:, 2:]
+    response = corners - 2 * edges + 4 * centre  # int16: |·| ≤ 16·255
+    return _NOISE_NORM * np.abs(response).mean(axis=(-2, -1))
+
+
+def measure(gray: np.ndarray, noise: float) -> ImageQuality:
+    """The metrics of a greyscale uint8 image (at least 3×3), given its `native_noise`."""
+    g = gray.astype(np.int16)
+    n = g.size
+    hist = np.bincount(gray.ravel(), minlength=256)
+    mean = float(hist @ _LEVELS) / n
+    var = float(hist @ (_LEVELS - mean) ** 2) / n
+    laplacian = g[:-2, 1:-1] + g[2:, 1:-1] + g[1:-1, :-2] + g[1:-1, 2:]  # int16 cannot overflow: ≤ 4·255·2
+    laplacian -= 4 * g[1:-1, 1:-1]
+    lap = laplacian.ravel().astype(np.float32)
+    m = float(lap.sum(dtype=np.float64)) / lap.size
+    return ImageQuality(
+        brightness=mean,
+        dark_fraction=float(hist[: DARK_LEVEL + 1].sum()) / n,
+        bright_fraction=float(hist[BRIGHT_LEVEL:].sum()) / n,
+        contrast=math.sqrt(var),
+        sharpness=max(float(lap @ lap) / lap.size - m * m, 0.0),
+        noise=noise,
+    )
+
+
+def reference_stats(qualities: Sequence[ImageQuality]) -> dict[str, Any]:
+    """Percentiles of each metric over good images: what the manifest records as `reference.image_quality`."""
+    table = np.array([[getattr(q, m) for m in METRICS] for q in qualities], dtype=np.float64)
+    out: dict[str, Any] = {"samples": len(qualities)}
+    for i, metric in enumerate(METRICS):
+        values = np.percentile(table[:, i], PERCENTILES)
+        out[metric] = {f"p{p:02d}": round(float(v), 4) for p, v in zip(PERCENTILES, values, strict=True)}
+    return out
+
+
+@dataclass(frozen=True)
+class QualityLimits:
+    """Each limit, or None when that check is off. `source` says where the values came from."""
+
+    min_brightness: float | None = None
+    max_brightness: float | None = None
+    max_dark_fraction: float | None = None
+    max_bright_fraction: float | None = None
+    min_contrast: float | None = None
+    min_sharpness: float | None = None
+    max_noise: float | None = None
+    source: str = "defaults"
+
+    def override(self, values: dict[str, float | None]) -> QualityLimits:
+        """Apply device-config overrides (a negative value turns a check off)."""
+        known = {f.name for f in fields(self)} - {"source"}
+        changes = {k: (None if v is not None and v < 0 else v) for k, v in values.items() if k in known}
+        return replace(self, **changes) if changes else self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+# Without reference statistics only the unmistakable is rejected: a black, white or uniform frame.
+DEFAULT_LIMITS = QualityLimits(min_brightness=8.0, max_brightness=247.0, min_contrast=2.0)
+
+
+def limits_from_reference(reference: dict[str, Any] | None) -> QualityLimits:
+    """Limits from the converter's reference percentiles: beyond the training data by a clear margin.
+
+    - brightness: below half the 1st percentile, or above the 99th plus half the remaining headroom;
+    - dark/bright fraction: a quarter of the frame more than the 99th percentile;
+    - contrast and sharpness: below half the 1st percentile (sharpness is a variance: a quarter);
+    - noise: above twice the 99th percentile.
+    """
+    if not reference:
+        return DEFAULT_LIMITS
+    try:
+        p = {m: reference[m] for m in METRICS}
+        return QualityLimits(
+            min_brightness=max(p["brightness"]["p01"] / 2, DEFAULT_LIMITS.min_brightness or 0.0),
+            max_brightness=min(p["brightness"]["p99"] + (255 - p["brightness"]["p99"]) / 2,
+                               DEFAULT_LIMITS.max_brightness or 255.0),
+            max_dark_fraction=min(p["dark_fraction"]["p99"] + 0.25, 1.0) if p["dark_fraction"]["p99"] < 0.75
+            else None,
+            max_bright_fraction=min(p["bright_fraction"]["p99"] + 0.25, 1.0)
+            if p["bright_fraction"]["p99"] < 0.75 else None,
+            min_contrast=max(p["contrast"]["p01"] / 2, DEFAULT_LIMITS.min_contrast or 0.0),
+            min_sharpness=p["sharpness"]["p01"] / 4,
+            max_noise=p["noise"]["p99"] * 2 if p["noise"]["p99"] > 0 else None,
+            source="reference",
+        )
+    except (KeyError, TypeError):
+        return DEFAULT_LIMITS
+
+
+def check(q: ImageQuality, limits: QualityLimits) -> Verdict:
+    """The first failed check, in an order that names the cause (a dark frame is also flat and soft)."""
+    rules: tuple[tuple[str, str, float | None, str], ...] = (
+        ("underexposed", "brightness", limits.min_brightness, "<"),
+        ("underexposed", "dark_fraction", limits.max_dark_fraction, ">"),
+        ("overexposed", "brightness", limits.max_brightness, ">"),
+        ("overexposed", "bright_fraction", limits.max_bright_fraction, ">"),
+        ("low_contrast", "contrast", limits.min_contrast, "<"),
+        ("blurry", "sharpness", limits.min_sharpness, "<"),
+        ("noisy", "noise", limits.max_noise, ">"),
+    )
+    for reason, metric, limit, op in rules:
+        if limit is None:
+            continue
+        value = getattr(q, metric)
+        if (value < limit) if op == "<" else (value > limit):
+            word = "below the minimum" if op == "<" else "above the maximum"
+            return Verdict.reject(
+                reason,
+                f"{metric} {value:.3g} is {word} of {limit:.3g} ({limits.source})",
+                metric=metric,
+                value=round(value, 4),
+                threshold=round(limit, 4),
+                quality=q.to_dict(),
+            )
+    return Verdict(ok=True, metrics={"quality": q.to_dict()})
+
+
+class FrozenDetector:
+    """Rejects a frame when it and the `frames - 1` before it are (nearly) identical: a stuck camera.
+
+    The mean absolute difference to the previous frame, in grey levels, at or below `max_diff` counts as
+    unchanged. Not thread-safe: one detector per stream, fed in order.
+    """
+
+    def __init__(self, frames: int, max_diff: float = 0.5) -> None:
+        self.frames = frames
+        self.max_diff = max_diff
+        self._previous: np.ndarray | None = None
+        self._run = 1
+
+    def check(self, gray: np.ndarray) -> Verdict:
+        previous, self._previous = self._previous, gray
+        if self.frames <= 1 or previous is None or previous.shape != gray.shape:
+            self._run = 1
+            return Verdict(ok=True)
+        diff = float(np.abs(gray.astype(np.int16) - previous.astype(np.int16)).mean())
+        self._run = self._run + 1 if diff <= self.max_diff else 1
+        if self._run >= self.frames:
+            return Verdict.reject(
+                "frozen",
+                f"frame unchanged for {self._run} frames (mean difference {diff:.3g} ≤ {self.max_diff:.3g})",
+                metric="frame_difference",
+                value=round(diff, 4),
+                threshold=self.max_diff,
+                unchanged_frames=self._run,
+            )
+        return Verdict(ok=True)
+
+
+class ImageGate:
+    """The quality checks for one image stream: limits (reference + overrides), region of interest, frozen."""
+
+    def __init__(
+        self,
+        limits: QualityLimits,
+        roi: Sequence[float] | None = None,
+        frozen_frames: int = 0,
+        frozen_max_diff: float = 0.5,
+        enabled: bool = True,
+    ) -> None:
+        self.limits = limits
+        self.roi = roi
+        self.enabled = enabled
+        self.frozen = FrozenDetector(frozen_frames, frozen_max_diff) if frozen_frames > 1 else None
+
+    def check(self, decoded: Image.Image, view: Image.Image) -> Verdict:
+        """Quality verdict for a decoded frame and its model view; cheap (well under a millisecond at 224²)."""
+        if not self.enabled and self.frozen is None:
+            return Verdict(ok=True)
+        gray = np.asarray(view if view.mode == "L" else view.convert("L"))
+        if self.frozen is not None:
+            stuck = self.frozen.check(gray)
+            if not stuck.ok:
+                return stuck
+        if not self.enabled:
+            return Verdict(ok=True)
+        return check(measure(crop_roi(gray, self.roi), native_noise(decoded, self.roi)), self.limits)
+
+
+LIMIT_KEYS = tuple(f.name for f in fields(QualityLimits) if f.name != "source")
+
+
+def gate_from_config(gate: dict[str, Any], reference: dict[str, Any] | None) -> ImageGate:
+    """The `[gate]` table (validated) and the bundle's reference statistics → an `ImageGate`."""
+    overrides = {k: float(gate[k]) for k in LIMIT_KEYS if gate.get(k) is not None}
+    limits = limits_from_reference(reference).override(overrides)
+    if overrides:
+        limits = replace(limits, source=f"{limits.source}+config")
+    return ImageGate(limits, gate.get("roi"), gate.get("frozen_frames", 0), gate.get("frozen_max_diff", 0.5),
+                     gate.get("quality", True))
+
+
+def validate_reference(reference: Any) -> str | None:
+    """None when `reference.image_quality` is well formed, else what is wrong with it."""
+    if not isinstance(reference, dict):
+        return "expected a table"
+    for metric in METRICS:
+        table = reference.get(metric)
+        if not isinstance(table, dict):
+            return f"'{metric}': missing or not a table"
+        for p in PERCENTILES:
+            value = table.get(f"p{p:02d}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                return f"'{metric}.p{p:02d}': expected a number"
+    return None
