@@ -35,6 +35,9 @@ class BenchError(Exception):
 
 
 def _images(cfg: Config, frames: int) -> list[Path]:
+    if cfg.source["type"] != "directory":
+        raise BenchError(f"{cfg.path}: bench measures image models on the files of a [source] type = \"directory\" "
+                         f"folder; this config's source is {cfg.source['type']!r}")
     folder = Path(cfg.source["path"])
     found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:

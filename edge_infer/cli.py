@@ -18,8 +18,9 @@ from edge_infer.bundle import BundleError
 from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.outbox import OutboxError
 from edge_infer.runtime import RuntimeUnavailable
+from edge_infer.sources import SourceError
 
-USER_ERRORS = (ConfigError, BundleError, RuntimeUnavailable, OutboxError)
+USER_ERRORS = (ConfigError, BundleError, RuntimeUnavailable, OutboxError, SourceError)
 
 
 def _setup_logging(level: str) -> None:

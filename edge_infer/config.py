@@ -50,6 +50,13 @@ def _limit(hi: float) -> Check:
     return lambda v: None if v < 0 or v <= hi else f"expected a value from 0 to {hi} (or -1 to turn the check off)"
 
 
+def _per_channel(v: Any) -> str | None:
+    values = v if isinstance(v, list) else [v]
+    if not values or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in values):
+        return f"expected a number (every channel) or a list of numbers (one per channel), got {v!r}"
+    return None
+
+
 def _roi(v: list[Any]) -> str | None:
     ok = len(v) == 4 and all(isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)
     if not ok or not (v[0] < v[2] and v[1] < v[3]):
@@ -65,6 +72,51 @@ def _host_list(v: list[Any]) -> str | None:
     return None
 
 
+_LINES = {
+    "format": Field(str, default="auto", choices=("auto", "csv", "jsonl")),
+    "columns": Field(list, default=None, check=lambda v: None if v and all(isinstance(c, str) for c in v)
+                     else "expected a list of column names"),
+    "time_column": Field(str, default=None),
+}
+# Each source type's own keys, on top of [source].type/name/max_fps.
+SOURCE_FIELDS: dict[str, dict[str, Field]] = {
+    "directory": {
+        "path": Field(str, required=True, is_path=True),
+        "patterns": Field(list, default=["*"], check=lambda v: None if v and all(isinstance(p, str) for p in v)
+                          else "expected a list of glob patterns, e.g. [\"*.jpg\", \"**/*.png\"]"),
+        "processed": Field(str, default="keep", choices=("keep", "move", "delete")),
+        "processed_dir": Field(str, default=None, is_path=True),
+        "poll_interval": Field((int, float), default=0.5, check=_between(0.01, 3600)),
+        "settle_seconds": Field((int, float), default=1.0, check=_between(0.0, 3600)),
+        "max_file_bytes": Field(int, default=50 * 1024 * 1024, check=_between(1, 2**40)),
+    },
+    "http": {
+        "url": Field(str, required=True, check=lambda v: None if v.startswith(("http://", "https://"))
+                     else "expected an http:// or https:// URL"),
+        "interval": Field((int, float), default=1.0, check=_between(0.0, 86400)),
+        "timeout": Field((int, float), default=5.0, check=_between(0.1, 600)),
+        "max_bytes": Field(int, default=20 * 1024 * 1024, check=_between(1, 2**34)),
+    },
+    "video": {
+        "uri": Field(str, required=True),
+        "loop": Field(bool, default=False),
+    },
+    "camera": {
+        "backend": Field(str, default="auto", choices=("auto", "picamera2", "opencv")),
+        "index": Field(int, default=0, check=_between(0, 64)),
+        "width": Field(int, default=640, check=_between(16, 10_000)),
+        "height": Field(int, default=480, check=_between(16, 10_000)),
+        "stream": Field(str, default="lores", choices=("lores", "main")),
+    },
+    "replay": {"path": Field(str, required=True, is_path=True),
+               "speed": Field((int, float), default=0.0, check=_between(0.0, 1000.0)), **_LINES},
+    "stdin": dict(_LINES),
+    "serial": {"port": Field(str, required=True), "baudrate": Field(int, default=115200, check=_between(50, 10**8)),
+               **_LINES},
+    "iio": {"device": Field(str, required=True, is_path=True), "channels": Field(dict, default={})},
+}
+SOURCE_KINDS = tuple(SOURCE_FIELDS)
+
 SCHEMA: dict[str, dict[str, Field]] = {
     "device": {
         "id": Field(str, default=None, check=_device_id),
@@ -79,12 +131,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "thresholds": Field(dict, default={}),
     },
     "source": {
-        "type": Field(str, required=True, choices=("directory",)),
+        "type": Field(str, required=True, choices=SOURCE_KINDS),
         "name": Field(str, default=None),
-        "path": Field(str, required=True, is_path=True),
-        "poll_interval": Field((int, float), default=0.5, check=_between(0.01, 3600)),
-        "settle_seconds": Field((int, float), default=1.0, check=_between(0.0, 3600)),
-        "max_file_bytes": Field(int, default=50 * 1024 * 1024, check=_between(1, 2**40)),
+        "max_fps": Field((int, float), default=0.0, check=_between(0, 10_000)),
     },
     "pipeline": {
         "mode": Field(str, default="pipelined", choices=("pipelined", "sequential")),
@@ -102,6 +151,11 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "min_sharpness": Field((int, float), default=None, check=_limit(1e9)),
         "max_noise": Field((int, float), default=None, check=_limit(255)),
         "roi": Field(list, default=None, check=_roi),
+        "range_low": Field((int, float, list), default=None, check=_per_channel),
+        "range_high": Field((int, float, list), default=None, check=_per_channel),
+        "min_std": Field((int, float, list), default=None, check=_per_channel),
+        "max_step": Field((int, float, list), default=None, check=_per_channel),
+        "max_gap_factor": Field((int, float), default=None, check=_between(0, 1e6)),
         "frozen_frames": Field(int, default=0, check=_between(0, 100_000)),
         "frozen_max_diff": Field((int, float), default=0.5, check=_between(0.0, 255.0)),
         "publish_rejections": Field(bool, default=True),
@@ -179,6 +233,12 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{name}]: expected a table, got {type(table).__name__}")
     fields = SCHEMA[name]
+    if name == "source":
+        kind = table.get("type")
+        if kind is not None and kind not in SOURCE_FIELDS:
+            choices = ", ".join(repr(c) for c in SOURCE_KINDS)
+            raise ConfigError(f"{path}: [source].type: expected one of {choices}, got {kind!r}")
+        fields = {**fields, **SOURCE_FIELDS.get(kind, {})}
     for key in table:
         if name == "mqtt" and key == "password":
             raise ConfigError(
@@ -186,6 +246,9 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
                 "the EDGE_INFER_MQTT_PASSWORD environment variable or a systemd credential named mqtt_password"
             )
         if key not in fields:
+            if name == "source" and (owners := [k for k, f in SOURCE_FIELDS.items() if key in f]):
+                raise ConfigError(f"{path}: [source].{key}: not a key of type {table.get('type')!r} sources "
+                                  f"(it belongs to: {', '.join(owners)})")
             raise _unknown(path, f"[{name}].{key}", key, list(fields))
     out: dict[str, Any] = {}
     for key, spec in fields.items():

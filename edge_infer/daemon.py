@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from edge_infer import __version__
 from edge_infer.bundle import load_bundle
 from edge_infer.capture import CaptureStore
-from edge_infer.config import Config
+from edge_infer.config import Config, ConfigError
 from edge_infer.decide import Thresholds
 from edge_infer.gates.quality import gate_from_config
+from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
+from edge_infer.manifest import Manifest, SensorInputSpec
 from edge_infer.messages import (
     Identity,
     event_payload,
@@ -28,7 +30,7 @@ from edge_infer.messages import (
 from edge_infer.outbox import Limits, Outbox, Pending
 from edge_infer.pipeline import Classifier, Outcome, Pipeline, Prepared
 from edge_infer.publisher import Publisher, settings_from_config
-from edge_infer.sources import Sample, make_source
+from edge_infer.sources import Sample, SourceError, make_source
 from edge_infer.writer import OutboxWriter
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class Daemon:
             gate_from_config(cfg.gate, manifest.image_quality_reference),
             CaptureStore(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"], cfg.gate["keep_rejected_bytes"])
             if cfg.gate["keep_rejected"] else None,
+            self._sensor_gate(cfg, manifest),
         )
         self.identity = Identity(
             device_id=cfg.device["id"],
@@ -80,7 +83,12 @@ class Daemon:
             log.error("event=outbox_replaced %s", " ".join(f"{k}={v!r}" for k, v in primary.replaced.items()))
             primary.add_event("outbox_replaced", primary.replaced)
         self.outbox = Outbox(box["path"], box["durability"], limits)  # the main thread's own connection
-        self.source = make_source(cfg.source)
+        self.source = make_source(cfg.source, manifest.input)
+        if self.source.kind != self.classifier.kind:
+            raise SourceError(
+                f"{cfg.path}: [source].type: a {cfg.source['type']!r} source gives {self.source.kind} input, but "
+                f"the bundle's model takes {self.classifier.kind} input"
+            )
         self.stop_event = threading.Event()
         self.summary = RunSummary()
         self.pulled = 0  # inputs the source offered (read or skipped): what back-pressure bounds
@@ -101,6 +109,15 @@ class Daemon:
             on_problem=lambda text: self.publisher.set_problem("outbox", text),
         )
 
+    @staticmethod
+    def _sensor_gate(cfg: Config, manifest: Manifest) -> SensorGate | None:
+        if not isinstance(manifest.input, SensorInputSpec):
+            return None
+        try:
+            return sensor_gate_from_config(cfg.gate, manifest.input, manifest.sensor_reference)
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.path}: {exc}") from None
+
     def _done(self, sample: Sample) -> bool:
         self.pulled += 1
         if self.outbox.is_processed(sample.source, sample.key):
@@ -115,7 +132,10 @@ class Daemon:
     def commit(self, sample: Sample, outcome: Outcome) -> Outcome:
         """Hand a finished sample to the group-commit writer (blocks while its queue is full)."""
         msg_id = message_id(sample, self.identity.model["sha256"])
-        sample = dataclasses.replace(sample, data=None)  # the queued payload builder must not pin the bytes
+        committed = getattr(self.source, "committed", None)
+        after = (lambda s=sample: committed(s)) if committed is not None and sample.path is not None else None
+        # the queued payload builder must not pin the bytes, the frame or the window
+        sample = dataclasses.replace(sample, data=None, image=None, window=None, times=None)
         result, decision, verdict = outcome.result, outcome.decision, outcome.verdict
         if result is not None and decision is not None:
             kind = "results"
@@ -130,7 +150,7 @@ class Daemon:
         else:
             kind, build = "rejections", None  # counted and checkpointed, not published
 
-        if not self.writer.put(Pending(kind, msg_id, build, (sample.source, sample.key)), self.stop_event):
+        if not self.writer.put(Pending(kind, msg_id, build, (sample.source, sample.key), after), self.stop_event):
             return outcome  # stopping: not committed, so the input is processed again on the next start
         if result is not None and decision is not None:
             self.summary.results += 1
@@ -153,9 +173,14 @@ class Daemon:
             self.identity.model["version"], self.identity.model["sha256"][:12], runtime.name, runtime.version,
             self.outbox.path,
         )
-        limits = self.pipeline.gate.limits
-        log.info("event=gate quality=%s limits=%s %s", self.pipeline.gate.enabled, limits.source,
-                 " ".join(f"{k}={v:.4g}" for k, v in limits.to_dict().items() if isinstance(v, float)))
+        if self.pipeline.sensor_gate is not None:
+            sl = self.pipeline.sensor_gate.limits
+            log.info("event=gate kind=sensor limits=%s low=%s high=%s min_std=%s max_step=%s max_gap_factor=%s",
+                     sl.source, sl.low, sl.high, sl.min_std, sl.max_step, sl.max_gap_factor)
+        else:
+            limits = self.pipeline.gate.limits
+            log.info("event=gate quality=%s limits=%s %s", self.pipeline.gate.enabled, limits.source,
+                     " ".join(f"{k}={v:.4g}" for k, v in limits.to_dict().items() if isinstance(v, float)))
         self.writer.start()
         self.publisher.start()
         try:
@@ -176,9 +201,11 @@ class Daemon:
             self.outbox.close()
             self.writer.outbox.close()
         log.info(
-            "event=stop results=%d uncertain=%d rejected=%d skipped=%d published=%d queued=%d uncommitted=%d",
+            "event=stop results=%d uncertain=%d rejected=%d skipped=%d dropped=%d published=%d queued=%d "
+            "uncommitted=%d rejections=%s",
             self.summary.results, self.summary.uncertain, self.summary.rejected, self.summary.skipped,
-            self.summary.published, self.summary.queued, self.writer.lost_on_stop,
+            getattr(self.source, "dropped", 0), self.summary.published, self.summary.queued, self.writer.lost_on_stop,
+            ",".join(f"{k}:{v}" for k, v in sorted(self.summary.rejections.items())) or "-",
         )
         return self.summary
 

@@ -12,6 +12,7 @@ FORMAT_VERSION = 1
 TASKS = ("classification",)
 COLORS = ("L", "RGB", "BGR")
 RESIZE_MODES = ("stretch",)
+INPUT_KINDS = ("image", "sensor")
 OUTPUT_ACTIVATIONS = ("softmax", "none", "logits")
 
 
@@ -46,6 +47,42 @@ class ImageInputSpec:
 
 
 @dataclass(frozen=True)
+class SensorInputSpec:
+    """How a stream of sensor readings becomes the model's input: windows of `window` readings of `channels`,
+    a new window every `hop` readings, normalised per channel as (x − mean) / std (see `edge_infer.preprocess`).
+    `low`/`high` are the channels' physical range (the gate rejects readings outside it)."""
+
+    channels: tuple[str, ...]
+    window: int
+    hop: int
+    sample_rate: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.window, len(self.channels))
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "kind": "sensor",
+            "channels": list(self.channels),
+            "window": self.window,
+            "hop": self.hop,
+            "sample_rate": self.sample_rate,
+            "normalize": {"mean": list(self.mean), "std": list(self.std)},
+        }
+        if self.low is not None and self.high is not None:
+            doc["range"] = {"low": list(self.low), "high": list(self.high)}
+        return doc
+
+
+InputSpec = ImageInputSpec | SensorInputSpec
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything in `manifest.json` the device acts on; `raw` keeps the full document (evaluation etc.)."""
 
@@ -54,12 +91,18 @@ class Manifest:
     task: str
     model_sha256: str
     model_size: int
-    input: ImageInputSpec
+    input: InputSpec
     labels: tuple[str, ...]
     output_activation: str = "softmax"
     default_threshold: float = 0.5
     label_thresholds: dict[str, float] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def sensor_reference(self) -> dict[str, Any] | None:
+        """Per-channel statistics the converter measured on the calibration windows, if it recorded them."""
+        ref = self.raw.get("reference", {})
+        return ref.get("sensor") if isinstance(ref, dict) else None
 
     @property
     def image_quality_reference(self) -> dict[str, Any] | None:
@@ -99,6 +142,51 @@ def _choice(value: str, path: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def _image_spec(doc: dict[str, Any]) -> ImageInputSpec:
+    width = _get(doc, "input.width", int)
+    height = _get(doc, "input.height", int)
+    if width <= 0 or height <= 0:
+        raise ManifestError("'input.width'/'input.height': expected positive integers")
+    return ImageInputSpec(
+        width=width,
+        height=height,
+        color=_choice(_get(doc, "input.color", str), "input.color", COLORS),
+        resize=_choice(_get(doc, "input.resize", str, "stretch"), "input.resize", RESIZE_MODES),
+        scale=float(_get(doc, "input.normalize.scale", (int, float), 1.0 / 255.0)),
+        offset=float(_get(doc, "input.normalize.offset", (int, float), 0.0)),
+    )
+
+
+def _numbers(doc: dict[str, Any], path: str, n: int) -> tuple[float, ...]:
+    values = _get(doc, path, list)
+    if len(values) != n or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        raise ManifestError(f"'{path}': expected a list of {n} numbers (one per channel)")
+    return tuple(float(v) for v in values)
+
+
+def _sensor_spec(doc: dict[str, Any]) -> SensorInputSpec:
+    channels = _get(doc, "input.channels", list)
+    if not channels or not all(isinstance(c, str) and c for c in channels) or len(set(channels)) != len(channels):
+        raise ManifestError("'input.channels': expected a non-empty list of unique channel names")
+    window, hop = _get(doc, "input.window", int), _get(doc, "input.hop", int)
+    if window < 2 or hop < 1:
+        raise ManifestError("'input.window'/'input.hop': expected window ≥ 2 and hop ≥ 1 readings")
+    rate = float(_get(doc, "input.sample_rate", (int, float)))
+    if not rate > 0:
+        raise ManifestError("'input.sample_rate': expected a positive number (readings per second)")
+    n = len(channels)
+    std = _numbers(doc, "input.normalize.std", n)
+    if any(v <= 0 for v in std):
+        raise ManifestError("'input.normalize.std': every channel's std must be positive")
+    low = high = None
+    if _get(doc, "input.range", dict, None) is not None:
+        low, high = _numbers(doc, "input.range.low", n), _numbers(doc, "input.range.high", n)
+        if any(lo >= hi for lo, hi in zip(low, high, strict=True)):
+            raise ManifestError("'input.range': each channel's low must be below its high")
+    return SensorInputSpec(tuple(channels), window, hop, rate, _numbers(doc, "input.normalize.mean", n), std,
+                           low, high)
+
+
 def parse_manifest(doc: Any) -> Manifest:
     """Validate a decoded manifest.json and return the typed view of it."""
     if not isinstance(doc, dict):
@@ -122,20 +210,8 @@ def parse_manifest(doc: Any) -> Manifest:
     if size <= 0:
         raise ManifestError("'model.size': expected a positive integer")
 
-    kind = _get(doc, "input.kind", str)
-    _choice(kind, "input.kind", ("image",))
-    width = _get(doc, "input.width", int)
-    height = _get(doc, "input.height", int)
-    if width <= 0 or height <= 0:
-        raise ManifestError("'input.width'/'input.height': expected positive integers")
-    spec = ImageInputSpec(
-        width=width,
-        height=height,
-        color=_choice(_get(doc, "input.color", str), "input.color", COLORS),
-        resize=_choice(_get(doc, "input.resize", str, "stretch"), "input.resize", RESIZE_MODES),
-        scale=float(_get(doc, "input.normalize.scale", (int, float), 1.0 / 255.0)),
-        offset=float(_get(doc, "input.normalize.offset", (int, float), 0.0)),
-    )
+    kind = _choice(_get(doc, "input.kind", str), "input.kind", INPUT_KINDS)
+    spec = _image_spec(doc) if kind == "image" else _sensor_spec(doc)
     labels = _get(doc, "labels", list)
     if not labels or not all(isinstance(x, str) and x for x in labels):
         raise ManifestError("'labels': expected a non-empty list of non-empty strings")

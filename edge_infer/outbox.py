@@ -99,6 +99,7 @@ class Pending:
     msg_id: str
     build: Callable[[int], bytes] | None  # None: record the checkpoint only (nothing to publish, no seq)
     checkpoint: tuple[str, str] | None = None
+    after_commit: Callable[[], None] | None = None  # run by the writer once the transaction is durable
 
 
 def _ranges(seqs: list[int]) -> list[list[int]]:

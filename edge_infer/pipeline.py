@@ -16,16 +16,18 @@ from edge_infer.bundle import Bundle, BundleError
 from edge_infer.capture import CaptureStore
 from edge_infer.decide import Decision, Thresholds, decide
 from edge_infer.gates import Verdict
-from edge_infer.gates.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image
+from edge_infer.gates.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image, standardize
 from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate
+from edge_infer.gates.sensor import SensorGate, SensorLimits
+from edge_infer.manifest import ImageInputSpec, SensorInputSpec
 from edge_infer.postprocess import Classification, classify
-from edge_infer.preprocess import image_tensor, model_view, view_tensor
+from edge_infer.preprocess import image_tensor, model_view, view_tensor, window_tensor
 from edge_infer.runtime import Engine
 from edge_infer.sources import Sample
 
 
 class Classifier:
-    """A bundle bound to an interpreter: decoded image in, classification out."""
+    """A bundle bound to an interpreter: decoded image (or sensor window) in, classification out."""
 
     def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None, top_k: int = 3) -> None:
         self.bundle = bundle
@@ -33,18 +35,33 @@ class Classifier:
         self.engine = Engine(bundle.model_bytes, threads=threads, runtime=runtime)
         self.top_k = top_k
         spec = self.manifest.input
-        expected = (1, spec.height, spec.width, spec.channels)
+        if isinstance(spec, SensorInputSpec):
+            expected = (1, *spec.shape)
+            described = f"{spec.window}-reading window of {len(spec.channels)} channels"
+        else:
+            expected = (1, spec.height, spec.width, spec.channels)
+            described = f"{spec.width}x{spec.height} {spec.color}"
         if self.engine.inputs[0].shape != expected:
             raise BundleError(
                 bundle.path,
                 f"model input shape {self.engine.inputs[0].shape} does not match the manifest's "
-                f"{spec.width}x{spec.height} {spec.color} input {expected}",
+                f"{described} input {expected}",
             )
 
     @property
-    def draft_size(self) -> tuple[int, int]:
+    def kind(self) -> str:
+        return "sensor" if isinstance(self.manifest.input, SensorInputSpec) else "image"
+
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
         """What JPEG draft decoding may reduce a frame to (see `decode_image`)."""
-        return (self.manifest.input.width, self.manifest.input.height)
+        spec = self.manifest.input
+        return (spec.width, spec.height) if isinstance(spec, ImageInputSpec) else None
+
+    def window_tensor(self, window: np.ndarray) -> np.ndarray:
+        """Sensor window → input tensor (thread-safe)."""
+        assert isinstance(self.manifest.input, SensorInputSpec)
+        return window_tensor(window, self.manifest.input, self.engine.inputs[0])
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Decoded image → input tensor (thread-safe: touches no interpreter state)."""
@@ -97,6 +114,7 @@ class Pipeline:
         min_side: int = DEFAULT_MIN_SIDE,
         gate: ImageGate | None = None,
         capture: CaptureStore | None = None,
+        sensor_gate: SensorGate | None = None,
     ) -> None:
         self.classifier = classifier
         self.thresholds = thresholds
@@ -104,15 +122,24 @@ class Pipeline:
         self.min_side = min_side
         self.gate = gate if gate is not None else ImageGate(DEFAULT_LIMITS)
         self.capture = capture
+        spec = classifier.manifest.input
+        if sensor_gate is None and isinstance(spec, SensorInputSpec):
+            sensor_gate = SensorGate(spec, SensorLimits(low=spec.low, high=spec.high))
+        self.sensor_gate = sensor_gate
 
     def prepare(self, sample: Sample) -> Prepared:
         """Front half: decode gate and preprocessing. Runs in its own thread when pipelined."""
         started = time.perf_counter()
-        if sample.data is None:
-            verdict = Verdict.reject("unreadable", sample.read_error or "the input could not be read")
-            return Prepared(sample, verdict, None, started)
+        if sample.window is not None:
+            return self._prepare_window(sample, started)
         try:
-            image = decode_image(sample.data, self.max_pixels, self.min_side, self.classifier.draft_size)
+            if sample.image is not None:
+                image = standardize(sample.image)
+            elif sample.data is not None:
+                image = decode_image(sample.data, self.max_pixels, self.min_side, self.classifier.draft_size)
+            else:
+                verdict = Verdict.reject("unreadable", sample.read_error or "the input could not be read")
+                return Prepared(sample, verdict, None, started)
         except DecodeRejected as rejected:
             return self._rejected(sample, rejected.verdict, started)
         view = self.classifier.view(image)
@@ -121,9 +148,22 @@ class Pipeline:
             return self._rejected(sample, verdict, started)
         return Prepared(sample, verdict, self.classifier.view_tensor(view), started)
 
+    def _prepare_window(self, sample: Sample, started: float) -> Prepared:
+        assert sample.window is not None and self.sensor_gate is not None
+        verdict = self.sensor_gate.check(sample.window, sample.times)
+        if not verdict.ok:
+            return self._rejected(sample, verdict, started)
+        return Prepared(sample, verdict, self.classifier.window_tensor(sample.window), started)
+
     def _rejected(self, sample: Sample, verdict: Verdict, started: float) -> Prepared:
-        if self.capture is not None and sample.data:
-            self.capture.save(verdict.reason or "rejected", sample.input_id, sample.data, {
+        data = sample.data
+        if data is None and sample.window is not None:
+            header = ",".join(["t", *self.classifier.manifest.input.channels])  # type: ignore[union-attr]
+            times = sample.times if sample.times is not None else np.arange(len(sample.window), dtype=float)
+            rows = [",".join(repr(float(v)) for v in (t, *row)) for t, row in zip(times, sample.window, strict=False)]
+            data = ("\n".join([header, *rows]) + "\n").encode()
+        if self.capture is not None and data:
+            self.capture.save(verdict.reason or "rejected", sample.input_id, data, {
                 "input_id": sample.input_id, "source": sample.source, "reason": verdict.reason,
                 "detail": verdict.detail, "metrics": verdict.metrics, "captured_at": sample.ts,
             })

@@ -1,12 +1,12 @@
-"""Image → input tensor. The converter calibrates with these functions and the daemon feeds the model with
-them, so what the model saw at calibration time is, bit for bit, what it sees on the device."""
+"""Image or sensor window → input tensor. The converter calibrates with these functions and the daemon feeds
+the model with them, so what the model saw at calibration time is, bit for bit, what it sees on the device."""
 
 from __future__ import annotations
 
 import numpy as np
 from PIL import Image
 
-from edge_infer.manifest import ImageInputSpec
+from edge_infer.manifest import ImageInputSpec, SensorInputSpec
 from edge_infer.runtime import TensorInfo
 
 
@@ -54,3 +54,17 @@ def image_tensor(image: Image.Image, spec: ImageInputSpec, tensor: TensorInfo) -
 def view_tensor(view: Image.Image, spec: ImageInputSpec, tensor: TensorInfo) -> np.ndarray:
     """`image_tensor` for an image already in its `model_view`."""
     return to_input_tensor(normalized_view(view, spec), tensor)
+
+
+
+def normalized_window(values: np.ndarray, spec: SensorInputSpec) -> np.ndarray:
+    """A (window, channels) array of readings, normalised per channel: float32 (x − mean) / std."""
+    x = np.asarray(values, dtype=np.float32)
+    if x.shape != spec.shape:
+        raise ValueError(f"window has shape {x.shape}, the model takes {spec.shape} (readings × channels)")
+    return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+
+
+def window_tensor(values: np.ndarray, spec: SensorInputSpec, tensor: TensorInfo) -> np.ndarray:
+    """The full path from a window of readings to the tensor handed to the interpreter."""
+    return to_input_tensor(normalized_window(values, spec), tensor)

@@ -110,6 +110,12 @@ class OutboxWriter(threading.Thread):
                 continue
             break
         self.committed += len(batch)
+        for item in batch:
+            if item.after_commit is not None:
+                try:
+                    item.after_commit()
+                except Exception as exc:  # a post-commit courtesy (move/delete the file) must not stop writing
+                    log.warning("event=after_commit_failed error=%r", str(exc))
         if self._full_since is not None:
             down = time.monotonic() - self._full_since
             self._full_since = None

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
 
 
 @dataclass(frozen=True)
 class Sample:
     """One input. `input_id` is what subscribers see; `key` (id + fingerprint) is what checkpoints record.
 
-    `data` is None when the input could not be read; `read_error` then says why.
+    `data` holds encoded bytes (an image file); live cameras and video hand over a decoded `image` instead, and
+    sensor sources a `window` of readings (window × channels, float64, NaN where a reading was missing) with
+    the readings' `times` (seconds). `data` is None when the input could not be read; `read_error` says why.
     """
 
     source: str
@@ -23,14 +28,28 @@ class Sample:
     data: bytes | None
     read_error: str | None = None
     path: Path | None = None
+    image: Image.Image | None = field(default=None, compare=False, repr=False)
+    window: np.ndarray | None = field(default=None, compare=False, repr=False)
+    times: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def readable(self) -> bool:
+        return self.data is not None or self.image is not None or self.window is not None
 
     @property
     def key(self) -> str:
         return f"{self.input_id}@{self.fingerprint}"
 
 
+class SourceError(Exception):
+    """A source that cannot start or went away for good (missing library, port, device); one line."""
+
+
 class Source(Protocol):
     name: str
+    kind: str  # "image" or "sensor": what the model's input must be
+    live: bool  # a camera/stream/port that will not wait: only the newest sample is kept when behind
+    dropped: int  # samples a live source discarded because the pipeline was behind
 
     def samples(self, stop: threading.Event, once: bool, done: Callable[[Sample], bool]) -> Iterator[Sample]:
         """Yield samples until `stop` is set (or, with `once`, until what the source holds is exhausted).
@@ -40,19 +59,28 @@ class Source(Protocol):
         ...
 
 
-SOURCES: dict[str, Callable[[dict[str, Any]], Source]] = {}
+Factory = Callable[[dict[str, Any], Any], Source]
+SOURCES: dict[str, Factory] = {}
+KINDS = ("directory", "http", "video", "camera", "replay", "stdin", "serial", "iio")
 
 
-def register(kind: str) -> Callable[[Callable[[dict[str, Any]], Source]], Callable[[dict[str, Any]], Source]]:
-    def decorate(factory: Callable[[dict[str, Any]], Source]) -> Callable[[dict[str, Any]], Source]:
+def register(kind: str) -> Callable[[Factory], Factory]:
+    def decorate(factory: Factory) -> Factory:
         SOURCES[kind] = factory
         return factory
 
     return decorate
 
 
-def make_source(options: dict[str, Any]) -> Source:
-    """Build the source a validated `[source]` table describes."""
-    from edge_infer.sources import directory  # noqa: F401  (registers itself)
+def make_source(options: dict[str, Any], spec: Any) -> Source:
+    """Build the source a validated `[source]` table describes, for a model whose input is `spec`.
+    Live sources come wrapped so that a slow pipeline sees the newest sample, never a growing backlog."""
+    import importlib
 
-    return SOURCES[options["type"]](options)
+    importlib.import_module(f"edge_infer.sources.{options['type']}")  # registers itself
+    source = SOURCES[options["type"]](options, spec)
+    if source.live:
+        from edge_infer.sources.live import NewestOnly
+
+        return NewestOnly(source, options.get("max_fps", 0.0))
+    return source
