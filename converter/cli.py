@@ -24,14 +24,17 @@ from converter.datasets import (
     calibration_tensors,
     folder_labels,
     list_examples,
+    list_windows,
     quality_reference,
+    sensor_reference,
     stratified_sample,
+    window_tensors,
 )
 from converter.errors import ConvertError
 from converter.evaluate import Evaluation, evaluate, summarize
 from edge_infer import __version__
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, write_bundle
-from edge_infer.manifest import COLORS, ImageInputSpec, ManifestError, parse_manifest
+from edge_infer.manifest import COLORS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
 from edge_infer.runtime import Engine
 
 
@@ -67,10 +70,55 @@ def _input_spec(args: argparse.Namespace, engine: Engine) -> ImageInputSpec:
     return ImageInputSpec(width=shape[2], height=shape[1], color=color, scale=args.scale, offset=args.offset)
 
 
+def _sensor_spec(path: Path) -> SensorInputSpec:
+    """The preprocessing spec of a sensor model from a small TOML file (see docs/converter.md)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: spec file not found") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConvertError(f"{path}: not a readable TOML spec: {exc}") from None
+    table = doc.get("input")
+    if not isinstance(table, dict) or table.get("kind") != "sensor":
+        raise ConvertError(f"{path}: expected an [input] table with kind = \"sensor\"")
+    unknown = set(table) - {"kind", "channels", "window", "hop", "sample_rate", "mean", "std", "range_low",
+                            "range_high"}
+    if unknown:
+        raise ConvertError(f"{path}: [input]: unknown keys {sorted(unknown)}")
+    channels = table.get("channels") or []
+    n = len(channels)
+    manifest_input = {
+        "kind": "sensor",
+        "channels": channels,
+        "window": table.get("window"),
+        "hop": table.get("hop", table.get("window")),
+        "sample_rate": table.get("sample_rate"),
+        "normalize": {"mean": table.get("mean", [0.0] * n), "std": table.get("std", [1.0] * n)},
+    }
+    if "range_low" in table or "range_high" in table:
+        manifest_input["range"] = {"low": table.get("range_low"), "high": table.get("range_high")}
+    try:
+        from edge_infer.manifest import _sensor_spec as parse_sensor
+
+        return parse_sensor({"input": manifest_input})
+    except ManifestError as exc:
+        raise ConvertError(f"{path}: [input]: {exc}") from None
+
+
+def _check_sensor_shape(spec: SensorInputSpec, engine: Engine) -> SensorInputSpec:
+    shape = engine.inputs[0].shape
+    if tuple(shape) != (1, *spec.shape):
+        raise ConvertError(f"model input shape {shape} does not fit the spec's {spec.window}-reading windows of "
+                           f"{len(spec.channels)} channels (1, {spec.window}, {len(spec.channels)})")
+    return spec
+
+
 def _manifest(
     args: argparse.Namespace,
     model_bytes: bytes,
-    spec: ImageInputSpec,
+    spec: ImageInputSpec | SensorInputSpec,
     labels: list[str],
     mode: str,
     tf: Any,
@@ -109,15 +157,25 @@ def run(args: argparse.Namespace) -> int:
         raise ConvertError(f"{model_path}: model not found")
     if not out.parent.exists():
         raise ConvertError(f"{out.parent}: output folder does not exist")
-    labels = _read_labels(args)
-    calibration = list_examples(Path(args.calibration), "calibration") if args.calibration else None
-    eval_examples = list_examples(Path(args.eval), "eval") if args.eval else None
+    sensor = _sensor_spec(Path(args.spec)) if args.spec else None
+    if sensor is not None:
+        labels = _read_labels(args) if args.labels else None
+        calibration = list_windows(Path(args.calibration), sensor, labels, "calibration") if args.calibration else None
+        eval_examples = list_windows(Path(args.eval), sensor, labels, "eval") if args.eval else None
+        if labels is None:
+            labels = sorted({ex.label for ex in calibration or []})
+            if not labels:
+                raise ConvertError("no labels: pass --labels FILE or labelled --calibration windows")
+    else:
+        labels = _read_labels(args)
+        calibration = list_examples(Path(args.calibration), "calibration") if args.calibration else None
+        eval_examples = list_examples(Path(args.eval), "eval") if args.eval else None
     for examples, what in ((calibration, "calibration"), (eval_examples, "eval")):
         unknown = sorted({ex.label for ex in examples or []} - set(labels))
         if unknown:
             raise ConvertError(f"{what} folder has label folders not in the labels: {', '.join(unknown)}")
     if args.mode == "int8" and calibration is None:
-        raise ConvertError("--mode int8 needs --calibration DIR (representative images)")
+        raise ConvertError("--mode int8 needs --calibration DIR (representative images) or windows (.npz/.csv)")
 
     _say("loading TensorFlow")
     tf = import_tensorflow()
@@ -125,7 +183,9 @@ def run(args: argparse.Namespace) -> int:
         _say(f"converting {model_path} → float32")
         float_bytes = convert(saved, "float32")
         float_engine = Engine(float_bytes)  # one interpreter tells input shape and output size
-        spec = _input_spec(args, float_engine)
+        spec: ImageInputSpec | SensorInputSpec = (
+            _input_spec(args, float_engine) if sensor is None else _check_sensor_shape(sensor, float_engine)
+        )
         float_out = float_engine.outputs[0]
         if int(np.prod(float_out.shape)) != len(labels):
             raise ConvertError(f"model has {int(np.prod(float_out.shape))} outputs but {len(labels)} labels")
@@ -136,19 +196,25 @@ def run(args: argparse.Namespace) -> int:
 
             def representative() -> Iterator[np.ndarray]:
                 bar = tqdm(total=len(chosen), desc="calibrate", unit="img", file=sys.stderr, leave=False, disable=None)
-                for x in calibration_tensors(chosen, spec):
+                tensors = (window_tensors(chosen, spec) if isinstance(spec, SensorInputSpec)
+                           else calibration_tensors(chosen, spec))
+                for x in tensors:
                     bar.update()
                     yield x
                 bar.close()
 
-            _say(f"converting → int8 ({args.io_type} I/O), calibrating on {len(chosen)} images")
+            _say(f"converting → int8 ({args.io_type} I/O), calibrating on {len(chosen)} inputs")
             variants["int8"] = convert(saved, "int8", representative, args.io_type)
 
     reference: dict[str, Any] = {}
     if calibration is not None:
         sample = stratified_sample(calibration, args.calibration_samples)
-        _say(f"measuring input quality reference on {len(sample)} calibration images")
-        reference["image_quality"] = quality_reference(sample, spec)
+        if isinstance(spec, SensorInputSpec):
+            _say(f"measuring sensor reference on {len(calibration)} calibration windows")
+            reference["sensor"] = sensor_reference(calibration, spec)
+        else:
+            _say(f"measuring input quality reference on {len(sample)} calibration images")
+            reference["image_quality"] = quality_reference(sample, spec)
     else:
         _say("no --calibration: no input quality reference; the device gate falls back to its loose defaults")
     docs = {mode: _manifest(args, data, spec, labels, mode, tf, reference) for mode, data in variants.items()}
@@ -200,7 +266,7 @@ def _print_table(report: dict[str, Any]) -> None:
         lat = f"{ev['latency_ms']:.3f}ms" if "latency_ms" in ev else "—"
         print(f"{mode:<9} {info['size_bytes']:>9,}B {acc:>9} {agree:>10} {lat:>10}")
     if evaluation:
-        print(f"(evaluated on {report['evaluation']['examples']} images with {report['evaluation']['runtime']})")
+        print(f"(evaluated on {report['evaluation']['examples']} inputs with {report['evaluation']['runtime']})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -213,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="SavedModel directory or .keras file")
     p.add_argument("--mode", choices=MODES, default="int8", help="quantization (default: int8)")
     p.add_argument("--io-type", choices=IO_TYPES, default="uint8", help="int8 mode: input/output type")
-    p.add_argument("--calibration", help="representative images: <dir>/<label>/*.png|jpg")
+    p.add_argument("--spec", help="preprocessing spec TOML (sensor models: channels, window, hop, rate, mean/std)")
+    p.add_argument("--calibration", help="representative images: <dir>/<label>/*.png|jpg; sensor: .npz or .csv")
     p.add_argument("--calibration-samples", type=int, default=300, help="images used to calibrate (300)")
-    p.add_argument("--eval", help="labelled held-out images: <dir>/<label>/*.png|jpg")
+    p.add_argument("--eval", help="labelled held-out images: <dir>/<label>/*.png|jpg; sensor: .npz or .csv")
     p.add_argument("--labels", help="labels file, one per line, in model output order")
     p.add_argument("--out", required=True, help="bundle to write (.tflite)")
     p.add_argument("--report", help="write the conversion report as JSON here")

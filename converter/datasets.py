@@ -4,25 +4,30 @@ code — the single source of truth that makes calibration and serving identical
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from converter.errors import ConvertError
+from edge_infer.gates import sensor as sensor_gate
 from edge_infer.gates.image import DecodeRejected, decode_image
 from edge_infer.gates.quality import assess, reference_stats
-from edge_infer.manifest import ImageInputSpec
-from edge_infer.preprocess import model_view, normalized_image
+from edge_infer.manifest import ImageInputSpec, SensorInputSpec
+from edge_infer.preprocess import model_view, normalized_image, normalized_window
+from edge_infer.sources.readings import ReadingParser, Windower
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
 class Example:
+    """One labelled input: an image file, or a sensor window (readings × channels) from an .npz or .csv."""
+
     path: Path
     label: str
+    window: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 def folder_labels(root: Path) -> list[str]:
@@ -89,3 +94,76 @@ def quality_reference(examples: list[Example], spec: ImageInputSpec) -> dict[str
         image = load_image(ex.path, (spec.width, spec.height))
         qualities.append(assess(image, model_view(image, spec)))
     return reference_stats(qualities)
+
+
+def list_windows(path: Path, spec: SensorInputSpec, labels: list[str] | None, what: str) -> list[Example]:
+    """Sensor windows from `.npz` (arrays `x`: N × window × channels, `y`: N labels or label indices) or `.csv`
+    (readings with the model's channel columns and a `label` column; windows are cut with the model's window
+    and hop inside each run of one label, by the device's own parser and windower)."""
+    if not path.exists():
+        raise ConvertError(f"{path}: {what} file not found")
+    if path.suffix.lower() == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                x, y = data["x"], data.get("y")
+        except (KeyError, ValueError, OSError) as exc:
+            raise ConvertError(f"{path}: not a readable .npz with an 'x' array: {exc}") from None
+        if x.ndim != 3 or x.shape[1:] != spec.shape:
+            raise ConvertError(f"{path}: 'x' has shape {x.shape}; the model takes (N, {spec.window}, "
+                               f"{len(spec.channels)}) windows")
+        if y is None:
+            names = ["unlabelled"] * len(x)
+        elif np.issubdtype(y.dtype, np.integer):
+            if labels is None or y.min() < 0 or y.max() >= len(labels):
+                raise ConvertError(f"{path}: 'y' holds label indices outside the {len(labels or [])} labels")
+            names = [labels[int(i)] for i in y]
+        else:
+            names = [str(v) for v in y]
+        examples = [Example(path, name, w.astype(np.float64)) for name, w in zip(names, x, strict=True)]
+    elif path.suffix.lower() == ".csv":
+        examples = _csv_windows(path, spec)
+    else:
+        raise ConvertError(f"{path}: {what} for a sensor model must be a .npz or .csv file")
+    if not examples:
+        raise ConvertError(f"{path}: {what} holds no complete {spec.window}-reading windows")
+    return examples
+
+
+def _csv_windows(path: Path, spec: SensorInputSpec) -> list[Example]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or "label" not in [c.strip() for c in lines[0].split(",")]:
+        raise ConvertError(f"{path}: expected a header line with the channels {list(spec.channels)} and 'label'")
+    header = [c.strip() for c in lines[0].split(",")]
+    missing = [c for c in spec.channels if c not in header]
+    if missing:
+        raise ConvertError(f"{path}: header lacks the model's channels {missing}")
+    parser = ReadingParser(spec.channels, "csv", header)
+    at = header.index("label")
+    examples: list[Example] = []
+    current, windower = None, None
+    for line in lines[1:]:
+        fields = line.split(",")
+        if len(fields) != len(header):
+            continue
+        label = fields[at].strip()
+        if label != current:
+            current, windower = label, Windower(spec.window, spec.hop, len(spec.channels))
+        reading = parser.parse(line)
+        if reading is None or windower is None:
+            continue
+        done = windower.push(0.0, reading[1])
+        if done is not None:
+            examples.append(Example(path, label, done[1]))
+    return examples
+
+
+def window_tensors(examples: list[Example], spec: SensorInputSpec) -> Iterator[np.ndarray]:
+    """The exact float tensors (window, channels) the device computes from these windows."""
+    for ex in examples:
+        assert ex.window is not None
+        yield normalized_window(ex.window, spec)
+
+
+def sensor_reference(examples: list[Example], spec: SensorInputSpec) -> dict[str, object]:
+    """Per-channel statistics of healthy windows for the device's sensor gate (`reference.sensor`)."""
+    return sensor_gate.reference_stats([ex.window for ex in examples if ex.window is not None], spec.channels)

@@ -40,10 +40,13 @@ def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluatio
     classifier = Classifier(bundle, threads=1)
     predictions: list[str] = []
     spent = 0.0
-    for ex in tqdm(examples, desc=f"evaluate {variant}", unit="img", file=sys.stderr, leave=False, disable=None):
-        image = load_image(ex.path, classifier.draft_size)
+    for ex in tqdm(examples, desc=f"evaluate {variant}", unit="input", file=sys.stderr, leave=False, disable=None):
+        if ex.window is not None:
+            tensor = classifier.window_tensor(ex.window)
+        else:
+            tensor = classifier.prepare(load_image(ex.path, classifier.draft_size))
         started = time.perf_counter()
-        predictions.append(classifier.classify(image).label)
+        predictions.append(classifier.infer(tensor).label)
         spent += time.perf_counter() - started
     rt = classifier.engine.runtime
     return Evaluation(

@@ -61,7 +61,7 @@ def limits_for(spec: SensorInputSpec, reference: dict[str, Any] | None, override
             limits,
             min_std=tuple(r["std_p01"] * 0.05 for r in ref) if all(r["std_p01"] > 0 for r in ref) else None,
             max_step=tuple(r["step_p99"] * 4 for r in ref) if all(r["step_p99"] > 0 for r in ref) else None,
-            source="reference",
+            source="manifest+reference" if spec.low is not None else "reference",
         )
     n = len(spec.channels)
     changes: dict[str, Any] = {}
