@@ -81,8 +81,10 @@ def expected_outcomes(times: np.ndarray, values: np.ndarray, labels: list[str], 
             out[start] = "flatline"
         elif np.abs(np.diff(w[:, 0])).max() > 12:
             out[start] = "spike"
-        elif len(set(labels[start:start + 64])) == 1 and not (faults["flatline"][0] - 64 < start < faults["flatline"][1]):
-            out[start] = f"label:{labels[start]}"
+        elif len(set(labels[start:start + 64])) == 1:
+            lo, hi = faults["flatline"]
+            if not lo - 64 < start < hi:  # partly stuck windows: neither clean nor certainly flat
+                out[start] = f"label:{labels[start]}"
     return out
 
 
