@@ -71,7 +71,7 @@ class Classifier:
         """The decoded image at the model's size and colour (what the quality gate measures)."""
         return model_view(image, self.manifest.input)
 
-    def view_tensor(self, view: Image.Image) -> np.ndarray:
+    def view_tensor(self, view: Image.Image | np.ndarray) -> np.ndarray:
         return view_tensor(view, self.manifest.input, self.engine.inputs[0])
 
     def infer(self, tensor: np.ndarray) -> Classification:
@@ -143,10 +143,11 @@ class Pipeline:
         except DecodeRejected as rejected:
             return self._rejected(sample, rejected.verdict, started)
         view = self.classifier.view(image)
-        verdict = self.gate.check(image, view)
+        pixels = np.asarray(view)  # once, for the gate and the tensor
+        verdict = self.gate.check(image, view, pixels)
         if not verdict.ok:
             return self._rejected(sample, verdict, started)
-        return Prepared(sample, verdict, self.classifier.view_tensor(view), started)
+        return Prepared(sample, verdict, self.classifier.view_tensor(pixels), started)
 
     def _prepare_window(self, sample: Sample, started: float) -> Prepared:
         assert sample.window is not None and self.sensor_gate is not None

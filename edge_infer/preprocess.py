@@ -24,8 +24,8 @@ def normalized_image(image: Image.Image, spec: ImageInputSpec) -> np.ndarray:
     return normalized_view(model_view(image, spec), spec)
 
 
-def normalized_view(view: Image.Image, spec: ImageInputSpec) -> np.ndarray:
-    """Normalise a `model_view` image: float32 array of shape (H, W, C)."""
+def normalized_view(view: Image.Image | np.ndarray, spec: ImageInputSpec) -> np.ndarray:
+    """Normalise a `model_view` image (or its pixel array): float32 array of shape (H, W, C)."""
     pixels = np.asarray(view, dtype=np.float32)
     if spec.color == "L":
         pixels = pixels[..., np.newaxis]
@@ -51,7 +51,7 @@ def image_tensor(image: Image.Image, spec: ImageInputSpec, tensor: TensorInfo) -
     return to_input_tensor(normalized_image(image, spec), tensor)
 
 
-def view_tensor(view: Image.Image, spec: ImageInputSpec, tensor: TensorInfo) -> np.ndarray:
+def view_tensor(view: Image.Image | np.ndarray, spec: ImageInputSpec, tensor: TensorInfo) -> np.ndarray:
     """`image_tensor` for an image already in its `model_view`."""
     return to_input_tensor(normalized_view(view, spec), tensor)
 

@@ -62,7 +62,9 @@ def main() -> int:
     write_frames(calib, 100, seed=9)
     (out / "labels.txt").write_text("\n".join(f"class-{i}" for i in range(1000)) + "\n")
     bundle = out / "mobilenetv2-int8.tflite"
-    if not bundle.exists():
+    from edge_infer.bundle import load_bundle
+
+    if not bundle.exists() or load_bundle(bundle).manifest.image_quality_reference is None:
         from converter.cli import main as convert
 
         model = make_model(out / "mobilenetv2.keras")

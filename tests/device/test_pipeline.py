@@ -79,8 +79,11 @@ def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
     proc = run_cli("bench", "--config", str(demo), "--frames", "30", "--rounds", "1", "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
-    assert set(report["stages"]) == {"invoke", "decode_preprocess", "decode_gate", "pipeline_pipelined",
-                                     "pipeline_sequential", "naive_loop"}
+    assert set(report["stages"]) == {"invoke", "decode_preprocess", "decode_gate", "quality_gate",
+                                     "pipeline_pipelined", "pipeline_sequential", "naive_loop"}
+    assert report["quality_gate"]["limits"]["source"] == "reference"  # the demo bundle carries its reference
+    # the demo folder holds two frames the gate must refuse: out-of-focus.png and lights-off.png
+    assert report["quality_gate"]["rejected"] == 2 and 0 < report["ratios"]["quality_gate_share_of_frame"] < 10
     assert all(stage["per_s"] > 0 for stage in report["stages"].values())
     assert report["frames"] == 30 and report["frame_size"] == "32x32 PNG"
     assert 0 < report["startup_to_first_result_s"] < 60 and report["rss_ratio"] > 0.5

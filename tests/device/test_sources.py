@@ -327,7 +327,7 @@ def test_camera_source_turns_grabbed_frames_into_samples() -> None:
 
 
 def test_video_file_frames_are_all_processed_and_a_restart_skips_them(tmp_path: Path, broker: Mosquitto) -> None:
-    cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed in this leg (armv7l has no wheel)")
+    cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed in this leg (PyPI has no armv7l wheel)")
     video = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 64))
     truth = []
