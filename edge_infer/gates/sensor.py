@@ -6,6 +6,7 @@ converter measured on the calibration windows (`reference_stats`); the device co
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -105,10 +106,11 @@ class SensorGate:
             if above.any():
                 c = int(np.argmax(above))
                 return self._reject("out_of_range", c, "maximum reading", float(x[:, c].max()), lim.high[c])
-        if times is not None and lim.max_gap_factor and len(times) > 1:
-            gap = float(np.max(np.diff(np.asarray(times, dtype=np.float64))))
-            allowed = lim.max_gap_factor / self.spec.sample_rate
-            if gap > allowed or gap <= 0:
+        if times is not None and len(times) > 1:
+            steps = np.diff(np.asarray(times, dtype=np.float64))
+            gap = float(np.max(steps)) if np.isfinite(steps).all() else math.inf
+            allowed = lim.max_gap_factor / self.spec.sample_rate if lim.max_gap_factor else math.inf
+            if gap > allowed or not float(np.min(steps)) > 0 or not math.isfinite(gap):
                 return Verdict.reject(
                     "sample_gap",
                     f"readings {gap:.4g} s apart; at {self.spec.sample_rate:g} Hz at most {allowed:.4g} s is expected",

@@ -221,3 +221,24 @@ def test_rejections_can_be_kept_for_review_and_left_unpublished(tmp_path: Path, 
     again = run_cli("run", "--config", str(cfg), "--once")
     assert "skipped=10" in again.stderr, again.stderr
     sub.close()
+
+
+def test_a_stuck_camera_is_caught_as_frozen_through_the_daemon(tmp_path: Path, broker: Mosquitto) -> None:
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    scans = sorted((DIGITS_TEST / "6").glob("*.png"))
+    for i in range(5):
+        (inbox / f"frame-{i}.png").write_bytes(scans[0].read_bytes())  # the same frame five times
+    (inbox / "frame-5.png").write_bytes(scans[1].read_bytes())  # the scene moves again
+    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8.tflite", source=inbox,
+                       state=tmp_path / "s", port=broker.port)
+    cfg.write_text(cfg.read_text() + "\n[gate]\nfrozen_frames = 3\n")
+    sub = Subscriber(broker.port, "edge/test-pi/#")
+    proc = run_cli("run", "--config", str(cfg), "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert sub.wait_for(lambda s: len(s.of_kind("results")) + len(s.of_kind("rejections")) >= 6)
+    frozen = sorted(m.json()["input"]["id"] for m in sub.of_kind("rejections") if m.json()["reason"] == "frozen")
+    assert frozen == ["frame-2.png", "frame-3.png", "frame-4.png"]
+    results = sorted(m.json()["input"]["id"] for m in sub.of_kind("results"))
+    assert results == ["frame-0.png", "frame-1.png", "frame-5.png"]
+    sub.close()
