@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from converter.convert import IO_TYPES, MODES, convert, import_tensorflow, saved_model_dir
+from converter.convert import (
+    CALIBRATED,
+    IO_TYPES,
+    MODES,
+    convert,
+    convert_in_subprocess,
+    import_tensorflow,
+    saved_model_dir,
+)
 from converter.datasets import (
     calibration_tensors,
     folder_labels,
@@ -32,6 +40,7 @@ from converter.datasets import (
 )
 from converter.errors import ConvertError
 from converter.evaluate import Evaluation, evaluate, summarize
+from converter.report import write_markdown
 from edge_infer import __version__
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, write_bundle
 from edge_infer.manifest import COLORS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
@@ -171,11 +180,12 @@ def run(args: argparse.Namespace) -> int:
         calibration = list_examples(Path(args.calibration), "calibration") if args.calibration else None
         eval_examples = list_examples(Path(args.eval), "eval") if args.eval else None
     for examples, what in ((calibration, "calibration"), (eval_examples, "eval")):
-        unknown = sorted({ex.label for ex in examples or []} - set(labels))
+        unknown = sorted({ex.label for ex in examples or []} - set(labels) - {""})
         if unknown:
             raise ConvertError(f"{what} folder has label folders not in the labels: {', '.join(unknown)}")
-    if args.mode == "int8" and calibration is None:
-        raise ConvertError("--mode int8 needs --calibration DIR (representative images) or windows (.npz/.csv)")
+    modes = list(MODES) if args.mode == "all" else list(dict.fromkeys(["float32", args.mode]))
+    if any(m in CALIBRATED for m in modes) and calibration is None:
+        raise ConvertError(f"--mode {args.mode} needs --calibration (representative images, or windows as .npz/.csv)")
 
     _say("loading TensorFlow")
     tf = import_tensorflow()
@@ -190,21 +200,13 @@ def run(args: argparse.Namespace) -> int:
         if int(np.prod(float_out.shape)) != len(labels):
             raise ConvertError(f"model has {int(np.prod(float_out.shape))} outputs but {len(labels)} labels")
         variants: dict[str, bytes] = {"float32": float_bytes}
-        if args.mode == "int8":
-            assert calibration is not None
-            chosen = stratified_sample(calibration, args.calibration_samples)
-
-            def representative() -> Iterator[np.ndarray]:
-                bar = tqdm(total=len(chosen), desc="calibrate", unit="img", file=sys.stderr, leave=False, disable=None)
-                tensors = (window_tensors(chosen, spec) if isinstance(spec, SensorInputSpec)
-                           else calibration_tensors(chosen, spec))
-                for x in tensors:
-                    bar.update()
-                    yield x
-                bar.close()
-
-            _say(f"converting → int8 ({args.io_type} I/O), calibrating on {len(chosen)} inputs")
-            variants["int8"] = convert(saved, "int8", representative, args.io_type)
+        tensors = _calibration_array(calibration, spec, args.calibration_samples) \
+            if any(m in CALIBRATED for m in modes) else None
+        for mode in modes[1:]:
+            what = f"{mode} ({args.io_type} I/O)" if mode == "int8-only" else mode
+            calibrated = f", calibrated on {len(tensors)} inputs" if tensors is not None and mode in CALIBRATED else ""
+            _say(f"converting → {what}{calibrated} (in its own process)")
+            variants[mode] = convert_in_subprocess(saved, mode, tensors if mode in CALIBRATED else None, args.io_type)
 
     reference: dict[str, Any] = {}
     if calibration is not None:
@@ -232,41 +234,93 @@ def run(args: argparse.Namespace) -> int:
             mode: evaluate(_in_memory_bundle(out, data, docs[mode]), eval_examples, mode)
             for mode, data in variants.items()
         }
-        reference = evals["float32"]
+        baseline = evals["float32"]
         report["evaluation"] = {
             "dataset": str(Path(args.eval)),
             "examples": len(eval_examples),
-            "runtime": reference.runtime,
+            "labelled": baseline.labelled,
+            "runtime": baseline.runtime,
             "variants": {
-                mode: summarize(ev, len(variants[mode]), None if mode == "float32" else reference)
+                mode: summarize(ev, len(variants[mode]), None if mode == "float32" else baseline, labels)
                 for mode, ev in evals.items()
             },
         }
-        docs[args.mode]["evaluation"] = report["evaluation"]
-    try:
-        write_bundle(out, variants[args.mode], docs[args.mode])
-    except BundleError as exc:
-        raise ConvertError(str(exc)) from None
-    report["bundle"] = {"path": str(out), "bytes": out.stat().st_size, "sha256": docs[args.mode]["model"]["sha256"]}
+        for mode in variants:
+            docs[mode]["evaluation"] = report["evaluation"]
+    over = _over_budget(report, args.max_accuracy_drop)
+    written = [mode for mode in modes if mode not in over and (args.mode == "all" or mode == args.mode)]
+    paths = {mode: (out if args.mode != "all" else out.with_name(f"{out.stem}-{mode}{out.suffix}")) for mode in written}
+    for mode, path in paths.items():
+        try:
+            write_bundle(path, variants[mode], docs[mode])
+        except BundleError as exc:
+            raise ConvertError(str(exc)) from None
+    report["bundles"] = {mode: {"path": str(p), "bytes": p.stat().st_size, "sha256": docs[mode]["model"]["sha256"]}
+                         for mode, p in paths.items()}
+    if over:
+        report["over_budget"] = over
     report["seconds"] = round(time.monotonic() - started, 1)
-    if args.report:
-        Path(args.report).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     _print_table(report)
-    _say(f"wrote {out} ({out.stat().st_size} bytes)" + (f" and {args.report}" if args.report else ""))
-    return 0
+    if args.report:
+        report_path = Path(args.report)
+        report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        extra = write_markdown(report, report_path.with_suffix(".md"))
+        _say(f"wrote {report_path} and {', '.join(str(p) for p in extra)}")
+    for mode, path in paths.items():
+        _say(f"wrote {path} ({path.stat().st_size} bytes, {mode})")
+    for mode, why in over.items():
+        _say(f"refused {mode}: {why}")
+    return 3 if over else 0
+
+
+def _calibration_array(examples: Any, spec: Any, limit: int) -> np.ndarray:
+    """The representative tensors, computed once by the device's preprocessing (progress on a terminal)."""
+    chosen = stratified_sample(examples, limit)
+    tensors = window_tensors(chosen, spec) if isinstance(spec, SensorInputSpec) else calibration_tensors(chosen, spec)
+    out = [x for x in tqdm(tensors, total=len(chosen), desc="calibration data", unit="input", file=sys.stderr,
+                           leave=False, disable=None)]
+    return np.stack(out).astype(np.float32)
+
+
+def _over_budget(report: dict[str, Any], budget: float | None) -> dict[str, str]:
+    """Variants whose top-1 accuracy drop exceeds `--max-accuracy-drop`, with the numbers."""
+    if budget is None:
+        return {}
+    evaluation = report.get("evaluation", {})
+    if not evaluation.get("labelled"):
+        raise ConvertError("--max-accuracy-drop needs a labelled --eval set (<dir>/<label>/...)")
+    out = {}
+    base = evaluation["variants"]["float32"]["accuracy"] * 100
+    for mode, ev in evaluation["variants"].items():
+        drop = ev.get("accuracy_drop_points", 0.0)
+        if drop > budget:
+            out[mode] = (f"top-1 {base:.2f}% → {ev['accuracy'] * 100:.2f}%, a drop of {drop:.2f} points, over the "
+                         f"budget of {budget:g}")
+    return out
 
 
 def _print_table(report: dict[str, Any]) -> None:
+    """The comparison table: one line per variant."""
     evaluation = report.get("evaluation", {}).get("variants", {})
-    print(f"{'variant':<9} {'size':>10} {'accuracy':>9} {'agreement':>10} {'latency':>10}")
+    float_size = report["variants"]["float32"]["size_bytes"]
+    over = report.get("over_budget", {})
+    print(f"{'variant':<10} {'size':>11} {'× f32':>6} {'top-1':>8} {'top-3':>8} {'drop':>7} {'agree':>8} "
+          f"{'max|Δ|':>7} {'latency':>9}")
     for mode, info in report["variants"].items():
         ev = evaluation.get(mode, {})
-        acc = f"{ev['accuracy'] * 100:.2f}%" if "accuracy" in ev else "—"
-        agree = f"{ev['agreement_with_float32'] * 100:.2f}%" if "agreement_with_float32" in ev else "—"
+
+        def pct(key: str, ev: dict[str, Any] = ev) -> str:
+            return f"{ev[key] * 100:.2f}%" if key in ev else "—"
+
+        drop = f"{ev['accuracy_drop_points']:+.2f}" if "accuracy_drop_points" in ev else "—"
+        err = f"{ev['output_max_abs_error']:.3f}" if "output_max_abs_error" in ev else "—"
         lat = f"{ev['latency_ms']:.3f}ms" if "latency_ms" in ev else "—"
-        print(f"{mode:<9} {info['size_bytes']:>9,}B {acc:>9} {agree:>10} {lat:>10}")
+        flag = "  ✗ over budget" if mode in over else ""
+        print(f"{mode:<10} {info['size_bytes']:>10,}B {info['size_bytes'] / float_size:>6.2f} {pct('accuracy'):>8} "
+              f"{pct('top3_accuracy'):>8} {drop:>7} {pct('agreement_with_float32'):>8} {err:>7} {lat:>9}{flag}")
     if evaluation:
-        print(f"(evaluated on {report['evaluation']['examples']} inputs with {report['evaluation']['runtime']})")
+        print(f"(evaluated on {report['evaluation']['examples']} inputs with {report['evaluation']['runtime']}; "
+              "drop in top-1 points vs float32; max|Δ| = largest output difference vs float32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,8 +331,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     p.add_argument("model", help="SavedModel directory or .keras file")
-    p.add_argument("--mode", choices=MODES, default="int8", help="quantization (default: int8)")
-    p.add_argument("--io-type", choices=IO_TYPES, default="uint8", help="int8 mode: input/output type")
+    p.add_argument("--mode", choices=(*MODES, "all"), default="int8-only",
+                   help="quantization (default: int8-only); all: every mode, compared in one table")
+    p.add_argument("--io-type", choices=IO_TYPES, default="uint8", help="int8-only mode: input/output type")
+    p.add_argument("--max-accuracy-drop", type=float, metavar="PTS",
+                   help="refuse a variant whose top-1 accuracy drops more than PTS points (exit 3)")
     p.add_argument("--spec", help="preprocessing spec TOML (sensor models: channels, window, hop, rate, mean/std)")
     p.add_argument("--calibration", help="representative images: <dir>/<label>/*.png|jpg; sensor: .npz or .csv")
     p.add_argument("--calibration-samples", type=int, default=300, help="images used to calibrate (300)")

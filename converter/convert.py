@@ -1,4 +1,12 @@
-"""TensorFlow side of the converter: load a SavedModel or .keras file, convert to float32 or full-integer int8.
+"""TensorFlow side of the converter: load a SavedModel, .keras or legacy .h5 file and convert it in one of the
+post-training quantization modes:
+
+- `float32`: no quantization (the reference every other mode is measured against);
+- `float16`: weights stored as float16 (half the size, float compute);
+- `dynamic`: dynamic-range quantization — int8 weights, activations quantized on the fly, no calibration;
+- `int8`: full-integer quantization with float fallback for ops that have no int8 kernel (float I/O);
+- `int8-only`: integer-only, including the model's input and output (uint8 or int8; pixels go in as they are);
+- `int16x8`: int16 activations with int8 weights (more accurate than int8 where activations have a wide range).
 
 Keras 3 models are exported to a SavedModel first and converted from it: `from_keras_model` is unreliable
 with Keras 3 on TF 2.16+.
@@ -17,7 +25,8 @@ import numpy as np
 
 from converter.errors import ConvertError
 
-MODES = ("float32", "int8")
+MODES = ("float32", "float16", "dynamic", "int8", "int8-only", "int16x8")
+CALIBRATED = ("int8", "int8-only", "int16x8")
 IO_TYPES = ("uint8", "int8")
 
 
@@ -56,32 +65,72 @@ def saved_model_dir(model_path: Path) -> Iterator[Path]:
         yield out
 
 
+def configure(converter: Any, tf: Any, mode: str, representative: Callable[[], Iterator[np.ndarray]] | None,
+              io_type: str = "uint8") -> Any:
+    """Set a TFLiteConverter up for `mode`."""
+    if mode not in MODES:
+        raise ConvertError(f"unknown mode '{mode}' (choose from: {', '.join(MODES)})")
+    if mode == "float32":
+        return converter
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if mode == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+        return converter
+    if mode == "dynamic":
+        return converter
+    if representative is None:
+        raise ConvertError(f"--mode {mode} needs calibration data (--calibration)")
+
+    def dataset() -> Iterator[list[np.ndarray]]:
+        for x in representative():
+            yield [x[np.newaxis, ...].astype(np.float32)]
+
+    converter.representative_dataset = dataset
+    if mode == "int8-only":
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        dtype = {"uint8": tf.uint8, "int8": tf.int8}[io_type]
+        converter.inference_input_type = dtype
+        converter.inference_output_type = dtype
+    elif mode == "int16x8":
+        ops = tf.lite.OpsSet
+        converter.target_spec.supported_ops = [ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    return converter
+
+
+def convert_in_subprocess(saved_model: Path, mode: str, calibration: np.ndarray | None, io_type: str) -> bytes:
+    """`convert` in a fresh Python process: the TF converter leaks memory on every call, so a run that converts
+    several variants gives each its own process. `calibration` holds the representative tensors."""
+    import subprocess
+    import sys
+
+    with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
+        calib = Path(tmp) / "calibration.npy"
+        out = Path(tmp) / "model.tflite"
+        if calibration is not None:
+            np.save(calib, calibration)
+        proc = subprocess.run(
+            [sys.executable, "-m", "converter.worker", str(saved_model), mode, io_type,
+             str(calib) if calibration is not None else "-", str(out)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            lines = [x for x in proc.stderr.splitlines() if x.startswith("edge-convert: error:")]
+            raise ConvertError(lines[-1].removeprefix("edge-convert: error: ") if lines
+                               else f"--mode {mode}: conversion process failed: {proc.stderr.strip()[-300:]}")
+        return out.read_bytes()
+
+
 def convert(
     saved_model: Path,
     mode: str,
     representative: Callable[[], Iterator[np.ndarray]] | None = None,
     io_type: str = "uint8",
 ) -> bytes:
-    """Convert a SavedModel. `int8` is full-integer quantization with integer I/O (`io_type`); its
-    representative dataset yields float tensors of shape (H, W, C) exactly as the device computes them."""
+    """Convert a SavedModel in one `mode` (see the module docstring). Calibrated modes need `representative`,
+    which yields float tensors exactly as the device computes them; `io_type` is `int8-only`'s I/O type."""
     tf = import_tensorflow()
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
-    if mode == "int8":
-        if representative is None:
-            raise ConvertError("int8 conversion needs calibration data (--calibration DIR)")
-
-        def dataset() -> Iterator[list[np.ndarray]]:
-            for x in representative():
-                yield [x[np.newaxis, ...].astype(np.float32)]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = dataset
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        dtype = {"uint8": tf.uint8, "int8": tf.int8}[io_type]
-        converter.inference_input_type = dtype
-        converter.inference_output_type = dtype
-    elif mode != "float32":
-        raise ConvertError(f"unknown mode '{mode}' (choose from: {', '.join(MODES)})")
+    converter = configure(tf.lite.TFLiteConverter.from_saved_model(str(saved_model)), tf, mode, representative,
+                          io_type)
     try:
         return bytes(converter.convert())
     except ConvertError:

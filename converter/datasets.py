@@ -36,7 +36,8 @@ def folder_labels(root: Path) -> list[str]:
 
 
 def list_examples(root: Path, what: str) -> list[Example]:
-    """Every image under `root/<label>/`, sorted by label then file name."""
+    """Every image under `root/<label>/`, sorted by label then file name; or, unlabelled (label ""), every
+    image directly in `root` when it has no label folders."""
     if not root.exists():
         raise ConvertError(f"{root}: {what} folder not found")
     if not root.is_dir():
@@ -47,6 +48,9 @@ def list_examples(root: Path, what: str) -> list[Example]:
         for path in sorted((root / label).iterdir())
         if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
     ]
+    if not examples and not folder_labels(root):
+        examples = [Example(path, "") for path in sorted(root.iterdir())
+                    if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()]
     if not examples:
         raise ConvertError(f"{root}: {what} folder holds no images (expected <root>/<label>/*.png|jpg)")
     return examples

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from converter.datasets import Example, load_image
@@ -17,13 +18,32 @@ from edge_infer.pipeline import Classifier
 @dataclass(frozen=True)
 class Evaluation:
     predictions: list[str]
-    labels: list[str]
+    labels: list[str]  # true labels ("" when the eval set is unlabelled)
     latency_ms: float
     runtime: str
+    scores: np.ndarray  # (N, classes): the probabilities the device computes, in label order
+    label_names: tuple[str, ...] = ()
+
+    @property
+    def labelled(self) -> bool:
+        return all(self.labels)
 
     @property
     def accuracy(self) -> float:
         return sum(p == t for p, t in zip(self.predictions, self.labels, strict=True)) / len(self.labels)
+
+    def top_k_accuracy(self, k: int) -> float:
+        index = {name: i for i, name in enumerate(self.label_names)}
+        top = np.argsort(-self.scores, axis=1, kind="stable")[:, :k]
+        return float(np.mean([index[t] in row for t, row in zip(self.labels, top, strict=True)]))
+
+    def confusion(self) -> list[list[int]]:
+        """Rows: true label, columns: predicted label, in label order."""
+        index = {name: i for i, name in enumerate(self.label_names)}
+        matrix = np.zeros((len(index), len(index)), dtype=int)
+        for t, p in zip(self.labels, self.predictions, strict=True):
+            matrix[index[t], index[p]] += 1
+        return matrix.tolist()
 
     def agreement(self, other: Evaluation) -> float:
         return sum(a == b for a, b in zip(self.predictions, other.predictions, strict=True)) / len(self.labels)
@@ -37,8 +57,11 @@ class Evaluation:
 
 
 def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluation:
-    classifier = Classifier(bundle, threads=1)
+    classifier = Classifier(bundle, threads=1, top_k=len(bundle.manifest.labels))
+    names = bundle.manifest.labels
+    index = {name: i for i, name in enumerate(names)}
     predictions: list[str] = []
+    scores = np.zeros((len(examples), len(names)), dtype=np.float32)
     spent = 0.0
     for ex in tqdm(examples, desc=f"evaluate {variant}", unit="input", file=sys.stderr, leave=False, disable=None):
         if ex.window is not None:
@@ -46,25 +69,37 @@ def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluatio
         else:
             tensor = classifier.prepare(load_image(ex.path, classifier.draft_size))
         started = time.perf_counter()
-        predictions.append(classifier.infer(tensor).label)
+        result = classifier.infer(tensor)
         spent += time.perf_counter() - started
+        predictions.append(result.label)
+        for name, score in result.top_k:
+            scores[len(predictions) - 1, index[name]] = score
     rt = classifier.engine.runtime
     return Evaluation(
         predictions=predictions,
         labels=[ex.label for ex in examples],
         latency_ms=spent / len(examples) * 1000.0,
         runtime=f"{rt.name} {rt.version}",
+        scores=scores,
+        label_names=names,
     )
 
 
-def summarize(evaluation: Evaluation, size: int, reference: Evaluation | None) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "size_bytes": size,
-        "accuracy": round(evaluation.accuracy, 6),
-        "per_class_accuracy": {k: round(v, 6) for k, v in evaluation.per_class().items()},
-        "latency_ms": round(evaluation.latency_ms, 4),
-    }
+def summarize(evaluation: Evaluation, size: int, reference: Evaluation | None, labels: list[str]) -> dict[str, Any]:
+    """A variant's line in the report: accuracy (top-1, top-3, per class, confusion) when labelled; always
+    latency, and against float32 the agreement and the output error (max |Δ|, RMSE of the probabilities)."""
+    doc: dict[str, Any] = {"size_bytes": size, "latency_ms": round(evaluation.latency_ms, 4)}
+    if evaluation.labelled:
+        doc["accuracy"] = round(evaluation.accuracy, 6)
+        doc["top3_accuracy"] = round(evaluation.top_k_accuracy(min(3, len(labels))), 6)
+        doc["per_class_accuracy"] = {k: round(v, 6) for k, v in evaluation.per_class().items()}
+        if len(labels) <= 50:
+            doc["confusion"] = evaluation.confusion()
     if reference is not None:
         doc["agreement_with_float32"] = round(evaluation.agreement(reference), 6)
-        doc["accuracy_drop_points"] = round((reference.accuracy - evaluation.accuracy) * 100.0, 4)
+        diff = evaluation.scores - reference.scores
+        doc["output_max_abs_error"] = round(float(np.abs(diff).max()), 6)
+        doc["output_rmse"] = round(float(np.sqrt(np.mean(diff**2))), 6)
+        if evaluation.labelled:
+            doc["accuracy_drop_points"] = round((reference.accuracy - evaluation.accuracy) * 100.0, 4)
     return doc

@@ -6,7 +6,7 @@ of the situation (gravity on z, a motor's running-speed vibration and its harmon
 once-per-revolution component, sensor noise) with a fixed seed. The point is the plumbing a real sensor model
 goes through — CSV readings → windows → training → `edge-convert --spec` → a device replaying readings.
 
-    python demo/train_vibration.py    # writes demo/vibration-int8.tflite (+ report, spec) and
+    python demo/train_vibration.py    # writes demo/vibration-int8-only.tflite (+ report, spec) and
                                       # demo/vibration/pump-replay.csv (a replay with one fault of each kind)
 
 Needs the converter extra (TensorFlow). The device side never runs this file.
@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         (work / "labels.txt").write_text("\n".join(LABELS) + "\n")
         rc = convert([str(model), "--spec", str(paths["spec"]), "--calibration", str(paths["train"]),
                       "--eval", str(paths["test"]), "--labels", str(work / "labels.txt"), "--name", "vibration",
-                      "--threshold", "0.6", "--out", str(args.out_dir / "vibration-int8.tflite"),
-                      "--report", str(args.out_dir / "vibration-int8-report.json")])
+                      "--threshold", "0.6", "--out", str(args.out_dir / "vibration-int8-only.tflite"),
+                      "--report", str(args.out_dir / "vibration-int8-only-report.json")])
         if rc:
             return rc
         shutil.copy(paths["spec"], args.out_dir / "vibration-spec.toml")

@@ -14,7 +14,7 @@ from tests.helpers.broker import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "demo"
-DIGITS_INT8 = DEMO / "digits-int8.tflite"
+DIGITS_INT8 = DEMO / "digits-int8-only.tflite"
 DIGITS_FLOAT32 = DEMO / "digits-float32.tflite"
 DIGITS_TEST = DEMO / "digits" / "test"
 

@@ -68,7 +68,7 @@ def main() -> int:
         from converter.cli import main as convert
 
         model = make_model(out / "mobilenetv2.keras")
-        rc = convert([str(model), "--mode", "int8", "--calibration", str(out / "calibration"), "--labels",
+        rc = convert([str(model), "--mode", "int8-only", "--calibration", str(out / "calibration"), "--labels",
                       str(out / "labels.txt"), "--calibration-samples", "100", "--name", "mobilenetv2-shaped",
                       "--out", str(bundle), "--scale", str(2 / 255), "--offset", "-1"])
         if rc:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import converter.cli
 from converter.datasets import list_examples, load_image
@@ -37,20 +38,22 @@ def edge_convert(*args: str) -> subprocess.CompletedProcess[str]:
 def converted(digits: DigitsWorkspace, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("bundles")
     paths = {}
-    for mode in ("float32", "int8"):
+    for mode in ("float32", "int8-only"):
         bundle, report = out / f"digits-{mode}.tflite", out / f"{mode}.json"
         proc = edge_convert(str(digits.model), "--mode", mode, "--calibration", str(digits.train),
                             "--eval", str(digits.test), "--labels", str(digits.labels), "--out", str(bundle),
                             "--report", str(report), "--name", "digits")
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "float32" in proc.stdout and "accuracy" in proc.stdout
-        paths[mode], paths[f"{mode}-report"] = bundle, report
+        assert "float32" in proc.stdout and "top-1" in proc.stdout
+        key = "int8" if mode == "int8-only" else mode
+        paths[key], paths[f"{key}-report"] = bundle, report
     return paths
 
 
 def test_int8_is_small_and_accurate_and_the_report_is_true(digits: DigitsWorkspace, converted) -> None:
     report = json.loads(converted["int8-report"].read_text())
-    variants = report["evaluation"]["variants"]
+    variants = dict(report["evaluation"]["variants"])
+    variants["int8"] = variants["int8-only"]
     size_ratio = variants["int8"]["size_bytes"] / variants["float32"]["size_bytes"]
     assert size_ratio <= 0.30, f"int8 is {size_ratio:.3f} × float32"
     assert variants["float32"]["accuracy"] > 0.95
@@ -87,7 +90,7 @@ def test_daemon_serves_the_converted_bundle_at_its_measured_accuracy(
     assert rejections == BAD_FILES
     assert set(results) == set(truth)
     accuracy = sum(results[k]["result"]["label"] == v for k, v in truth.items()) / len(truth)
-    reported = json.loads(converted["int8-report"].read_text())["evaluation"]["variants"]["int8"]["accuracy"]
+    reported = json.loads(converted["int8-report"].read_text())["evaluation"]["variants"]["int8-only"]["accuracy"]
     assert accuracy == pytest.approx(reported, abs=1e-6)
     sub.close()
 
@@ -95,27 +98,23 @@ def test_daemon_serves_the_converted_bundle_at_its_measured_accuracy(
 def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
     digits: DigitsWorkspace, converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Parity: capture the representative dataset the converter hands TensorFlow, and the tensors the
-    daemon's pipeline hands the interpreter for the same files; after the model's input quantization
-    they are equal bit for bit."""
+    """Parity: capture the representative dataset the converter hands TensorFlow (in the conversion
+    process), and the tensors the daemon's pipeline hands the interpreter for the same files; after the
+    model's input quantization they are equal bit for bit."""
     captured: list[np.ndarray] = []
-    real_convert = converter.cli.convert
+    real_convert = converter.cli.convert_in_subprocess
 
-    def spy(saved, mode, representative=None, io_type="uint8"):
-        if representative is not None:
-            def recording():
-                for x in representative():
-                    captured.append(x.copy())
-                    yield x
-            return real_convert(saved, mode, recording, io_type)
-        return real_convert(saved, mode, representative, io_type)
+    def spy(saved, mode, calibration, io_type):
+        if calibration is not None:
+            captured.extend(x.copy() for x in calibration)
+        return real_convert(saved, mode, calibration, io_type)
 
-    monkeypatch.setattr(converter.cli, "convert", spy)
+    monkeypatch.setattr(converter.cli, "convert_in_subprocess", spy)
     calib = tmp_path / "calib"
     for label in ("3", "8"):
         shutil.copytree(digits.train / label, calib / label)
     out = tmp_path / "p.tflite"
-    assert converter.cli.main([str(digits.model), "--mode", "int8", "--calibration", str(calib),
+    assert converter.cli.main([str(digits.model), "--mode", "int8-only", "--calibration", str(calib),
                                "--labels", str(digits.labels), "--out", str(out),
                                "--calibration-samples", "40"]) == 0
     assert len(captured) == 40
@@ -149,6 +148,10 @@ def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
         (["/nonexistent/model.keras", "--mode", "float32"], "model not found"),
         (["{model}", "--calibration", "{empty}"], "holds no images"),
         (["{model}", "--mode", "int8", "--labels", "{labels}"], "needs --calibration"),
+        (["{model}", "--mode", "all", "--labels", "{labels}"], "needs --calibration"),
+        (["{model}", "--calibration", "{tiny}", "--labels", "{labels}"], "too_small"),
+        (["{model}", "--mode", "float32", "--eval", "{unlabelled}", "--labels", "{labels}",
+          "--max-accuracy-drop", "1"], "needs a labelled --eval set"),
         (["{model}", "--calibration", "{train}", "--eval", "{extra}", "--labels", "{labels}"],
          "eval folder has label folders not in the labels: 42"),
         (["{model}", "--calibration", "{train}", "--labels", "{labels}", "--out", "/nonexistent/x.tflite"],
@@ -157,10 +160,14 @@ def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
 )
 def test_bad_inputs_are_one_line_errors(digits: DigitsWorkspace, tmp_path: Path, args, message) -> None:
     (tmp_path / "empty").mkdir()
+    (tmp_path / "tiny" / "3").mkdir(parents=True)
+    Image.new("L", (4, 4)).save(tmp_path / "tiny" / "3" / "speck.png")  # an image of the wrong size
+    (tmp_path / "unlabelled").mkdir()
+    shutil.copy(next((digits.test / "1").glob("*.png")), tmp_path / "unlabelled" / "a.png")
     (tmp_path / "extra" / "42").mkdir(parents=True)
     shutil.copy(next((digits.test / "1").glob("*.png")), tmp_path / "extra" / "42" / "a.png")
     fill = {"model": digits.model, "empty": tmp_path / "empty", "labels": digits.labels, "train": digits.train,
-            "extra": tmp_path / "extra"}
+            "extra": tmp_path / "extra", "tiny": tmp_path / "tiny", "unlabelled": tmp_path / "unlabelled"}
     argv = [a.format(**fill) for a in args]
     if "--out" not in argv:
         argv += ["--out", str(tmp_path / "o.tflite")]

@@ -52,7 +52,7 @@ def sensor_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_the_sensor_bundle_is_accurate_and_its_report_true(sensor_bundle: dict[str, Path]) -> None:
     report = json.loads(sensor_bundle["report"].read_text())
     variants = report["evaluation"]["variants"]
-    assert variants["float32"]["accuracy"] >= 0.95 and variants["int8"]["accuracy_drop_points"] <= 1.0
+    assert variants["float32"]["accuracy"] >= 0.95 and variants["int8-only"]["accuracy_drop_points"] <= 1.0
     bundle = load_bundle(sensor_bundle["bundle"])
     manifest = bundle.manifest
     assert manifest.raw["input"]["kind"] == "sensor" and manifest.input.window == 64
@@ -63,7 +63,7 @@ def test_the_sensor_bundle_is_accurate_and_its_report_true(sensor_bundle: dict[s
     examples = list_windows(sensor_bundle["test"], spec, None, "eval")
     classifier = Classifier(bundle)
     correct = sum(classifier.infer(classifier.window_tensor(ex.window)).label == ex.label for ex in examples)
-    assert correct / len(examples) == pytest.approx(variants["int8"]["accuracy"], abs=1e-6)
+    assert correct / len(examples) == pytest.approx(variants["int8-only"]["accuracy"], abs=1e-6)
 
 
 def expected_outcomes(times: np.ndarray, values: np.ndarray, labels: list[str], faults: dict) -> dict[int, str]:

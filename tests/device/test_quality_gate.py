@@ -122,7 +122,7 @@ def test_without_reference_only_the_unmistakable_is_rejected() -> None:
 
 
 def test_config_overrides_a_limit_or_turns_a_check_off() -> None:
-    reference = load_bundle(DEMO / "digits-int8.tflite").manifest.image_quality_reference
+    reference = load_bundle(DEMO / "digits-int8-only.tflite").manifest.image_quality_reference
     gate = gate_from_config({"min_sharpness": 10.0, "max_noise": -1}, reference)
     assert gate.limits.min_sharpness == 10.0 and gate.limits.max_noise is None
     assert gate.limits.source == "reference+config"
@@ -151,7 +151,7 @@ def test_region_of_interest_limits_what_is_measured() -> None:
 @given(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=3, max_side=64)))
 def test_any_greyscale_array_gets_a_verdict(pixels: np.ndarray) -> None:
     image = Image.fromarray(pixels)
-    limits = limits_from_reference(load_bundle(DEMO / "digits-int8.tflite").manifest.image_quality_reference)
+    limits = limits_from_reference(load_bundle(DEMO / "digits-int8-only.tflite").manifest.image_quality_reference)
     verdict = ImageGate(limits, frozen_frames=2).check(image, image)
     assert verdict.ok or (verdict.reason in REASONS and verdict.detail)
     q = measure(pixels, native_noise(image))
@@ -163,7 +163,7 @@ BASE = encoded(digit().convert("RGB"), "JPEG", quality=90)
 
 @pytest.fixture(scope="module")
 def pipeline() -> Pipeline:
-    bundle = load_bundle(DEMO / "digits-int8.tflite")
+    bundle = load_bundle(DEMO / "digits-int8-only.tflite")
     limits_gate = gate_from_config({}, bundle.manifest.image_quality_reference)
     return Pipeline(Classifier(bundle), Thresholds(bundle.manifest, None, {}), gate=limits_gate)
 
@@ -199,7 +199,7 @@ def test_rejections_can_be_kept_for_review_and_left_unpublished(tmp_path: Path, 
         (inbox / name).write_bytes((DEMO / "samples" / name).read_bytes())
     for i in range(4):
         (inbox / f"dark-{i}.png").write_bytes(encoded(digit().point(lambda v, i=i: v // (12 + i))))
-    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8.tflite", source=inbox,
+    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8-only.tflite", source=inbox,
                        state=tmp_path / "s", port=broker.port)
     cfg.write_text(cfg.read_text() + "\n[gate]\npublish_rejections = false\nkeep_rejected = 3\n")
     sub = Subscriber(broker.port, "edge/test-pi/#")
@@ -230,7 +230,7 @@ def test_a_stuck_camera_is_caught_as_frozen_through_the_daemon(tmp_path: Path, b
     for i in range(5):
         (inbox / f"frame-{i}.png").write_bytes(scans[0].read_bytes())  # the same frame five times
     (inbox / "frame-5.png").write_bytes(scans[1].read_bytes())  # the scene moves again
-    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8.tflite", source=inbox,
+    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8-only.tflite", source=inbox,
                        state=tmp_path / "s", port=broker.port)
     cfg.write_text(cfg.read_text() + "\n[gate]\nfrozen_frames = 3\n")
     sub = Subscriber(broker.port, "edge/test-pi/#")

@@ -14,7 +14,7 @@ from edge_infer.gates.sensor import SensorGate, limits_for, reference_stats, sen
 from edge_infer.sources.readings import ReadingParser
 from tests.conftest import DEMO
 
-BUNDLE = load_bundle(DEMO / "vibration-int8.tflite")
+BUNDLE = load_bundle(DEMO / "vibration-int8-only.tflite")
 SPEC = BUNDLE.manifest.input
 REASONS = {"non_finite", "out_of_range", "sample_gap", "flatline", "spike"}
 

@@ -28,7 +28,7 @@ from tests.conftest import DEMO, DIGITS_TEST, REPO, run_cli, write_config
 from tests.helpers.broker import Mosquitto
 from tests.helpers.subscriber import Subscriber
 
-VIBRATION = DEMO / "vibration-int8.tflite"
+VIBRATION = DEMO / "vibration-int8-only.tflite"
 REPLAY = DEMO / "vibration" / "pump-replay.csv"
 REPLAY_WINDOWS = (len(REPLAY.read_text().splitlines()) - 1 - 64) // 32 + 1
 SPEC = SensorInputSpec(("ax", "ay", "az"), 64, 32, 100.0, (0.0, 0.0, 9.81), (0.5, 0.5, 0.1))
@@ -66,7 +66,7 @@ def test_directory_patterns_reach_into_subfolders_and_processed_files_move(tmp_p
     (inbox / "cam2" / "b.png").write_bytes(digits[1].read_bytes())
     (inbox / "top.png").write_bytes(digits[2].read_bytes())
     (inbox / "cam2" / "notes.txt").write_text("not matched by the pattern")
-    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8.tflite", source=inbox, state=tmp_path / "s",
+    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8-only.tflite", source=inbox, state=tmp_path / "s",
                        port=broker.port)
     text = cfg.read_text().replace('settle_seconds = 0.0', 'settle_seconds = 0.0\npatterns = ["**/*.png"]\n'
                                    f'processed = "move"\nprocessed_dir = "{tmp_path / "done"}"')
@@ -89,7 +89,7 @@ def test_processed_delete_removes_files_only_once_their_outcome_is_stored(tmp_pa
     for i, f in enumerate(sorted((DIGITS_TEST / "2").glob("*.png"))[:4]):
         (inbox / f"{i}.png").write_bytes(f.read_bytes())
     (inbox / "broken.png").write_bytes(b"\x89PNG\r\n")
-    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8.tflite", source=inbox, state=tmp_path / "s",
+    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8-only.tflite", source=inbox, state=tmp_path / "s",
                        port=9)
     cfg.write_text(cfg.read_text().replace('settle_seconds = 0.0', 'settle_seconds = 0.0\nprocessed = "delete"'))
     proc = run_cli("run", "--config", str(cfg), "--once")
@@ -237,7 +237,7 @@ def test_http_snapshot_camera(tmp_path: Path, broker: Mosquitto) -> None:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Snapshots)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8.tflite", source=tmp_path,
+        cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8-only.tflite", source=tmp_path,
                            state=tmp_path / "s", port=broker.port)
         text = re.sub(r'\[source\][^\[]*', f'[source]\ntype = "http"\nurl = "http://127.0.0.1:{server.server_port}/'
                       'snap.jpg"\ninterval = 0.05\n\n', cfg.read_text())
@@ -336,7 +336,7 @@ def test_video_file_frames_are_all_processed_and_a_restart_skips_them(tmp_path: 
         writer.write(np.asarray(digit)[:, :, ::-1].copy())
         truth.append(label)
     writer.release()
-    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8.tflite", source=tmp_path,
+    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8-only.tflite", source=tmp_path,
                        state=tmp_path / "s", port=broker.port)
     cfg.write_text(re.sub(r'\[source\][^\[]*', f'[source]\ntype = "video"\nuri = "{video}"\n\n', cfg.read_text()))
     sub = Subscriber(broker.port, "edge/test-pi/results")
@@ -352,7 +352,7 @@ def test_video_file_frames_are_all_processed_and_a_restart_skips_them(tmp_path: 
 
 
 def test_a_sensor_source_for_an_image_model_is_refused_in_one_line(tmp_path: Path) -> None:
-    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8.tflite", source=tmp_path,
+    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8-only.tflite", source=tmp_path,
                        state=tmp_path / "s", port=9)
     cfg.write_text(re.sub(r'\[source\][^\[]*', f'[source]\ntype = "replay"\npath = "{REPLAY}"\n\n', cfg.read_text()))
     proc = run_cli("run", "--config", str(cfg), "--once")

@@ -1,0 +1,100 @@
+"""The human half of the conversion report: Markdown with a PNG chart (accuracy and size per mode)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
+    """Write `path` (Markdown) and, when matplotlib is installed, a chart next to it. Returns what was written."""
+    written = [path]
+    chart = path.with_suffix(".png")
+    if write_chart(report, chart):
+        written.append(chart)
+    evaluation = report.get("evaluation", {})
+    variants = evaluation.get("variants", {})
+    float_size = report["variants"]["float32"]["size_bytes"]
+    over = report.get("over_budget", {})
+    lines = [f"# Conversion report: {Path(report['model']).name}", ""]
+    if chart in written:
+        lines += [f"![accuracy and size per mode]({chart.name})", ""]
+    lines += ["| variant | size | × float32 | top-1 | top-3 | drop (pts) | agreement | max abs Δ | RMSE | latency |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for mode, info in report["variants"].items():
+        ev = variants.get(mode, {})
+
+        def cell(key: str, fmt: str, ev: dict[str, Any] = ev) -> str:
+            return fmt.format(ev[key]) if key in ev else "—"
+
+        name = f"**{mode}** ✗ over budget" if mode in over else mode
+        lines.append(
+            f"| {name} | {info['size_bytes']:,} B | {info['size_bytes'] / float_size:.2f} | "
+            f"{cell('accuracy', '{:.2%}')} | {cell('top3_accuracy', '{:.2%}')} | "
+            f"{cell('accuracy_drop_points', '{:+.2f}')} | {cell('agreement_with_float32', '{:.2%}')} | "
+            f"{cell('output_max_abs_error', '{:.4f}')} | {cell('output_rmse', '{:.4f}')} | "
+            f"{cell('latency_ms', '{:.3f} ms')} |"
+        )
+    if evaluation:
+        lines += ["", f"Evaluated on {evaluation['examples']} inputs from `{evaluation['dataset']}` with "
+                  f"{evaluation['runtime']} — the device's own decoding, preprocessing and runtime."]
+    for mode, why in over.items():
+        lines += ["", f"**Refused {mode}:** {why}."]
+    labels = report["labels"]
+    focus = report["mode"] if report["mode"] != "all" else "int8-only"
+    chosen = [focus] if focus in variants else [m for m in variants if m != "float32"][-1:] or ["float32"]
+    for mode in chosen:
+        ev = variants.get(mode, {})
+        if "per_class_accuracy" in ev and "per_class_accuracy" in variants.get("float32", {}):
+            base = variants["float32"]["per_class_accuracy"]
+            lines += ["", f"## Per-class accuracy ({mode} vs float32)", "", "| label | float32 | " + mode + " |",
+                      "|---|---:|---:|"]
+            lines += [f"| {label} | {base.get(label, 0):.2%} | {acc:.2%} |"
+                      for label, acc in ev["per_class_accuracy"].items()]
+        if "confusion" in ev:
+            lines += ["", f"## Confusion matrix ({mode}; rows: true label, columns: predicted)", "",
+                      "| | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+            lines += [f"| **{label}** | " + " | ".join(str(n) for n in row) + " |"
+                      for label, row in zip(labels, ev["confusion"], strict=True)]
+    reference = report.get("reference", {}).get("image_quality")
+    if reference:
+        lines += ["", "## Input quality reference (what the device's gate calls normal)", "",
+                  "| metric | p01 | p50 | p99 |", "|---|---:|---:|---:|"]
+        lines += [f"| {metric} | {v['p01']:.4g} | {v['p50']:.4g} | {v['p99']:.4g} |"
+                  for metric, v in reference.items() if isinstance(v, dict)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return written
+
+
+def write_chart(report: dict[str, Any], path: Path) -> bool:
+    """Accuracy (or agreement) and size per mode, side by side. False when matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    variants = report.get("evaluation", {}).get("variants", {})
+    modes = list(report["variants"])
+    sizes = [report["variants"][m]["size_bytes"] / 1024 for m in modes]
+    key = "accuracy" if all("accuracy" in variants.get(m, {}) for m in modes) else "agreement_with_float32"
+    quality = [variants.get(m, {}).get(key, 1.0 if m == "float32" else 0.0) * 100 for m in modes]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    over = report.get("over_budget", {})
+    colours = ["#c0392b" if m in over else "#2e86c1" for m in modes]
+    left.bar(modes, quality, color=colours)
+    left.set_ylabel("top-1 accuracy (%)" if key == "accuracy" else "agreement with float32 (%)")
+    low = min(quality) if quality else 0
+    left.set_ylim(max(0, low - 5), 100)
+    for i, q in enumerate(quality):
+        left.text(i, q, f"{q:.1f}", ha="center", va="bottom", fontsize=8)
+    right.bar(modes, sizes, color="#7f8c8d")
+    right.set_ylabel("size (KiB)")
+    for axis in (left, right):
+        axis.tick_params(axis="x", rotation=30)
+    fig.suptitle(f"{Path(report['model']).name}: what each quantization mode costs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
