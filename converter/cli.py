@@ -41,6 +41,7 @@ from converter.datasets import (
 from converter.errors import ConvertError
 from converter.evaluate import Evaluation, evaluate, summarize
 from converter.report import write_markdown
+from converter.target import check_target
 from edge_infer import __version__
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, write_bundle
 from edge_infer.manifest import COLORS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
@@ -248,17 +249,34 @@ def run(args: argparse.Namespace) -> int:
         for mode in variants:
             docs[mode]["evaluation"] = report["evaluation"]
     over = _over_budget(report, args.max_accuracy_drop)
-    written = [mode for mode in modes if mode not in over and (args.mode == "all" or mode == args.mode)]
+    refused = dict(over)
+    target = None
+    if args.target:
+        target = check_target(Path(args.target), {m: b for m, b in variants.items() if m not in refused}, {}, None)
+        refused.update({m: v["problem"] for m, v in target["variants"].items() if not v["ok"]})
+    written = [mode for mode in modes if mode not in refused and (args.mode == "all" or mode == args.mode)]
     paths = {mode: (out if args.mode != "all" else out.with_name(f"{out.stem}-{mode}{out.suffix}")) for mode in written}
     for mode, path in paths.items():
         try:
             write_bundle(path, variants[mode], docs[mode])
         except BundleError as exc:
             raise ConvertError(str(exc)) from None
+    if args.target and args.target_python:  # now run the written bundles with the target's runtime for real
+        ran = check_target(Path(args.target), {m: variants[m] for m in paths}, paths, args.target_python)
+        assert target is not None
+        target["variants"].update(ran["variants"])
+        for mode, verdict in ran["variants"].items():
+            if not verdict["ok"]:
+                refused[mode] = verdict["problem"]
+                paths.pop(mode).unlink()
     report["bundles"] = {mode: {"path": str(p), "bytes": p.stat().st_size, "sha256": docs[mode]["model"]["sha256"]}
                          for mode, p in paths.items()}
     if over:
         report["over_budget"] = over
+    if target is not None:
+        report["target"] = target
+    if refused:
+        report["refused"] = refused
     report["seconds"] = round(time.monotonic() - started, 1)
     _print_table(report)
     if args.report:
@@ -268,9 +286,9 @@ def run(args: argparse.Namespace) -> int:
         _say(f"wrote {report_path} and {', '.join(str(p) for p in extra)}")
     for mode, path in paths.items():
         _say(f"wrote {path} ({path.stat().st_size} bytes, {mode})")
-    for mode, why in over.items():
+    for mode, why in refused.items():
         _say(f"refused {mode}: {why}")
-    return 3 if over else 0
+    return 3 if refused else 0
 
 
 def _calibration_array(examples: Any, spec: Any, limit: int) -> np.ndarray:
@@ -303,7 +321,7 @@ def _print_table(report: dict[str, Any]) -> None:
     """The comparison table: one line per variant."""
     evaluation = report.get("evaluation", {}).get("variants", {})
     float_size = report["variants"]["float32"]["size_bytes"]
-    over = report.get("over_budget", {})
+    over = report.get("refused", {})
     print(f"{'variant':<10} {'size':>11} {'× f32':>6} {'top-1':>8} {'top-3':>8} {'drop':>7} {'agree':>8} "
           f"{'max|Δ|':>7} {'latency':>9}")
     for mode, info in report["variants"].items():
@@ -315,7 +333,7 @@ def _print_table(report: dict[str, Any]) -> None:
         drop = f"{ev['accuracy_drop_points']:+.2f}" if "accuracy_drop_points" in ev else "—"
         err = f"{ev['output_max_abs_error']:.3f}" if "output_max_abs_error" in ev else "—"
         lat = f"{ev['latency_ms']:.3f}ms" if "latency_ms" in ev else "—"
-        flag = "  ✗ over budget" if mode in over else ""
+        flag = "  ✗ refused" if mode in over else ""
         print(f"{mode:<10} {info['size_bytes']:>10,}B {info['size_bytes'] / float_size:>6.2f} {pct('accuracy'):>8} "
               f"{pct('top3_accuracy'):>8} {drop:>7} {pct('agreement_with_float32'):>8} {err:>7} {lat:>9}{flag}")
     if evaluation:
@@ -336,6 +354,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-type", choices=IO_TYPES, default="uint8", help="int8-only mode: input/output type")
     p.add_argument("--max-accuracy-drop", type=float, metavar="PTS",
                    help="refuse a variant whose top-1 accuracy drops more than PTS points (exit 3)")
+    p.add_argument("--target", metavar="PROFILE",
+                   help="device profile (device_configs/*.toml): refuse variants its runtime cannot run (exit 3)")
+    p.add_argument("--target-python", metavar="PYTHON",
+                   help="with --target: a Python with the profile's runtime installed, to load and run each bundle")
     p.add_argument("--spec", help="preprocessing spec TOML (sensor models: channels, window, hop, rate, mean/std)")
     p.add_argument("--calibration", help="representative images: <dir>/<label>/*.png|jpg; sensor: .npz or .csv")
     p.add_argument("--calibration-samples", type=int, default=300, help="images used to calibrate (300)")

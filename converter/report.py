@@ -15,7 +15,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
     evaluation = report.get("evaluation", {})
     variants = evaluation.get("variants", {})
     float_size = report["variants"]["float32"]["size_bytes"]
-    over = report.get("over_budget", {})
+    over = report.get("refused", {})
     lines = [f"# Conversion report: {Path(report['model']).name}", ""]
     if chart in written:
         lines += [f"![accuracy and size per mode]({chart.name})", ""]
@@ -27,7 +27,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
         def cell(key: str, fmt: str, ev: dict[str, Any] = ev) -> str:
             return fmt.format(ev[key]) if key in ev else "—"
 
-        name = f"**{mode}** ✗ over budget" if mode in over else mode
+        name = f"**{mode}** ✗ refused" if mode in over else mode
         lines.append(
             f"| {name} | {info['size_bytes']:,} B | {info['size_bytes'] / float_size:.2f} | "
             f"{cell('accuracy', '{:.2%}')} | {cell('top3_accuracy', '{:.2%}')} | "
@@ -40,6 +40,14 @@ def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
                   f"{evaluation['runtime']} — the device's own decoding, preprocessing and runtime."]
     for mode, why in over.items():
         lines += ["", f"**Refused {mode}:** {why}."]
+    target = report.get("target")
+    if target:
+        lines += ["", f"## Target: {Path(target['profile']).name} ({target['runtime']}"
+                  + (f" {target['runtime_version']}" if target.get("runtime_version") else "") + ")", "",
+                  "| variant | needs runtime ≥ | result |", "|---|---|---|"]
+        lines += [f"| {m} | {v.get('min_runtime_version') or '—'} | "
+                  f"{('runs: ' + v['ran_on']) if v.get('ran_on') else ('ok' if v['ok'] else '✗ ' + v['problem'])} |"
+                  for m, v in target["variants"].items()]
     labels = report["labels"]
     focus = report["mode"] if report["mode"] != "all" else "int8-only"
     chosen = [focus] if focus in variants else [m for m in variants if m != "float32"][-1:] or ["float32"]
@@ -81,7 +89,7 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
     key = "accuracy" if all("accuracy" in variants.get(m, {}) for m in modes) else "agreement_with_float32"
     quality = [variants.get(m, {}).get(key, 1.0 if m == "float32" else 0.0) * 100 for m in modes]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    over = report.get("over_budget", {})
+    over = report.get("refused", {})
     colours = ["#c0392b" if m in over else "#2e86c1" for m in modes]
     left.bar(modes, quality, color=colours)
     left.set_ylabel("top-1 accuracy (%)" if key == "accuracy" else "agreement with float32 (%)")

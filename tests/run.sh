@@ -80,6 +80,8 @@ for leg in ${LEGS:-litert tflrt convert}; do
   if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; continue; fi
   if ! make_venv "$leg" "build_$leg"; then failed_legs+=("$leg(install)"); continue; fi
   say "leg $leg: pytest ${PATHS[$leg]} ($("$VENVS/$leg/bin/python" -c 'import numpy; print("numpy", numpy.__version__)'))"
+  # the converter's --target check runs bundles under tflite-runtime 2.14 with the tflrt leg's Python
+  [ -x "$VENVS/tflrt/bin/python" ] && export EDGE_INFER_TARGET_PYTHON="$VENVS/tflrt/bin/python"
   EDGE_INFER_EXPECT_RUNTIME=${EXPECT[$leg]} "$VENVS/$leg/bin/python" -m pytest "${PATHS[$leg]}" \
     -p no:cacheprovider --junitxml="$VENVS/junit-$leg.xml" "$@"
   rc=$?

@@ -50,7 +50,7 @@ def test_a_model_that_quantizes_badly_trips_the_budget(
     drop = doc["evaluation"]["variants"]["int8-only"]["accuracy_drop_points"]
     assert drop > 1.0 and "int8-only" in doc["over_budget"]
     assert "refused int8-only: top-1" in proc.stderr and "over the budget of 1" in proc.stderr
-    assert "✗ over budget" in proc.stdout and (tmp_path / "bad.md").exists()
+    assert "✗ refused" in proc.stdout and (tmp_path / "bad.md").exists()
     print(f"\nwide-range model: int8-only loses {drop:.1f} points (budget 1.0) → refused, exit 3")
 
 
