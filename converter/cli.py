@@ -40,10 +40,11 @@ from converter.datasets import (
 )
 from converter.errors import ConvertError
 from converter.evaluate import Evaluation, evaluate, summarize
+from converter.fallback import layer_errors, with_float_layers
 from converter.report import write_markdown
 from converter.target import check_target
 from edge_infer import __version__
-from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, write_bundle
+from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, model_digest, write_bundle
 from edge_infer.manifest import COLORS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
 from edge_infer.runtime import Engine
 
@@ -185,6 +186,14 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise ConvertError(f"{what} folder has label folders not in the labels: {', '.join(unknown)}")
     modes = list(MODES) if args.mode == "all" else list(dict.fromkeys(["float32", args.mode]))
+    if args.auto_fallback:
+        if "int8" not in modes:
+            raise ConvertError(f"--auto-fallback keeps layers in float, which --mode {args.mode} cannot do; "
+                               "use --mode int8 (full integer with float fallback) or all")
+        if args.max_accuracy_drop is None or eval_examples is None:
+            raise ConvertError("--auto-fallback needs a budget (--max-accuracy-drop) and a labelled --eval set")
+    if args.explain and not any(m in CALIBRATED for m in modes):
+        raise ConvertError("--explain measures integer quantization: use --mode int8, int8-only, int16x8 or all")
     if any(m in CALIBRATED for m in modes) and calibration is None:
         raise ConvertError(f"--mode {args.mode} needs --calibration (representative images, or windows as .npz/.csv)")
 
@@ -220,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
             reference["image_quality"] = quality_reference(sample, spec)
     else:
         _say("no --calibration: no input quality reference; the device gate falls back to its loose defaults")
+    reference_doc = reference
     docs = {mode: _manifest(args, data, spec, labels, mode, tf, reference) for mode, data in variants.items()}
     report: dict[str, Any] = {
         "model": str(model_path),
@@ -249,6 +259,23 @@ def run(args: argparse.Namespace) -> int:
         for mode in variants:
             docs[mode]["evaluation"] = report["evaluation"]
     over = _over_budget(report, args.max_accuracy_drop)
+    if args.explain or args.auto_fallback:
+        assert tensors is not None
+        with saved_model_dir(model_path) as saved:
+            _say("measuring per-layer quantization error (QuantizationDebugger)")
+            errors = layer_errors(saved, tensors)
+            report["layer_errors"] = [e.to_dict() for e in errors[:20]]
+            if args.auto_fallback and "int8" in over:
+                assert eval_examples is not None
+                fixed = _auto_fallback(saved, tensors, errors, eval_examples, evals["float32"], out, docs["int8"],
+                                       args.max_accuracy_drop, report)
+                if fixed is not None:
+                    variants["int8"] = fixed
+                    docs["int8"] = _manifest(args, fixed, spec, labels, "int8", tf, reference_doc)
+                    docs["int8"]["evaluation"] = report["evaluation"]
+                    del over["int8"]
+    if over:
+        report["over_budget"] = over
     refused = dict(over)
     target = None
     if args.target:
@@ -271,8 +298,6 @@ def run(args: argparse.Namespace) -> int:
                 paths.pop(mode).unlink()
     report["bundles"] = {mode: {"path": str(p), "bytes": p.stat().st_size, "sha256": docs[mode]["model"]["sha256"]}
                          for mode, p in paths.items()}
-    if over:
-        report["over_budget"] = over
     if target is not None:
         report["target"] = target
     if refused:
@@ -298,6 +323,34 @@ def _calibration_array(examples: Any, spec: Any, limit: int) -> np.ndarray:
     out = [x for x in tqdm(tensors, total=len(chosen), desc="calibration data", unit="input", file=sys.stderr,
                            leave=False, disable=None)]
     return np.stack(out).astype(np.float32)
+
+
+def _auto_fallback(saved: Path, tensors: np.ndarray, errors: list[Any], examples: list[Any], baseline: Evaluation,
+                   out: Path, doc: dict[str, Any], budget: float, report: dict[str, Any]) -> bytes | None:
+    """Keep the worst layers of the `int8` variant in float, one more per step, until the top-1 drop is within
+    budget. Records every step in the report; returns the repaired model, or None when nothing was enough."""
+    kept: list[str] = []
+    steps = []
+    for layer in errors:
+        kept.append(layer.tensor)
+        data = with_float_layers(saved, tensors, kept)
+        trial = dict(doc, model={**doc["model"], "sha256": model_digest(data), "size": len(data)})
+        ev = evaluate(_in_memory_bundle(out, data, trial), examples, f"int8 + {len(kept)} float layer(s)")
+        drop = (baseline.accuracy - ev.accuracy) * 100.0
+        steps.append({"kept_in_float": layer.tensor, "op": layer.op, "accuracy": round(ev.accuracy, 6),
+                      "accuracy_drop_points": round(drop, 4), "size_bytes": len(data)})
+        _say(f"auto-fallback step {len(kept)}: {layer.op} {layer.tensor.split(';')[0]} in float → top-1 "
+             f"{ev.accuracy * 100:.2f}% (drop {drop:.2f} points)")
+        if drop <= budget:
+            summary = summarize(ev, len(data), baseline, report["labels"])
+            report["evaluation"]["variants"]["int8"] = summary
+            report["variants"]["int8"] = {"size_bytes": len(data)}
+            report["fallback"] = {"within_budget": True, "layers_kept_in_float": kept, "steps": steps}
+            _say(f"auto-fallback: {len(kept)} layer(s) kept in float — within the budget of {budget:g} points")
+            return data
+    report["fallback"] = {"within_budget": False, "layers_kept_in_float": kept, "steps": steps}
+    _say("auto-fallback: no combination of float layers met the budget")
+    return None
 
 
 def _over_budget(report: dict[str, Any], budget: float | None) -> dict[str, str]:
@@ -354,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-type", choices=IO_TYPES, default="uint8", help="int8-only mode: input/output type")
     p.add_argument("--max-accuracy-drop", type=float, metavar="PTS",
                    help="refuse a variant whose top-1 accuracy drops more than PTS points (exit 3)")
+    p.add_argument("--explain", action="store_true",
+                   help="per-layer quantization error (RMSE / scale, TF's QuantizationDebugger) in the report")
+    p.add_argument("--auto-fallback", action="store_true",
+                   help="int8: keep the worst layers in float, one at a time, until --max-accuracy-drop is met")
     p.add_argument("--target", metavar="PROFILE",
                    help="device profile (device_configs/*.toml): refuse variants its runtime cannot run (exit 3)")
     p.add_argument("--target-python", metavar="PYTHON",

@@ -64,6 +64,19 @@ def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
                       "| | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
             lines += [f"| **{label}** | " + " | ".join(str(n) for n in row) + " |"
                       for label, row in zip(labels, ev["confusion"], strict=True)]
+    layers = report.get("layer_errors")
+    if layers:
+        lines += ["", "## Per-layer quantization error (RMSE / scale, worst first)", "",
+                  "| op | tensor | RMSE / scale |", "|---|---|---:|"]
+        lines += [f"| {e['op']} | `{e['tensor'].split(';')[0]}` | {e['rmse_per_scale']:.3f} |" for e in layers[:10]]
+    fallback = report.get("fallback")
+    if fallback:
+        verdict = "met the budget" if fallback["within_budget"] else "did not meet the budget"
+        lines += ["", f"## Auto-fallback ({verdict})", "", "| step | kept in float | top-1 | drop (pts) | size |",
+                  "|---:|---|---:|---:|---:|"]
+        lines += [f"| {i} | `{st['kept_in_float'].split(';')[0]}` ({st['op']}) | {st['accuracy']:.2%} | "
+                  f"{st['accuracy_drop_points']:.2f} | {st['size_bytes']:,} B |"
+                  for i, st in enumerate(fallback["steps"], 1)]
     reference = report.get("reference", {}).get("image_quality")
     if reference:
         lines += ["", "## Input quality reference (what the device's gate calls normal)", "",

@@ -73,3 +73,41 @@ def test_every_mode_compared_and_only_those_within_budget_written(
         if mode not in over:
             assert variants[mode]["accuracy_drop_points" if mode != "float32" else "accuracy"] is not None
     assert (tmp_path / "m.md").read_text().count("|") > 50 and (tmp_path / "m.png").stat().st_size > 5000
+
+
+def test_auto_fallback_keeps_the_worst_layers_in_float_until_the_budget_is_met(
+    digits: DigitsWorkspace, badly_quantizing: Path, tmp_path: Path
+) -> None:
+    out, report = tmp_path / "fixed.tflite", tmp_path / "fixed.json"
+    proc = edge_convert(str(badly_quantizing), "--mode", "int8", "--calibration", str(digits.train),
+                        "--calibration-samples", "100", "--eval", str(digits.test), "--labels", str(digits.labels),
+                        "--out", str(out), "--report", str(report), "--max-accuracy-drop", "1.0", "--auto-fallback")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(report.read_text())
+    fallback = doc["fallback"]
+    assert fallback["within_budget"] and fallback["layers_kept_in_float"]
+    steps = fallback["steps"]
+    assert steps[0]["accuracy_drop_points"] > 1.0 and steps[-1]["accuracy_drop_points"] <= 1.0
+    assert [s["kept_in_float"] for s in steps] == fallback["layers_kept_in_float"]
+    # the worst layer by RMSE/scale is tried first, as the per-layer table ranks it
+    assert steps[0]["kept_in_float"] == doc["layer_errors"][0]["tensor"]
+    assert doc["evaluation"]["variants"]["int8"]["accuracy_drop_points"] <= 1.0
+    assert out.exists() and "auto-fallback:" in proc.stderr and "kept in float" in proc.stderr
+    # an independent check of the written bundle with the device's classifier
+    from converter.datasets import list_examples, load_image
+    from edge_infer.bundle import load_bundle
+    from edge_infer.pipeline import Classifier
+
+    classifier = Classifier(load_bundle(out))
+    examples = list_examples(digits.test, "eval")
+    correct = sum(classifier.classify(load_image(e.path, classifier.draft_size)).label == e.label for e in examples)
+    assert correct / len(examples) == pytest.approx(doc["evaluation"]["variants"]["int8"]["accuracy"], abs=1e-6)
+    print(f"\nauto-fallback: {len(steps)} step(s), kept in float: "
+          f"{[t.split(';')[0] for t in fallback['layers_kept_in_float']]}")
+
+
+def test_auto_fallback_is_refused_for_integer_only_models(digits: DigitsWorkspace, tmp_path: Path) -> None:
+    proc = edge_convert(str(digits.model), "--mode", "int8-only", "--calibration", str(digits.train),
+                        "--eval", str(digits.test), "--labels", str(digits.labels), "--out",
+                        str(tmp_path / "x.tflite"), "--max-accuracy-drop", "1", "--auto-fallback")
+    assert proc.returncode == 2 and "use --mode int8" in proc.stderr
