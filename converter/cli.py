@@ -70,19 +70,39 @@ def _read_labels(args: argparse.Namespace) -> list[str]:
     raise ConvertError("no labels: pass --labels FILE or a --calibration folder laid out by label")
 
 
-def _input_spec(args: argparse.Namespace, engine: Engine) -> ImageInputSpec:
-    """Input size and colour from the model's input tensor, normalisation from the flags."""
+def _input_spec(args: argparse.Namespace, engine: Engine, table: dict[str, Any] | None = None) -> ImageInputSpec:
+    """Input size from the model's input tensor; colour, resize mode and normalisation from the spec file's
+    [input] table when given, else from the flags."""
+    table = table or {}
     shape = engine.inputs[0].shape
     if len(shape) != 4 or shape[3] not in (1, 3):
         raise ConvertError(f"model input shape {shape} is not an image batch (1, H, W, 1|3)")
-    color = args.color or ("L" if shape[3] == 1 else "RGB")
+    color = table.get("color") or args.color or ("L" if shape[3] == 1 else "RGB")
     if (color == "L") != (shape[3] == 1):
-        raise ConvertError(f"--color {color} does not fit the model's {shape[3]}-channel input")
-    return ImageInputSpec(width=shape[2], height=shape[1], color=color, scale=args.scale, offset=args.offset)
+        raise ConvertError(f"colour {color} does not fit the model's {shape[3]}-channel input")
+    for key, size in (("width", shape[2]), ("height", shape[1])):
+        if key in table and table[key] != size:
+            raise ConvertError(f"spec [input].{key} = {table[key]}, but the model's input is {size}")
+    doc: dict[str, Any] = {"input": {
+        "kind": "image", "width": shape[2], "height": shape[1], "color": color,
+        "resize": table.get("resize", "stretch"), "pad": table.get("pad", 0),
+        "normalize": ({"mean": table["mean"], "std": table.get("std")} if "mean" in table else
+                      {"scale": table.get("scale", args.scale), "offset": table.get("offset", args.offset)}),
+    }}
+    try:
+        from edge_infer.manifest import _image_spec
+
+        return _image_spec(doc)
+    except ManifestError as exc:
+        raise ConvertError(f"{args.spec or 'flags'}: [input]: {exc}") from None
 
 
-def _sensor_spec(path: Path) -> SensorInputSpec:
-    """The preprocessing spec of a sensor model from a small TOML file (see docs/converter.md)."""
+IMAGE_SPEC_KEYS = {"kind", "width", "height", "color", "resize", "pad", "scale", "offset", "mean", "std"}
+SENSOR_SPEC_KEYS = {"kind", "channels", "window", "hop", "sample_rate", "mean", "std", "range_low", "range_high"}
+
+
+def _spec_table(path: Path) -> dict[str, Any]:
+    """The [input] table of a preprocessing spec file, checked for its kind's keys."""
     import tomllib
 
     try:
@@ -92,12 +112,19 @@ def _sensor_spec(path: Path) -> SensorInputSpec:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConvertError(f"{path}: not a readable TOML spec: {exc}") from None
     table = doc.get("input")
-    if not isinstance(table, dict) or table.get("kind") != "sensor":
-        raise ConvertError(f"{path}: expected an [input] table with kind = \"sensor\"")
-    unknown = set(table) - {"kind", "channels", "window", "hop", "sample_rate", "mean", "std", "range_low",
-                            "range_high"}
+    if not isinstance(table, dict) or table.get("kind") not in ("image", "sensor"):
+        raise ConvertError(f"{path}: expected an [input] table with kind = \"image\" or \"sensor\"")
+    unknown = set(table) - (IMAGE_SPEC_KEYS if table["kind"] == "image" else SENSOR_SPEC_KEYS)
     if unknown:
-        raise ConvertError(f"{path}: [input]: unknown keys {sorted(unknown)}")
+        raise ConvertError(f"{path}: [input]: unknown keys {sorted(unknown)} for kind = \"{table['kind']}\"")
+    return table
+
+
+def _sensor_spec(path: Path) -> SensorInputSpec:
+    """The preprocessing spec of a sensor model from a small TOML file (see the README: sensor models)."""
+    table = _spec_table(path)
+    if table["kind"] != "sensor":
+        raise ConvertError(f"{path}: expected kind = \"sensor\"")
     channels = table.get("channels") or []
     n = len(channels)
     manifest_input = {
@@ -168,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConvertError(f"{model_path}: model not found")
     if not out.parent.exists():
         raise ConvertError(f"{out.parent}: output folder does not exist")
-    sensor = _sensor_spec(Path(args.spec)) if args.spec else None
+    spec_table = _spec_table(Path(args.spec)) if args.spec else None
+    sensor = _sensor_spec(Path(args.spec)) if spec_table and spec_table["kind"] == "sensor" else None
     if sensor is not None:
         labels = _read_labels(args) if args.labels else None
         calibration = list_windows(Path(args.calibration), sensor, labels, "calibration") if args.calibration else None
@@ -204,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
         float_bytes = convert(saved, "float32")
         float_engine = Engine(float_bytes)  # one interpreter tells input shape and output size
         spec: ImageInputSpec | SensorInputSpec = (
-            _input_spec(args, float_engine) if sensor is None else _check_sensor_shape(sensor, float_engine)
+            _input_spec(args, float_engine, spec_table) if sensor is None
+            else _check_sensor_shape(sensor, float_engine)
         )
         float_out = float_engine.outputs[0]
         if int(np.prod(float_out.shape)) != len(labels):
@@ -415,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="device profile (device_configs/*.toml): refuse variants its runtime cannot run (exit 3)")
     p.add_argument("--target-python", metavar="PYTHON",
                    help="with --target: a Python with the profile's runtime installed, to load and run each bundle")
-    p.add_argument("--spec", help="preprocessing spec TOML (sensor models: channels, window, hop, rate, mean/std)")
+    p.add_argument("--spec", help="preprocessing spec TOML: [input] kind = image (colour, resize stretch|letterbox|"
+                   "centre-crop, pad, scale/offset or mean/std) or sensor (channels, window, hop, rate, mean/std)")
     p.add_argument("--calibration", help="representative images: <dir>/<label>/*.png|jpg; sensor: .npz or .csv")
     p.add_argument("--calibration-samples", type=int, default=300, help="images used to calibrate (300)")
     p.add_argument("--eval", help="labelled held-out images: <dir>/<label>/*.png|jpg; sensor: .npz or .csv")

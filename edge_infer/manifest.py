@@ -11,7 +11,7 @@ FORMAT_NAME = "edge-infer-bundle"
 FORMAT_VERSION = 1
 TASKS = ("classification",)
 COLORS = ("L", "RGB", "BGR")
-RESIZE_MODES = ("stretch",)
+RESIZE_MODES = ("stretch", "letterbox", "centre-crop")
 INPUT_KINDS = ("image", "sensor")
 OUTPUT_ACTIVATIONS = ("softmax", "none", "logits")
 
@@ -30,6 +30,9 @@ class ImageInputSpec:
     resize: str = "stretch"
     scale: float = 1.0 / 255.0
     offset: float = 0.0
+    mean: tuple[float, ...] | None = None  # when set (with std): x = (pixel - mean) / std, per channel
+    std: tuple[float, ...] | None = None
+    pad: int = 0  # letterbox fill level (0–255)
 
     @property
     def channels(self) -> int:
@@ -42,7 +45,9 @@ class ImageInputSpec:
             "height": self.height,
             "color": self.color,
             "resize": self.resize,
-            "normalize": {"scale": self.scale, "offset": self.offset},
+            **({"pad": self.pad} if self.resize == "letterbox" else {}),
+            "normalize": ({"mean": list(self.mean), "std": list(self.std or ())} if self.mean is not None
+                          else {"scale": self.scale, "offset": self.offset}),
         }
 
 
@@ -143,6 +148,16 @@ def _choice(value: str, path: str, allowed: tuple[str, ...]) -> str:
 
 
 def _image_spec(doc: dict[str, Any]) -> ImageInputSpec:
+    channels = 1 if _get(doc, "input.color", str, "RGB") == "L" else 3
+    mean = std = None
+    if _get(doc, "input.normalize.mean", list, None) is not None:
+        mean = _numbers(doc, "input.normalize.mean", channels)
+        std = _numbers(doc, "input.normalize.std", channels)
+        if any(v <= 0 for v in std):
+            raise ManifestError("'input.normalize.std': every channel's std must be positive")
+    pad = _get(doc, "input.pad", int, 0)
+    if not 0 <= pad <= 255:
+        raise ManifestError("'input.pad': expected a level from 0 to 255")
     width = _get(doc, "input.width", int)
     height = _get(doc, "input.height", int)
     if width <= 0 or height <= 0:
@@ -154,6 +169,9 @@ def _image_spec(doc: dict[str, Any]) -> ImageInputSpec:
         resize=_choice(_get(doc, "input.resize", str, "stretch"), "input.resize", RESIZE_MODES),
         scale=float(_get(doc, "input.normalize.scale", (int, float), 1.0 / 255.0)),
         offset=float(_get(doc, "input.normalize.offset", (int, float), 0.0)),
+        mean=mean,
+        std=std,
+        pad=pad,
     )
 
 

@@ -12,11 +12,28 @@ from edge_infer.runtime import TensorInfo
 
 def model_view(image: Image.Image, spec: ImageInputSpec) -> Image.Image:
     """A decoded image (see `edge_infer.gates.image.decode_image`) as the model sees it: its colour, its size.
-    The quality gate measures this view, so "blurry" means blurry at the resolution the model works at."""
+    The quality gate measures this view, so "blurry" means blurry at the resolution the model works at.
+
+    `stretch` resizes to the input size; `letterbox` keeps the aspect ratio and pads the rest with `pad`
+    (centred); `centre-crop` keeps the aspect ratio and cuts the middle that fills the input."""
     image = image.convert("L" if spec.color == "L" else "RGB")
-    if image.size != (spec.width, spec.height):
-        image = image.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-    return image
+    size = (spec.width, spec.height)
+    if image.size == size:
+        return image
+    if spec.resize == "stretch":
+        return image.resize(size, Image.Resampling.BILINEAR)
+    w, h = image.size
+    if spec.resize == "centre-crop":
+        scale = max(spec.width / w, spec.height / h)
+        cw, ch = spec.width / scale, spec.height / scale
+        box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+        return image.resize(size, Image.Resampling.BILINEAR, box=box)
+    scale = min(spec.width / w, spec.height / h)  # letterbox
+    inner = (max(1, round(w * scale)), max(1, round(h * scale)))
+    canvas = Image.new(image.mode, size, spec.pad if image.mode == "L" else (spec.pad,) * 3)
+    canvas.paste(image.resize(inner, Image.Resampling.BILINEAR),
+                 ((spec.width - inner[0]) // 2, (spec.height - inner[1]) // 2))
+    return canvas
 
 
 def normalized_image(image: Image.Image, spec: ImageInputSpec) -> np.ndarray:
@@ -31,6 +48,8 @@ def normalized_view(view: Image.Image | np.ndarray, spec: ImageInputSpec) -> np.
         pixels = pixels[..., np.newaxis]
     elif spec.color == "BGR":
         pixels = pixels[..., ::-1]
+    if spec.mean is not None and spec.std is not None:
+        return (pixels - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return pixels * np.float32(spec.scale) + np.float32(spec.offset)
 
 

@@ -95,8 +95,20 @@ def test_daemon_serves_the_converted_bundle_at_its_measured_accuracy(
     sub.close()
 
 
+IMAGE_SPEC = """
+[input]
+kind = "image"
+color = "L"
+resize = "letterbox"
+pad = 0
+mean = [127.5]
+std = [127.5]
+"""
+
+
+@pytest.mark.parametrize("spec_text", [None, IMAGE_SPEC], ids=["flags", "spec-file"])
 def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
-    digits: DigitsWorkspace, converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    digits: DigitsWorkspace, converted, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec_text: str | None
 ) -> None:
     """Parity: capture the representative dataset the converter hands TensorFlow (in the conversion
     process), and the tensors the daemon's pipeline hands the interpreter for the same files; after the
@@ -114,9 +126,13 @@ def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
     for label in ("3", "8"):
         shutil.copytree(digits.train / label, calib / label)
     out = tmp_path / "p.tflite"
+    extra = []
+    if spec_text:
+        (tmp_path / "spec.toml").write_text(spec_text)
+        extra = ["--spec", str(tmp_path / "spec.toml")]
     assert converter.cli.main([str(digits.model), "--mode", "int8-only", "--calibration", str(calib),
                                "--labels", str(digits.labels), "--out", str(out),
-                               "--calibration-samples", "40"]) == 0
+                               "--calibration-samples", "40", *extra]) == 0
     assert len(captured) == 40
 
     chosen = converter.datasets.stratified_sample(list_examples(calib, "calibration"), 40)
@@ -125,6 +141,9 @@ def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
     for i, ex in enumerate(chosen):
         shutil.copy(ex.path, flat / f"{i:03d}.png")
     bundle = load_bundle(out)
+    if spec_text:
+        assert bundle.manifest.raw["input"]["resize"] == "letterbox"
+        assert bundle.manifest.raw["input"]["normalize"] == {"mean": [127.5], "std": [127.5]}
     fed: list[np.ndarray] = []
     real_run = Engine.run
     monkeypatch.setattr(Engine, "run", lambda self, t: (fed.append(t.copy()), real_run(self, t))[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 
 from edge_infer.gates.image import decode_image
 from edge_infer.manifest import ImageInputSpec
-from edge_infer.preprocess import image_tensor, normalized_image, to_input_tensor
+from edge_infer.preprocess import image_tensor, model_view, normalized_image, to_input_tensor
 from edge_infer.runtime import TensorInfo
 from tests.conftest import DIGITS_TEST
 
@@ -80,3 +81,44 @@ def test_unquantized_integer_input_is_an_error() -> None:
     bad = TensorInfo(index=0, shape=(1, 2, 2, 1), dtype=np.dtype(np.uint8), scale=0.0, zero_point=0)
     with pytest.raises(ValueError, match="no quantization parameters"):
         to_input_tensor(np.zeros((2, 2, 1), np.float32), bad)
+
+
+def test_letterbox_keeps_the_aspect_ratio_and_pads_evenly() -> None:
+    wide = Image.new("L", (80, 40), 200)  # 2:1 into a 16×16 input → 16×8 picture, 4 rows of padding each side
+    view = model_view(wide, ImageInputSpec(16, 16, "L", resize="letterbox", pad=7))
+    pixels = np.asarray(view)
+    assert view.size == (16, 16)
+    assert (pixels[:4] == 7).all() and (pixels[12:] == 7).all() and (pixels[4:12] == 200).all()
+
+
+def test_centre_crop_fills_the_input_with_the_middle() -> None:
+    stripes = np.zeros((40, 80), np.uint8)
+    stripes[:, 20:60] = 255  # the middle half of a 2:1 frame is white
+    view = model_view(Image.fromarray(stripes), ImageInputSpec(16, 16, "L", resize="centre-crop"))
+    pixels = np.asarray(view)
+    assert view.size == (16, 16) and pixels[:, 1:-1].min() > 200  # the crop is exactly the white middle
+
+
+def test_mean_std_normalisation_per_channel_in_model_order() -> None:
+    image = Image.new("RGB", (4, 4), (10, 20, 30))
+    x = normalized_image(image, ImageInputSpec(4, 4, "BGR", mean=(30.0, 20.0, 10.0), std=(2.0, 4.0, 5.0)))
+    assert x[0, 0].tolist() == [0.0, 0.0, 0.0]
+    y = normalized_image(image, ImageInputSpec(4, 4, "RGB", mean=(0.0, 10.0, 20.0), std=(10.0, 10.0, 10.0)))
+    assert y[0, 0].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"resize": "fit"}, "'input.resize': unsupported value 'fit'"),
+        ({"normalize": {"mean": [1.0], "std": [0.0]}}, "std must be positive"),
+        ({"normalize": {"mean": [1.0, 2.0], "std": [1.0, 1.0]}}, "expected a list of 1 numbers"),
+        ({"pad": 300}, "'input.pad'"),
+    ],
+)
+def test_bad_image_specs_are_refused(change: dict, message: str) -> None:
+    from edge_infer.manifest import ManifestError, _image_spec
+
+    doc = {"input": {"kind": "image", "width": 16, "height": 16, "color": "L", **change}}
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        _image_spec(doc)
