@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from converter.calibrate_decisions import drift_reference, recommended_thresholds
 from converter.convert import (
     CALIBRATED,
     IO_TYPES,
@@ -33,6 +34,7 @@ from converter.datasets import (
     folder_labels,
     list_examples,
     list_windows,
+    load_image,
     quality_reference,
     sensor_reference,
     stratified_sample,
@@ -45,8 +47,10 @@ from converter.report import write_markdown
 from converter.target import check_target
 from edge_infer import __version__
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, model_digest, write_bundle
+from edge_infer.gates.quality import assess
 from edge_infer.manifest import COLORS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
-from edge_infer.runtime import Engine
+from edge_infer.preprocess import model_view
+from edge_infer.runtime import Engine, RuntimeUnavailable
 
 
 def _say(msg: str) -> None:
@@ -269,10 +273,19 @@ def run(args: argparse.Namespace) -> int:
     }
     if reference:
         report["reference"] = reference
+    unloadable: dict[str, str] = {}
+    for mode, data in list(variants.items()):  # every variant must load in this machine's device runtime
+        try:
+            Engine(data)
+        except RuntimeUnavailable as exc:
+            unloadable[mode] = f"the converted model does not load: {str(exc).split(' — ', 1)[-1][:400]}"
+            report["variants"][mode]["error"] = unloadable[mode]
+            if mode == "float32":
+                raise ConvertError(f"{model_path}: {unloadable[mode]}") from None
     if eval_examples is not None:
         evals: dict[str, Evaluation] = {
             mode: evaluate(_in_memory_bundle(out, data, docs[mode]), eval_examples, mode)
-            for mode, data in variants.items()
+            for mode, data in variants.items() if mode not in unloadable
         }
         baseline = evals["float32"]
         report["evaluation"] = {
@@ -287,6 +300,7 @@ def run(args: argparse.Namespace) -> int:
         }
         for mode in variants:
             docs[mode]["evaluation"] = report["evaluation"]
+        _decision_reference(args, evals, eval_examples, spec, labels, docs, report)
     over = _over_budget(report, args.max_accuracy_drop)
     if args.explain or args.auto_fallback:
         assert tensors is not None
@@ -305,11 +319,14 @@ def run(args: argparse.Namespace) -> int:
                     del over["int8"]
     if over:
         report["over_budget"] = over
-    refused = dict(over)
+    refused = {**unloadable, **over}
     target = None
     if args.target:
-        target = check_target(Path(args.target), {m: b for m, b in variants.items() if m not in refused}, {}, None)
-        refused.update({m: v["problem"] for m, v in target["variants"].items() if not v["ok"]})
+        target = check_target(Path(args.target), {m: b for m, b in variants.items() if m not in unloadable}, {},
+                              None)
+        for mode, verdict in target["variants"].items():
+            if not verdict["ok"]:
+                refused.setdefault(mode, verdict["problem"])
     written = [mode for mode in modes if mode not in refused and (args.mode == "all" or mode == args.mode)]
     paths = {mode: (out if args.mode != "all" else out.with_name(f"{out.stem}-{mode}{out.suffix}")) for mode in written}
     for mode, path in paths.items():
@@ -352,6 +369,30 @@ def _calibration_array(examples: Any, spec: Any, limit: int) -> np.ndarray:
     out = [x for x in tqdm(tensors, total=len(chosen), desc="calibration data", unit="input", file=sys.stderr,
                            leave=False, disable=None)]
     return np.stack(out).astype(np.float32)
+
+
+def _decision_reference(args: argparse.Namespace, evals: dict[str, Evaluation], examples: list[Any], spec: Any,
+                        labels: list[str], docs: dict[str, dict[str, Any]], report: dict[str, Any]) -> None:
+    """Per variant: recommended per-label thresholds (labelled eval) and the drift reference, into its manifest."""
+    inputs: dict[str, np.ndarray] = {}
+    if isinstance(spec, SensorInputSpec):
+        windows = np.stack([ex.window for ex in examples])
+        inputs = {f"{c}.mean": windows[:, :, i].mean(axis=1) for i, c in enumerate(spec.channels)}
+        inputs |= {f"{c}.std": windows[:, :, i].std(axis=1) for i, c in enumerate(spec.channels)}
+    else:
+        qualities = [assess(img, model_view(img, spec)) for img in
+                     (load_image(ex.path, (spec.width, spec.height)) for ex in examples)]
+        inputs = {m: np.array([getattr(q, m) for q in qualities]) for m in ("brightness", "contrast", "sharpness")}
+    report["thresholds"] = {}
+    for mode, ev in evals.items():
+        confidences = ev.scores.max(axis=1)
+        drift = drift_reference(ev.predictions, confidences, labels, inputs)
+        docs[mode].setdefault("reference", {})["drift"] = drift
+        if ev.labelled:
+            recommended = recommended_thresholds(ev.predictions, confidences, ev.labels, labels, args.precision,
+                                                 args.threshold)
+            docs[mode]["thresholds"] = {"default": args.threshold, "labels": recommended}
+            report["thresholds"][mode] = recommended
 
 
 def _auto_fallback(saved: Path, tensors: np.ndarray, errors: list[Any], examples: list[Any], baseline: Evaluation,
@@ -459,7 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=float, default=0.0, help="normalise: x = pixel*scale + offset")
     p.add_argument("--activation", choices=("softmax", "none", "logits"), default="softmax",
                    help="softmax: the model outputs probabilities; logits: the device applies softmax")
-    p.add_argument("--threshold", type=float, default=0.5, help="recommended confidence threshold")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="default confidence threshold (labels the eval set gives enough evidence for get their own)")
+    p.add_argument("--precision", type=float, default=0.97,
+                   help="a label whose predictions above --threshold were right less often than this on the "
+                        "labelled eval set gets a higher threshold of its own (0.97)")
     return p
 
 

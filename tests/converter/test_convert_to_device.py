@@ -204,3 +204,22 @@ def test_tensorflow_lite_is_the_last_link_of_the_chain(converted) -> None:
     assert via_tf.runtime.name == "tensorflow"
     x = np.random.default_rng(3).integers(0, 255, size=(1, 16, 16, 1), dtype=np.uint8)
     assert np.array_equal(via_tf.run(x)[0], Engine(bundle.model_bytes).run(x)[0])
+
+
+@pytest.mark.parametrize("kind", ["h5", "savedmodel"])
+def test_legacy_h5_and_savedmodel_inputs_convert(digits: DigitsWorkspace, tmp_path: Path, kind: str) -> None:
+    import keras
+
+    model = keras.models.load_model(digits.model)
+    if kind == "h5":
+        source = tmp_path / "digits.h5"
+        model.save(source)  # the legacy HDF5 format
+    else:
+        source = tmp_path / "saved"
+        model.export(str(source), format="tf_saved_model", verbose=False)
+    out = tmp_path / "d.tflite"
+    proc = edge_convert(str(source), "--mode", "float32", "--labels", str(digits.labels), "--out", str(out),
+                        "--eval", str(digits.test), "--report", str(tmp_path / "r.json"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["evaluation"]["variants"]["float32"]["accuracy"] > 0.95

@@ -1,0 +1,65 @@
+"""What the device needs to decide and to notice drift, measured on the evaluation set at conversion time:
+recommended per-label confidence thresholds, and the drift reference (predicted-class frequencies and the
+confidence histogram of the converted model; input-statistic histograms)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+CONFIDENCE_EDGES = [round(x, 2) for x in np.linspace(0.0, 1.0, 11)]
+THRESHOLD_GRID = [round(x, 2) for x in np.arange(0.30, 1.0, 0.01)]
+
+
+def recommended_thresholds(predictions: Sequence[str], confidences: np.ndarray, truth: Sequence[str],
+                           labels: Sequence[str], precision: float, default: float,
+                           min_support: int = 10) -> dict[str, float]:
+    """Labels whose predictions at the `default` threshold are right less than `precision` of the time get a
+    higher one: the lowest at which they reach it, on at least `min_support` predictions (at most 0.99).
+    Thresholds are only ever raised: a label the default already serves gets no entry."""
+    out: dict[str, float] = {}
+    pred = np.asarray(predictions)
+    right = pred == np.asarray(truth)
+    for label in labels:
+        mine = pred == label
+        at_default = mine & (confidences >= default)
+        if at_default.sum() < min_support or right[at_default].mean() >= precision:
+            continue
+        out[label] = 0.99
+        for t in (t for t in THRESHOLD_GRID if t > default):
+            kept = mine & (confidences >= t)
+            if kept.sum() < min_support:
+                break
+            if right[kept].mean() >= precision:
+                out[label] = float(t)
+                break
+    return out
+
+
+def histogram(values: np.ndarray, edges: Sequence[float]) -> list[float]:
+    """Fractions per bin (values outside the edges are clipped into the first/last bin)."""
+    clipped = np.clip(np.asarray(values, dtype=np.float64), edges[0], edges[-1])
+    counts, _ = np.histogram(clipped, bins=np.asarray(edges))
+    return [round(float(c) / max(1, len(values)), 6) for c in counts]
+
+
+def drift_reference(predictions: Sequence[str], confidences: np.ndarray, labels: Sequence[str],
+                    inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Output statistics of the converted model on held-out data, and input-statistic histograms (bin edges
+    at the deciles of the reference values, so every bin starts equally full)."""
+    pred = list(predictions)
+    doc: dict[str, Any] = {
+        "samples": len(pred),
+        "classes": {label: round(pred.count(label) / max(1, len(pred)), 6) for label in labels},
+        "confidence": {"edges": CONFIDENCE_EDGES, "fractions": histogram(confidences, CONFIDENCE_EDGES)},
+        "inputs": {},
+    }
+    for name, values in inputs.items():
+        edges = np.unique(np.percentile(values, np.linspace(0, 100, 11)))
+        if len(edges) < 3:
+            continue
+        edges = [round(float(e), 6) for e in edges]
+        doc["inputs"][name] = {"edges": edges, "fractions": histogram(values, edges)}
+    return doc
