@@ -134,3 +134,33 @@ reconnect_max = 1.0
     print(f"\nsensor replay: {len(got)} windows, {len(faults)} rejected as expected "
           f"({sorted(set(faults.values()))}), {right}/{len(clean)} clean windows labelled right")
     sub.close()
+
+
+def test_npz_windows_calibrate_and_evaluate_like_the_csv(sensor_bundle: dict[str, Path], tmp_path: Path) -> None:
+    """The same windows as .npz (x: N × window × channels; y as label indices, then as label names)."""
+    spec = _sensor_spec(sensor_bundle["spec"])
+    labels = sensor_bundle["root"].joinpath("labels.txt").read_text().split()
+    windows = list_windows(sensor_bundle["test"], spec, None, "eval")
+    x = np.stack([w.window for w in windows])
+    for name, y in (("indices", np.array([labels.index(w.label) for w in windows])),
+                    ("names", np.array([w.label for w in windows]))):
+        npz = tmp_path / f"{name}.npz"
+        np.savez(npz, x=x, y=y)
+        proc = subprocess.run(
+            [sys.executable, "-m", "converter.cli", str(sensor_bundle["root"] / "model.keras"), "--spec",
+             str(sensor_bundle["spec"]), "--mode", "int8-only", "--calibration", str(npz), "--eval", str(npz),
+             "--labels", str(sensor_bundle["root"] / "labels.txt"), "--out", str(tmp_path / f"{name}.tflite"),
+             "--report", str(tmp_path / f"{name}.json")],
+            capture_output=True, text=True, cwd=REPO, timeout=600,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        report = json.loads((tmp_path / f"{name}.json").read_text())
+        assert report["evaluation"]["examples"] == len(windows)
+        assert report["evaluation"]["variants"]["int8-only"]["accuracy"] >= 0.95
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=x[:, :10, :])
+    proc = subprocess.run([sys.executable, "-m", "converter.cli", str(sensor_bundle["root"] / "model.keras"),
+                           "--spec", str(sensor_bundle["spec"]), "--calibration", str(bad), "--labels",
+                           str(sensor_bundle["root"] / "labels.txt"), "--out", str(tmp_path / "bad.tflite")],
+                          capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert proc.returncode == 2 and "the model takes (N, 64, 3) windows" in proc.stderr
