@@ -52,8 +52,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejections.items())) or "none"
         print(
             f"edge-infer: {summary.results} results ({summary.uncertain} uncertain), "
-            f"{summary.rejected} rejected ({reasons}), {summary.skipped} already done; "
-            f"published {summary.published}, {summary.queued} still queued in {cfg.outbox['path']}"
+            f"{summary.rejected} rejected ({reasons}), {summary.skipped} already done"
+            + (f", {dropped} dropped (live source ahead of the pipeline)" if (dropped := daemon.source.dropped) else "")
+            + f"; published {summary.published}, {summary.queued} still queued in {cfg.outbox['path']}"
         )
         if summary.queued:
             print(

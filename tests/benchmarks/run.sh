@@ -21,7 +21,7 @@ EDGE_INFER_RUNTIME=tflite_runtime "$VENVS/tflrt/bin/edge-infer" bench --config .
 echo; echo "== delivery"
 "$VENVS/litert/bin/python" tests/benchmarks/bench_delivery.py
 echo; echo "== converter time per mode"
-"$VENVS/convert/bin/python" tests/benchmarks/bench_converter.py --assets .bench 2>/dev/null | grep -v '^edge-convert\|^variant\|^float32 \+[0-9,]*B\|^int8 \+[0-9,]*B\|^(evaluated'
+"$VENVS/convert/bin/python" tests/benchmarks/bench_converter.py --assets .bench 2>/dev/null | grep -v '^INFO'
 if [ "${SOAK:-1}" != 0 ]; then
   echo; echo "== memory soak (SOAK=0 skips it: about 3 minutes)"
   "$VENVS/litert/bin/python" tests/benchmarks/soak.py 2>&1 | grep -E '^(soak|RSS)'
