@@ -19,9 +19,14 @@ from converter.datasets import list_windows
 from edge_infer.bundle import load_bundle
 from edge_infer.pipeline import Classifier
 from tests.conftest import DEMO, REPO, run_cli
+from tests.converter.test_convert_to_device import edge_convert
+from tests.converter.test_every_mode_on_every_model import check_target_runs
+from tests.converter.test_target import ARMV7L, target_python
 from tests.helpers.broker import Mosquitto
 from tests.helpers.schemas import validate
 from tests.helpers.subscriber import Subscriber
+
+MODES = {"float32", "float16", "dynamic", "int8", "int8-only", "int16x8"}
 
 
 def vibration_module():
@@ -146,9 +151,10 @@ def test_npz_windows_calibrate_and_evaluate_like_the_csv(sensor_bundle: dict[str
                     ("names", np.array([w.label for w in windows]))):
         npz = tmp_path / f"{name}.npz"
         np.savez(npz, x=x, y=y)
+        mode = "int8-only" if name == "indices" else "float32"  # calibrated once; names only label the eval
         proc = subprocess.run(
             [sys.executable, "-m", "converter.cli", str(sensor_bundle["root"] / "model.keras"), "--spec",
-             str(sensor_bundle["spec"]), "--mode", "int8-only", "--calibration", str(npz), "--eval", str(npz),
+             str(sensor_bundle["spec"]), "--mode", mode, "--calibration", str(npz), "--eval", str(npz),
              "--labels", str(sensor_bundle["root"] / "labels.txt"), "--out", str(tmp_path / f"{name}.tflite"),
              "--report", str(tmp_path / f"{name}.json")],
             capture_output=True, text=True, cwd=REPO, timeout=600,
@@ -156,7 +162,7 @@ def test_npz_windows_calibrate_and_evaluate_like_the_csv(sensor_bundle: dict[str
         assert proc.returncode == 0, proc.stderr[-2000:]
         report = json.loads((tmp_path / f"{name}.json").read_text())
         assert report["evaluation"]["examples"] == len(windows)
-        assert report["evaluation"]["variants"]["int8-only"]["accuracy"] >= 0.95
+        assert report["evaluation"]["variants"][mode]["accuracy"] >= 0.95
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=x[:, :10, :])
     proc = subprocess.run([sys.executable, "-m", "converter.cli", str(sensor_bundle["root"] / "model.keras"),
@@ -164,3 +170,21 @@ def test_npz_windows_calibrate_and_evaluate_like_the_csv(sensor_bundle: dict[str
                            str(sensor_bundle["root"] / "labels.txt"), "--out", str(tmp_path / "bad.tflite")],
                           capture_output=True, text=True, cwd=REPO, timeout=600)
     assert proc.returncode == 2 and "the model takes (N, 64, 3) windows" in proc.stderr
+
+
+def test_sensor_model_in_every_mode(sensor_bundle: dict[str, Path], tmp_path: Path) -> None:
+    """Every mode on the sensor model, with the armv7l target check run under tflite-runtime 2.14."""
+    root = sensor_bundle["root"]
+    args = [str(root / "model.keras"), "--mode", "all", "--spec", str(sensor_bundle["spec"]), "--calibration",
+            str(sensor_bundle["train"]), "--calibration-samples", "100", "--eval", str(sensor_bundle["test"]),
+            "--labels", str(root / "labels.txt"), "--out", str(tmp_path / "s.tflite"), "--report",
+            str(tmp_path / "r.json"), "--target", str(ARMV7L)]
+    if target_python():
+        args += ["--target-python", target_python()]
+    proc = edge_convert(*args)
+    assert proc.returncode in (0, 3), proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "r.json").read_text())
+    variants = doc["evaluation"]["variants"]
+    assert set(variants) == MODES
+    assert all(v["accuracy"] >= 0.95 for v in variants.values())
+    check_target_runs(doc, proc.returncode)
