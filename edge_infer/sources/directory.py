@@ -134,9 +134,10 @@ class DirectorySource:
                     continue
                 if not once and now_ns - mtime_ns < self.settle_seconds * 1e9:
                     continue  # possibly still being written; look again on the next pass
-                probe = Sample(self.name, name, f"{st.st_size}:{st.st_mtime_ns}", 0.0, None)
+                probe = Sample(self.name, name, f"{st.st_size}:{st.st_mtime_ns}", 0.0, None, path=self.path / name)
                 yielded.add(key)
                 if done(probe):
+                    self.committed(probe)  # stored before a crash cut the move/delete short: finish it now
                     continue
                 yield self._read(name, st)
             yielded &= present  # forget files that are gone, so memory stays bounded over months

@@ -363,3 +363,19 @@ def test_a_sensor_source_for_an_image_model_is_refused_in_one_line(tmp_path: Pat
 def test_make_source_wraps_live_sources() -> None:
     source = make_source({"type": "http", "url": "http://127.0.0.1:9/x.jpg", "name": "cam"}, None)
     assert isinstance(source, NewestOnly) and source.kind == "image"
+
+
+def test_a_processed_file_left_behind_by_a_crash_is_moved_on_the_next_run(tmp_path: Path) -> None:
+    """Outcome stored, then the daemon died before moving the file: the next run skips it and moves it."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    scan = sorted((DIGITS_TEST / "8").glob("*.png"))[0]
+    (inbox / "a.png").write_bytes(scan.read_bytes())
+    cfg = write_config(tmp_path / "c.toml", bundle=DEMO / "digits-int8-only.tflite", source=inbox,
+                       state=tmp_path / "s", port=9)
+    assert run_cli("run", "--config", str(cfg), "--once").returncode == 0  # processed = keep: stays
+    assert (inbox / "a.png").exists()
+    cfg.write_text(cfg.read_text().replace("settle_seconds = 0.0", 'settle_seconds = 0.0\nprocessed = "move"'))
+    again = run_cli("run", "--config", str(cfg), "--once")
+    assert stop_line(again.stderr)["skipped"] == 1
+    assert not (inbox / "a.png").exists() and (tmp_path / "in.done" / "a.png").exists()
