@@ -48,7 +48,15 @@ from converter.target import check_target
 from edge_infer import __version__
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, model_digest, write_bundle
 from edge_infer.gates.quality import assess
-from edge_infer.manifest import COLORS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
+from edge_infer.manifest import (
+    COLORS,
+    ImageInputSpec,
+    ManifestError,
+    SensorInputSpec,
+    parse_image_spec,
+    parse_manifest,
+    parse_sensor_spec,
+)
 from edge_infer.preprocess import model_view
 from edge_infer.runtime import Engine, RuntimeUnavailable
 
@@ -94,9 +102,7 @@ def _input_spec(args: argparse.Namespace, engine: Engine, table: dict[str, Any] 
                       {"scale": table.get("scale", args.scale), "offset": table.get("offset", args.offset)}),
     }}
     try:
-        from edge_infer.manifest import _image_spec
-
-        return _image_spec(doc)
+        return parse_image_spec(doc)
     except ManifestError as exc:
         raise ConvertError(f"{args.spec or 'flags'}: [input]: {exc}") from None
 
@@ -142,9 +148,7 @@ def _sensor_spec(path: Path) -> SensorInputSpec:
     if "range_low" in table or "range_high" in table:
         manifest_input["range"] = {"low": table.get("range_low"), "high": table.get("range_high")}
     try:
-        from edge_infer.manifest import _sensor_spec as parse_sensor
-
-        return parse_sensor({"input": manifest_input})
+        return parse_sensor_spec({"input": manifest_input})
     except ManifestError as exc:
         raise ConvertError(f"{path}: [input]: {exc}") from None
 
@@ -262,7 +266,6 @@ def run(args: argparse.Namespace) -> int:
             reference["image_quality"] = quality_reference(sample, spec)
     else:
         _say("no --calibration: no input quality reference; the device gate falls back to its loose defaults")
-    reference_doc = reference
     docs = {mode: _manifest(args, data, spec, labels, mode, tf, reference) for mode, data in variants.items()}
     report: dict[str, Any] = {
         "model": str(model_path),
@@ -314,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
                                        args.max_accuracy_drop, report)
                 if fixed is not None:
                     variants["int8"] = fixed
-                    docs["int8"] = _manifest(args, fixed, spec, labels, "int8", tf, reference_doc)
+                    docs["int8"] = _manifest(args, fixed, spec, labels, "int8", tf, reference)
                     docs["int8"]["evaluation"] = report["evaluation"]
                     del over["int8"]
     if over:

@@ -147,7 +147,8 @@ def _choice(value: str, path: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def _image_spec(doc: dict[str, Any]) -> ImageInputSpec:
+def parse_image_spec(doc: dict[str, Any]) -> ImageInputSpec:
+    """The `input` table of an image model (also how `edge-convert` validates a spec file)."""
     channels = 1 if _get(doc, "input.color", str, "RGB") == "L" else 3
     mean = std = None
     if _get(doc, "input.normalize.mean", list, None) is not None:
@@ -182,7 +183,8 @@ def _numbers(doc: dict[str, Any], path: str, n: int) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
-def _sensor_spec(doc: dict[str, Any]) -> SensorInputSpec:
+def parse_sensor_spec(doc: dict[str, Any]) -> SensorInputSpec:
+    """The `input` table of a sensor model (also how `edge-convert` validates a spec file)."""
     channels = _get(doc, "input.channels", list)
     if not channels or not all(isinstance(c, str) and c for c in channels) or len(set(channels)) != len(channels):
         raise ManifestError("'input.channels': expected a non-empty list of unique channel names")
@@ -229,7 +231,7 @@ def parse_manifest(doc: Any) -> Manifest:
         raise ManifestError("'model.size': expected a positive integer")
 
     kind = _choice(_get(doc, "input.kind", str), "input.kind", INPUT_KINDS)
-    spec = _image_spec(doc) if kind == "image" else _sensor_spec(doc)
+    spec = parse_image_spec(doc) if kind == "image" else parse_sensor_spec(doc)
     labels = _get(doc, "labels", list)
     if not labels or not all(isinstance(x, str) and x for x in labels):
         raise ManifestError("'labels': expected a non-empty list of non-empty strings")

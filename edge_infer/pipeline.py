@@ -157,18 +157,24 @@ class Pipeline:
         return Prepared(sample, verdict, self.classifier.window_tensor(sample.window), started)
 
     def _rejected(self, sample: Sample, verdict: Verdict, started: float) -> Prepared:
-        data = sample.data
-        if data is None and sample.window is not None:
-            header = ",".join(["t", *self.classifier.manifest.input.channels])  # type: ignore[union-attr]
-            times = sample.times if sample.times is not None else np.arange(len(sample.window), dtype=float)
-            rows = [",".join(repr(float(v)) for v in (t, *row)) for t, row in zip(times, sample.window, strict=False)]
-            data = ("\n".join([header, *rows]) + "\n").encode()
-        if self.capture is not None and data:
+        if self.capture is None:
+            return Prepared(sample, verdict, None, started)
+        data = sample.data if sample.data is not None else self._window_csv(sample)
+        if data:
             self.capture.save(verdict.reason or "rejected", sample.input_id, data, {
                 "input_id": sample.input_id, "source": sample.source, "reason": verdict.reason,
                 "detail": verdict.detail, "metrics": verdict.metrics, "captured_at": sample.ts,
             })
         return Prepared(sample, verdict, None, started)
+
+    def _window_csv(self, sample: Sample) -> bytes | None:
+        """A rejected sensor window as CSV (`t` and the channels), for the review folder."""
+        if sample.window is None:
+            return None
+        header = ",".join(["t", *self.classifier.manifest.input.channels])  # type: ignore[union-attr]
+        times = sample.times if sample.times is not None else np.arange(len(sample.window), dtype=float)
+        rows = [",".join(repr(float(v)) for v in (t, *row)) for t, row in zip(times, sample.window, strict=False)]
+        return ("\n".join([header, *rows]) + "\n").encode()
 
     def finish(self, prepared: Prepared) -> Outcome:
         """Back half: inference, postprocessing and the decision (the interpreter's thread)."""

@@ -68,7 +68,12 @@ def crop_roi(gray: np.ndarray, roi: Sequence[float] | None) -> np.ndarray:
 def assess(decoded: Image.Image, view: Image.Image, roi: Sequence[float] | None = None) -> ImageQuality:
     """The metrics of one frame: `view` is its `model_view`, `decoded` the frame at its decoded resolution.
     The converter records these for its calibration images; `ImageGate` checks them on the device."""
-    return measure(crop_roi(grey_of(np.asarray(view)), roi), native_noise(decoded, roi))
+    return assess_grey(decoded, grey_of(np.asarray(view)), roi)
+
+
+def assess_grey(decoded: Image.Image, grey: np.ndarray, roi: Sequence[float] | None = None) -> ImageQuality:
+    """`assess` for a caller that already has the view's measured plane (`grey_of`)."""
+    return measure(crop_roi(grey, roi), native_noise(decoded, roi))
 
 
 def native_noise(image: Image.Image, roi: Sequence[float] | None = None, grid: int = 3, patch: int = 32) -> float:
@@ -275,7 +280,7 @@ class ImageGate:
                 return stuck
         if not self.enabled:
             return Verdict(ok=True)
-        return check(measure(crop_roi(gray, self.roi), native_noise(decoded, self.roi)), self.limits)
+        return check(assess_grey(decoded, gray, self.roi), self.limits)
 
 
 LIMIT_KEYS = tuple(f.name for f in fields(QualityLimits) if f.name != "source")

@@ -61,7 +61,6 @@ class Source(Protocol):
 
 Factory = Callable[[dict[str, Any], Any], Source]
 SOURCES: dict[str, Factory] = {}
-KINDS = ("directory", "http", "video", "camera", "replay", "stdin", "serial", "iio")
 
 
 def register(kind: str) -> Callable[[Factory], Factory]:

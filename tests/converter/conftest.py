@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -20,8 +21,9 @@ class DigitsWorkspace:
     labels: Path
 
 
-def _train_module():
-    spec = importlib.util.spec_from_file_location("train_digits", DEMO / "train_digits.py")
+def demo_script(name: str) -> ModuleType:
+    """A training script from demo/ (not a package) loaded as a module: its data and model helpers."""
+    spec = importlib.util.spec_from_file_location(name, DEMO / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -29,7 +31,7 @@ def _train_module():
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> DigitsWorkspace:
-    train_digits = _train_module()
+    train_digits = demo_script("train_digits")
     root = tmp_path_factory.mktemp("digits")
     train, test = train_digits.write_digit_folders(root)
     model = train_digits.train_model(train, root / "digits.keras", epochs=30)

@@ -5,7 +5,6 @@ reason for every bad one, all over a real mosquitto."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,7 +17,8 @@ from converter.cli import _sensor_spec
 from converter.datasets import list_windows
 from edge_infer.bundle import load_bundle
 from edge_infer.pipeline import Classifier
-from tests.conftest import DEMO, REPO, run_cli
+from tests.conftest import REPO, run_cli
+from tests.converter.conftest import demo_script
 from tests.converter.test_convert_to_device import edge_convert
 from tests.converter.test_every_mode_on_every_model import check_target_runs
 from tests.converter.test_target import ARMV7L, target_python
@@ -29,16 +29,9 @@ from tests.helpers.subscriber import Subscriber
 MODES = {"float32", "float16", "dynamic", "int8", "int8-only", "int16x8"}
 
 
-def vibration_module():
-    spec = importlib.util.spec_from_file_location("train_vibration", DEMO / "train_vibration.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sensor_bundle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    vib = vibration_module()
+    vib = demo_script("train_vibration")
     root = tmp_path_factory.mktemp("vibration")
     paths = vib.write_dataset(root)
     model = vib.train_model(paths["train"], paths["spec"], root / "model.keras", epochs=10)
@@ -96,7 +89,7 @@ def expected_outcomes(times: np.ndarray, values: np.ndarray, labels: list[str], 
 def test_replayed_windows_with_faults_become_results_and_reasoned_rejections(
     sensor_bundle: dict[str, Path], tmp_path: Path, broker: Mosquitto
 ) -> None:
-    vib = vibration_module()
+    vib = demo_script("train_vibration")
     times, values, labels = vib.faulty_replay()
     replay = tmp_path / "pump.csv"
     vib._write_timed(replay, times, values)

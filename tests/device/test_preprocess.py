@@ -117,8 +117,8 @@ def test_mean_std_normalisation_per_channel_in_model_order() -> None:
     ],
 )
 def test_bad_image_specs_are_refused(change: dict, message: str) -> None:
-    from edge_infer.manifest import ManifestError, _image_spec
+    from edge_infer.manifest import ManifestError, parse_image_spec
 
     doc = {"input": {"kind": "image", "width": 16, "height": 16, "color": "L", **change}}
     with pytest.raises(ManifestError, match=re.escape(message)):
-        _image_spec(doc)
+        parse_image_spec(doc)
