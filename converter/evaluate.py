@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from converter.datasets import Example, load_image
 from edge_infer.bundle import Bundle
-from edge_infer.pipeline import Classifier
+from edge_infer.model import Model
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Evaluation:
 
 
 def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluation:
-    classifier = Classifier(bundle, threads=1, top_k=len(bundle.manifest.labels))
+    model = Model(bundle, threads=1, top_k=len(bundle.manifest.labels))
     names = bundle.manifest.labels
     index = {name: i for i, name in enumerate(names)}
     predictions: list[str] = []
@@ -65,16 +65,16 @@ def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluatio
     spent = 0.0
     for ex in tqdm(examples, desc=f"evaluate {variant}", unit="input", file=sys.stderr, leave=False, disable=None):
         if ex.window is not None:
-            tensor = classifier.window_tensor(ex.window)
+            tensor = model.window_tensor(ex.window)
         else:
-            tensor = classifier.prepare(load_image(ex.path, classifier.draft_size))
+            tensor = model.prepare(load_image(ex.path, model.draft_size))
         started = time.perf_counter()
-        result = classifier.infer(tensor)
+        result = model.infer(tensor)
         spent += time.perf_counter() - started
         predictions.append(result.label)
         for name, score in result.top_k:
             scores[len(predictions) - 1, index[name]] = score
-    rt = classifier.engine.runtime
+    rt = model.engine.runtime
     return Evaluation(
         predictions=predictions,
         labels=[ex.label for ex in examples],

@@ -27,7 +27,7 @@ from edge_infer.bundle import load_bundle
 from edge_infer.config import Config
 from edge_infer.gates.image import DecodeRejected, decode_image
 from edge_infer.gates.quality import gate_from_config
-from edge_infer.pipeline import Classifier
+from edge_infer.model import Model
 from edge_infer.sources.directory import IGNORED_SUFFIXES
 
 
@@ -87,9 +87,9 @@ def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path) -> dic
 def _naive_rate(cfg: Config, files: list[Path]) -> dict[str, float]:
     """The loop from the TFLite examples: no draft decoding, no overlap, a fresh PIL pipeline per frame."""
     bundle = load_bundle(cfg.model["bundle"])
-    classifier = Classifier(bundle, cfg.model["threads"], cfg.model["runtime"])
-    interpreter = classifier.engine.interpreter
-    spec, tensor = bundle.manifest.input, classifier.engine.inputs[0]
+    model = Model(bundle, cfg.model["threads"], cfg.model["runtime"])
+    interpreter = model.engine.interpreter
+    spec, tensor = bundle.manifest.input, model.engine.inputs[0]
     started = time.perf_counter()
     for path in files:
         image = Image.open(path).convert("L" if spec.color == "L" else "RGB").resize((spec.width, spec.height))
@@ -100,7 +100,7 @@ def _naive_rate(cfg: Config, files: list[Path]) -> dict[str, float]:
             x = x.astype(np.float32) * spec.scale + spec.offset
         interpreter.set_tensor(tensor.index, x.astype(tensor.dtype))
         interpreter.invoke()
-        int(np.argmax(interpreter.get_tensor(classifier.engine.outputs[0].index)))
+        int(np.argmax(interpreter.get_tensor(model.engine.outputs[0].index)))
     return _rate(len(files), time.perf_counter() - started)
 
 
@@ -163,8 +163,8 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
     files = _images(cfg, frames)
     blobs = [p.read_bytes() for p in files]
     bundle = load_bundle(cfg.model["bundle"])
-    classifier = Classifier(bundle, cfg.model["threads"], cfg.model["runtime"])
-    draft = classifier.draft_size
+    model = Model(bundle, cfg.model["threads"], cfg.model["runtime"])
+    draft = model.draft_size
     max_pixels, min_side = cfg.gate["max_pixels"], cfg.gate["min_side"]
     gate = gate_from_config(cfg.gate, bundle.manifest.image_quality_reference)
     gate_seconds: list[float] = []
@@ -174,16 +174,16 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
         """What the pipeline's decode thread does per frame: decode, quality gate, preprocess. The gate is
         timed in place (a warm cache, as in the pipeline), not on a list of frames decoded long before."""
         image = decode_image(data, max_pixels, min_side, draft)
-        view = classifier.view(image)
+        view = model.view(image)
         pixels = np.asarray(view)
         started = time.perf_counter()
         verdict = gate.check(image, view, pixels)
         gate_seconds.append(time.perf_counter() - started)
         gate_rejected.append(not verdict.ok)
-        return classifier.view_tensor(pixels)
+        return model.view_tensor(pixels)
 
     tensors = [front_half(data) for data in blobs]
-    classifier.engine.run(tensors[0])  # warm-up
+    model.engine.run(tensors[0])  # warm-up
     samples: dict[str, list[dict[str, float]]] = {}
 
     def timed(name: str, work: Any) -> None:
@@ -199,7 +199,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
             gate_rejected.clear()
             timed("decode_preprocess", lambda: [front_half(d) for d in blobs])
             samples.setdefault("quality_gate", []).append(_rate(len(files), sum(gate_seconds)))
-            timed("invoke", lambda: [classifier.engine.run(t) for t in tensors])
+            timed("invoke", lambda: [model.engine.run(t) for t in tensors])
             samples.setdefault("naive_loop", []).append(_naive_rate(cfg, files))
             for mode in ("pipelined", "sequential"):
                 samples.setdefault(f"pipeline_{mode}", []).append(_pipeline_rate(cfg, files, mode, root / str(r)))
@@ -211,7 +211,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
     frame = Image.open(files[0])
     return {
         "model": {"name": bundle.manifest.name, "sha256": bundle.sha256[:12], "bytes": bundle.manifest.model_size},
-        "runtime": classifier.engine.runtime.to_dict(),
+        "runtime": model.engine.runtime.to_dict(),
         "threads": cfg.model["threads"],
         "frames": len(files),
         "frame_size": f"{frame.width}x{frame.height} {frame.format}",

@@ -65,21 +65,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from edge_infer.bundle import load_bundle
-    from edge_infer.pipeline import Classifier
+    from edge_infer.model import describe, model_from_config
 
     cfg = load_config(args.config)
     _setup_logging(args.log_level or "warning")
     print(f"config   ok: {cfg.path} (device {cfg.device['id']})")
-    bundle = load_bundle(cfg.model["bundle"])
-    m = bundle.manifest
-    print(
-        f"bundle   ok: {bundle.path} — {m.name} {m.version}, {m.task}, {len(m.labels)} labels, "
-        f"input {m.input.width}x{m.input.height} {m.input.color}, model {m.model_size} bytes, "
-        f"sha256 {m.model_sha256[:12]}…"
-    )
-    classifier = Classifier(bundle, cfg.model["threads"], cfg.model["runtime"])
-    rt = classifier.engine.runtime
+    model = model_from_config(cfg.model)
+    print(f"bundle   ok: {model.bundle.path} — {describe(model)}")
+    if cfg.decide["escalate_to"]:
+        second = model_from_config(cfg.model, cfg.decide["escalate_to"])
+        print(f"escalate ok: {second.bundle.path} — {describe(second)}")
+    rt = model.engine.runtime
     print(f"runtime  ok: {rt.name} {rt.version}, {cfg.model['threads']} thread(s)")
     problem = _broker_reachable(cfg)
     where = f"{cfg.mqtt['host']}:{cfg.mqtt['port']}"

@@ -64,6 +64,24 @@ def _roi(v: list[Any]) -> str | None:
     return None
 
 
+def _zones(v: list[Any]) -> str | None:
+    for zone in v:
+        poly = zone.get("polygon") if isinstance(zone, dict) else None
+        ok = isinstance(poly, list) and len(poly) >= 3 and all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(c, int | float) and 0 <= c <= 1 for c in p)
+            for p in poly)
+        if not ok or not isinstance(zone.get("name"), str) or not zone["name"] or set(zone) - {"name", "polygon"}:
+            return ("expected zones as [{ name = \"door\", polygon = [[x, y], ...] }] with at least 3 points, "
+                    f"as fractions of the frame (0–1); got {zone!r}")
+    return None
+
+
+def _debounce(v: list[Any]) -> str | None:
+    ok = len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and 1 <= v[0] <= v[1] <= 1000
+    return None if ok else (f"expected [N, M]: a state changes when N of the last M frames agree "
+                            f"(1 ≤ N ≤ M ≤ 1000), got {v!r}")
+
+
 def _host_list(v: list[Any]) -> str | None:
     for item in v:
         host, _, port = str(item).rpartition(":")
@@ -127,8 +145,31 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "threads": Field(int, default=1, check=_between(1, 64)),
         "runtime": Field(str, default="auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow")),
         "top_k": Field(int, default=3, check=_between(1, 1000)),
-        "threshold": Field((int, float), default=None, check=_between(0.0, 1.0)),
+        "threshold": Field((int, float), default=None, check=_between(0.0, 1e12)),
         "thresholds": Field(dict, default={}),
+        "task": Field(str, default=None, choices=("classification", "detection", "regression", "anomaly", "raw")),
+        "input": Field(dict, default=None),
+        "output": Field(dict, default=None),
+        "labels": Field(list, default=None, check=lambda v: None if v and all(isinstance(x, str) and x for x in v)
+                        else "expected a list of label names, in output order"),
+        "zones": Field(list, default=[], check=_zones),
+    },
+    "decide": {
+        "fallback": Field(str, default="publish", choices=("publish", "suppress", "defer", "escalate")),
+        "escalate_to": Field(str, default=None, is_path=True),
+        "escalate_fallback": Field(str, default="publish", choices=("publish", "suppress", "defer")),
+        "escalate_threshold": Field((int, float), default=None, check=_between(0.0, 1.0)),
+        "debounce": Field(list, default=None, check=_debounce),
+        "keep_uncertain": Field(int, default=None, check=_between(0, 10_000_000)),
+        "keep_uncertain_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1, 2**40)),
+        "uncertain_dir": Field(str, default=None, is_path=True),
+    },
+    "drift": {
+        "enabled": Field(bool, default=True),
+        "window": Field(int, default=500, check=_between(20, 1_000_000)),
+        "every": Field(int, default=50, check=_between(1, 1_000_000)),
+        "alarm": Field((int, float), default=0.25, check=_between(0.0, 100.0)),
+        "clear": Field((int, float), default=0.1, check=_between(0.0, 100.0)),
     },
     "source": {
         "type": Field(str, required=True, choices=SOURCE_KINDS),
@@ -162,6 +203,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "keep_rejected": Field(int, default=0, check=_between(0, 10_000_000)),
         "keep_rejected_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1, 2**40)),
         "rejected_dir": Field(str, default=None, is_path=True),
+    },
+    "health": {
+        "interval": Field((int, float), default=60.0, check=_between(0, 86400)),
     },
     "mqtt": {
         "host": Field(str, default="127.0.0.1"),
@@ -209,6 +253,9 @@ class Config:
     source: dict[str, Any]
     pipeline: dict[str, Any]
     gate: dict[str, Any]
+    decide: dict[str, Any]
+    drift: dict[str, Any]
+    health: dict[str, Any]
     mqtt: dict[str, Any]
     outbox: dict[str, Any]
     log: dict[str, Any]
@@ -308,6 +355,15 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         raise ConfigError(f"{path}: [mqtt].tls: set tls = true to use ca_file, cert_file/key_file or tls_insecure")
     if sections["gate"]["rejected_dir"] is None:
         sections["gate"]["rejected_dir"] = str(Path(device["state_dir"]) / "rejected")
+    decide = sections["decide"]
+    if decide["fallback"] == "escalate" and decide["escalate_to"] is None:
+        raise ConfigError(f"{path}: [decide].escalate_to: fallback = \"escalate\" needs the bundle of a second model")
+    if decide["keep_uncertain"] is None:
+        decide["keep_uncertain"] = 1000 if "defer" in (decide["fallback"], decide["escalate_fallback"]) else 0
+    if decide["uncertain_dir"] is None:
+        decide["uncertain_dir"] = str(Path(device["state_dir"]) / "uncertain")
+    if sections["drift"]["clear"] > sections["drift"]["alarm"]:
+        raise ConfigError(f"{path}: [drift].clear: must not be above [drift].alarm (hysteresis)")
     if sections["source"]["name"] is None:
         sections["source"]["name"] = sections["source"]["type"]
     return Config(path=path, **sections)

@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass, field
 
 from edge_infer import __version__
-from edge_infer.bundle import load_bundle
 from edge_infer.capture import CaptureStore
 from edge_infer.config import Config, ConfigError
 from edge_infer.decide import Thresholds
@@ -22,13 +21,17 @@ from edge_infer.manifest import Manifest, SensorInputSpec
 from edge_infer.messages import (
     Identity,
     event_payload,
+    health_payload,
     message_id,
     rejection_payload,
     result_payload,
     status_payload,
 )
-from edge_infer.outbox import Limits, Outbox, Pending
-from edge_infer.pipeline import Classifier, Outcome, Pipeline, Prepared
+from edge_infer.model import model_from_config
+from edge_infer.monitor import DriftMonitor, statistics_from_reference
+from edge_infer.outbox import EVENTS, Limits, Outbox, Pending
+from edge_infer.pipeline import Outcome, Pipeline, Policy, Prepared
+from edge_infer.postprocess import Classification
 from edge_infer.publisher import Publisher, settings_from_config
 from edge_infer.sources import Sample, SourceError, make_source
 from edge_infer.writer import OutboxWriter
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 class RunSummary:
     results: int = 0
     uncertain: int = 0
+    suppressed: int = 0
+    deferred: int = 0
+    escalated: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
     skipped: int = 0
     published: int = 0
@@ -54,19 +60,41 @@ class RunSummary:
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        bundle = load_bundle(cfg.model["bundle"])
-        self.classifier = Classifier(bundle, cfg.model["threads"], cfg.model["runtime"], cfg.model["top_k"])
-        manifest = bundle.manifest
-        self.pipeline = Pipeline(
-            self.classifier,
-            Thresholds(manifest, cfg.model["threshold"], cfg.model["thresholds"]),
-            cfg.gate["max_pixels"],
-            cfg.gate["min_side"],
-            gate_from_config(cfg.gate, manifest.image_quality_reference),
-            CaptureStore(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"], cfg.gate["keep_rejected_bytes"])
-            if cfg.gate["keep_rejected"] else None,
-            self._sensor_gate(cfg, manifest),
+        self.model = model_from_config(cfg.model)
+        manifest = self.model.manifest
+        decide_cfg = cfg.decide
+        second = None
+        if decide_cfg["fallback"] == "escalate":
+            second = model_from_config(cfg.model, decide_cfg["escalate_to"])
+            second.thresholds = Thresholds(second.manifest, decide_cfg["escalate_threshold"], {})
+        policy = Policy(
+            fallback=decide_cfg["fallback"],
+            escalate_to=second,
+            escalate_fallback=decide_cfg["escalate_fallback"],
+            debounce=tuple(decide_cfg["debounce"]) if decide_cfg["debounce"] else None,  # type: ignore[arg-type]
+            uncertain=CaptureStore(decide_cfg["uncertain_dir"], decide_cfg["keep_uncertain"],
+                                   decide_cfg["keep_uncertain_bytes"]) if decide_cfg["keep_uncertain"] else None,
         )
+        try:
+            self.pipeline = Pipeline(
+                self.model,
+                None,
+                cfg.gate["max_pixels"],
+                cfg.gate["min_side"],
+                gate_from_config(cfg.gate, manifest.image_quality_reference),
+                CaptureStore(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"], cfg.gate["keep_rejected_bytes"])
+                if cfg.gate["keep_rejected"] else None,
+                self._sensor_gate(cfg, manifest),
+                policy,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.path}: [decide]: {exc}") from None
+        drift = cfg.drift
+        self.monitor = DriftMonitor(
+            statistics_from_reference(manifest.drift_reference, self.model.thresholds.default)
+            if drift["enabled"] else [], drift["window"], drift["every"], drift["alarm"], drift["clear"])
+        self.started_at = time.monotonic()
+        self._last_health = 0.0
         self.identity = Identity(
             device_id=cfg.device["id"],
             boot_id=str(uuid.uuid4()),
@@ -78,16 +106,18 @@ class Daemon:
         def events(seq: int, msg_id: str, name: str, details: dict) -> bytes:
             return event_payload(self.identity, seq, msg_id, name, details)
 
+        self.escalated_model = None if second is None else {
+            "name": second.manifest.name, "version": second.manifest.version, "sha256": second.manifest.model_sha256}
         primary = Outbox(box["path"], box["durability"], limits, event_builder=events, primary=True)
         if primary.replaced is not None:
             log.error("event=outbox_replaced %s", " ".join(f"{k}={v!r}" for k, v in primary.replaced.items()))
             primary.add_event("outbox_replaced", primary.replaced)
         self.outbox = Outbox(box["path"], box["durability"], limits)  # the main thread's own connection
         self.source = make_source(cfg.source, manifest.input)
-        if self.source.kind != self.classifier.kind:
+        if self.source.kind != self.model.kind:
             raise SourceError(
                 f"{cfg.path}: [source].type: a {cfg.source['type']!r} source gives {self.source.kind} input, but "
-                f"the bundle's model takes {self.classifier.kind} input"
+                f"the bundle's model takes {self.model.kind} input"
             )
         self.stop_event = threading.Event()
         self.summary = RunSummary()
@@ -96,7 +126,7 @@ class Daemon:
             settings_from_config(cfg.mqtt, cfg.device["id"]),
             lambda: Outbox(box["path"], box["durability"], limits, event_builder=events),
             birth=lambda problems: status_payload(
-                self.identity, "online", version=__version__, runtime=self.classifier.engine.runtime.to_dict(),
+                self.identity, "online", version=__version__, runtime=self.model.engine.runtime.to_dict(),
                 problems=problems,
             ),
             will=lambda: status_payload(self.identity, "offline"),
@@ -137,36 +167,90 @@ class Daemon:
         # the queued payload builder must not pin the bytes, the frame or the window
         sample = dataclasses.replace(sample, data=None, image=None, window=None, times=None)
         result, decision, verdict = outcome.result, outcome.decision, outcome.verdict
-        if result is not None and decision is not None:
+        decided_by = self.escalated_model if decision is not None and decision.path == "escalated" else None
+        if result is not None and decision is not None and decision.action == "publish":
             kind = "results"
 
             def build(seq: int) -> bytes:
-                return result_payload(self.identity, seq, msg_id, sample, result, decision, outcome.latency_ms)
-        elif self.cfg.gate["publish_rejections"]:
+                return result_payload(self.identity, seq, msg_id, sample, result, decision, outcome.latency_ms,
+                                      outcome.state, decided_by)
+        elif result is None and self.cfg.gate["publish_rejections"]:
             kind = "rejections"
 
             def build(seq: int) -> bytes:
                 return rejection_payload(self.identity, seq, msg_id, sample, verdict)
-        else:
-            kind, build = "rejections", None  # counted and checkpointed, not published
+        else:  # suppressed, deferred, or an unpublished rejection: counted and checkpointed, not published
+            kind, build = "results" if result is not None else "rejections", None
 
         if not self.writer.put(Pending(kind, msg_id, build, (sample.source, sample.key), after), self.stop_event):
             return outcome  # stopping: not committed, so the input is processed again on the next start
         if result is not None and decision is not None:
             self.summary.results += 1
             self.summary.uncertain += decision.status == "uncertain"
-            log.debug("event=result input=%s label=%s confidence=%.3f", sample.input_id, result.label,
-                      result.confidence)
+            self.summary.suppressed += decision.action == "suppress"
+            self.summary.deferred += decision.action == "defer"
+            self.summary.escalated += decision.path == "escalated"
+            log.debug("event=result input=%s task=%s status=%s path=%s action=%s", sample.input_id, result.task,
+                      decision.status, decision.path, decision.action)
+            self._observe(outcome)
         else:
             reason = verdict.reason or "unknown"
             self.summary.rejections[reason] = self.summary.rejections.get(reason, 0) + 1
             log.info("event=rejected input=%s reason=%s detail=%r", sample.input_id, reason, verdict.detail)
+        self._maybe_health()
         return outcome
+
+    def _observe(self, outcome: Outcome) -> None:
+        """Feed the drift monitor; each alarm state change becomes one event on `events`."""
+        if not self.monitor.enabled:
+            return
+        result, decision = outcome.result, outcome.decision
+        assert result is not None and decision is not None
+        if decision.path == "escalated":  # the first model's output statistics are what the reference describes
+            label = confidence = None
+        elif isinstance(result, Classification):
+            label, confidence = result.label, result.confidence
+        else:
+            label = confidence = None
+        uncertain = (decision.status == "uncertain" or decision.path == "escalated") if label is not None else None
+        for change in self.monitor.observe(outcome.stats, label, confidence, uncertain):
+            log.warning("event=%s statistic=%s psi=%.3f", change.event, change.statistic, change.psi)
+            self.add_event(change.event, change.details)
+
+    def add_event(self, name: str, details: dict) -> None:
+        """Queue an `events` message through the group-commit writer (in order with the results around it)."""
+        msg_id = uuid.uuid4().hex
+
+        def build(seq: int) -> bytes:
+            return event_payload(self.identity, seq, msg_id, name, details)
+
+        self.writer.put(Pending(EVENTS, msg_id, build), self.stop_event)
+
+    def health(self) -> dict:
+        """The counters, drift state and scores a `health` message carries."""
+        s = self.summary
+        return {
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "results": s.results, "uncertain": s.uncertain,
+            "uncertain_rate": round(s.uncertain / s.results, 4) if s.results else 0.0,
+            "paths": dict(self.pipeline.paths), "actions": dict(self.pipeline.actions),
+            "rejections": dict(sorted(s.rejections.items())), "skipped": s.skipped,
+            "dropped": getattr(self.source, "dropped", 0),
+            "drift": self.monitor.to_dict(),
+        }
+
+    def _maybe_health(self, force: bool = False) -> None:
+        interval = self.cfg.health["interval"]
+        now = time.monotonic()
+        if interval <= 0 or (not force and now - self._last_health < interval):
+            return
+        self._last_health = now
+        self.publisher.offer("health", health_payload(self.identity, self.health()))
 
     def run(self, once: bool = False) -> RunSummary:
         """Process inputs until SIGTERM/SIGINT (or, with `once`, until the source is exhausted and the
         outbox has been given a chance to drain)."""
-        runtime = self.classifier.engine.runtime
+        runtime = self.model.engine.runtime
         log.info(
             "event=start version=%s device=%s boot_id=%s model=%s@%s sha256=%s runtime=%s/%s outbox=%s",
             __version__, self.identity.device_id, self.identity.boot_id, self.identity.model["name"],
@@ -190,6 +274,7 @@ class Daemon:
                 for sample in self.source.samples(self.stop_event, once, self._done):
                     self.handle(sample)
             self.writer.flush()
+            self._maybe_health(force=True)
             if once:
                 self._drain(self.cfg.mqtt["drain_timeout"])
         finally:
@@ -201,11 +286,13 @@ class Daemon:
             self.outbox.close()
             self.writer.outbox.close()
         log.info(
-            "event=stop results=%d uncertain=%d rejected=%d skipped=%d dropped=%d published=%d queued=%d "
-            "uncommitted=%d rejections=%s",
-            self.summary.results, self.summary.uncertain, self.summary.rejected, self.summary.skipped,
+            "event=stop results=%d uncertain=%d escalated=%d suppressed=%d deferred=%d rejected=%d skipped=%d "
+            "dropped=%d published=%d queued=%d uncommitted=%d rejections=%s drift=%s",
+            self.summary.results, self.summary.uncertain, self.summary.escalated, self.summary.suppressed,
+            self.summary.deferred, self.summary.rejected, self.summary.skipped,
             getattr(self.source, "dropped", 0), self.summary.published, self.summary.queued, self.writer.lost_on_stop,
             ",".join(f"{k}:{v}" for k, v in sorted(self.summary.rejections.items())) or "-",
+            ",".join(sorted(self.monitor.alarmed)) or ("-" if self.monitor.enabled else "off"),
         )
         return self.summary
 

@@ -9,7 +9,10 @@ from edge_infer.gates.quality import validate_reference
 
 FORMAT_NAME = "edge-infer-bundle"
 FORMAT_VERSION = 1
-TASKS = ("classification",)
+TASKS = ("classification", "detection", "regression", "anomaly", "raw")
+LABELLED_TASKS = ("classification", "detection")
+DETECTION_FORMATS = ("yolo", "ssd")
+SSD_TENSORS = ("boxes", "classes", "scores", "count")
 COLORS = ("L", "RGB", "BGR")
 RESIZE_MODES = ("stretch", "letterbox", "centre-crop")
 INPUT_KINDS = ("image", "sensor")
@@ -88,6 +91,31 @@ InputSpec = ImageInputSpec | SensorInputSpec
 
 
 @dataclass(frozen=True)
+class OutputSpec:
+    """How the model's outputs read, per task (see `edge_infer.postprocess`).
+
+    classification: `activation` (softmax: the model outputs probabilities; logits/none: the device applies
+    softmax). detection: `format` yolo (one raw grid output, rows of box + [objectness] + class scores, decoded
+    and non-max-suppressed on the device) or ssd (the TFLite detection post-process op's boxes, classes,
+    scores, count — `tensors` names their order when the output names do not); `box` cxcywh | xyxy and
+    `coords` normalized | pixels (of the model input) for yolo; `score_floor`: candidates below it are
+    ignored, candidates between it and their label's threshold make the frame uncertain. regression / raw:
+    `names` of the values / output arrays; regression `band`: the expected range of each value."""
+
+    activation: str = "softmax"
+    format: str = "yolo"
+    box: str = "cxcywh"
+    coords: str = "normalized"
+    objectness: bool | None = None  # yolo: None = has it when there are 5 + classes columns
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+    score_floor: float = 0.25
+    tensors: tuple[str, ...] = ()
+    names: tuple[str, ...] = ()
+    band: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Manifest:
     """Everything in `manifest.json` the device acts on; `raw` keeps the full document (evaluation etc.)."""
 
@@ -98,7 +126,7 @@ class Manifest:
     model_size: int
     input: InputSpec
     labels: tuple[str, ...]
-    output_activation: str = "softmax"
+    output: OutputSpec = field(default_factory=OutputSpec)
     default_threshold: float = 0.5
     label_thresholds: dict[str, float] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -114,6 +142,16 @@ class Manifest:
         """Quality-metric percentiles the converter measured on the calibration images, if it recorded them."""
         ref = self.raw.get("reference", {})
         return ref.get("image_quality") if isinstance(ref, dict) else None
+
+    @property
+    def output_activation(self) -> str:
+        return self.output.activation
+
+    @property
+    def drift_reference(self) -> dict[str, Any] | None:
+        """Output and input statistics on held-out data, for the drift monitor, if the converter recorded them."""
+        ref = self.raw.get("reference", {})
+        return ref.get("drift") if isinstance(ref, dict) else None
 
     def threshold_for(self, label: str) -> float:
         return self.label_thresholds.get(label, self.default_threshold)
@@ -232,8 +270,8 @@ def parse_manifest(doc: Any) -> Manifest:
 
     kind = _choice(_get(doc, "input.kind", str), "input.kind", INPUT_KINDS)
     spec = parse_image_spec(doc) if kind == "image" else parse_sensor_spec(doc)
-    labels = _get(doc, "labels", list)
-    if not labels or not all(isinstance(x, str) and x for x in labels):
+    labels = _get(doc, "labels", list, ... if task in LABELLED_TASKS else [])
+    if (task in LABELLED_TASKS and not labels) or not all(isinstance(x, str) and x for x in labels):
         raise ManifestError("'labels': expected a non-empty list of non-empty strings")
     if len(set(labels)) != len(labels):
         raise ManifestError("'labels': labels must be unique")
@@ -244,14 +282,11 @@ def parse_manifest(doc: Any) -> Manifest:
             raise ManifestError(f"'thresholds.labels.{label}': not one of the bundle's labels")
         if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
             raise ManifestError(f"'thresholds.labels.{label}': expected a number in [0, 1]")
-    if not 0.0 <= default_threshold <= 1.0:
+    if not 0.0 <= default_threshold <= 1.0 and task != "anomaly":
         raise ManifestError("'thresholds.default': expected a number in [0, 1]")
     quality = _get(doc, "reference.image_quality", dict, None)
     if quality is not None and (problem := validate_reference(quality)):
         raise ManifestError(f"'reference.image_quality': {problem}")
-    activation = _choice(
-        _get(doc, "output.activation", str, "softmax"), "output.activation", OUTPUT_ACTIVATIONS
-    )
     return Manifest(
         name=_get(doc, "name", str),
         version=_get(doc, "version", str),
@@ -260,8 +295,44 @@ def parse_manifest(doc: Any) -> Manifest:
         model_size=size,
         input=spec,
         labels=tuple(labels),
-        output_activation=activation,
+        output=parse_output_spec(doc, task),
         default_threshold=default_threshold,
         label_thresholds={k: float(v) for k, v in per_label.items()},
         raw=doc,
     )
+
+
+def parse_output_spec(doc: dict[str, Any], task: str) -> OutputSpec:
+    """The `output` table: how to read the model's outputs for its task (also what a device config's
+    `[model.output]` table is checked with)."""
+    activation = _choice(_get(doc, "output.activation", str, "softmax"), "output.activation", OUTPUT_ACTIVATIONS)
+    fmt = _choice(_get(doc, "output.format", str, "yolo"), "output.format", DETECTION_FORMATS)
+    box = _choice(_get(doc, "output.box", str, "cxcywh"), "output.box", ("cxcywh", "xyxy"))
+    coords = _choice(_get(doc, "output.coords", str, "normalized"), "output.coords", ("normalized", "pixels"))
+    objectness = _get(doc, "output.objectness", bool, None)
+    iou = float(_get(doc, "output.iou_threshold", (int, float), 0.45))
+    floor = float(_get(doc, "output.score_floor", (int, float), 0.25))
+    for name, value in (("iou_threshold", iou), ("score_floor", floor)):
+        if not 0.0 <= value <= 1.0:
+            raise ManifestError(f"'output.{name}': expected a number in [0, 1]")
+    max_det = _get(doc, "output.max_detections", int, 100)
+    if max_det < 1:
+        raise ManifestError("'output.max_detections': expected a positive integer")
+    tensors = tuple(_get(doc, "output.tensors", list, []))
+    if tensors and sorted(tensors) != sorted(SSD_TENSORS):
+        raise ManifestError(f"'output.tensors': expected the order of {', '.join(SSD_TENSORS)}")
+    names = _get(doc, "output.names", list, [])
+    if not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ManifestError("'output.names': expected a list of unique non-empty strings")
+    band: dict[str, tuple[float, float]] = {}
+    for name, pair in _get(doc, "output.band", dict, {}).items():
+        ok = isinstance(pair, list) and len(pair) == 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+        if not ok or pair[0] > pair[1]:
+            raise ManifestError(f"'output.band.{name}': expected [low, high] with low ≤ high")
+        band[name] = (float(pair[0]), float(pair[1]))
+    if band and task != "regression":
+        raise ManifestError("'output.band': only regression outputs have a band")
+    return OutputSpec(activation=activation, format=fmt, box=box, coords=coords, objectness=objectness,
+                      iou_threshold=iou, max_detections=max_det, score_floor=floor, tensors=tensors,
+                      names=tuple(names), band=band)

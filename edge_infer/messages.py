@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_infer.clock import rfc3339, time_synced
-from edge_infer.decide import Decision
+from edge_infer.decide import DebouncedState, Decision
 from edge_infer.gates import Verdict
-from edge_infer.postprocess import Classification
+from edge_infer.postprocess import TaskResult
 from edge_infer.sources import Sample
 
 PAYLOAD_VERSION = 1
@@ -64,18 +64,20 @@ def result_payload(
     seq: int,
     msg_id: str,
     sample: Sample,
-    result: Classification,
+    result: TaskResult,
     decision: Decision,
     latency_ms: float,
+    state: DebouncedState | None = None,
+    decided_by: dict[str, str] | None = None,
 ) -> bytes:
+    """`results`: the task's result, its status, which model produced it (`path`, and `decided_by` when a
+    second model did) and, with debouncing, the stable state."""
     doc = _envelope(identity, seq, msg_id, sample)
-    doc.update(
-        task="classification",
-        result=result.to_dict(),
-        status=decision.status,
-        threshold=decision.threshold,
-        latency_ms=round(latency_ms, 3),
-    )
+    doc.update(task=result.task, result=result.to_dict(), **decision.to_dict(), latency_ms=round(latency_ms, 3))
+    if decided_by is not None:
+        doc["decided_by"] = decided_by
+    if state is not None:
+        doc["state"] = state.to_dict()
     return _encode(doc)
 
 
@@ -90,6 +92,7 @@ EVENT_SEVERITY = {
     "dead_letter": "error",
     "outbox_replaced": "error",
     "outbox_recovered": "warning",
+    "drift_detected": "warning",
 }
 
 
@@ -97,6 +100,20 @@ def event_payload(identity: Identity, seq: int, msg_id: str, name: str, details:
     """`events`: something happened to the device or its data that a person should know about."""
     doc = _base(identity, seq, msg_id)
     doc.update(event=name, severity=EVENT_SEVERITY.get(name, "info"), details=details)
+    return _encode(doc)
+
+
+def health_payload(identity: Identity, health: dict[str, Any]) -> bytes:
+    """`health` (QoS 0, not stored): counters, rates and drift state, every `[health].interval` seconds."""
+    doc: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
+        "device_id": identity.device_id,
+        "boot_id": identity.boot_id,
+        "ts": rfc3339(time.time()),
+        "time_synced": time_synced(),
+        "model": identity.model,
+    }
+    doc.update(health)
     return _encode(doc)
 
 

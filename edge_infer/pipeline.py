@@ -1,131 +1,102 @@
-"""One input through the stages: gate → preprocess → infer → postprocess → decide.
+"""One input through the stages: gate → preprocess → infer → postprocess → decide (→ escalate → debounce).
 
-`Classifier` is also what the converter evaluates bundles with, so a reported accuracy is the accuracy of the
-code that runs on the device.
+`prepare` (decode, gate, preprocess) is thread-safe and runs in the front thread when pipelined; `finish`
+(inference, decision, fallback) runs in the interpreter's thread, in input order.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
 
-from edge_infer.bundle import Bundle, BundleError
 from edge_infer.capture import CaptureStore
-from edge_infer.decide import Decision, Thresholds, decide
+from edge_infer.decide import DebouncedState, Debouncer, Decision, Thresholds, decide, with_fallback
 from edge_infer.gates import Verdict
 from edge_infer.gates.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image, standardize
 from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate
 from edge_infer.gates.sensor import SensorGate, SensorLimits
-from edge_infer.manifest import ImageInputSpec, SensorInputSpec
-from edge_infer.postprocess import Classification, classify
-from edge_infer.preprocess import image_tensor, model_view, view_tensor, window_tensor
-from edge_infer.runtime import Engine
+from edge_infer.manifest import SensorInputSpec
+from edge_infer.model import Model
+from edge_infer.postprocess import Classification, TaskResult
+from edge_infer.preprocess import ViewGeometry
 from edge_infer.sources import Sample
-
-
-class Classifier:
-    """A bundle bound to an interpreter: decoded image (or sensor window) in, classification out."""
-
-    def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None, top_k: int = 3) -> None:
-        self.bundle = bundle
-        self.manifest = bundle.manifest
-        self.engine = Engine(bundle.model_bytes, threads=threads, runtime=runtime)
-        self.top_k = top_k
-        spec = self.manifest.input
-        if isinstance(spec, SensorInputSpec):
-            expected = (1, *spec.shape)
-            described = f"{spec.window}-reading window of {len(spec.channels)} channels"
-        else:
-            expected = (1, spec.height, spec.width, spec.channels)
-            described = f"{spec.width}x{spec.height} {spec.color}"
-        if self.engine.inputs[0].shape != expected:
-            raise BundleError(
-                bundle.path,
-                f"model input shape {self.engine.inputs[0].shape} does not match the manifest's "
-                f"{described} input {expected}",
-            )
-
-    @property
-    def kind(self) -> str:
-        return "sensor" if isinstance(self.manifest.input, SensorInputSpec) else "image"
-
-    @property
-    def draft_size(self) -> tuple[int, int] | None:
-        """What JPEG draft decoding may reduce a frame to (see `decode_image`)."""
-        spec = self.manifest.input
-        return (spec.width, spec.height) if isinstance(spec, ImageInputSpec) else None
-
-    def window_tensor(self, window: np.ndarray) -> np.ndarray:
-        """Sensor window → input tensor (thread-safe)."""
-        assert isinstance(self.manifest.input, SensorInputSpec)
-        return window_tensor(window, self.manifest.input, self.engine.inputs[0])
-
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """Decoded image → input tensor (thread-safe: touches no interpreter state)."""
-        return image_tensor(image, self.manifest.input, self.engine.inputs[0])
-
-    def view(self, image: Image.Image) -> Image.Image:
-        """The decoded image at the model's size and colour (what the quality gate measures)."""
-        return model_view(image, self.manifest.input)
-
-    def view_tensor(self, view: Image.Image | np.ndarray) -> np.ndarray:
-        return view_tensor(view, self.manifest.input, self.engine.inputs[0])
-
-    def infer(self, tensor: np.ndarray) -> Classification:
-        """Input tensor → classification (call from one thread: the interpreter is not thread-safe)."""
-        outputs = self.engine.run(tensor)
-        return classify(
-            outputs[0], self.engine.outputs[0], self.manifest.labels, self.manifest.output_activation, self.top_k
-        )
-
-    def classify(self, image: Image.Image) -> Classification:
-        return self.infer(self.prepare(image))
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """A sample after the CPU-bound front half (decode, gate, preprocess): a tensor, or a rejection."""
+    """A sample after the CPU-bound front half (decode, gate, preprocess): a tensor, or a rejection.
+    `stats` are the input statistics the drift monitor follows; `image`/`window` stay only when an escalation
+    model may need to prepare its own input from them."""
 
     sample: Sample
     verdict: Verdict
     tensor: np.ndarray | None
     started: float
+    geometry: ViewGeometry | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+    image: Image.Image | None = None
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one sample: a rejection verdict, or a classification with its decision."""
+    """What became of one sample: a rejection verdict, or a task result with its decision."""
 
     verdict: Verdict
-    result: Classification | None = None
+    result: TaskResult | None = None
     decision: Decision | None = None
     latency_ms: float = 0.0
+    state: DebouncedState | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What happens to uncertain results (see `edge_infer.decide`)."""
+
+    fallback: str = "publish"
+    escalate_to: Model | None = None
+    escalate_fallback: str = "publish"
+    debounce: tuple[int, int] | None = None  # (N, M)
+    uncertain: CaptureStore | None = None  # where uncertain / deferred inputs are kept for review
 
 
 class Pipeline:
     def __init__(
         self,
-        classifier: Classifier,
-        thresholds: Thresholds,
+        model: Model,
+        thresholds: Thresholds | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         min_side: int = DEFAULT_MIN_SIDE,
         gate: ImageGate | None = None,
         capture: CaptureStore | None = None,
         sensor_gate: SensorGate | None = None,
+        policy: Policy | None = None,
     ) -> None:
-        self.classifier = classifier
-        self.thresholds = thresholds
+        self.model = model
+        if thresholds is not None:
+            model.thresholds = thresholds
         self.max_pixels = max_pixels
         self.min_side = min_side
         self.gate = gate if gate is not None else ImageGate(DEFAULT_LIMITS)
         self.capture = capture
-        spec = classifier.manifest.input
+        spec = model.manifest.input
         if sensor_gate is None and isinstance(spec, SensorInputSpec):
             sensor_gate = SensorGate(spec, SensorLimits(low=spec.low, high=spec.high))
         self.sensor_gate = sensor_gate
+        self.policy = policy or Policy()
+        second = self.policy.escalate_to
+        if second is not None and second.kind != model.kind:
+            raise ValueError(f"the escalation model takes {second.kind} input, the first model {model.kind} input")
+        self.debouncer = Debouncer(*self.policy.debounce) if self.policy.debounce else None
+        self.paths = {"model": 0, "escalated": 0}
+        self.actions = {"published": 0, "suppressed": 0, "deferred": 0}
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.model.thresholds
 
     def prepare(self, sample: Sample) -> Prepared:
         """Front half: decode gate and preprocessing. Runs in its own thread when pipelined."""
@@ -136,26 +107,34 @@ class Pipeline:
             if sample.image is not None:
                 image = standardize(sample.image)
             elif sample.data is not None:
-                image = decode_image(sample.data, self.max_pixels, self.min_side, self.classifier.draft_size)
+                image = decode_image(sample.data, self.max_pixels, self.min_side, self.model.draft_size)
             else:
                 verdict = Verdict.reject("unreadable", sample.read_error or "the input could not be read")
                 return Prepared(sample, verdict, None, started)
         except DecodeRejected as rejected:
             return self._rejected(sample, rejected.verdict, started)
-        view = self.classifier.view(image)
+        view = self.model.view(image)
         pixels = np.asarray(view)  # once, for the gate and the tensor
         verdict = self.gate.check(image, view, pixels)
         if not verdict.ok:
             return self._rejected(sample, verdict, started)
-        return Prepared(sample, verdict, self.classifier.view_tensor(pixels), started)
+        quality = verdict.metrics.get("quality")
+        stats = {} if quality is None else {
+            "brightness": quality.brightness, "contrast": quality.contrast, "sharpness": quality.sharpness}
+        return Prepared(sample, verdict, self.model.view_tensor(pixels), started, self.model.geometry(image), stats,
+                        image if self.policy.escalate_to is not None else None)
 
     def _prepare_window(self, sample: Sample, started: float) -> Prepared:
         assert sample.window is not None and self.sensor_gate is not None
         verdict = self.sensor_gate.check(sample.window, sample.times)
         if not verdict.ok:
             return self._rejected(sample, verdict, started)
-        return Prepared(sample, verdict, self.classifier.window_tensor(sample.window), started)
-
+        spec = self.model.manifest.input
+        assert isinstance(spec, SensorInputSpec)
+        means, stds = sample.window.mean(axis=0), sample.window.std(axis=0)
+        stats = {f"{c}.mean": float(means[i]) for i, c in enumerate(spec.channels)}
+        stats |= {f"{c}.std": float(stds[i]) for i, c in enumerate(spec.channels)}
+        return Prepared(sample, verdict, self.model.window_tensor(sample.window), started, None, stats)
     def _rejected(self, sample: Sample, verdict: Verdict, started: float) -> Prepared:
         if self.capture is None:
             return Prepared(sample, verdict, None, started)
@@ -171,18 +150,60 @@ class Pipeline:
         """A rejected sensor window as CSV (`t` and the channels), for the review folder."""
         if sample.window is None:
             return None
-        header = ",".join(["t", *self.classifier.manifest.input.channels])  # type: ignore[union-attr]
+        header = ",".join(["t", *self.model.manifest.input.channels])  # type: ignore[union-attr]
         times = sample.times if sample.times is not None else np.arange(len(sample.window), dtype=float)
         rows = [",".join(repr(float(v)) for v in (t, *row)) for t, row in zip(times, sample.window, strict=False)]
         return ("\n".join([header, *rows]) + "\n").encode()
 
     def finish(self, prepared: Prepared) -> Outcome:
-        """Back half: inference, postprocessing and the decision (the interpreter's thread)."""
+        """Back half: inference, postprocessing, the decision and its fallback (the interpreter's thread)."""
         if prepared.tensor is None:
             return Outcome(prepared.verdict)
-        result = self.classifier.infer(prepared.tensor)
-        decision = decide(result, self.thresholds)
-        return Outcome(prepared.verdict, result, decision, (time.perf_counter() - prepared.started) * 1000.0)
+        result = self.model.run(prepared.tensor, prepared.geometry)
+        decision = decide(result, self.model.thresholds)
+        policy = self.policy
+        if decision.status == "uncertain" and policy.fallback == "escalate" and policy.escalate_to is not None:
+            result, second = self._escalate(prepared, policy.escalate_to)
+            decision = with_fallback(second, policy.escalate_fallback, "escalated")
+            if decision.status == "ok":  # the bigger model was sure: that is the fallback this result took
+                decision = replace(decision, fallback="escalate")
+        else:
+            decision = with_fallback(decision, policy.fallback)
+        if decision.status == "uncertain":
+            self._keep(prepared, result, decision)
+        self.paths[decision.path] += 1
+        self.actions[{"publish": "published", "suppress": "suppressed", "defer": "deferred"}[decision.action]] += 1
+        state = None
+        if self.debouncer is not None:
+            state = self.debouncer.update(result.event_key if decision.status == "ok" else None)
+        return Outcome(prepared.verdict, result, decision, (time.perf_counter() - prepared.started) * 1000.0, state,
+                       prepared.stats)
+
+    def _escalate(self, prepared: Prepared, second: Model) -> tuple[TaskResult, Decision]:
+        """The second model's own preprocessing of the same input, its result and its own thresholds."""
+        if prepared.sample.window is not None:
+            tensor, geometry = second.window_tensor(prepared.sample.window), None
+        else:
+            assert prepared.image is not None
+            tensor, geometry = second.view_tensor(np.asarray(second.view(prepared.image))), second.geometry(
+                prepared.image)
+        result = second.run(tensor, geometry)
+        return result, decide(result, second.thresholds)
+
+    def _keep(self, prepared: Prepared, result: TaskResult, decision: Decision) -> None:
+        """An uncertain input into the review folder, under its predicted label (a person confirms it)."""
+        store = self.policy.uncertain
+        sample = prepared.sample
+        if store is None:
+            return
+        data = sample.data if sample.data is not None else self._window_csv(sample)
+        if not data:
+            return
+        group = result.label if isinstance(result, Classification) else "uncertain"
+        store.save(group, sample.input_id, data, {
+            "input_id": sample.input_id, "source": sample.source, "task": result.task, "result": result.to_dict(),
+            "decision": decision.to_dict(), "action": decision.action, "captured_at": sample.ts,
+        })
 
     def process(self, sample: Sample) -> Outcome:
         return self.finish(self.prepare(sample))

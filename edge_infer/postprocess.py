@@ -1,26 +1,20 @@
-"""Raw model outputs → task results. Dequantization always uses the output tensor's own scale/zero point."""
+"""Raw model outputs → task results: classification, detection, regression, anomaly score, raw arrays.
+
+Dequantization always uses each output tensor's own scale and zero point. Detection boxes come back in the
+source frame's pixel coordinates: the letterbox or crop `model_view` applied is undone (`ViewGeometry`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+from edge_infer.manifest import SSD_TENSORS, Manifest, OutputSpec
+from edge_infer.preprocess import ViewGeometry
 from edge_infer.runtime import TensorInfo
-
-
-@dataclass(frozen=True)
-class Classification:
-    label: str
-    confidence: float
-    top_k: list[tuple[str, float]]
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "label": self.label,
-            "confidence": round(self.confidence, 6),
-            "top_k": [{"label": lab, "score": round(score, 6)} for lab, score in self.top_k],
-        }
 
 
 def dequantize(values: np.ndarray, tensor: TensorInfo) -> np.ndarray:
@@ -33,6 +27,25 @@ def dequantize(values: np.ndarray, tensor: TensorInfo) -> np.ndarray:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - np.max(logits))
     return shifted / np.sum(shifted)
+
+
+@dataclass(frozen=True)
+class Classification:
+    label: str
+    confidence: float
+    top_k: list[tuple[str, float]]
+    task: str = field(default="classification", init=False)
+
+    @property
+    def event_key(self) -> str:
+        return self.label
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "confidence": round(self.confidence, 6),
+            "top_k": [{"label": lab, "score": round(score, 6)} for lab, score in self.top_k],
+        }
 
 
 def classify(
@@ -48,3 +61,288 @@ def classify(
     order = np.argsort(-scores, kind="stable")[:k]
     ranked = [(labels[i], float(scores[i])) for i in order]
     return Classification(label=ranked[0][0], confidence=ranked[0][1], top_k=ranked)
+
+
+@dataclass(frozen=True)
+class Box:
+    """One detection: label, score, and its box in source-frame pixels (x0, y0, x1, y1)."""
+
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    zones: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"label": self.label, "score": round(self.score, 6),
+                               "box": [round(v, 2) for v in self.box]}
+        if self.zones:
+            doc["zones"] = list(self.zones)
+        return doc
+
+
+@dataclass(frozen=True)
+class Zone:
+    """A named polygon, in fractions of the frame; a detection is in it when its box's centre is."""
+
+    name: str
+    polygon: tuple[tuple[float, float], ...]
+
+    def contains(self, x: float, y: float) -> bool:
+        inside = False
+        pts = self.polygon
+        for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1], strict=True):
+            if (y0 > y) != (y1 > y) and x < (x1 - x0) * (y - y0) / (y1 - y0) + x0:
+                inside = not inside
+        return inside
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Boxes at or above their label's threshold, and the number of weaker candidates (above the score floor)
+    that make the frame uncertain."""
+
+    boxes: list[Box]
+    candidates_below_threshold: int = 0
+    frame: tuple[int, int] = (0, 0)
+    task: str = field(default="detection", init=False)
+
+    @property
+    def confidence(self) -> float:
+        return min((b.score for b in self.boxes), default=1.0)
+
+    @property
+    def event_key(self) -> str:
+        return ",".join(sorted({b.label for b in self.boxes})) or "none"
+
+    def to_dict(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        zones: dict[str, int] = {}
+        for b in self.boxes:
+            counts[b.label] = counts.get(b.label, 0) + 1
+            for z in b.zones:
+                zones[z] = zones.get(z, 0) + 1
+        doc: dict[str, Any] = {"detections": [b.to_dict() for b in self.boxes], "counts": counts,
+                               "frame": {"width": self.frame[0], "height": self.frame[1]},
+                               "uncertain_candidates": self.candidates_below_threshold}
+        if zones:
+            doc["zones"] = zones
+        return doc
+
+
+def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection over union of one (4,) xyxy box with each of (N, 4)."""
+    x0 = np.maximum(box[0], others[:, 0])
+    y0 = np.maximum(box[1], others[:, 1])
+    x1 = np.minimum(box[2], others[:, 2])
+    y1 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return inter / np.maximum(area + areas - inter, 1e-12)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float, limit: int) -> np.ndarray:
+    """Greedy per-class non-maximum suppression: indices kept, best first, at most `limit`."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    suppressed = np.zeros(len(scores), dtype=bool)
+    for pos, i in enumerate(order):
+        if suppressed[i]:
+            continue
+        keep.append(int(i))
+        if len(keep) >= limit:
+            break
+        rest = order[pos + 1:]
+        rest = rest[(classes[rest] == classes[i]) & ~suppressed[rest]]
+        if len(rest):
+            suppressed[rest[iou(boxes[i], boxes[rest]) > iou_threshold]] = True
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _yolo_candidates(output: np.ndarray, spec: OutputSpec, n_labels: int,
+                     size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A raw YOLO-style grid, (1, N, 4 [+1] + C) or transposed (1, 4 [+1] + C, N) → xyxy boxes in model pixels,
+    scores and class indices of the candidates above the score floor."""
+    rows = output.reshape(output.shape[-2], output.shape[-1])
+    width_options = (4 + n_labels, 5 + n_labels)
+    if rows.shape[1] not in width_options and rows.shape[0] in width_options:
+        rows = rows.T
+    cols = rows.shape[1]
+    if cols not in width_options:
+        raise ValueError(f"detection output rows have {cols} values; expected 4 box values, optional objectness "
+                         f"and {n_labels} class scores")
+    has_obj = spec.objectness if spec.objectness is not None else cols == 5 + n_labels
+    class_scores = rows[:, 5:] if has_obj else rows[:, 4:]
+    if class_scores.shape[1] != n_labels:
+        raise ValueError(f"detection output has {class_scores.shape[1]} class scores for {n_labels} labels")
+    classes = np.argmax(class_scores, axis=1)
+    scores = class_scores[np.arange(len(rows)), classes]
+    if has_obj:
+        scores = scores * rows[:, 4]
+    keep = scores >= spec.score_floor
+    b = rows[keep, :4].astype(np.float32)
+    if spec.box == "cxcywh":
+        b = np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1)
+    if spec.coords == "normalized":
+        b = b * np.asarray([size[0], size[1], size[0], size[1]], np.float32)
+    return b, scores[keep], classes[keep]
+
+
+def _ssd_candidates(outputs: Sequence[np.ndarray], tensors: Sequence[TensorInfo], spec: OutputSpec,
+                    size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The detection post-process op's four outputs → xyxy boxes in model pixels, scores, class indices."""
+    named = _ssd_order(outputs, tensors, spec)
+    count = round(float(np.asarray(named["count"]).reshape(-1)[0]))
+    boxes = np.asarray(named["boxes"], np.float32).reshape(-1, 4)[:count]  # ymin, xmin, ymax, xmax (0–1)
+    scores = np.asarray(named["scores"], np.float32).reshape(-1)[:count]
+    classes = np.rint(np.asarray(named["classes"], np.float32).reshape(-1)[:count]).astype(np.int64)
+    xyxy = boxes[:, [1, 0, 3, 2]] * np.asarray([size[0], size[1], size[0], size[1]], np.float32)
+    keep = scores >= spec.score_floor
+    return xyxy[keep], scores[keep], classes[keep]
+
+
+def _ssd_order(outputs: Sequence[np.ndarray], tensors: Sequence[TensorInfo],
+               spec: OutputSpec) -> dict[str, np.ndarray]:
+    if len(outputs) != 4:
+        raise ValueError(f"an ssd detection model has 4 outputs (boxes, classes, scores, count), this one "
+                         f"{len(outputs)}")
+    if spec.tensors:
+        return dict(zip(spec.tensors, outputs, strict=True))
+    named: dict[str, np.ndarray] = {}
+    rest = []
+    for out in outputs:
+        if out.ndim == 3 and out.shape[-1] == 4:
+            named["boxes"] = out
+        elif out.size == 1:
+            named["count"] = out
+        else:
+            rest.append(out)
+    if len(rest) != 2 or len(named) != 2:
+        raise ValueError("cannot tell the ssd outputs apart: set output.tensors to their order "
+                         f"({', '.join(SSD_TENSORS)})")
+    # classes are whole numbers; scores are not (and are sorted, best first)
+    whole = [bool(np.all(r == np.rint(r))) for r in rest]
+    classes_first = (whole[0] and not whole[1]) or (whole[0] == whole[1] and tensors_named(tensors, "class") == 0)
+    named["classes"], named["scores"] = (rest[0], rest[1]) if classes_first else (rest[1], rest[0])
+    return named
+
+
+def tensors_named(tensors: Sequence[TensorInfo], word: str) -> int:
+    """Position (among the two unlabelled ssd outputs) whose tensor name mentions `word`; 0 when none does."""
+    middle = [t for t in tensors if not (len(t.shape) == 3 and t.shape[-1] == 4) and int(np.prod(t.shape)) != 1]
+    return next((i for i, t in enumerate(middle) if word in t.name.lower()), 0)
+
+
+def detect(outputs: Sequence[np.ndarray], tensors: Sequence[TensorInfo], manifest: Manifest,
+           geometry: ViewGeometry, thresholds: Any, zones: Sequence[Zone] = ()) -> Detections:
+    """Detections in source-frame pixels: decode, non-max-suppress (yolo), apply per-label thresholds, undo the
+    letterbox/crop, place in zones."""
+    spec = manifest.output
+    size = (manifest.input.width, manifest.input.height)  # type: ignore[union-attr]
+    if spec.format == "ssd":
+        boxes, scores, classes = _ssd_candidates([dequantize(o, t) for o, t in zip(outputs, tensors, strict=True)],
+                                                 tensors, spec, size)
+    else:
+        boxes, scores, classes = _yolo_candidates(dequantize(outputs[0], tensors[0]), spec, len(manifest.labels),
+                                                  size)
+        kept = nms(boxes, scores, classes, spec.iou_threshold, spec.max_detections)
+        boxes, scores, classes = boxes[kept], scores[kept], classes[kept]
+    x0, y0 = geometry.to_source(boxes[:, 0], boxes[:, 1])
+    x1, y1 = geometry.to_source(boxes[:, 2], boxes[:, 3])
+    out: list[Box] = []
+    weak = 0
+    for i in range(len(scores)):
+        c = int(classes[i])
+        if not 0 <= c < len(manifest.labels):
+            continue
+        label = manifest.labels[c]
+        if scores[i] < thresholds.for_label(label):
+            weak += 1
+            continue
+        cx, cy = (x0[i] + x1[i]) / 2 / max(geometry.width, 1), (y0[i] + y1[i]) / 2 / max(geometry.height, 1)
+        inside = tuple(z.name for z in zones if z.contains(float(cx), float(cy)))
+        out.append(Box(label, float(scores[i]), (float(x0[i]), float(y0[i]), float(x1[i]), float(y1[i])), inside))
+    return Detections(out[:spec.max_detections], weak, (geometry.width, geometry.height))
+
+
+@dataclass(frozen=True)
+class Regression:
+    """Named values; those outside their band are listed (the band comes from the manifest or the config)."""
+
+    values: dict[str, float]
+    out_of_band: tuple[str, ...] = ()
+    task: str = field(default="regression", init=False)
+    confidence: float = field(default=1.0, init=False)
+
+    @property
+    def event_key(self) -> str:
+        return "out_of_band" if self.out_of_band else "in_band"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"values": {k: round(v, 6) for k, v in self.values.items()}, "in_band": not self.out_of_band,
+                "out_of_band": list(self.out_of_band)}
+
+
+def regress(output: np.ndarray, tensor: TensorInfo, names: Sequence[str],
+            band: dict[str, tuple[float, float]]) -> Regression:
+    values = dequantize(output, tensor).reshape(-1)
+    keys = list(names) if len(names) == len(values) else (
+        ["value"] if len(values) == 1 else [f"value_{i}" for i in range(len(values))])
+    doc = {k: float(v) for k, v in zip(keys, values, strict=True)}
+    outside = tuple(k for k, (lo, hi) in band.items() if k in doc and not lo <= doc[k] <= hi)
+    return Regression(doc, outside)
+
+
+@dataclass(frozen=True)
+class AnomalyScore:
+    """A score and whether it reaches the anomaly threshold."""
+
+    score: float
+    threshold: float
+    task: str = field(default="anomaly", init=False)
+    confidence: float = field(default=1.0, init=False)
+
+    @property
+    def anomalous(self) -> bool:
+        return self.score >= self.threshold
+
+    @property
+    def event_key(self) -> str:
+        return "anomalous" if self.anomalous else "normal"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"score": round(self.score, 6), "anomalous": self.anomalous}
+
+
+def anomaly(output: np.ndarray, tensor: TensorInfo, threshold: float) -> AnomalyScore:
+    values = dequantize(output, tensor).reshape(-1)
+    if values.size != 1:
+        raise ValueError(f"an anomaly model outputs one score, this one {values.size} values")
+    return AnomalyScore(float(values[0]), threshold)
+
+
+@dataclass(frozen=True)
+class RawOutputs:
+    """Every output, dequantized, by name: any model runs with configuration alone."""
+
+    arrays: dict[str, np.ndarray]
+    task: str = field(default="raw", init=False)
+    confidence: float = field(default=1.0, init=False)
+
+    @property
+    def event_key(self) -> str:
+        return "raw"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outputs": {name: {"shape": list(a.shape), "values": np.round(a.astype(np.float64), 6).ravel().tolist()}
+                            for name, a in self.arrays.items()}}
+
+
+def raw(outputs: Sequence[np.ndarray], tensors: Sequence[TensorInfo], names: Sequence[str]) -> RawOutputs:
+    keys = list(names) if len(names) == len(outputs) else [t.name or f"output_{i}" for i, t in enumerate(tensors)]
+    if len(set(keys)) != len(keys):
+        keys = [f"output_{i}" for i in range(len(outputs))]
+    return RawOutputs({k: dequantize(o, t) for k, o, t in zip(keys, outputs, tensors, strict=True)})
+
+
+TaskResult = Classification | Detections | Regression | AnomalyScore | RawOutputs

@@ -3,6 +3,8 @@ the model with them, so what the model saw at calibration time is, bit for bit, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from PIL import Image
 
@@ -10,29 +12,65 @@ from edge_infer.manifest import ImageInputSpec, SensorInputSpec
 from edge_infer.runtime import TensorInfo
 
 
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where a frame lands in the model's input: model pixel = source pixel × scale + offset (per axis).
+    `source_scale` maps decoded pixels to the original frame's (a JPEG decoded at reduced scale)."""
+
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+    width: int  # source frame size, in original pixels
+    height: int
+
+    def to_source(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model-input pixel coordinates → source-frame pixel coordinates (clipped to the frame)."""
+        return (np.clip((x - self.offset_x) / self.scale_x, 0, self.width),
+                np.clip((y - self.offset_y) / self.scale_y, 0, self.height))
+
+
+def view_geometry(size: tuple[int, int], spec: ImageInputSpec,
+                  source_scale: tuple[float, float] = (1.0, 1.0)) -> ViewGeometry:
+    """The placement `model_view` gives a decoded frame of `size` (w, h): the single source of truth for both
+    the resize and undoing it (detection boxes in source coordinates)."""
+    w, h = size
+    sx, sy = source_scale
+    if spec.resize == "stretch" or (w, h) == (spec.width, spec.height):
+        kx, ky, ox, oy = spec.width / w, spec.height / h, 0.0, 0.0
+    elif spec.resize == "centre-crop":
+        k = max(spec.width / w, spec.height / h)
+        kx = ky = k
+        ox, oy = -(w - spec.width / k) / 2 * k, -(h - spec.height / k) / 2 * k
+    else:  # letterbox: the inner size is rounded to whole pixels, so each axis has its exact scale
+        k = min(spec.width / w, spec.height / h)
+        inner_w, inner_h = max(1, round(w * k)), max(1, round(h * k))
+        kx, ky = inner_w / w, inner_h / h
+        ox, oy = float((spec.width - inner_w) // 2), float((spec.height - inner_h) // 2)
+    return ViewGeometry(kx / sx, ky / sy, ox, oy, round(w * sx), round(h * sy))
+
+
 def model_view(image: Image.Image, spec: ImageInputSpec) -> Image.Image:
     """A decoded image (see `edge_infer.gates.image.decode_image`) as the model sees it: its colour, its size.
     The quality gate measures this view, so "blurry" means blurry at the resolution the model works at.
 
     `stretch` resizes to the input size; `letterbox` keeps the aspect ratio and pads the rest with `pad`
-    (centred); `centre-crop` keeps the aspect ratio and cuts the middle that fills the input."""
+    (centred); `centre-crop` keeps the aspect ratio and cuts the middle that fills the input
+    (`view_geometry` says where the frame lands)."""
     image = image.convert("L" if spec.color == "L" else "RGB")
     size = (spec.width, spec.height)
     if image.size == size:
         return image
     if spec.resize == "stretch":
         return image.resize(size, Image.Resampling.BILINEAR)
-    w, h = image.size
+    g = view_geometry(image.size, spec)
     if spec.resize == "centre-crop":
-        scale = max(spec.width / w, spec.height / h)
-        cw, ch = spec.width / scale, spec.height / scale
-        box = ((w - cw) / 2, (h - ch) / 2, (w + cw) / 2, (h + ch) / 2)
+        box = (-g.offset_x / g.scale_x, -g.offset_y / g.scale_y, (spec.width - g.offset_x) / g.scale_x,
+               (spec.height - g.offset_y) / g.scale_y)
         return image.resize(size, Image.Resampling.BILINEAR, box=box)
-    scale = min(spec.width / w, spec.height / h)  # letterbox
-    inner = (max(1, round(w * scale)), max(1, round(h * scale)))
+    inner = (round(image.width * g.scale_x), round(image.height * g.scale_y))
     canvas = Image.new(image.mode, size, spec.pad if image.mode == "L" else (spec.pad,) * 3)
-    canvas.paste(image.resize(inner, Image.Resampling.BILINEAR),
-                 ((spec.width - inner[0]) // 2, (spec.height - inner[1]) // 2))
+    canvas.paste(image.resize(inner, Image.Resampling.BILINEAR), (int(g.offset_x), int(g.offset_y)))
     return canvas
 
 

@@ -112,6 +112,7 @@ class Publisher(threading.Thread):
         self.broker: str | None = None  # "host:port" while connected
         self._problems: dict[str, str] = {}
         self._status_dirty = threading.Event()
+        self._snapshots: dict[str, bytes] = {}  # kind → newest unsent snapshot (health)
         self._inflight: dict[int, int] = {}  # paho mid → outbox seq
         self._acked: list[int] = []
         self._refused: list[tuple[int, str]] = []
@@ -140,6 +141,11 @@ class Publisher(threading.Thread):
             self._problems[name] = text
         if changed:
             self._status_dirty.set()
+
+    def offer(self, kind: str, payload: bytes) -> None:
+        """A snapshot (`health`): sent once at QoS 0 when connected, never stored — a newer one replaces it."""
+        self._snapshots[kind] = payload
+        self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish `offline`, disconnect cleanly and end the thread."""
@@ -247,6 +253,7 @@ class Publisher(threading.Thread):
             if self._status_dirty.is_set():
                 self._status_dirty.clear()
                 client.publish(self.settings.topic("status"), self._birth(self.problems()), qos=1, retain=True)
+            self._send_snapshots(client)
             now = time.monotonic()
             if self._wake.is_set() or (len(self._inflight) < self.settings.max_inflight and now - last_poll > 1.0):
                 self._wake.clear()
@@ -256,6 +263,12 @@ class Publisher(threading.Thread):
         self._flush_acks(outbox)
         self._inflight = {}
         return established
+
+    def _send_snapshots(self, client: mqtt.Client) -> None:
+        for kind in list(self._snapshots):
+            payload = self._snapshots.pop(kind, None)
+            if payload is not None:
+                client.publish(self.settings.topic(kind), payload, qos=0)
 
     def problems(self) -> list[str]:
         return [f"{name}: {text}" for name, text in sorted(self._problems.items())]
@@ -323,6 +336,7 @@ class Publisher(threading.Thread):
             if client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 return
             self._flush_acks(outbox)
+        self._send_snapshots(client)
         info = client.publish(self.settings.topic("status"), self._will(), qos=1, retain=True)
         while not info.is_published() and time.monotonic() < deadline + 1.0:
             if client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:

@@ -46,6 +46,7 @@ class TensorInfo:
     dtype: np.dtype
     scale: float
     zero_point: int
+    name: str = ""
 
     @property
     def quantized(self) -> bool:
@@ -60,6 +61,7 @@ def _tensor_info(detail: dict[str, Any]) -> TensorInfo:
         dtype=np.dtype(detail["dtype"]),
         scale=float(scale),
         zero_point=int(zero_point),
+        name=str(detail.get("name", "")),
     )
 
 

@@ -41,8 +41,11 @@ def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None)
 
 
 def write_config(path: Path, *, bundle: Path, source: Path, state: Path, port: int,
-                 device_id: str = "test-pi", outbox: str = "", mqtt: str = "") -> Path:
-    """A device config as a Pi owner would write it."""
+                 device_id: str = "test-pi", outbox: str = "", mqtt: str = "",
+                 drift: str = "enabled = false") -> Path:
+    """A device config as a Pi owner would write it. Drift monitoring is off unless asked for: most tests
+    read a folder label by label (a class-skewed stream, which the monitor rightly reports) and count the
+    messages exactly."""
     path.write_text(
         f"""
 [device]
@@ -69,6 +72,9 @@ reconnect_max = 1.0
 
 [outbox]
 {outbox}
+
+[drift]
+{drift}
 """
     )
     return path

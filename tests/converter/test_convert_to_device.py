@@ -18,7 +18,8 @@ import converter.cli
 from converter.datasets import list_examples, load_image
 from edge_infer.bundle import load_bundle
 from edge_infer.decide import Thresholds
-from edge_infer.pipeline import Classifier, Pipeline
+from edge_infer.model import Model
+from edge_infer.pipeline import Pipeline
 from edge_infer.runtime import Engine
 from edge_infer.sources.directory import DirectorySource
 from tests.conftest import REPO, run_cli, write_config
@@ -61,15 +62,15 @@ def test_int8_is_small_and_accurate_and_the_report_is_true(digits: DigitsWorkspa
     print(f"\nint8/float32 size {size_ratio:.3f}; accuracy float32 {variants['float32']['accuracy']:.4f} "
           f"int8 {variants['int8']['accuracy']:.4f} agreement {variants['int8']['agreement_with_float32']:.4f}")
 
-    # An independent evaluation of the written bundle, with the device's classifier.
+    # An independent evaluation of the written bundle, with the device's model.
     bundle = load_bundle(converted["int8"])
     assert bundle.manifest.raw["evaluation"] == report["evaluation"]
-    classifier = Classifier(bundle)
+    model = Model(bundle)
     examples = list_examples(digits.test, "eval")
-    correct = sum(classifier.classify(load_image(ex.path, classifier.draft_size)).label == ex.label for ex in examples)
+    correct = sum(model.classify(load_image(ex.path, model.draft_size)).label == ex.label for ex in examples)
     assert correct / len(examples) == pytest.approx(variants["int8"]["accuracy"], abs=1e-6)
     assert bundle.manifest.raw["model"]["io_type"] == "uint8"
-    engine = classifier.engine
+    engine = model.engine
     assert engine.inputs[0].dtype == np.uint8 and engine.outputs[0].dtype == np.uint8
 
 
@@ -147,7 +148,7 @@ def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
     fed: list[np.ndarray] = []
     real_run = Engine.run
     monkeypatch.setattr(Engine, "run", lambda self, t: (fed.append(t.copy()), real_run(self, t))[1])
-    pipeline = Pipeline(Classifier(bundle), Thresholds(bundle.manifest, None, {}))
+    pipeline = Pipeline(Model(bundle), Thresholds(bundle.manifest, None, {}))
     source = DirectorySource({"path": str(flat), "name": "d"})
     import threading
 
@@ -156,7 +157,7 @@ def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
     assert len(fed) == 40
     from edge_infer.preprocess import to_input_tensor
 
-    tensor = pipeline.classifier.engine.inputs[0]
+    tensor = pipeline.model.engine.inputs[0]
     for x, daemon_tensor in zip(captured, fed, strict=True):
         assert np.array_equal(to_input_tensor(x, tensor), daemon_tensor)
 

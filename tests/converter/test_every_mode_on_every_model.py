@@ -14,7 +14,7 @@ from PIL import Image
 
 from converter.datasets import list_examples, load_image
 from edge_infer.bundle import load_bundle
-from edge_infer.pipeline import Classifier
+from edge_infer.model import Model
 from tests.converter.test_convert_to_device import edge_convert
 from tests.converter.test_target import ARMV7L, target_python
 
@@ -73,9 +73,9 @@ def test_mobilenetv2_shaped_model_in_every_mode(tmp_path: Path) -> None:
     for mode in MODES - {"float32"} - unloadable:
         assert 0 <= ev["variants"][mode]["agreement_with_float32"] <= 1 and "accuracy" not in ev["variants"][mode]
     check_target_runs(doc, proc.returncode, unloadable)
-    # independent agreement of int8-only with float32, by the device's classifier
+    # independent agreement of int8-only with float32, by the device's model
     examples = list_examples(evalset, "eval")
-    f32, q = (Classifier(load_bundle(tmp_path / f"m-{m}.tflite")) for m in ("float32", "int8-only"))
+    f32, q = (Model(load_bundle(tmp_path / f"m-{m}.tflite")) for m in ("float32", "int8-only"))
     same = sum(f32.classify(load_image(e.path, f32.draft_size)).label == q.classify(load_image(e.path, q.draft_size))
                .label for e in examples)
     assert same / len(examples) == pytest.approx(ev["variants"]["int8-only"]["agreement_with_float32"], abs=1e-6)

@@ -16,7 +16,7 @@ import pytest
 from converter.cli import _sensor_spec
 from converter.datasets import list_windows
 from edge_infer.bundle import load_bundle
-from edge_infer.pipeline import Classifier
+from edge_infer.model import Model
 from tests.conftest import REPO, run_cli
 from tests.converter.conftest import demo_script
 from tests.converter.test_convert_to_device import edge_convert
@@ -56,11 +56,11 @@ def test_the_sensor_bundle_is_accurate_and_its_report_true(sensor_bundle: dict[s
     assert manifest.raw["input"]["kind"] == "sensor" and manifest.input.window == 64
     ref = manifest.sensor_reference
     assert ref is not None and set(ref["channels"]) == {"ax", "ay", "az"}
-    # independent evaluation with the device's classifier on the same CSV windows
+    # independent evaluation with the device's model on the same CSV windows
     spec = _sensor_spec(sensor_bundle["spec"])
     examples = list_windows(sensor_bundle["test"], spec, None, "eval")
-    classifier = Classifier(bundle)
-    correct = sum(classifier.infer(classifier.window_tensor(ex.window)).label == ex.label for ex in examples)
+    model = Model(bundle)
+    correct = sum(model.infer(model.window_tensor(ex.window)).label == ex.label for ex in examples)
     assert correct / len(examples) == pytest.approx(variants["int8-only"]["accuracy"], abs=1e-6)
 
 

@@ -69,15 +69,21 @@ def check_delivery(sub: Subscriber, truth: dict[str, str]) -> None:
     accuracy = correct / len(truth)
     measured = load_bundle(DIGITS_INT8).manifest.raw["evaluation"]["variants"]["int8"]["accuracy"]
     assert accuracy == pytest.approx(measured, abs=0.01), f"accuracy {accuracy:.4f} vs manifest {measured:.4f}"
-    seqs = sorted(doc["seq"] for doc in results + rejections)
+    events = [m.json() for m in sub.of_kind("events")]
+    for doc in events:
+        validate("events", doc)
+    # the folder is read in name order, label by label: the predicted classes drift from the reference mix
+    assert {(e["event"], e["details"]["statistic"]) for e in events} <= {
+        ("drift_detected", "predicted_class"), ("drift_cleared", "predicted_class")}
+    seqs = sorted(doc["seq"] for doc in results + rejections + events)
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "seq has no gaps"
-    assert len({doc["msg_id"] for doc in results + rejections}) == len(seqs)
+    assert len({doc["msg_id"] for doc in results + rejections + events}) == len(seqs)
 
 
 def test_once_delivers_results_and_rejections(tmp_path: Path, broker: Mosquitto) -> None:
     truth = make_inputs(tmp_path / "in")
     cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
-                       port=broker.port)
+                       port=broker.port, drift="")
     sub = Subscriber(broker.port, "edge/test-pi/#")
     proc = run_cli("run", "--config", str(cfg), "--once")
     assert proc.returncode == 0, proc.stderr

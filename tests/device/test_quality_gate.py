@@ -28,7 +28,8 @@ from edge_infer.gates.quality import (
     measure,
     native_noise,
 )
-from edge_infer.pipeline import Classifier, Pipeline
+from edge_infer.model import Model
+from edge_infer.pipeline import Pipeline
 from edge_infer.sources import Sample
 from tests.conftest import DEMO, DIGITS_TEST, run_cli, write_config
 from tests.helpers.broker import Mosquitto
@@ -165,7 +166,7 @@ BASE = encoded(digit().convert("RGB"), "JPEG", quality=90)
 def pipeline() -> Pipeline:
     bundle = load_bundle(DEMO / "digits-int8-only.tflite")
     limits_gate = gate_from_config({}, bundle.manifest.image_quality_reference)
-    return Pipeline(Classifier(bundle), Thresholds(bundle.manifest, None, {}), gate=limits_gate)
+    return Pipeline(Model(bundle), Thresholds(bundle.manifest, None, {}), gate=limits_gate)
 
 
 @settings(max_examples=2000, deadline=None)

@@ -10,7 +10,7 @@ import pytest
 
 from edge_infer.bundle import load_bundle
 from edge_infer.gates.image import decode_image
-from edge_infer.pipeline import Classifier
+from edge_infer.model import Model
 from edge_infer.runtime import RuntimeUnavailable
 from tests.conftest import DEMO, DIGITS_TEST
 
@@ -31,10 +31,10 @@ def test_every_mode_loads_and_matches_its_reported_accuracy(mode: str) -> None:
     assert bundle.manifest.raw["model"]["quantization"] == mode
     if OLD_RUNTIME and mode in TOO_NEW_FOR_TFLITE_RUNTIME_2_14:
         with pytest.raises(RuntimeUnavailable, match="FULLY_CONNECTED' version"):
-            Classifier(bundle)
+            Model(bundle)
         return
-    classifier = Classifier(bundle)
-    correct = sum(classifier.classify(decode_image(path.read_bytes(), draft_size=classifier.draft_size)).label
+    model = Model(bundle)
+    correct = sum(model.classify(decode_image(path.read_bytes(), draft_size=model.draft_size)).label
                   == label for path, label in EXAMPLES)
     reported = REPORT["evaluation"]["variants"][mode]
     assert len(EXAMPLES) == REPORT["evaluation"]["examples"]

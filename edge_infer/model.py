@@ -1,0 +1,214 @@
+"""A bundle bound to an interpreter: a decoded image (or sensor window) in, a task result out.
+
+`Model` is also what the converter evaluates bundles with, so a reported accuracy is the accuracy of the code
+that runs on the device. `open_model` also runs a plain `.tflite` nobody here built: the device config's
+`[model.input]` (and optional `[model.output]`, `labels`, `task`) stand in for the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, load_bundle
+from edge_infer.decide import Thresholds
+from edge_infer.manifest import ImageInputSpec, Manifest, ManifestError, SensorInputSpec, parse_manifest
+from edge_infer.postprocess import (
+    Classification,
+    TaskResult,
+    Zone,
+    anomaly,
+    classify,
+    detect,
+    raw,
+    regress,
+)
+from edge_infer.preprocess import ViewGeometry, image_tensor, model_view, view_geometry, view_tensor, window_tensor
+from edge_infer.runtime import Engine
+
+
+class Model:
+    """One interpreter (not thread-safe: `run` from one thread; the `*_tensor` helpers from any)."""
+
+    def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None, top_k: int = 3,
+                 engine: Engine | None = None, zones: Sequence[Zone] = ()) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.engine = engine or Engine(bundle.model_bytes, threads=threads, runtime=runtime)
+        self.top_k = top_k
+        self.zones = tuple(zones)
+        self.thresholds = Thresholds(self.manifest, None, {})
+        spec = self.manifest.input
+        if isinstance(spec, SensorInputSpec):
+            expected = (1, *spec.shape)
+            described = f"{spec.window}-reading window of {len(spec.channels)} channels"
+        else:
+            expected = (1, spec.height, spec.width, spec.channels)
+            described = f"{spec.width}x{spec.height} {spec.color}"
+        if self.engine.inputs[0].shape != expected:
+            raise BundleError(
+                bundle.path,
+                f"model input shape {self.engine.inputs[0].shape} does not match the manifest's "
+                f"{described} input {expected}",
+            )
+
+    @property
+    def task(self) -> str:
+        return self.manifest.task
+
+    @property
+    def kind(self) -> str:
+        return "sensor" if isinstance(self.manifest.input, SensorInputSpec) else "image"
+
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """What JPEG draft decoding may reduce a frame to (see `decode_image`)."""
+        spec = self.manifest.input
+        return (spec.width, spec.height) if isinstance(spec, ImageInputSpec) else None
+
+    def window_tensor(self, window: np.ndarray) -> np.ndarray:
+        """Sensor window → input tensor (thread-safe)."""
+        assert isinstance(self.manifest.input, SensorInputSpec)
+        return window_tensor(window, self.manifest.input, self.engine.inputs[0])
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """Decoded image → input tensor (thread-safe: touches no interpreter state)."""
+        return image_tensor(image, self.manifest.input, self.engine.inputs[0])  # type: ignore[arg-type]
+
+    def view(self, image: Image.Image) -> Image.Image:
+        """The decoded image at the model's size and colour (what the quality gate measures)."""
+        return model_view(image, self.manifest.input)  # type: ignore[arg-type]
+
+    def view_tensor(self, view: Image.Image | np.ndarray) -> np.ndarray:
+        return view_tensor(view, self.manifest.input, self.engine.inputs[0])  # type: ignore[arg-type]
+
+    def geometry(self, image: Image.Image) -> ViewGeometry | None:
+        """Where the frame lands in the model input (detection undoes it); None for sensor models."""
+        if not isinstance(self.manifest.input, ImageInputSpec):
+            return None
+        return view_geometry(image.size, self.manifest.input, image.info.get("source_scale", (1.0, 1.0)))
+
+    def run(self, tensor: np.ndarray, geometry: ViewGeometry | None = None) -> TaskResult:
+        """Input tensor → the task's result (call from one thread: the interpreter is not thread-safe)."""
+        outputs = self.engine.run(tensor)
+        tensors = self.engine.outputs
+        m, out = self.manifest, self.manifest.output
+        if m.task == "classification":
+            return classify(outputs[0], tensors[0], m.labels, out.activation, self.top_k)
+        if m.task == "detection":
+            if geometry is None:
+                spec = m.input
+                assert isinstance(spec, ImageInputSpec)
+                geometry = ViewGeometry(1.0, 1.0, 0.0, 0.0, spec.width, spec.height)
+            return detect(outputs, tensors, m, geometry, self.thresholds, self.zones)
+        if m.task == "regression":
+            return regress(outputs[0], tensors[0], out.names, out.band)
+        if m.task == "anomaly":
+            return anomaly(outputs[0], tensors[0], self.thresholds.default)
+        return raw(outputs, tensors, out.names)
+
+    def infer(self, tensor: np.ndarray) -> Classification:
+        """`run` for a classification model (what the converter's evaluation uses)."""
+        result = self.run(tensor)
+        assert isinstance(result, Classification), f"{self.task} model: use run()"
+        return result
+
+    def classify(self, image: Image.Image) -> Classification:
+        return self.infer(self.prepare(image))
+
+
+MODEL_OVERRIDES = ("task", "output", "labels")
+
+
+def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None, threads: int = 1,
+                runtime: str | None = None) -> tuple[Bundle, Engine | None]:
+    """Load a bundle, applying the device config's `[model]` overrides (task, output, labels). A plain
+    `.tflite` (no manifest) needs `input` among them; its input size comes from the model itself, so the
+    interpreter built to read it is returned for reuse."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, {}, [])}
+    try:
+        bundle = load_bundle(path)
+    except BundleError as exc:
+        if "no manifest archive" not in exc.problem:
+            raise
+        return _plain_model(Path(path), overrides, threads, runtime)
+    unknown_input = overrides.get("input")
+    if unknown_input is not None:
+        raise BundleError(path, "[model.input] is for plain .tflite models; this bundle's manifest already says "
+                                "how to preprocess")
+    if not any(k in overrides for k in MODEL_OVERRIDES):
+        return bundle, None
+    doc = dict(bundle.manifest.raw)
+    doc.update({k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
+    if "output" in overrides:
+        doc["output"] = {**bundle.manifest.raw.get("output", {}), **overrides["output"]}
+    return Bundle(bundle.path, bundle.model_bytes, _parse(path, doc, "[model] overrides")), None
+
+
+def _plain_model(path: Path, overrides: dict[str, Any], threads: int,
+                 runtime: str | None) -> tuple[Bundle, Engine]:
+    if "input" not in overrides:
+        raise BundleError(path, "a plain .tflite model without a manifest: make a bundle with edge-convert, or "
+                                "describe its input in the config's [model.input] table (see docs/decisions.md)")
+    data = path.read_bytes()
+    engine = Engine(data, threads=threads, runtime=runtime)
+    table = dict(overrides["input"])
+    shape = engine.inputs[0].shape
+    if table.get("kind", "image") == "image":
+        if len(shape) != 4:
+            raise BundleError(path, f"[model.input] kind = \"image\", but the model's input has shape {shape}")
+        table.setdefault("height", shape[1])
+        table.setdefault("width", shape[2])
+        table.setdefault("color", "L" if shape[3] == 1 else "RGB")
+    doc = build_manifest_doc(
+        data,
+        name=path.stem,
+        version=hashlib.sha256(data).hexdigest()[:8],
+        task=overrides.get("task", "raw"),
+        input={"kind": "image", **table},
+        output=overrides.get("output", {}),
+        labels=overrides.get("labels", []),
+    )
+    return Bundle(path, data, _parse(path, doc, "[model.input]")), engine
+
+
+def _parse(path: Path | str, doc: dict[str, Any], where: str) -> Manifest:
+    try:
+        return parse_manifest(doc)
+    except ManifestError as exc:
+        raise BundleError(path, f"{where}: {exc}") from None
+
+
+def model_from_config(model_cfg: dict[str, Any], bundle_path: str | None = None) -> Model:
+    """The device config's `[model]` → a ready `Model` (its thresholds from the config, defaulting to the
+    bundle's). `bundle_path` loads another bundle with the same runtime settings (the escalation model)."""
+    from edge_infer.postprocess import Zone
+
+    overrides = {k: model_cfg.get(k) for k in (*MODEL_OVERRIDES, "input")} if bundle_path is None else {}
+    bundle, engine = open_bundle(bundle_path or model_cfg["bundle"], overrides, model_cfg["threads"],
+                                 model_cfg["runtime"])
+    zones = [Zone(z["name"], tuple((float(x), float(y)) for x, y in z["polygon"])) for z in model_cfg["zones"]]
+    model = Model(bundle, model_cfg["threads"], model_cfg["runtime"], model_cfg["top_k"], engine, zones)
+    if bundle_path is None:
+        threshold = model_cfg["threshold"]
+        if threshold is not None and threshold > 1.0 and model.task != "anomaly":
+            raise BundleError(bundle.path, f"[model].threshold = {threshold}: a {model.task} threshold is a "
+                                           "confidence from 0 to 1 (only anomaly scores have their own scale)")
+        model.thresholds = Thresholds(bundle.manifest, threshold, model_cfg["thresholds"])
+    return model
+
+
+def describe(model: Model) -> str:
+    """One line: name, version, task, labels, input."""
+    m = model.manifest
+    spec = m.input
+    shape = (f"{spec.window}×{len(spec.channels)} sensor window" if isinstance(spec, SensorInputSpec)
+             else f"{spec.width}x{spec.height} {spec.color} ({spec.resize})")
+    labels = f", {len(m.labels)} labels" if m.labels else ""
+    return f"{m.name} {m.version}, {m.task}{labels}, input {shape}, model {m.model_size} bytes, " \
+           f"sha256 {m.model_sha256[:12]}…"
