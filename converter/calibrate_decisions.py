@@ -46,16 +46,17 @@ def histogram(values: np.ndarray, edges: Sequence[float]) -> list[float]:
 
 
 def drift_reference(predictions: Sequence[str], confidences: np.ndarray, labels: Sequence[str],
-                    inputs: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Output statistics of the converted model on held-out data, and input-statistic histograms (bin edges
-    at the deciles of the reference values, so every bin starts equally full)."""
+                    inputs: dict[str, np.ndarray], uncertain_rate: float | None = None) -> dict[str, Any]:
+    """Output statistics of the converted model on held-out data (classification: predicted-class frequencies,
+    the confidence histogram, the uncertain rate at the recommended thresholds), and input-statistic histograms
+    (bin edges at the deciles of the reference values, so every bin starts equally full)."""
     pred = list(predictions)
-    doc: dict[str, Any] = {
-        "samples": len(pred),
-        "classes": {label: round(pred.count(label) / max(1, len(pred)), 6) for label in labels},
-        "confidence": {"edges": CONFIDENCE_EDGES, "fractions": histogram(confidences, CONFIDENCE_EDGES)},
-        "inputs": {},
-    }
+    doc: dict[str, Any] = {"samples": len(pred) or len(next(iter(inputs.values()), [])), "inputs": {}}
+    if pred:
+        doc["classes"] = {label: round(pred.count(label) / len(pred), 6) for label in labels}
+        doc["confidence"] = {"edges": CONFIDENCE_EDGES, "fractions": histogram(confidences, CONFIDENCE_EDGES)}
+    if uncertain_rate is not None:
+        doc["uncertain_rate"] = round(uncertain_rate, 6)
     for name, values in inputs.items():
         edges = np.unique(np.percentile(values, np.linspace(0, 100, 11)))
         if len(edges) < 3:

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -50,6 +51,8 @@ from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, model_dig
 from edge_infer.gates.quality import assess
 from edge_infer.manifest import (
     COLORS,
+    LABELLED_TASKS,
+    TASKS,
     ImageInputSpec,
     ManifestError,
     SensorInputSpec,
@@ -57,6 +60,7 @@ from edge_infer.manifest import (
     parse_manifest,
     parse_sensor_spec,
 )
+from edge_infer.monitor import channel_means
 from edge_infer.preprocess import model_view
 from edge_infer.runtime import Engine, RuntimeUnavailable
 
@@ -127,7 +131,19 @@ def _spec_table(path: Path) -> dict[str, Any]:
     unknown = set(table) - (IMAGE_SPEC_KEYS if table["kind"] == "image" else SENSOR_SPEC_KEYS)
     if unknown:
         raise ConvertError(f"{path}: [input]: unknown keys {sorted(unknown)} for kind = \"{table['kind']}\"")
+    unknown = set(doc) - {"input", "output"}
+    if unknown:
+        raise ConvertError(f"{path}: unknown tables {sorted(unknown)} (a spec has [input] and optionally [output])")
+    if not isinstance(doc.get("output", {}), dict):
+        raise ConvertError(f"{path}: [output] must be a table")
     return table
+
+
+def _spec_output(path: Path) -> dict[str, Any]:
+    """The optional [output] table of a spec file: how to read a detection, regression or raw model's outputs."""
+    import tomllib
+
+    return dict(tomllib.loads(path.read_text(encoding="utf-8")).get("output", {}))
 
 
 def _sensor_spec(path: Path) -> SensorInputSpec:
@@ -169,6 +185,7 @@ def _manifest(
     mode: str,
     tf: Any,
     reference: dict[str, Any],
+    output: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     model = Path(args.model)
     extra = {"reference": reference} if reference else {}
@@ -177,10 +194,10 @@ def _manifest(
         name=args.name or model.stem,
         version=args.model_version,
         created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
-        task="classification",
+        task=args.task,
         model={"quantization": mode, "io_type": "float32" if mode == "float32" else args.io_type},
         input=spec.to_dict(),
-        output={"activation": args.activation},
+        output={"activation": args.activation, **(output or {})},
         labels=labels,
         thresholds={"default": args.threshold},
         converter={"tool": "edge-convert", "version": __version__, "tensorflow": tf.__version__},
@@ -214,13 +231,19 @@ def run(args: argparse.Namespace) -> int:
             if not labels:
                 raise ConvertError("no labels: pass --labels FILE or labelled --calibration windows")
     else:
-        labels = _read_labels(args)
+        labels = _read_labels(args) if args.task in LABELLED_TASKS or args.labels else []
         calibration = list_examples(Path(args.calibration), "calibration") if args.calibration else None
         eval_examples = list_examples(Path(args.eval), "eval") if args.eval else None
     for examples, what in ((calibration, "calibration"), (eval_examples, "eval")):
         unknown = sorted({ex.label for ex in examples or []} - set(labels) - {""})
-        if unknown:
+        if unknown and args.task == "classification":
             raise ConvertError(f"{what} folder has label folders not in the labels: {', '.join(unknown)}")
+    output_table = _spec_output(Path(args.spec)) if args.spec else {}
+    if args.task != "classification" and args.max_accuracy_drop is not None:
+        raise ConvertError(f"--max-accuracy-drop measures top-1 accuracy: a {args.task} model has none (the report "
+                           "compares its outputs with float32's instead)")
+    if args.task != "classification" and eval_examples is not None:
+        eval_examples = [dataclasses.replace(ex, label="") for ex in eval_examples]  # outputs are compared, not labels
     modes = list(MODES) if args.mode == "all" else list(dict.fromkeys(["float32", args.mode]))
     if args.auto_fallback:
         if "int8" not in modes:
@@ -244,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
             else _check_sensor_shape(sensor, float_engine)
         )
         float_out = float_engine.outputs[0]
-        if int(np.prod(float_out.shape)) != len(labels):
+        if args.task == "classification" and int(np.prod(float_out.shape)) != len(labels):
             raise ConvertError(f"model has {int(np.prod(float_out.shape))} outputs but {len(labels)} labels")
         variants: dict[str, bytes] = {"float32": float_bytes}
         tensors = _calibration_array(calibration, spec, args.calibration_samples) \
@@ -266,7 +289,12 @@ def run(args: argparse.Namespace) -> int:
             reference["image_quality"] = quality_reference(sample, spec)
     else:
         _say("no --calibration: no input quality reference; the device gate falls back to its loose defaults")
-    docs = {mode: _manifest(args, data, spec, labels, mode, tf, reference) for mode, data in variants.items()}
+    docs = {mode: _manifest(args, data, spec, labels, mode, tf, reference, output_table)
+            for mode, data in variants.items()}
+    try:
+        parse_manifest(docs["float32"])
+    except ManifestError as exc:
+        raise ConvertError(f"{args.spec or 'flags'}: {exc}") from None
     report: dict[str, Any] = {
         "model": str(model_path),
         "mode": args.mode,
@@ -317,7 +345,7 @@ def run(args: argparse.Namespace) -> int:
                                        args.max_accuracy_drop, report)
                 if fixed is not None:
                     variants["int8"] = fixed
-                    docs["int8"] = _manifest(args, fixed, spec, labels, "int8", tf, reference)
+                    docs["int8"] = _manifest(args, fixed, spec, labels, "int8", tf, reference, output_table)
                     docs["int8"]["evaluation"] = report["evaluation"]
                     del over["int8"]
     if over:
@@ -383,19 +411,29 @@ def _decision_reference(args: argparse.Namespace, evals: dict[str, Evaluation], 
         inputs = {f"{c}.mean": windows[:, :, i].mean(axis=1) for i, c in enumerate(spec.channels)}
         inputs |= {f"{c}.std": windows[:, :, i].std(axis=1) for i, c in enumerate(spec.channels)}
     else:
-        qualities = [assess(img, model_view(img, spec)) for img in
-                     (load_image(ex.path, (spec.width, spec.height)) for ex in examples)]
+        views = [(img, model_view(img, spec)) for img in
+                 (load_image(ex.path, (spec.width, spec.height)) for ex in examples)]
+        qualities = [assess(img, view) for img, view in views]
         inputs = {m: np.array([getattr(q, m) for q in qualities]) for m in ("brightness", "contrast", "sharpness")}
+        if spec.channels == 3:  # colour casts: the per-channel means, as `channel_means` measures them live
+            means = np.array([channel_means(np.asarray(view)) for _, view in views])
+            inputs |= {f"mean.{c}": means[:, i] for i, c in enumerate("RGB")}
     report["thresholds"] = {}
     for mode, ev in evals.items():
+        if args.task != "classification":  # inputs only: the output statistics the monitor follows are classes
+            docs[mode].setdefault("reference", {})["drift"] = drift_reference([], np.zeros(0), [], inputs)
+            continue
         confidences = ev.scores.max(axis=1)
-        drift = drift_reference(ev.predictions, confidences, labels, inputs)
-        docs[mode].setdefault("reference", {})["drift"] = drift
+        recommended: dict[str, float] = {}
         if ev.labelled:
             recommended = recommended_thresholds(ev.predictions, confidences, ev.labels, labels, args.precision,
                                                  args.threshold)
             docs[mode]["thresholds"] = {"default": args.threshold, "labels": recommended}
             report["thresholds"][mode] = recommended
+        uncertain = float(np.mean([c < recommended.get(p, args.threshold)
+                                   for p, c in zip(ev.predictions, confidences, strict=True)]))
+        drift = drift_reference(ev.predictions, confidences, labels, inputs, uncertain)
+        docs[mode].setdefault("reference", {})["drift"] = drift
 
 
 def _auto_fallback(saved: Path, tensors: np.ndarray, errors: list[Any], examples: list[Any], baseline: Evaluation,
@@ -475,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
     p.add_argument("model", help="SavedModel directory or .keras file")
+    p.add_argument("--task", choices=TASKS, default="classification",
+                   help="what the model does (default classification); detection, regression and raw read their "
+                        "outputs as the spec file's [output] table says (see docs/decisions.md)")
     p.add_argument("--mode", choices=(*MODES, "all"), default="int8-only",
                    help="quantization (default: int8-only); all: every mode, compared in one table")
     p.add_argument("--io-type", choices=IO_TYPES, default="uint8", help="int8-only mode: input/output type")

@@ -93,6 +93,7 @@ class Daemon:
         self.monitor = DriftMonitor(
             statistics_from_reference(manifest.drift_reference, self.model.thresholds.default)
             if drift["enabled"] else [], drift["window"], drift["every"], drift["alarm"], drift["clear"])
+        self.pipeline.colour_stats = any(s.name.startswith("mean.") for s in self.monitor.statistics)
         self.started_at = time.monotonic()
         self._last_health = 0.0
         self.identity = Identity(

@@ -23,6 +23,13 @@ import numpy as np
 EPSILON = 1e-4  # a floor for empty bins (PSI divides by them)
 
 
+def channel_means(pixels: np.ndarray) -> tuple[float, float, float]:
+    """Mean level of each channel of an RGB model view (a colour cast moves them apart)."""
+    flat = pixels.reshape(-1, 3)
+    sums = flat.sum(axis=0, dtype=np.uint64) if flat.dtype == np.uint8 else flat.sum(axis=0)
+    return tuple(float(v) / len(flat) for v in sums)  # type: ignore[return-value]
+
+
 def psi(reference: Sequence[float], live: Sequence[float]) -> float:
     """Population stability index of two distributions over the same bins (each normalised here)."""
     ref = np.maximum(np.asarray(reference, dtype=np.float64), 0.0)

@@ -20,6 +20,7 @@ from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate
 from edge_infer.gates.sensor import SensorGate, SensorLimits
 from edge_infer.manifest import SensorInputSpec
 from edge_infer.model import Model
+from edge_infer.monitor import channel_means
 from edge_infer.postprocess import Classification, TaskResult
 from edge_infer.preprocess import ViewGeometry
 from edge_infer.sources import Sample
@@ -91,6 +92,7 @@ class Pipeline:
         if second is not None and second.kind != model.kind:
             raise ValueError(f"the escalation model takes {second.kind} input, the first model {model.kind} input")
         self.debouncer = Debouncer(*self.policy.debounce) if self.policy.debounce else None
+        self.colour_stats = False  # per-channel means for the drift monitor (set when its reference has them)
         self.paths = {"model": 0, "escalated": 0}
         self.actions = {"published": 0, "suppressed": 0, "deferred": 0}
 
@@ -121,6 +123,8 @@ class Pipeline:
         quality = verdict.metrics.get("quality")
         stats = {} if quality is None else {
             "brightness": quality.brightness, "contrast": quality.contrast, "sharpness": quality.sharpness}
+        if self.colour_stats and pixels.ndim == 3:
+            stats.update(zip(("mean.R", "mean.G", "mean.B"), channel_means(pixels), strict=True))
         return Prepared(sample, verdict, self.model.view_tensor(pixels), started, self.model.geometry(image), stats,
                         image if self.policy.escalate_to is not None else None)
 

@@ -19,5 +19,6 @@ def _validator(kind: str) -> Draft202012Validator:
 
 def validate(kind: str, payload: dict[str, Any]) -> None:
     """Raise jsonschema.ValidationError if `payload` is not a valid `kind` message."""
-    definition = {"results": "result", "rejections": "rejection", "events": "event", "status": "status"}[kind]
+    definition = {"results": "result", "rejections": "rejection", "events": "event", "status": "status",
+                  "health": "health"}[kind]
     _validator(definition).validate(payload)
