@@ -81,3 +81,40 @@ class CaptureStore:
     @property
     def bytes(self) -> int:
         return self._bytes
+
+
+def export(root: Path | str, dest: Path | str, groups: set[str] | None = None) -> dict[str, int]:
+    """Copy a capture folder into the layout `edge-convert` reads: images as `dest/<group>/<file>`; sensor
+    windows (CSV captures) into `dest/windows.npz` (`x`: windows, `y`: group names). Sidecars stay behind.
+    Returns the count per group. The capture is left as it is (review, relabel by moving files, export)."""
+    import shutil
+
+    import numpy as np
+
+    root, dest = Path(root), Path(dest)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no captured inputs here yet")
+    counts: dict[str, int] = {}
+    windows: list[np.ndarray] = []
+    names: list[str] = []
+    for path in sorted(root.glob("*/*")):
+        group = path.parent.name
+        if path.suffix == ".json" or not path.is_file() or (groups and group not in groups):
+            continue
+        if path.name.endswith(".csv") or _is_window_csv(path):
+            rows = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+            windows.append(rows[:, 1:])  # drop the time column
+            names.append(group)
+        else:
+            (dest / group).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dest / group / path.name)
+        counts[group] = counts.get(group, 0) + 1
+    if windows:
+        dest.mkdir(parents=True, exist_ok=True)
+        np.savez(dest / "windows.npz", x=np.stack(windows), y=np.array(names))
+    return counts
+
+
+def _is_window_csv(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"t,"

@@ -204,6 +204,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from edge_infer.capture import export
+
+    cfg = load_config(args.config)
+    root = cfg.decide["uncertain_dir"] if args.what == "uncertain" else cfg.gate["rejected_dir"]
+    try:
+        counts = export(root, args.to, set(args.group) if args.group else None)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from None
+    total = sum(counts.values())
+    detail = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "nothing"
+    print(f"edge-infer: exported {total} {args.what} inputs from {root} to {args.to} ({detail})")
+    if args.what == "uncertain" and total:
+        print("edge-infer: folders are the model's guesses: check and move files before training on them")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-infer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edge-infer {__version__}")
@@ -234,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-schema", action="store_true", help="skip JSON Schema validation")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+    exp = sub.add_parser("export", help="copy kept inputs into the folder layout edge-convert reads")
+    exp.add_argument("what", choices=("uncertain", "rejected"), help="which review folder")
+    exp.add_argument("--config", required=True, help="device config (TOML)")
+    exp.add_argument("--to", required=True, help="destination folder (<to>/<label-or-reason>/...)")
+    exp.add_argument("--group", action="append", help="only this label / reason (repeatable)")
+    exp.set_defaults(func=cmd_export)
     bench = sub.add_parser("bench", help="measure every stage on the configured model and inputs")
     bench.add_argument("--config", required=True, help="device config (TOML); inputs from [source].path")
     bench.add_argument("--frames", type=int, default=200, help="frames per measurement (200)")

@@ -1,0 +1,76 @@
+"""Fallbacks end to end (CLI, config, MQTT): a cascade beats its small model; suppressed results are counted,
+deferred ones kept for review and exportable in the layout edge-convert reads — and seq stays gapless."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edge_infer.bundle import load_bundle
+from tests.conftest import DIGITS_INT8, REPO, run_cli, write_config
+from tests.device.test_daemon_mqtt import make_inputs
+from tests.helpers.broker import Mosquitto
+from tests.helpers.schemas import validate
+from tests.helpers.subscriber import Subscriber
+
+TINY = REPO / "demo" / "digits-tiny.tflite"
+
+
+def _run(tmp_path: Path, name: str, broker: Mosquitto, truth: dict[str, str], decide: str) -> tuple[list[dict], str]:
+    cfg = write_config(tmp_path / f"{name}.toml", bundle=TINY, source=tmp_path / "in", state=tmp_path / name,
+                       port=broker.port, device_id=name)
+    cfg.write_text(cfg.read_text() + f"\n[decide]\n{decide}\n")
+    sub = Subscriber(broker.port, f"edge/{name}/#")
+    proc = run_cli("run", "--config", str(cfg), "--once")
+    assert proc.returncode == 0, proc.stderr
+    sub.wait_for(lambda s: len(s.of_kind("results")) + len(s.of_kind("rejections")) >= len(truth) + 3, timeout=10)
+    docs = [m.json() for m in sub.of_kind("results")]
+    for doc in docs:
+        validate("results", doc)
+    seqs = sorted(m.json()["seq"] for m in sub.messages if m.kind in ("results", "rejections", "events"))
+    assert seqs == list(range(1, len(seqs) + 1)), "seq stays gapless around suppressed / deferred results"
+    return docs, proc.stderr
+
+
+def _accuracy(docs: list[dict], truth: dict[str, str]) -> float:
+    return sum(d["result"]["label"] == truth[d["input"]["id"]] for d in docs) / len(truth)
+
+
+def test_cascade_escalates_uncertain_inputs_and_beats_the_small_model(tmp_path: Path, broker: Mosquitto) -> None:
+    """A one-layer model (94 % on held-out digits) with the CNN behind it for what it is unsure of (1 in 5)."""
+    truth = make_inputs(tmp_path / "in")
+    alone, _ = _run(tmp_path, "tiny", broker, truth, 'fallback = "publish"')
+    cascade, log = _run(tmp_path, "cascade", broker, truth, f'fallback = "escalate"\nescalate_to = "{DIGITS_INT8}"')
+    assert len(alone) == len(cascade) == len(truth)
+    escalated = [d for d in cascade if d["path"] == "escalated"]
+    uncertain_alone = [d for d in alone if d["status"] == "uncertain"]
+    assert {d["input"]["id"] for d in escalated} == {d["input"]["id"] for d in uncertain_alone}
+    big = load_bundle(DIGITS_INT8).manifest.model_sha256
+    assert all(d["decided_by"]["sha256"] == big for d in escalated)
+    assert all(d["path"] == "model" and "decided_by" not in d for d in cascade if d not in escalated)
+    gain = _accuracy(cascade, truth) - _accuracy(alone, truth)
+    assert gain >= 0.03, f"tiny {_accuracy(alone, truth):.3f} → cascade {_accuracy(cascade, truth):.3f}"
+    assert f"escalated={len(escalated)} " in log
+
+
+def test_suppress_counts_and_defer_keeps_for_review(tmp_path: Path, broker: Mosquitto) -> None:
+    truth = make_inputs(tmp_path / "in")
+    published, _ = _run(tmp_path, "pub", broker, truth, 'fallback = "publish"')
+    unsure = {d["input"]["id"]: d["result"]["label"] for d in published if d["status"] == "uncertain"}
+    assert len(unsure) >= 10
+    suppressed, log = _run(tmp_path, "sup", broker, truth, 'fallback = "suppress"')
+    assert {d["input"]["id"] for d in suppressed} == set(truth) - set(unsure)
+    assert f"suppressed={len(unsure)} " in log
+    deferred, log = _run(tmp_path, "def", broker, truth, 'fallback = "defer"\nkeep_uncertain = 25')
+    assert {d["input"]["id"] for d in deferred} == set(truth) - set(unsure)
+    assert f"deferred={len(unsure)} " in log
+    kept = sorted(p for p in (tmp_path / "def" / "uncertain").glob("*/*") if p.suffix != ".json")
+    assert len(kept) == min(25, len(unsure)), "the review folder stays within its cap"
+    for path in kept:  # filed under the model's guess, with the result beside it
+        assert unsure[path.name.split("-", 1)[1]] == path.parent.name
+        assert path.with_name(path.name + ".json").exists()
+    cfg = tmp_path / "def.toml"
+    proc = run_cli("export", "uncertain", "--config", str(cfg), "--to", str(tmp_path / "export"))
+    assert proc.returncode == 0, proc.stderr
+    exported = sorted((tmp_path / "export").glob("*/*"))
+    assert len(exported) == len(kept) and not any(p.suffix == ".json" for p in exported)
+    assert f"exported {len(kept)} uncertain inputs" in proc.stdout
