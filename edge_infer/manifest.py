@@ -331,8 +331,6 @@ def parse_output_spec(doc: dict[str, Any], task: str) -> OutputSpec:
         if not ok or pair[0] > pair[1]:
             raise ManifestError(f"'output.band.{name}': expected [low, high] with low ≤ high")
         band[name] = (float(pair[0]), float(pair[1]))
-    if band and task != "regression":
-        raise ManifestError("'output.band': only regression outputs have a band")
     return OutputSpec(activation=activation, format=fmt, box=box, coords=coords, objectness=objectness,
                       iou_threshold=iou, max_detections=max_det, score_floor=floor, tensors=tensors,
                       names=tuple(names), band=band)
