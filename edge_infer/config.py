@@ -163,6 +163,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "keep_uncertain": Field(int, default=None, check=_between(0, 10_000_000)),
         "keep_uncertain_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1, 2**40)),
         "uncertain_dir": Field(str, default=None, is_path=True),
+        "upload": Field(bool, default=False),
+        "upload_max_bytes": Field(int, default=256 * 1024, check=_between(1, 64 * 1024 * 1024)),
+        "upload_chunk_bytes": Field(int, default=64 * 1024, check=_between(1024, 16 * 1024 * 1024)),
     },
     "drift": {
         "enabled": Field(bool, default=True),

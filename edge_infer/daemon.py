@@ -34,6 +34,7 @@ from edge_infer.pipeline import Outcome, Pipeline, Policy, Prepared
 from edge_infer.postprocess import Classification
 from edge_infer.publisher import Publisher, settings_from_config
 from edge_infer.sources import Sample, SourceError, make_source
+from edge_infer.uploader import CaptureUploader
 from edge_infer.writer import OutboxWriter
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,7 @@ class Daemon:
                 problems=problems,
             ),
             will=lambda: status_payload(self.identity, "offline"),
+            uploader=self._uploader(cfg),
         )
         self.writer = OutboxWriter(
             primary,
@@ -139,6 +141,25 @@ class Daemon:
             on_committed=self.publisher.notify,
             on_problem=lambda text: self.publisher.set_problem("outbox", text),
         )
+
+    def _uploader(self, cfg: Config) -> CaptureUploader | None:
+        """Kept inputs go out over MQTT when the outbox is empty, if `[decide].upload` asks for it."""
+        if not cfg.decide["upload"]:
+            return None
+        roots = {}
+        if cfg.decide["keep_uncertain"]:
+            roots["uncertain"] = cfg.decide["uncertain_dir"]
+        if cfg.gate["keep_rejected"]:
+            roots["rejected"] = cfg.gate["rejected_dir"]
+        if not roots:
+            raise ConfigError(f"{cfg.path}: [decide].upload: nothing is kept to upload (set [decide].keep_uncertain "
+                              "or [gate].keep_rejected)")
+
+        def envelope() -> dict:
+            i = self.identity
+            return {"v": 1, "device_id": i.device_id, "boot_id": i.boot_id, "model": i.model}
+
+        return CaptureUploader(roots, envelope, cfg.decide["upload_max_bytes"], cfg.decide["upload_chunk_bytes"])
 
     @staticmethod
     def _sensor_gate(cfg: Config, manifest: Manifest) -> SensorGate | None:
@@ -331,7 +352,8 @@ class Daemon:
         """Wait for the publisher to empty the outbox; give up early when the broker is unreachable."""
         deadline = time.monotonic() + timeout
         self.publisher.notify()
-        while self.outbox.backlog() and time.monotonic() < deadline and not self.stop_event.is_set():
+        while (self.outbox.backlog() or self.publisher.uploading()) and time.monotonic() < deadline \
+                and not self.stop_event.is_set():
             if self.publisher.unreachable():
                 break
             time.sleep(0.05)

@@ -27,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_infer.config import ConfigError
 from edge_infer.outbox import Outbox, OutboxFull
+from edge_infer.uploader import CaptureFile, CaptureUploader
 
 log = logging.getLogger(__name__)
 PASSWORD_ENV = "EDGE_INFER_MQTT_PASSWORD"
@@ -95,6 +96,7 @@ class Publisher(threading.Thread):
         open_outbox: Callable[[], Outbox],
         birth: Callable[[list[str]], bytes],
         will: Callable[[], bytes],
+        uploader: CaptureUploader | None = None,
     ) -> None:
         """`open_outbox` opens this thread's own connection to the outbox (with the daemon's event builder,
         so a dead letter is announced as an event)."""
@@ -113,6 +115,10 @@ class Publisher(threading.Thread):
         self._problems: dict[str, str] = {}
         self._status_dirty = threading.Event()
         self._snapshots: dict[str, bytes] = {}  # kind → newest unsent snapshot (health)
+        self._uploader = uploader
+        self._upload_inflight: dict[int, CaptureFile] = {}  # paho mid → the capture file the chunk belongs to
+        self._upload_left: dict[str, int] = {}  # capture file name → chunks not yet acknowledged
+        self._idle = False  # the last look at the outbox found nothing to send
         self._inflight: dict[int, int] = {}  # paho mid → outbox seq
         self._acked: list[int] = []
         self._refused: list[tuple[int, str]] = []
@@ -146,6 +152,10 @@ class Publisher(threading.Thread):
         """A snapshot (`health`): sent once at QoS 0 when connected, never stored — a newer one replaces it."""
         self._snapshots[kind] = payload
         self._wake.set()
+
+    def uploading(self) -> bool:
+        """Kept inputs are waiting to be uploaded or have chunks in flight."""
+        return bool(self._upload_inflight) or (self._uploader is not None and self._uploader.pending())
 
     def stop(self, timeout: float = 10.0) -> None:
         """Publish `offline`, disconnect cleanly and end the thread."""
@@ -259,10 +269,27 @@ class Publisher(threading.Thread):
                 self._wake.clear()
                 last_poll = now
                 self._fill(client, outbox)
+            if self._uploader is not None and self._idle and not self._inflight and not self._upload_inflight:
+                self._upload(client)
         self.connected.clear()
+        self._upload_inflight, self._upload_left = {}, {}  # a file cut off is sent again whole
         self._flush_acks(outbox)
         self._inflight = {}
         return established
+
+    def _upload(self, client: mqtt.Client) -> None:
+        """One kept input, all its chunks, at QoS 1 — only while the outbox has nothing waiting."""
+        assert self._uploader is not None
+        found = self._uploader.next_file()
+        if found is None:
+            return
+        capture, chunks = found
+        self._upload_left[capture.name] = len(chunks)
+        for payload in chunks:
+            info = client.publish(self.settings.topic("captures"), payload, qos=1)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+            self._upload_inflight[info.mid] = capture
 
     def _send_snapshots(self, client: mqtt.Client) -> None:
         for kind in list(self._snapshots):
@@ -289,6 +316,7 @@ class Publisher(threading.Thread):
             self._wake.set()  # window full or rate spent: try again on the next loop turn
             return
         rows = outbox.pending(self._last_sent, room)
+        self._idle = not rows
         for row in rows:
             topic = self.settings.topic(row.kind)
             if self._max_packet and len(row.payload) + len(topic) + PUBLISH_OVERHEAD > self._max_packet:
@@ -374,6 +402,14 @@ class Publisher(threading.Thread):
 
     def _on_publish(self, _client, _userdata, mid: int, reason_code, _props) -> None:
         try:
+            capture = self._upload_inflight.pop(mid, None)
+            if capture is not None:
+                left = self._upload_left.get(capture.name, 0) - (0 if reason_code.is_failure else 1)
+                self._upload_left[capture.name] = left
+                if left == 0 and self._uploader is not None:
+                    self._upload_left.pop(capture.name)
+                    self._uploader.mark_done(capture)
+                return
             seq = self._inflight.pop(mid, None)
             if seq is None:
                 return  # status messages are not outbox rows

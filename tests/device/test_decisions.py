@@ -74,3 +74,58 @@ def test_suppress_counts_and_defer_keeps_for_review(tmp_path: Path, broker: Mosq
     exported = sorted((tmp_path / "export").glob("*/*"))
     assert len(exported) == len(kept) and not any(p.suffix == ".json" for p in exported)
     assert f"exported {len(kept)} uncertain inputs" in proc.stdout
+
+
+def test_kept_inputs_upload_in_chunks_once_results_are_out(tmp_path: Path, broker: Mosquitto) -> None:
+    """`upload = true`: every deferred input arrives on /captures, reassembled byte for byte, after the
+    results; a second run sends nothing again."""
+    import base64
+    import hashlib
+
+    make_inputs(tmp_path / "in")
+    decide = 'fallback = "defer"\nkeep_uncertain = 15\nupload = true\nupload_chunk_bytes = 1024'
+    cfg = write_config(tmp_path / "up.toml", bundle=TINY, source=tmp_path / "in", state=tmp_path / "up",
+                       port=broker.port, device_id="up")
+    cfg.write_text(cfg.read_text() + f"\n[decide]\n{decide}\n")
+    sub = Subscriber(broker.port, "edge/up/#")
+    assert run_cli("run", "--config", str(cfg), "--once").returncode == 0
+    assert sub.wait_for(lambda s: len({m.json()["capture"]["id"] for m in s.of_kind("captures")}) >= 15)
+    parts: dict[str, dict[int, bytes]] = {}
+    for m in sub.of_kind("captures"):
+        doc = m.json()
+        validate("captures", doc)
+        cap = doc["capture"]
+        parts.setdefault(cap["sha256"], {})[cap["chunk"]] = base64.b64decode(doc["data"])
+        if cap["chunk"] == 0:
+            assert doc["meta"]["decision"]["status"] == "uncertain"
+    kept = {p.read_bytes() for p in (tmp_path / "up" / "uncertain").glob("*/*") if p.suffix == ".png"}
+    rebuilt = {b"".join(chunks[i] for i in sorted(chunks)) for chunks in parts.values()}
+    assert rebuilt == kept and all(hashlib.sha256(b).hexdigest() in parts for b in rebuilt)
+    first_capture = sub.messages.index(sub.of_kind("captures")[0])
+    assert all(m.kind != "results" for m in sub.messages[first_capture:]), "results first, captures after"
+    before = len(sub.of_kind("captures"))
+    assert run_cli("run", "--config", str(cfg), "--once").returncode == 0
+    assert len(sub.of_kind("captures")) == before
+
+
+def test_uploader_splits_large_files_and_skips_oversized_ones(tmp_path: Path) -> None:
+    import base64
+    import json
+    import os
+
+    from edge_infer.uploader import CaptureUploader
+
+    (tmp_path / "blurry").mkdir()
+    data = os.urandom(5000)
+    (tmp_path / "blurry" / "a.jpg").write_bytes(data)
+    (tmp_path / "blurry" / "a.jpg.json").write_text('{"reason": "blurry"}')
+    (tmp_path / "blurry" / "huge.jpg").write_bytes(os.urandom(9000))
+    up = CaptureUploader({"rejected": tmp_path}, lambda: {"v": 1}, max_bytes=8000, chunk_bytes=1024)
+    capture, chunks = up.next_file()
+    docs = [json.loads(c) for c in chunks]
+    assert [d["capture"]["chunk"] for d in docs] == [0, 1, 2, 3, 4] and docs[0]["meta"] == {"reason": "blurry"}
+    assert b"".join(base64.b64decode(d["data"]) for d in docs) == data
+    up.mark_done(capture)
+    assert up.next_file() is None and up.skipped_too_large == 1 and not up.pending()
+    again = CaptureUploader({"rejected": tmp_path}, lambda: {"v": 1}, max_bytes=8000, chunk_bytes=1024)
+    assert again.next_file() is None, "the .uploaded list survives a restart"

@@ -20,5 +20,5 @@ def _validator(kind: str) -> Draft202012Validator:
 def validate(kind: str, payload: dict[str, Any]) -> None:
     """Raise jsonschema.ValidationError if `payload` is not a valid `kind` message."""
     definition = {"results": "result", "rejections": "rejection", "events": "event", "status": "status",
-                  "health": "health"}[kind]
+                  "health": "health", "captures": "capture"}[kind]
     _validator(definition).validate(payload)
