@@ -5,7 +5,7 @@
 #   - edge-infer bench on both device runtimes (stage rates, pipeline vs slowest stage and vs a naive loop,
 #     start-up to first result, RSS vs a floor);
 #   - the delivery benchmark (durable enqueue and backlog drain rates vs same-run baselines);
-#   - converter time per mode; a 100,000-inference memory soak (RSS slope).
+#   - converter time per mode; drift detection delay and false alarms; a 100,000-inference memory soak.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 VENVS=${EDGE_INFER_VENVS:-$PWD/.venvs}
@@ -22,6 +22,8 @@ echo; echo "== delivery"
 "$VENVS/litert/bin/python" tests/benchmarks/bench_delivery.py
 echo; echo "== converter time per mode"
 "$VENVS/convert/bin/python" tests/benchmarks/bench_converter.py --assets .bench 2>/dev/null | grep -v '^INFO'
+echo; echo "== drift: false alarms and detection delay (held-out digits)"
+"$VENVS/litert/bin/python" -m tests.benchmarks.drift 2>&1 | grep -v '^INFO'
 if [ "${SOAK:-1}" != 0 ]; then
   echo; echo "== memory soak (SOAK=0 skips it: about 3 minutes)"
   "$VENVS/litert/bin/python" tests/benchmarks/soak.py 2>&1 | grep -E '^(soak|RSS)'
