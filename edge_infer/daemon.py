@@ -226,15 +226,14 @@ class Daemon:
         """Feed the drift monitor; each alarm state change becomes one event on `events`."""
         if not self.monitor.enabled:
             return
-        result, decision = outcome.result, outcome.decision
-        assert result is not None and decision is not None
-        if decision.path == "escalated":  # the first model's output statistics are what the reference describes
-            label = confidence = None
-        elif isinstance(result, Classification):
+        decision = outcome.decision
+        assert outcome.result is not None and decision is not None
+        # the reference describes the first model's outputs: an escalated input counts as that model's uncertain
+        result = outcome.first if outcome.first is not None else outcome.result
+        label = confidence = uncertain = None
+        if isinstance(result, Classification):
             label, confidence = result.label, result.confidence
-        else:
-            label = confidence = None
-        uncertain = (decision.status == "uncertain" or decision.path == "escalated") if label is not None else None
+            uncertain = decision.status == "uncertain" or outcome.first is not None
         for change in self.monitor.observe(outcome.stats, label, confidence, uncertain):
             log.warning("event=%s statistic=%s psi=%.3f", change.event, change.statistic, change.psi)
             self.add_event(change.event, change.details)

@@ -51,6 +51,7 @@ class Outcome:
     latency_ms: float = 0.0
     state: DebouncedState | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    first: TaskResult | None = None  # the first model's result, when a second one decided (`path` escalated)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,9 @@ class Pipeline:
         result = self.model.run(prepared.tensor, prepared.geometry)
         decision = decide(result, self.model.thresholds)
         policy = self.policy
+        first = None
         if decision.status == "uncertain" and policy.fallback == "escalate" and policy.escalate_to is not None:
+            first = result
             result, second = self._escalate(prepared, policy.escalate_to)
             decision = with_fallback(second, policy.escalate_fallback, "escalated")
             if decision.status == "ok":  # the bigger model was sure: that is the fallback this result took
@@ -181,7 +184,7 @@ class Pipeline:
         if self.debouncer is not None:
             state = self.debouncer.update(result.event_key if decision.status == "ok" else None)
         return Outcome(prepared.verdict, result, decision, (time.perf_counter() - prepared.started) * 1000.0, state,
-                       prepared.stats)
+                       prepared.stats, first)
 
     def _escalate(self, prepared: Prepared, second: Model) -> tuple[TaskResult, Decision]:
         """The second model's own preprocessing of the same input, its result and its own thresholds."""
