@@ -64,6 +64,9 @@ build_convert() { pip_in convert -e ".[convert,test]"; }
 # ---- legs ------------------------------------------------------------------------------------------------
 declare -A PATHS=([litert]=tests/device [tflrt]=tests/device [convert]=tests/converter)
 declare -A EXPECT=([litert]=ai_edge_litert [tflrt]=tflite_runtime [convert]=)
+# The converter leg is TensorFlow conversions in child processes: two workers (one test file each) halve its
+# time on a 2-core machine. The device legs stay serial: their fault tests start and stop brokers and daemons.
+declare -A WORKERS=([litert]="" [tflrt]="" [convert]="-n ${CONVERT_WORKERS:-2} --dist loadfile")
 unavailable() {  # why a leg cannot run on this machine (wheels that do not exist), or nothing
   case $1 in
     litert) [ "$MACHINE" = armv7l ] && echo "ai-edge-litert has no armv7l wheels" ;;
@@ -82,8 +85,9 @@ for leg in ${LEGS:-litert tflrt convert}; do
   say "leg $leg: pytest ${PATHS[$leg]} ($("$VENVS/$leg/bin/python" -c 'import numpy; print("numpy", numpy.__version__)'))"
   # the converter's --target check runs bundles under tflite-runtime 2.14 with the tflrt leg's Python
   [ -x "$VENVS/tflrt/bin/python" ] && export EDGE_INFER_TARGET_PYTHON="$VENVS/tflrt/bin/python"
+  # shellcheck disable=SC2086  # WORKERS holds several words on purpose
   EDGE_INFER_EXPECT_RUNTIME=${EXPECT[$leg]} "$VENVS/$leg/bin/python" -m pytest "${PATHS[$leg]}" \
-    -p no:cacheprovider --junitxml="$VENVS/junit-$leg.xml" "$@"
+    -p no:cacheprovider --junitxml="$VENVS/junit-$leg.xml" ${WORKERS[$leg]} "$@"
   rc=$?
   case $rc in
     0) ;;
