@@ -50,8 +50,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     summary = daemon.run(once=args.once)
     if args.once:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejections.items())) or "none"
+        paths = "".join(f", {n} {what}" for n, what in ((summary.escalated, "escalated"),
+                        (summary.suppressed, "suppressed"), (summary.deferred, "deferred for review")) if n)
         print(
-            f"edge-infer: {summary.results} results ({summary.uncertain} uncertain), "
+            f"edge-infer: {summary.results} results ({summary.uncertain} uncertain{paths}), "
             f"{summary.rejected} rejected ({reasons}), {summary.skipped} already done"
             + (f", {dropped} dropped (live source ahead of the pipeline)" if (dropped := daemon.source.dropped) else "")
             + f"; published {summary.published}, {summary.queued} still queued in {cfg.outbox['path']}"
