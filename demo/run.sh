@@ -81,6 +81,7 @@ cat <<TXT
   results      MQTT topic edge/demo-pi/results     (one JSON message per image; schema: edge_infer/schemas/)
   rejections   MQTT topic edge/demo-pi/rejections  (bad files, each with a reason)
   status       MQTT topic edge/demo-pi/status      (retained: online/offline, runtime, model)
+  health       MQTT topic edge/demo-pi/health      (counts, uncertain rate, drift: every minute and at exit)
   outbox       $ROOT/.demo-state/outbox.db  (SQLite; messages wait here until the broker acknowledges them)
   watch live   mosquitto_sub -h 127.0.0.1 -t 'edge/demo-pi/#' -v     (Debian package mosquitto-clients)
   run again    $VENV/bin/edge-infer run --config $CONFIG

@@ -25,6 +25,12 @@ def describe(kind: str, doc: dict) -> str:
         runtime = doc.get("runtime", {})
         extra = f" runtime {runtime.get('name')} {runtime.get('version')}" if runtime else ""
         return f"  status     {doc['state']}{extra}"
+    if kind == "health":
+        rejected = sum(doc.get("rejections", {}).values())
+        drift = doc.get("drift", {})
+        state = drift.get("state", "off") + (f" ({', '.join(drift['alarmed'])})" if drift.get("alarmed") else "")
+        return (f"  health     {doc['results']} results ({doc['uncertain']} uncertain), {rejected} rejected, "
+                f"drift {state}")
     return f"  {kind}"
 
 

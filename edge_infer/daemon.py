@@ -96,7 +96,7 @@ class Daemon:
             if drift["enabled"] else [], drift["window"], drift["every"], drift["alarm"], drift["clear"])
         self.pipeline.colour_stats = any(s.name.startswith("mean.") for s in self.monitor.statistics)
         self.started_at = time.monotonic()
-        self._last_health = 0.0
+        self._last_health = self.started_at  # the first snapshot after one interval (and one at the end)
         self.identity = Identity(
             device_id=cfg.device["id"],
             boot_id=str(uuid.uuid4()),
@@ -295,9 +295,9 @@ class Daemon:
                 for sample in self.source.samples(self.stop_event, once, self._done):
                     self.handle(sample)
             self.writer.flush()
-            self._maybe_health(force=True)
             if once:
                 self._drain(self.cfg.mqtt["drain_timeout"])
+            self._maybe_health(force=True)  # the final counts, sent before `offline`
         finally:
             self.writer.stop()
             self.publisher.stop()
