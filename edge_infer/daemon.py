@@ -9,11 +9,14 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from edge_infer import __version__
+from edge_infer.bundle import BundleError
 from edge_infer.capture import CaptureStore
-from edge_infer.config import Config, ConfigError
+from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.decide import Thresholds
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
@@ -33,11 +36,15 @@ from edge_infer.outbox import EVENTS, Limits, Outbox, Pending
 from edge_infer.pipeline import Outcome, Pipeline, Policy, Prepared
 from edge_infer.postprocess import Classification
 from edge_infer.publisher import Publisher, settings_from_config
+from edge_infer.reload import apply_reload
+from edge_infer.service import Notifier, Progress, Watchdog
 from edge_infer.sources import Sample, SourceError, make_source
 from edge_infer.uploader import CaptureUploader
 from edge_infer.writer import OutboxWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -134,12 +141,16 @@ class Daemon:
             will=lambda: status_payload(self.identity, "offline"),
             uploader=self._uploader(cfg),
         )
+        self.notifier = Notifier()
+        self.progress = Progress()
+        self.reload_requested = threading.Event()
         self.writer = OutboxWriter(
             primary,
             window_s=box["commit_window_ms"] / 1000.0,
             max_batch=box["max_batch"],
             on_committed=self.publisher.notify,
             on_problem=lambda text: self.publisher.set_problem("outbox", text),
+            progress=self.progress,
         )
 
     def _uploader(self, cfg: Config) -> CaptureUploader | None:
@@ -179,7 +190,16 @@ class Daemon:
 
     def handle(self, sample: Sample) -> Outcome:
         """Process one sample and commit its result or rejection, with its checkpoint, to the outbox."""
-        return self.commit(sample, self.pipeline.process(sample))
+        prepared = self._timed("decode", self.pipeline.prepare, sample)
+        return self.commit(sample, self._timed("inference", self.pipeline.finish, prepared))
+
+    def _timed(self, stage: str, work: Callable[[T], R], arg: T) -> R:
+        """Run one stage of one input, visible to the watchdog while it runs."""
+        self.progress.start(stage)
+        try:
+            return work(arg)
+        finally:
+            self.progress.done(stage)
 
     def commit(self, sample: Sample, outcome: Outcome) -> Outcome:
         """Hand a finished sample to the group-commit writer (blocks while its queue is full)."""
@@ -288,6 +308,13 @@ class Daemon:
                      " ".join(f"{k}={v:.4g}" for k, v in limits.to_dict().items() if isinstance(v, float)))
         self.writer.start()
         self.publisher.start()
+        watchdog = None
+        if self.notifier.watchdog_s:
+            watchdog = Watchdog(self.notifier, self.progress, self.notifier.watchdog_s, self.status_line)
+            watchdog.start()
+        reloader = threading.Thread(target=self._reload_loop, name="reload", daemon=True)
+        reloader.start()
+        self.notifier.send(READY=1, STATUS=self.status_line())
         try:
             if self.cfg.pipeline["mode"] == "pipelined":
                 self._run_pipelined(once)
@@ -299,6 +326,9 @@ class Daemon:
                 self._drain(self.cfg.mqtt["drain_timeout"])
             self._maybe_health(force=True)  # the final counts, sent before `offline`
         finally:
+            self.notifier.send(STOPPING=1, STATUS="stopping: storing and sending what is in flight")
+            if watchdog is not None:
+                watchdog.stopping.set()
             self.writer.stop()
             self.publisher.stop()
             self.summary.published = self.publisher.published
@@ -327,7 +357,7 @@ class Daemon:
         def front() -> None:
             try:
                 for sample in self.source.samples(self.stop_event, once, self._done):
-                    prepared = self.pipeline.prepare(sample)
+                    prepared = self._timed("decode", self.pipeline.prepare, sample)
                     while not self.stop_event.is_set():
                         try:
                             handoff.put(prepared, timeout=0.2)
@@ -342,7 +372,7 @@ class Daemon:
         thread = threading.Thread(target=front, name="decode", daemon=True)
         thread.start()
         while (prepared := handoff.get()) is not None:
-            self.commit(prepared.sample, self.pipeline.finish(prepared))
+            self.commit(prepared.sample, self._timed("inference", self.pipeline.finish, prepared))
         thread.join()
         if failure:
             raise failure[0]
@@ -357,10 +387,48 @@ class Daemon:
                 break
             time.sleep(0.05)
 
+    def status_line(self) -> str:
+        """systemd's STATUS=: one line a `systemctl status` reader understands."""
+        s = self.summary
+        drift = ",".join(sorted(self.monitor.alarmed)) or ("ok" if self.monitor.scores else "warming up")
+        return (f"{s.results} results ({s.uncertain} uncertain), {s.rejected} rejected; "
+                f"published {self.publisher.published}; drift {drift}")
+
+    def _reload_loop(self) -> None:
+        while not self.stop_event.is_set():
+            if self.reload_requested.wait(0.5):
+                self.reload_requested.clear()
+                self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+                self.reload()
+                self.notifier.send(READY=1, STATUS=self.status_line())
+
+    def reload(self) -> dict[str, object]:
+        """SIGHUP: re-read the config file; apply what can change while running (thresholds, fallbacks,
+        debounce, gate limits, drift levels, health interval, log level) and name what needs a restart. One
+        `config_reloaded` (or `config_reload_failed`) event says which."""
+        try:
+            new = load_config(self.cfg.path)
+            applied, restart = apply_reload(self, new)
+        except (ConfigError, BundleError, ValueError) as exc:
+            log.error("event=config_reload_failed error=%r (keeping the running config)", str(exc))
+            details: dict[str, object] = {"error": str(exc)[:500]}
+            self.add_event("config_reload_failed", details)
+            return details
+        log.info("event=config_reloaded applied=%s needs_restart=%s", ",".join(applied) or "-",
+                 ",".join(restart) or "-")
+        details = {"applied": applied, "needs_restart": restart}
+        self.add_event("config_reloaded", details)
+        return details
+
     def install_signal_handlers(self) -> None:
         def on_signal(signum: int, _frame: object) -> None:
             log.info("event=signal signal=%s (stopping)", signal.Signals(signum).name)
             self.stop_event.set()
 
+        def on_hangup(_signum: int, _frame: object) -> None:
+            log.info("event=signal signal=SIGHUP (reloading the config)")
+            self.reload_requested.set()
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)

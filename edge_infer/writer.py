@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 
 from edge_infer.outbox import Outbox, OutboxFull, Pending
+from edge_infer.service import Progress
 
 log = logging.getLogger(__name__)
 EXPIRE_EVERY_S = 60.0
@@ -27,6 +28,7 @@ class OutboxWriter(threading.Thread):
         on_committed: Callable[[], None],
         on_problem: Callable[[str | None], None],
         retry_s: float = 1.0,
+        progress: Progress | None = None,
     ) -> None:
         super().__init__(name="outbox-writer", daemon=True)
         self.outbox = outbox
@@ -35,6 +37,7 @@ class OutboxWriter(threading.Thread):
         self.retry_s = retry_s
         self._on_committed = on_committed
         self._on_problem = on_problem
+        self._progress = progress or Progress()
         self._queue: queue.Queue[Pending] = queue.Queue(maxsize=max(max_batch, 16))
         self._stop_requested = threading.Event()
         self.committed = 0
@@ -90,9 +93,11 @@ class OutboxWriter(threading.Thread):
     def _commit(self, batch: list[Pending]) -> None:
         delay = self.retry_s
         while True:
+            self._progress.start("commit")  # one call that never returns (a hung disk) stops the watchdog
             try:
                 self.outbox.commit_batch(batch)
             except (OutboxFull, sqlite3.OperationalError) as exc:  # disk full, or the database locked for long
+                self._progress.done("commit")  # waiting out a full disk is a state, not a hang
                 if self._full_since is None:
                     self._full_since = time.monotonic()
                     full = isinstance(exc, OutboxFull)
@@ -109,6 +114,7 @@ class OutboxWriter(threading.Thread):
                 delay = min(delay * 2, 10.0)
                 continue
             break
+        self._progress.done("commit")
         self.committed += len(batch)
         for item in batch:
             if item.after_commit is not None:

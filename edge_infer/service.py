@@ -1,0 +1,113 @@
+"""systemd integration without a dependency: the sd_notify protocol and a watchdog that only pets systemd while
+the pipeline makes progress.
+
+- `READY=1` once the model is loaded and the pipeline runs; `STATUS=` a one-line summary; `RELOADING=1` /
+  `READY=1` around a SIGHUP reload; `STOPPING=1` on SIGTERM.
+- `WATCHDOG=1` every half `WatchdogSec`, but only while no stage has been busy for longer than `WatchdogSec`:
+  waiting for input is fine, a hung inference or a stuck disk is not — systemd then kills and restarts us.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """Messages to the service manager over `$NOTIFY_SOCKET` (a no-op when not run by systemd)."""
+
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        address = env.get("NOTIFY_SOCKET", "")
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._sock: socket.socket | None = None
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and mine else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._address)
+
+    def send(self, **fields: object) -> bool:
+        """`send(READY=1, STATUS="…")`: one datagram; never raises (systemd may be gone while we stop)."""
+        if not self._address:
+            return False
+        message = "\n".join(f"{k}={v}" for k, v in fields.items()).encode()
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(message, self._address)
+            return True
+        except OSError as exc:
+            log.debug("event=sd_notify_failed error=%r", exc.strerror)
+            return False
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+class Progress:
+    """Which stages are busy since when. A stage that stays busy past a limit is hung."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._busy: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def start(self, stage: str) -> None:
+        with self._lock:
+            self._busy[stage] = self._clock()
+
+    def done(self, stage: str) -> None:
+        with self._lock:
+            self._busy.pop(stage, None)
+
+    def stuck(self, limit_s: float) -> tuple[str, float] | None:
+        """The stage busy longest, and for how long, if that is more than `limit_s`."""
+        now = self._clock()
+        with self._lock:
+            worst = max(self._busy.items(), key=lambda kv: now - kv[1], default=None)
+        if worst is None or now - worst[1] <= limit_s:
+            return None
+        return worst[0], now - worst[1]
+
+
+class Watchdog(threading.Thread):
+    """Pets systemd's watchdog every `interval / 2` while `progress` shows no hung stage."""
+
+    def __init__(self, notifier: Notifier, progress: Progress, interval_s: float,
+                 status: Callable[[], str] | None = None) -> None:
+        super().__init__(name="watchdog", daemon=True)
+        self.notifier = notifier
+        self.progress = progress
+        self.interval_s = interval_s
+        self.status = status
+        self.stopping = threading.Event()
+        self.withheld = 0
+
+    def run(self) -> None:
+        warned = False
+        while not self.stopping.wait(self.interval_s / 2):
+            stuck = self.progress.stuck(self.interval_s)
+            if stuck is None:
+                fields: dict[str, object] = {"WATCHDOG": 1}
+                if self.status is not None:
+                    fields["STATUS"] = self.status()
+                self.notifier.send(**fields)
+                warned = False
+                continue
+            self.withheld += 1
+            if not warned:
+                log.error("event=watchdog_withheld stage=%s busy_s=%.1f (systemd will restart the service)", *stuck)
+                self.notifier.send(STATUS=f"hung: {stuck[0]} busy for {stuck[1]:.0f} s")
+                warned = True
