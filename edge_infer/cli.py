@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from edge_infer import __version__
 from edge_infer.bundle import BundleError
@@ -223,6 +224,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_install_service(args: argparse.Namespace) -> int:
+    import pwd
+    import subprocess
+
+    from edge_infer.unit import install_commands, next_steps, render_unit
+
+    cfg = load_config(args.config)
+    unit = render_unit(cfg, args.python)
+    path = Path(args.unit_dir) / "edge-infer.service"
+    commands = install_commands(cfg, path)
+    try:
+        pwd.getpwnam(cfg.service["user"])
+        commands = [c for c in commands if c[0] != "useradd"]
+    except KeyError:
+        pass
+    if args.dry_run:
+        print(f"# would write {path}:\n{unit}")
+        for command in commands:
+            print("# would run: " + " ".join(command))
+    else:
+        if os.geteuid() != 0:
+            raise ConfigError(f"{cfg.path}: install-service writes {path} and creates a system user: run it as root "
+                              "(or with --dry-run to see what it would do)")
+        path.write_text(unit, encoding="utf-8")
+        print(f"edge-infer: wrote {path}")
+        for command in commands:
+            done = subprocess.run(command, capture_output=True, text=True)
+            status = "ok" if done.returncode == 0 else f"failed: {done.stderr.strip()}"
+            print(f"edge-infer: {' '.join(command)} — {status}")
+    print(f"edge-infer: the service user '{cfg.service['user']}' must be able to read {cfg.path} and "
+          f"{cfg.model['bundle']}. Then:")
+    for step in next_steps(path):
+        print(f"  {step}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-infer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edge-infer {__version__}")
@@ -253,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-schema", action="store_true", help="skip JSON Schema validation")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
+    svc = sub.add_parser("install-service", help="write the hardened systemd unit and create the service user")
+    svc.add_argument("--config", required=True, help="device config (TOML); its [service] table sets the limits")
+    svc.add_argument("--dry-run", action="store_true", help="print the unit and the commands instead")
+    svc.add_argument("--unit-dir", default="/etc/systemd/system")
+    svc.add_argument("--python", default=None, help="the Python that runs edge-infer (default: this one)")
+    svc.set_defaults(func=cmd_install_service)
     exp = sub.add_parser("export", help="copy kept inputs into the folder layout edge-convert reads")
     exp.add_argument("what", choices=("uncertain", "rejected"), help="which review folder")
     exp.add_argument("--config", required=True, help="device config (TOML)")

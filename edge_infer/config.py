@@ -207,6 +207,18 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "keep_rejected_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1, 2**40)),
         "rejected_dir": Field(str, default=None, is_path=True),
     },
+    "service": {
+        "user": Field(str, default="edge-infer", check=lambda v: None if v and v.replace("-", "").replace(
+            "_", "").isalnum() else "expected a plain user name (letters, digits, '-', '_')"),
+        "groups": Field(list, default=[], check=lambda v: None if all(isinstance(g, str) and g for g in v)
+                        else "expected a list of group names"),
+        "watchdog_sec": Field(int, default=30, check=_between(2, 3600)),
+        "stop_timeout": Field(int, default=45, check=_between(5, 3600)),
+        "memory_max": Field(str, default="300M"),
+        "cpu_quota": Field(str, default=""),
+        "start_limit_interval": Field(int, default=300, check=_between(1, 86400)),
+        "start_limit_burst": Field(int, default=5, check=_between(1, 1000)),
+    },
     "health": {
         "interval": Field((int, float), default=60.0, check=_between(0, 86400)),
     },
@@ -258,6 +270,7 @@ class Config:
     gate: dict[str, Any]
     decide: dict[str, Any]
     drift: dict[str, Any]
+    service: dict[str, Any]
     health: dict[str, Any]
     mqtt: dict[str, Any]
     outbox: dict[str, Any]

@@ -1,0 +1,75 @@
+"""`edge-infer install-service`: the unit it writes is Type=notify with a watchdog, takes its limits from the
+device profile, grants the source's devices explicitly, and `systemd-analyze security` rates it ≤ 2.0."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+PROFILES = sorted((REPO / "device_configs").glob("*.toml"))
+
+
+def dry_run_unit(config: Path) -> str:
+    proc = run_cli("install-service", "--config", str(config), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout.split(":\n", 1)[1]
+    return text.split("\n# would run:", 1)[0]
+
+
+def settings(unit: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in unit.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            out.setdefault(key, []).append(value)
+    return out
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_every_profile_gets_a_notify_unit_with_its_limits(profile: Path) -> None:
+    import tomllib
+
+    unit = settings(dry_run_unit(profile))
+    service = tomllib.loads(profile.read_text()).get("service", {})
+    assert unit["Type"] == ["notify"] and unit["Restart"] == ["on-failure"]
+    assert unit["WatchdogSec"] == [str(service.get("watchdog_sec", 30))]
+    assert unit["MemoryMax"] == [service.get("memory_max", "300M")]
+    assert unit["User"] == ["edge-infer"] and "StartLimitBurst" in unit
+    assert unit["ExecStart"][0].endswith(f"-m edge_infer run --config {profile}")
+    assert unit["ProtectSystem"] == ["strict"] and unit["CapabilityBoundingSet"] == [""]
+
+
+def test_a_camera_source_is_granted_its_device_and_group_only(tmp_path: Path) -> None:
+    cfg = tmp_path / "camera.toml"
+    cfg.write_text(f'[model]\nbundle = "{REPO / "demo" / "digits-int8-only.tflite"}"\n'
+                   '[source]\ntype = "camera"\nbackend = "opencv"\nindex = 1\n')
+    unit = settings(dry_run_unit(cfg))
+    assert unit["DevicePolicy"] == ["closed"] and "PrivateDevices" not in unit
+    assert "/dev/video1 rw" in unit["DeviceAllow"] and unit["SupplementaryGroups"] == ["video"]
+    plain = settings(dry_run_unit(REPO / "device_configs" / "pi-4.toml"))
+    assert plain["PrivateDevices"] == ["yes"] and "DeviceAllow" not in plain
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+@pytest.mark.parametrize("profile", ["pi-zero-2w", "x86-gateway"])
+def test_systemd_rates_the_unit_exposure_at_most_2(profile: str, tmp_path: Path) -> None:
+    path = tmp_path / "edge-infer.service"
+    path.write_text(dry_run_unit(REPO / "device_configs" / f"{profile}.toml"))
+    proc = subprocess.run(["systemd-analyze", "security", "--offline=true", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    level = re.search(r"Overall exposure level for edge-infer.service: ([0-9.]+)", proc.stdout)
+    assert level, proc.stdout[-2000:] + proc.stderr
+    assert float(level.group(1)) <= 2.0, proc.stdout
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="as root it would install")
+def test_without_dry_run_it_needs_root() -> None:
+    proc = run_cli("install-service", "--config", str(REPO / "device_configs" / "pi-4.toml"))
+    assert proc.returncode == 2 and "run it as root" in proc.stderr
