@@ -219,6 +219,17 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "start_limit_interval": Field(int, default=300, check=_between(1, 86400)),
         "start_limit_burst": Field(int, default=5, check=_between(1, 1000)),
     },
+    "metrics": {
+        "port": Field(int, default=0, check=_between(0, 65535)),
+        "bind": Field(str, default="127.0.0.1"),
+    },
+    "thermal": {
+        "zone": Field(str, default="/sys/class/thermal/thermal_zone0/temp"),
+        "throttled": Field(str, default="/sys/devices/platform/soc/soc:firmware/get_throttled"),
+        "max_temp": Field((int, float), default=80.0, check=_between(20, 120)),
+        "resume_temp": Field((int, float), default=70.0, check=_between(0, 120)),
+        "check_interval": Field((int, float), default=5.0, check=_between(0.05, 3600)),
+    },
     "health": {
         "interval": Field((int, float), default=60.0, check=_between(0, 86400)),
     },
@@ -271,6 +282,8 @@ class Config:
     decide: dict[str, Any]
     drift: dict[str, Any]
     service: dict[str, Any]
+    metrics: dict[str, Any]
+    thermal: dict[str, Any]
     health: dict[str, Any]
     mqtt: dict[str, Any]
     outbox: dict[str, Any]
@@ -378,6 +391,8 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         decide["keep_uncertain"] = 1000 if "defer" in (decide["fallback"], decide["escalate_fallback"]) else 0
     if decide["uncertain_dir"] is None:
         decide["uncertain_dir"] = str(Path(device["state_dir"]) / "uncertain")
+    if sections["thermal"]["resume_temp"] >= sections["thermal"]["max_temp"]:
+        raise ConfigError(f"{path}: [thermal].resume_temp: must be below [thermal].max_temp (hysteresis)")
     if sections["drift"]["clear"] > sections["drift"]["alarm"]:
         raise ConfigError(f"{path}: [drift].clear: must not be above [drift].alarm (hysteresis)")
     if sections["source"]["name"] is None:

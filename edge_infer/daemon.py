@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import queue
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from edge_infer.messages import (
     result_payload,
     status_payload,
 )
+from edge_infer.metrics import LatencyWindow, MetricsServer, ThermalGovernor, rss_bytes
 from edge_infer.model import model_from_config
 from edge_infer.monitor import DriftMonitor, statistics_from_reference
 from edge_infer.outbox import EVENTS, Limits, Outbox, Pending
@@ -142,7 +144,13 @@ class Daemon:
             uploader=self._uploader(cfg),
         )
         self.notifier = Notifier()
-        self.progress = Progress()
+        self.latency = LatencyWindow()
+        self.progress = Progress(record=self.latency.add)
+        th = cfg.thermal
+        self.governor = ThermalGovernor(th["zone"], th["throttled"], th["max_temp"], th["resume_temp"],
+                                        th["check_interval"], on_change=self.add_event)
+        self._handoff: queue.Queue[Prepared | None] | None = None
+        self.metrics_server: MetricsServer | None = None
         self.reload_requested = threading.Event()
         self.writer = OutboxWriter(
             primary,
@@ -191,7 +199,10 @@ class Daemon:
     def handle(self, sample: Sample) -> Outcome:
         """Process one sample and commit its result or rejection, with its checkpoint, to the outbox."""
         prepared = self._timed("decode", self.pipeline.prepare, sample)
-        return self.commit(sample, self._timed("inference", self.pipeline.finish, prepared))
+        started = time.monotonic()
+        outcome = self.commit(sample, self._timed("inference", self.pipeline.finish, prepared))
+        self.governor.pace(time.monotonic() - started)
+        return outcome
 
     def _timed(self, stage: str, work: Callable[[T], R], arg: T) -> R:
         """Run one stage of one input, visible to the watchdog while it runs."""
@@ -239,7 +250,6 @@ class Daemon:
             reason = verdict.reason or "unknown"
             self.summary.rejections[reason] = self.summary.rejections.get(reason, 0) + 1
             log.info("event=rejected input=%s reason=%s detail=%r", sample.input_id, reason, verdict.detail)
-        self._maybe_health()
         return outcome
 
     def _observe(self, outcome: Outcome) -> None:
@@ -270,15 +280,40 @@ class Daemon:
     def health(self) -> dict:
         """The counters, drift state and scores a `health` message carries."""
         s = self.summary
+        uptime = time.monotonic() - self.started_at
+        runtime = self.model.engine.runtime
         return {
-            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "uptime_s": round(uptime, 1),
+            "runtime": f"{runtime.name} {runtime.version}",
             "results": s.results, "uncertain": s.uncertain,
             "uncertain_rate": round(s.uncertain / s.results, 4) if s.results else 0.0,
+            "results_per_s": round(s.results / uptime, 3) if uptime > 0 else 0.0,
             "paths": dict(self.pipeline.paths), "actions": dict(self.pipeline.actions),
             "rejections": dict(sorted(s.rejections.items())), "skipped": s.skipped,
             "dropped": getattr(self.source, "dropped", 0),
+            "published": self.publisher.published,
+            "backlog": self._backlog(),
+            "queues": {"handoff": self._handoff.qsize() if self._handoff is not None else 0,
+                       "writer": self.writer.queued},
+            "latency": self.latency.summary(),
+            "thermal": self.governor.to_dict(),
+            "rss_bytes": rss_bytes(),
             "drift": self.monitor.to_dict(),
         }
+
+    def _scrape(self) -> dict:
+        doc = self.health()
+        doc["model_info"] = self.identity.model
+        return doc
+
+    def _backlog(self) -> int:
+        """Stored, unacknowledged messages (read on its own connection: health runs on several threads)."""
+        try:
+            with sqlite3.connect(f"file:{self.outbox.path}?mode=ro", uri=True, timeout=1.0) as db:
+                row = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+            return int(row[0]) if row else 0
+        except sqlite3.Error:
+            return -1
 
     def _maybe_health(self, force: bool = False) -> None:
         interval = self.cfg.health["interval"]
@@ -312,8 +347,11 @@ class Daemon:
         if self.notifier.watchdog_s:
             watchdog = Watchdog(self.notifier, self.progress, self.notifier.watchdog_s, self.status_line)
             watchdog.start()
-        reloader = threading.Thread(target=self._reload_loop, name="reload", daemon=True)
-        reloader.start()
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        if self.cfg.metrics["port"]:
+            self.metrics_server = MetricsServer(self.cfg.metrics["bind"], self.cfg.metrics["port"], self._scrape)
+            self.metrics_server.start()
+            log.info("event=metrics_listening address=%s:%d", self.cfg.metrics["bind"], self.metrics_server.port)
         self.notifier.send(READY=1, STATUS=self.status_line())
         try:
             if self.cfg.pipeline["mode"] == "pipelined":
@@ -329,6 +367,8 @@ class Daemon:
             self.notifier.send(STOPPING=1, STATUS="stopping: storing and sending what is in flight")
             if watchdog is not None:
                 watchdog.stopping.set()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
             self.writer.stop()
             self.publisher.stop()
             self.summary.published = self.publisher.published
@@ -371,8 +411,11 @@ class Daemon:
 
         thread = threading.Thread(target=front, name="decode", daemon=True)
         thread.start()
+        self._handoff = handoff
         while (prepared := handoff.get()) is not None:
+            started = time.monotonic()
             self.commit(prepared.sample, self._timed("inference", self.pipeline.finish, prepared))
+            self.governor.pace(time.monotonic() - started)
         thread.join()
         if failure:
             raise failure[0]
@@ -394,13 +437,17 @@ class Daemon:
         return (f"{s.results} results ({s.uncertain} uncertain), {s.rejected} rejected; "
                 f"published {self.publisher.published}; drift {drift}")
 
-    def _reload_loop(self) -> None:
+    def _housekeeping(self) -> None:
+        """Its own thread: SIGHUP reloads, the periodic health snapshot and the thermal check, also while no
+        input arrives."""
         while not self.stop_event.is_set():
-            if self.reload_requested.wait(0.5):
+            if self.reload_requested.wait(min(0.5, max(0.05, self.cfg.health["interval"] or 0.5))):
                 self.reload_requested.clear()
                 self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
                 self.reload()
                 self.notifier.send(READY=1, STATUS=self.status_line())
+            self.governor.check()
+            self._maybe_health()
 
     def reload(self) -> dict[str, object]:
         """SIGHUP: re-read the config file; apply what can change while running (thresholds, fallbacks,

@@ -93,6 +93,8 @@ EVENT_SEVERITY = {
     "outbox_replaced": "error",
     "outbox_recovered": "warning",
     "drift_detected": "warning",
+    "thermal_backoff": "warning",
+    "config_reload_failed": "error",
 }
 
 

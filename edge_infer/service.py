@@ -59,18 +59,25 @@ class Notifier:
 class Progress:
     """Which stages are busy since when. A stage that stays busy past a limit is hung."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic,
+                 record: Callable[[str, float], None] | None = None) -> None:
         self._clock = clock
         self._busy: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._record = record  # each finished stage's duration (for latency percentiles)
 
     def start(self, stage: str) -> None:
         with self._lock:
             self._busy[stage] = self._clock()
 
-    def done(self, stage: str) -> None:
+    def done(self, stage: str) -> float:
+        """The stage finished; returns how long it took (0 if it was not started)."""
         with self._lock:
-            self._busy.pop(stage, None)
+            started = self._busy.pop(stage, None)
+        took = 0.0 if started is None else self._clock() - started
+        if started is not None and self._record is not None:
+            self._record(stage, took)
+        return took
 
     def stuck(self, limit_s: float) -> tuple[str, float] | None:
         """The stage busy longest, and for how long, if that is more than `limit_s`."""

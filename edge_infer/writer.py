@@ -45,6 +45,11 @@ class OutboxWriter(threading.Thread):
         self._full_since: float | None = None
         self._last_expire = time.monotonic()
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting to be committed."""
+        return self._queue.qsize()
+
     def put(self, item: Pending, abandon: threading.Event | None = None) -> bool:
         """Queue a message; blocks while the queue is full (back-pressure). False if the writer or the caller
         (`abandon`) stops first: the message is then not committed, and its input is processed again."""

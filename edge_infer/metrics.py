@@ -1,0 +1,248 @@
+"""Health and metrics: stage latencies, board temperature and throttling, memory — for the `health` message
+and an optional Prometheus endpoint (text format 0.0.4, bound to loopback unless configured otherwise).
+
+`ThermalGovernor` backs the pipeline off when the SoC runs hot: each step halves the inference thread's duty
+cycle (it sleeps after each input for as long as the input took, then three times as long, …) and recovers a
+step at a time once the temperature is back under the resume level.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DUTY_STEPS = (1.0, 0.5, 0.25, 0.1)
+PI_THROTTLED = "/sys/devices/platform/soc/soc:firmware/get_throttled"
+THROTTLE_BITS = {0: "under_voltage", 1: "arm_freq_capped", 2: "throttled", 3: "soft_temp_limit"}
+
+
+class LatencyWindow:
+    """The last `size` durations of each stage; p50 / p95 on demand (thread-safe appends)."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self._windows: dict[str, deque[float]] = {}
+        self._size = size
+
+    def add(self, stage: str, seconds: float) -> None:
+        window = self._windows.get(stage)
+        if window is None:
+            window = self._windows.setdefault(stage, deque(maxlen=self._size))
+        window.append(seconds)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, window in list(self._windows.items()):
+            values = np.fromiter(list(window), dtype=np.float64)
+            if values.size:
+                p50, p95 = np.percentile(values, [50, 95])
+                out[stage] = {"p50_ms": round(float(p50) * 1000, 3), "p95_ms": round(float(p95) * 1000, 3),
+                              "n": int(values.size)}
+        return out
+
+
+def read_temperature(zone: str | None) -> float | None:
+    """°C from a thermal zone file (millidegrees), or None when there is none."""
+    if not zone:
+        return None
+    try:
+        return int(Path(zone).read_text().strip()) / 1000.0
+    except (OSError, ValueError):
+        return None
+
+
+def read_throttled(path: str | None) -> dict[str, Any] | None:
+    """The Raspberry Pi firmware's throttling flags (hex): what is happening now, and since boot."""
+    if not path:
+        return None
+    try:
+        value = int(Path(path).read_text().strip(), 16)
+    except (OSError, ValueError):
+        return None
+    now = [name for bit, name in THROTTLE_BITS.items() if value & (1 << bit)]
+    since_boot = [name for bit, name in THROTTLE_BITS.items() if value & (1 << (bit + 16))]
+    return {"raw": hex(value), "now": now, "since_boot": since_boot}
+
+
+def rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class ThermalGovernor:
+    """Steps the duty cycle down while the SoC is at or above `max_c` (or the firmware says it is throttling),
+    and back up once it is at or below `resume_c`; checks at most every `check_s` seconds."""
+
+    def __init__(self, zone: str | None, throttled_path: str | None, max_c: float, resume_c: float,
+                 check_s: float = 5.0, on_change: Callable[[str, dict[str, Any]], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Any] = time.sleep) -> None:
+        self.zone = zone
+        self.throttled_path = throttled_path
+        self.max_c = max_c
+        self.resume_c = resume_c
+        self.check_s = check_s
+        self.level = 0
+        self.temperature: float | None = None
+        self.throttled: dict[str, Any] | None = None
+        self._on_change = on_change
+        self._clock = clock
+        self._sleep = sleep
+        self._next_check = 0.0
+        self._lock = threading.Lock()
+        self.slept_s = 0.0
+
+    @property
+    def duty(self) -> float:
+        return DUTY_STEPS[self.level]
+
+    def check(self) -> None:
+        """Read the temperature and flags (at most every `check_s`) and step the level (any thread)."""
+        with self._lock:
+            now = self._clock()
+            if now < self._next_check:
+                return
+            self._next_check = now + self.check_s
+            self._check()
+
+    def _check(self) -> None:
+        self.temperature = read_temperature(self.zone)
+        self.throttled = read_throttled(self.throttled_path)
+        hot = (self.temperature is not None and self.temperature >= self.max_c) or bool(
+            self.throttled and {"throttled", "soft_temp_limit"} & set(self.throttled["now"]))
+        cool = (self.temperature is None or self.temperature <= self.resume_c) and not (
+            self.throttled and self.throttled["now"])
+        if hot and self.level < len(DUTY_STEPS) - 1:
+            self.level += 1
+            self._changed("thermal_backoff")
+        elif cool and self.level > 0:
+            self.level -= 1
+            self._changed("thermal_recovered")
+
+    def _changed(self, event: str) -> None:
+        details = {"level": self.level, "duty": self.duty, "temperature_c": self.temperature,
+                   "max_c": self.max_c, "resume_c": self.resume_c}
+        if self.throttled:
+            details["throttled"] = self.throttled["now"]
+        log.warning("event=%s level=%d duty=%.2f temperature_c=%s", event, self.level, self.duty, self.temperature)
+        if self._on_change is not None:
+            self._on_change(event, details)
+
+    def pace(self, busy_s: float) -> None:
+        """After an input that kept the inference thread busy `busy_s`: rest so that it is busy `duty` of the
+        time (a live source drops and counts the frames that arrive meanwhile; a folder simply waits)."""
+        self.check()
+        if self.level:
+            rest = busy_s * (1.0 / self.duty - 1.0)
+            self.slept_s += rest
+            self._sleep(rest)
+
+    def to_dict(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"level": self.level, "duty": self.duty, "temperature_c": self.temperature}
+        if self.throttled is not None:
+            doc["throttled"] = self.throttled
+        return doc
+
+
+def _labels(**labels: Any) -> str:
+    def esc(v: Any) -> str:
+        return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}" if labels else ""
+
+
+def render_prometheus(health: dict[str, Any]) -> str:
+    """The `health` snapshot in Prometheus text format."""
+    lines: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], float]]) -> None:
+        lines.append(f"# HELP edge_infer_{name} {help_text}")
+        lines.append(f"# TYPE edge_infer_{name} {kind}")
+        for labels, value in samples:
+            lines.append(f"edge_infer_{name}{_labels(**labels)} {float(value)!r}")
+
+    model = health.get("model_info", {})
+    metric("info", "gauge", "Model and runtime of the running daemon.",
+           [({"model": model.get("name", ""), "version": model.get("version", ""),
+              "sha256": model.get("sha256", "")[:12], "runtime": health.get("runtime", "")}, 1)])
+    metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [({}, health["uptime_s"])])
+    metric("results_total", "counter", "Results decided.", [({}, health["results"])])
+    metric("uncertain_total", "counter", "Results below their label's threshold.", [({}, health["uncertain"])])
+    metric("results_by_path_total", "counter", "Results by the model that decided them.",
+           [({"path": k}, v) for k, v in health.get("paths", {}).items()])
+    metric("results_by_action_total", "counter", "Results published, suppressed or deferred.",
+           [({"action": k}, v) for k, v in health.get("actions", {}).items()])
+    metric("rejections_total", "counter", "Inputs rejected, by reason.",
+           [({"reason": k}, v) for k, v in health.get("rejections", {}).items()])
+    metric("dropped_total", "counter", "Live frames dropped because the pipeline was busy.",
+           [({}, health.get("dropped", 0))])
+    metric("published_total", "counter", "Messages acknowledged by the broker.", [({}, health.get("published", 0))])
+    metric("outbox_backlog", "gauge", "Messages stored, not yet acknowledged.", [({}, health.get("backlog", 0))])
+    metric("queue_depth", "gauge", "Items waiting between stages.",
+           [({"queue": k}, v) for k, v in health.get("queues", {}).items()])
+    latency = health.get("latency", {})
+    lines.append("# HELP edge_infer_stage_latency_seconds Per-stage time over the last 1000 inputs.")
+    lines.append("# TYPE edge_infer_stage_latency_seconds summary")
+    for stage, q in latency.items():
+        for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")):
+            lines.append(f"edge_infer_stage_latency_seconds{_labels(stage=stage, quantile=quantile)} "
+                         f"{float(q[key]) / 1000.0!r}")
+        lines.append(f"edge_infer_stage_latency_seconds_count{_labels(stage=stage)} {float(q['n'])!r}")
+    drift = health.get("drift", {})
+    metric("drift_psi", "gauge", "Population stability index of each monitored statistic.",
+           [({"statistic": k}, v) for k, v in drift.get("scores", {}).items()])
+    metric("drift_alarm", "gauge", "1 while a statistic is in drift alarm.",
+           [({"statistic": k}, 1.0 if k in drift.get("alarmed", []) else 0.0) for k in drift.get("scores", {})])
+    thermal = health.get("thermal", {})
+    if thermal.get("temperature_c") is not None:
+        metric("temperature_celsius", "gauge", "SoC temperature.", [({}, thermal["temperature_c"])])
+    metric("thermal_backoff_level", "gauge", "0: full speed; each level halves the duty cycle.",
+           [({}, thermal.get("level", 0))])
+    metric("resident_memory_bytes", "gauge", "Resident set size.", [({}, health.get("rss_bytes", 0))])
+    return "\n".join(lines) + "\n"
+
+
+class MetricsServer:
+    """`GET /metrics` on `host:port` in its own thread; `snapshot` builds the health dict on each scrape."""
+
+    def __init__(self, host: str, port: int, snapshot: Callable[[], dict[str, Any]]) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404, "only /metrics here")
+                    return
+                body = render_prometheus(snapshot()).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:  # scrapes are not log events
+                return
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
