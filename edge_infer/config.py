@@ -230,6 +230,10 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "resume_temp": Field((int, float), default=70.0, check=_between(0, 120)),
         "check_interval": Field((int, float), default=5.0, check=_between(0.05, 3600)),
     },
+    "homeassistant": {
+        "discovery": Field(bool, default=False),
+        "prefix": Field(str, default="homeassistant", check=_topic_segment),
+    },
     "health": {
         "interval": Field((int, float), default=60.0, check=_between(0, 86400)),
     },
@@ -284,6 +288,7 @@ class Config:
     service: dict[str, Any]
     metrics: dict[str, Any]
     thermal: dict[str, Any]
+    homeassistant: dict[str, Any]
     health: dict[str, Any]
     mqtt: dict[str, Any]
     outbox: dict[str, Any]

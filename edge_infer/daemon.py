@@ -21,6 +21,7 @@ from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.decide import Thresholds
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
+from edge_infer.homeassistant import discovery_messages
 from edge_infer.manifest import Manifest, SensorInputSpec
 from edge_infer.messages import (
     Identity,
@@ -143,6 +144,10 @@ class Daemon:
             will=lambda: status_payload(self.identity, "offline"),
             uploader=self._uploader(cfg),
         )
+        if cfg.homeassistant["discovery"]:
+            self.publisher.discovery = discovery_messages(
+                cfg.homeassistant["prefix"], cfg.mqtt["topic_prefix"], cfg.device["id"], self.model.task,
+                self.identity.model)
         self.notifier = Notifier()
         self.latency = LatencyWindow()
         self.progress = Progress(record=self.latency.add)

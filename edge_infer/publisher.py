@@ -116,6 +116,7 @@ class Publisher(threading.Thread):
         self._status_dirty = threading.Event()
         self._snapshots: dict[str, bytes] = {}  # kind → newest unsent snapshot (health)
         self._uploader = uploader
+        self.discovery: list[tuple[str, bytes]] = []  # (topic, payload) published retained on every connect
         self._upload_inflight: dict[int, CaptureFile] = {}  # paho mid → the capture file the chunk belongs to
         self._upload_left: dict[str, int] = {}  # capture file name → chunks not yet acknowledged
         self._idle = False  # the last look at the outbox found nothing to send
@@ -386,6 +387,8 @@ class Publisher(threading.Thread):
             self.connect_failures = 0
             self._status_dirty.clear()
             client.publish(self.settings.topic("status"), self._birth(self.problems()), qos=1, retain=True)
+            for topic, payload in self.discovery:  # Home Assistant: retained, so it finds us after its restarts
+                client.publish(topic, payload, qos=1, retain=True)
             self.connected.set()
             self._wake.set()
         except Exception:

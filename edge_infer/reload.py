@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
 LIVE_SECTIONS = ("decide", "gate", "drift", "health", "log")
-RESTART_SECTIONS = ("device", "source", "mqtt", "outbox", "pipeline", "service", "metrics", "thermal")
+RESTART_SECTIONS = ("device", "source", "mqtt", "outbox", "pipeline", "service", "metrics", "thermal",
+                    "homeassistant")
 RESTART_DECIDE_KEYS = ("escalate_to", "escalate_threshold", "upload", "upload_max_bytes", "upload_chunk_bytes")
 
 

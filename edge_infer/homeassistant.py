@@ -1,0 +1,82 @@
+"""Home Assistant MQTT discovery: retained `homeassistant/<component>/<node>/<object>/config` messages that make
+the device appear with its result sensors, availability from `status`, and diagnostics from `health`.
+
+Published on every connect (retained, so Home Assistant finds them after its own restarts too).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from edge_infer import __version__
+
+
+def _result_entities(task: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(component, object id, fields) of the entities that show results, by task."""
+    if task == "classification":
+        return [
+            ("sensor", "label", {"name": "Label", "icon": "mdi:label-outline",
+                                 "value_template": "{{ value_json.result.label }}"}),
+            ("sensor", "confidence", {"name": "Confidence", "unit_of_measurement": "%", "state_class": "measurement",
+                                      "value_template": "{{ (value_json.result.confidence * 100) | round(1) }}"}),
+            ("binary_sensor", "uncertain", {"name": "Uncertain", "icon": "mdi:help-circle-outline",
+                                            "value_template": "{{ 'ON' if value_json.status == 'uncertain' "
+                                                              "else 'OFF' }}"}),
+        ]
+    if task == "detection":
+        return [("sensor", "objects", {"name": "Objects", "state_class": "measurement", "icon": "mdi:eye",
+                                       "value_template": "{{ value_json.result.detections | length }}"})]
+    if task == "regression":
+        return [("sensor", "value", {"name": "Value", "state_class": "measurement",
+                                     "value_template": "{{ (value_json.result['values'].values() | list)[0] }}"})]
+    if task == "anomaly":
+        return [("binary_sensor", "anomaly", {"name": "Anomaly", "device_class": "problem",
+                                              "value_template": "{{ 'ON' if value_json.result.anomalous "
+                                                                "else 'OFF' }}"}),
+                ("sensor", "anomaly_score", {"name": "Anomaly score", "state_class": "measurement",
+                                             "value_template": "{{ value_json.result.score }}"})]
+    return [("sensor", "last_result", {"name": "Last result", "value_template": "{{ value_json.ts }}",
+                                       "device_class": "timestamp"})]
+
+
+DIAGNOSTICS: list[tuple[str, str, dict[str, Any]]] = [
+    ("sensor", "uncertain_rate", {"name": "Uncertain rate", "unit_of_measurement": "%", "state_class": "measurement",
+                                  "value_template": "{{ (value_json.uncertain_rate * 100) | round(1) }}"}),
+    ("sensor", "results_per_s", {"name": "Results per second", "state_class": "measurement",
+                                 "value_template": "{{ value_json.results_per_s }}"}),
+    ("sensor", "outbox_backlog", {"name": "Outbox backlog", "state_class": "measurement",
+                                  "value_template": "{{ value_json.backlog }}"}),
+    ("sensor", "temperature", {"name": "SoC temperature", "device_class": "temperature", "unit_of_measurement": "°C",
+                               "state_class": "measurement",
+                               "value_template": "{{ value_json.thermal.temperature_c }}"}),
+    ("sensor", "memory", {"name": "Memory (RSS)", "unit_of_measurement": "MB", "state_class": "measurement",
+                          "value_template": "{{ (value_json.rss_bytes / 1048576) | round(1) }}"}),
+    ("binary_sensor", "drift", {"name": "Input drift", "device_class": "problem",
+                                "value_template": "{{ 'ON' if value_json.drift.state == 'drift' else 'OFF' }}"}),
+    ("binary_sensor", "thermal_backoff", {"name": "Thermal back-off", "device_class": "heat",
+                                          "value_template": "{{ 'ON' if value_json.thermal.level > 0 "
+                                                            "else 'OFF' }}"}),
+]
+
+
+def discovery_messages(discovery_prefix: str, topic_prefix: str, device_id: str, task: str,
+                       model: dict[str, str]) -> list[tuple[str, bytes]]:
+    """(topic, payload) for every entity; publish retained."""
+    base = f"{topic_prefix}/{device_id}"
+    node = "".join(c if c.isalnum() or c in "_-" else "_" for c in device_id)
+    device = {"identifiers": [f"edge_infer_{node}"], "name": f"edge-infer {device_id}", "manufacturer": "edge-infer",
+              "model": f"{model['name']} {model['version']}", "sw_version": __version__}
+    availability = {"availability_topic": f"{base}/status", "availability_template": "{{ value_json.state }}",
+                    "payload_available": "online", "payload_not_available": "offline"}
+    out = []
+    for entities, state_topic, category in ((_result_entities(task), f"{base}/results", None),
+                                            (DIAGNOSTICS, f"{base}/health", "diagnostic")):
+        for component, object_id, fields in entities:
+            doc = {**fields, "unique_id": f"edge_infer_{node}_{object_id}",
+                   "state_topic": state_topic, **availability, "device": device}
+            if category:
+                doc["entity_category"] = category
+            out.append((f"{discovery_prefix}/{component}/{node}/{object_id}/config",
+                        json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()))
+    return out
