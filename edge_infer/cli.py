@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import socket
 import sys
@@ -24,12 +23,10 @@ from edge_infer.sources import SourceError
 USER_ERRORS = (ConfigError, BundleError, RuntimeUnavailable, OutboxError, SourceError)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(level: str, fmt: str = "kv") -> None:
+    from edge_infer.logs import setup_logging
+
+    setup_logging(level, fmt)
 
 
 def _broker_reachable(cfg: Config, timeout: float = 2.0) -> str | None:
@@ -45,7 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_infer.daemon import Daemon  # heavy imports only once the config is known to be good
 
     cfg = load_config(args.config)
-    _setup_logging(args.log_level or cfg.log["level"])
+    _setup_logging(args.log_level or cfg.log["level"], cfg.log["format"])
     daemon = Daemon(cfg)
     daemon.install_signal_handlers()
     summary = daemon.run(once=args.once)

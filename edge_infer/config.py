@@ -270,6 +270,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
     "log": {
         "level": Field(str, default="info", choices=("debug", "info", "warning", "error")),
+        "format": Field(str, default="kv", choices=("kv", "json")),
     },
 }
 REQUIRED_SECTIONS = ("model", "source")

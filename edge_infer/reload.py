@@ -9,13 +9,13 @@ keeps its running value until a restart, and is listed as `needs_restart`.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import TYPE_CHECKING, Any
 
 from edge_infer.capture import CaptureStore
 from edge_infer.config import Config
 from edge_infer.decide import Debouncer, Thresholds
 from edge_infer.gates.quality import gate_from_config
+from edge_infer.logs import setup_logging
 from edge_infer.monitor import DriftMonitor, statistics_from_reference
 from edge_infer.postprocess import Zone
 
@@ -99,8 +99,8 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
         applied += [f"drift.{k}" for k in drift_changes]
     applied += [f"health.{k}" for k in _changed(old.health, new.health)]
     if old.log != new.log:
-        logging.getLogger().setLevel(new.log["level"].upper())
-        applied.append("log.level")
+        setup_logging(new.log["level"], new.log["format"])
+        applied += [f"log.{k}" for k in _changed(old.log, new.log)]
 
     # the running config: live parts from `new`, the rest as it runs until a restart
     keep = {section: getattr(old, section) for section in RESTART_SECTIONS}

@@ -178,3 +178,28 @@ def test_sighup_applies_a_changed_threshold_and_names_what_needs_a_restart(tmp_p
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_json_logs_one_object_per_line_with_the_event_fields_and_no_secrets(tmp_path: Path,
+                                                                          broker: Mosquitto) -> None:
+    import json
+
+    secret = tmp_path / "password"
+    secret.write_text("hunter2-very-secret\n")
+    cfg = _config(tmp_path, broker, '\n[log]\nformat = "json"\n')
+    text = cfg.read_text().replace("[mqtt]\n", f'[mqtt]\nusername = "pi"\npassword_file = "{secret}"\n', 1)
+    cfg.write_text(text)
+    make_frames(tmp_path / "in", 3)
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "edge_infer", "run", "--config", str(cfg), "--once"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "JOURNAL_STREAM": "8:1"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
+    ours = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("INFO: Created TensorFlow Lite")]
+    assert lines and len(lines) == len(ours), "every line is JSON (but the TFLite runtime's own C++ notice)"
+    events = {doc.get("event") for doc in lines}
+    assert {"start", "rejected", "stop"} <= events
+    rejected = next(doc for doc in lines if doc.get("event") == "rejected")
+    assert rejected["reason"] == "empty_file" and rejected["input"] == "empty.png"
+    assert all("ts" not in doc for doc in lines), "under systemd, journald stamps the time"
+    assert "hunter2" not in proc.stderr
