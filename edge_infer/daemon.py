@@ -346,6 +346,14 @@ class Daemon:
             limits = self.pipeline.gate.limits
             log.info("event=gate quality=%s limits=%s %s", self.pipeline.gate.enabled, limits.source,
                      " ".join(f"{k}={v:.4g}" for k, v in limits.to_dict().items() if isinstance(v, float)))
+        if self.cfg.metrics["port"]:  # first: a port in use is a one-line error, before anything runs
+            try:
+                self.metrics_server = MetricsServer(self.cfg.metrics["bind"], self.cfg.metrics["port"], self._scrape)
+            except OSError as exc:
+                raise ConfigError(f"{self.cfg.path}: [metrics]: cannot listen on {self.cfg.metrics['bind']}:"
+                                  f"{self.cfg.metrics['port']}: {exc.strerror}") from None
+            self.metrics_server.start()
+            log.info("event=metrics_listening address=%s:%d", self.cfg.metrics["bind"], self.metrics_server.port)
         self.writer.start()
         self.publisher.start()
         watchdog = None
@@ -353,10 +361,6 @@ class Daemon:
             watchdog = Watchdog(self.notifier, self.progress, self.notifier.watchdog_s, self.status_line)
             watchdog.start()
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
-        if self.cfg.metrics["port"]:
-            self.metrics_server = MetricsServer(self.cfg.metrics["bind"], self.cfg.metrics["port"], self._scrape)
-            self.metrics_server.start()
-            log.info("event=metrics_listening address=%s:%d", self.cfg.metrics["bind"], self.metrics_server.port)
         self.notifier.send(READY=1, STATUS=self.status_line())
         try:
             if self.cfg.pipeline["mode"] == "pipelined":

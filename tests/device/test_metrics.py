@@ -128,3 +128,18 @@ def test_governor_duty_cycle_and_pi_throttle_flags(tmp_path: Path) -> None:
     clock[0] = 6.0
     gov.pace(0.1)
     assert gov.level == 1  # cool again: one step at a time
+
+
+def test_a_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, broker: Mosquitto) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        _, proc = _daemon(tmp_path, broker, f"\n[metrics]\nport = {taken.getsockname()[1]}\n")
+        assert proc.wait(60) == 2
+        err = proc.stderr.read() if proc.stderr else ""
+        assert "[metrics]: cannot listen on 127.0.0.1" in err and "Traceback" not in err
+    finally:
+        taken.close()
