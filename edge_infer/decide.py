@@ -57,13 +57,6 @@ class Thresholds:
     def default(self) -> float:
         return self._manifest.default_threshold if self._default is None else self._default
 
-    def set(self, label: str | None, value: float) -> None:
-        """Change one label's threshold (or, with None, the default) while running."""
-        if label is None:
-            self._default = value
-        else:
-            self._per_label[label] = value
-
 
 def decide(result: TaskResult, thresholds: Thresholds) -> Decision:
     """`ok` or `uncertain`, before any fallback."""

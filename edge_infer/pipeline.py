@@ -97,10 +97,6 @@ class Pipeline:
         self.paths = {"model": 0, "escalated": 0}
         self.actions = {"published": 0, "suppressed": 0, "deferred": 0}
 
-    @property
-    def thresholds(self) -> Thresholds:
-        return self.model.thresholds
-
     def prepare(self, sample: Sample) -> Prepared:
         """Front half: decode gate and preprocessing. Runs in its own thread when pipelined."""
         started = time.perf_counter()

@@ -222,12 +222,12 @@ def _ssd_order(outputs: Sequence[np.ndarray], tensors: Sequence[TensorInfo],
                          f"({', '.join(SSD_TENSORS)})")
     # classes are whole numbers; scores are not (and are sorted, best first)
     whole = [bool(np.all(r == np.rint(r))) for r in rest]
-    classes_first = (whole[0] and not whole[1]) or (whole[0] == whole[1] and tensors_named(tensors, "class") == 0)
+    classes_first = (whole[0] and not whole[1]) or (whole[0] == whole[1] and _position_named(tensors, "class") == 0)
     named["classes"], named["scores"] = (rest[0], rest[1]) if classes_first else (rest[1], rest[0])
     return named
 
 
-def tensors_named(tensors: Sequence[TensorInfo], word: str) -> int:
+def _position_named(tensors: Sequence[TensorInfo], word: str) -> int:
     """Position (among the two unlabelled ssd outputs) whose tensor name mentions `word`; 0 when none does."""
     middle = [t for t in tensors if not (len(t.shape) == 3 and t.shape[-1] == 4) and int(np.prod(t.shape)) != 1]
     return next((i for i, t in enumerate(middle) if word in t.name.lower()), 0)
