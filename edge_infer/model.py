@@ -137,8 +137,7 @@ def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None, threa
         if "no manifest archive" not in exc.problem:
             raise
         return _plain_model(Path(path), overrides, threads, runtime)
-    unknown_input = overrides.get("input")
-    if unknown_input is not None:
+    if "input" in overrides:
         raise BundleError(path, "[model.input] is for plain .tflite models; this bundle's manifest already says "
                                 "how to preprocess")
     if not any(k in overrides for k in MODEL_OVERRIDES):
