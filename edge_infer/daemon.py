@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -313,8 +314,9 @@ class Daemon:
 
     def _backlog(self) -> int:
         """Stored, unacknowledged messages (read on its own connection: health runs on several threads)."""
-        try:
-            with sqlite3.connect(f"file:{self.outbox.path}?mode=ro", uri=True, timeout=1.0) as db:
+        try:  # closed at once: a lingering reader would keep the WAL from being checkpointed at exit
+            with contextlib.closing(sqlite3.connect(f"file:{self.outbox.path}?mode=ro", uri=True,
+                                                    timeout=1.0)) as db:
                 row = db.execute("SELECT COUNT(*) FROM messages").fetchone()
             return int(row[0]) if row else 0
         except sqlite3.Error:

@@ -391,6 +391,15 @@ def test_a_second_daemon_on_the_same_state_dir_is_refused(tmp_path: Path) -> Non
         daemon.kill()
 
 
+def test_a_clean_stop_checkpoints_the_outbox(tmp_path: Path, broker: Mosquitto) -> None:
+    """Every connection is closed at exit (health's reader too), so SQLite folds the WAL into the database and
+    removes it: the file on disk is the whole outbox."""
+    make_frames(tmp_path / "in", 3)
+    cfg = config(tmp_path, broker.port)
+    assert run_cli("run", "--config", str(cfg), "--once").returncode == 0
+    assert not (tmp_path / "state" / "outbox.db-wal").exists()
+
+
 def test_corrupt_outbox_is_moved_aside_and_seq_continues(tmp_path: Path, broker: Mosquitto) -> None:
     make_frames(tmp_path / "in", 3)
     cfg = config(tmp_path, broker.port)
