@@ -16,17 +16,18 @@ from pathlib import Path
 from edge_infer.config import Config
 
 UNIT_NAME = "edge-infer.service"
-CAMERA_DEVICES = ("/dev/video0", "/dev/media0", "/dev/dma_heap/linux,cma", "/dev/dma_heap/system")
+CAMERA_DMA_HEAPS = ("/dev/dma_heap/linux,cma", "/dev/dma_heap/system")
 
 
 def source_devices(cfg: Config) -> tuple[list[str], list[str]]:
     """Device nodes the source needs, and the groups that own them on Raspberry Pi OS."""
     src = cfg.source
     if src["type"] == "camera":
-        index = src.get("index", 0)
-        devices = [f"/dev/video{index}", *CAMERA_DEVICES[1:]] if src.get("backend") != "picamera2" else [
-            "/dev/video*", "/dev/media*", *CAMERA_DEVICES[2:]]
-        return devices, ["video"]
+        if src.get("backend") == "opencv":  # one V4L2 node
+            return [f"/dev/video{src.get('index', 0)}"], ["video"]
+        # libcamera (picamera2) opens several video and media nodes and allocates from the DMA heaps;
+        # DeviceAllow takes device classes for that (globs are not allowed)
+        return ["char-video4linux", "char-media", *CAMERA_DMA_HEAPS], ["video"]
     if src["type"] == "serial":
         return [src["port"]], ["dialout"]
     if src["type"] == "iio":

@@ -53,6 +53,9 @@ def test_a_camera_source_is_granted_its_device_and_group_only(tmp_path: Path) ->
     unit = settings(dry_run_unit(cfg))
     assert unit["DevicePolicy"] == ["closed"] and "PrivateDevices" not in unit
     assert "/dev/video1 rw" in unit["DeviceAllow"] and unit["SupplementaryGroups"] == ["video"]
+    cfg.write_text(cfg.read_text().replace('backend = "opencv"', 'backend = "picamera2"'))
+    libcamera = settings(dry_run_unit(cfg))
+    assert {"char-video4linux rw", "char-media rw"} <= set(libcamera["DeviceAllow"])
     plain = settings(dry_run_unit(REPO / "device_configs" / "pi-4.toml"))
     assert plain["PrivateDevices"] == ["yes"] and "DeviceAllow" not in plain
 
