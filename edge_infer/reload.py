@@ -50,11 +50,15 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
     restart += [f"decide.{k}" for k in decide_restart]
 
     model, pipeline = daemon.model, daemon.pipeline
+    # what can still fail is checked before anything changes: a refused reload leaves the daemon as it was
+    threshold = new.model["threshold"]
+    if threshold is not None and threshold > 1.0 and model.task != "anomaly":
+        raise ValueError(f"[model].threshold = {threshold}: a {model.task} threshold is a confidence from 0 to 1")
+    gate_changes = _changed(old.gate, new.gate)
+    sensor_gate = daemon._sensor_gate(new, model.manifest) if gate_changes and pipeline.sensor_gate else None
+
     live_model = [k for k in model_changes if k in LIVE_MODEL_KEYS]
     if {"threshold", "thresholds"} & set(live_model):
-        threshold = new.model["threshold"]
-        if threshold is not None and threshold > 1.0 and model.task != "anomaly":
-            raise ValueError(f"[model].threshold = {threshold}: a {model.task} threshold is a confidence from 0 to 1")
         model.thresholds = Thresholds(model.manifest, threshold, dict(new.model["thresholds"]))
     if "zones" in live_model:
         model.zones = tuple(Zone(z["name"], tuple((float(x), float(y)) for x, y in z["polygon"]))
@@ -78,11 +82,10 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
             pipeline.debouncer = Debouncer(*d["debounce"]) if d["debounce"] else None
         applied += [f"decide.{k}" for k in live_decide]
 
-    gate_changes = _changed(old.gate, new.gate)
     if gate_changes:
         g = new.gate
-        if pipeline.sensor_gate is not None:
-            pipeline.sensor_gate = daemon._sensor_gate(new, model.manifest)
+        if sensor_gate is not None:
+            pipeline.sensor_gate = sensor_gate
         else:
             pipeline.gate = gate_from_config(g, model.manifest.image_quality_reference)
         pipeline.max_pixels, pipeline.min_side = g["max_pixels"], g["min_side"]
