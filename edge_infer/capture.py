@@ -83,6 +83,11 @@ class CaptureStore:
         return self._bytes
 
 
+def review_store(root: Path | str, max_files: int, max_bytes: int) -> CaptureStore | None:
+    """The review folder a config asks for, or None when it keeps nothing (`max_files` 0)."""
+    return CaptureStore(root, max_files, max_bytes) if max_files else None
+
+
 def export(root: Path | str, dest: Path | str, groups: set[str] | None = None) -> dict[str, int]:
     """Copy a capture folder into the layout `edge-convert` reads: images as `dest/<group>/<file>`; sensor
     windows (CSV captures) into `dest/windows.npz` (`x`: windows, `y`: group names). Sidecars stay behind.

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from edge_infer import __version__
 from edge_infer.bundle import BundleError
-from edge_infer.capture import CaptureStore
+from edge_infer.capture import review_store
 from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.decide import Thresholds
 from edge_infer.gates.quality import gate_from_config
@@ -35,7 +35,7 @@ from edge_infer.messages import (
 )
 from edge_infer.metrics import LatencyWindow, MetricsServer, ThermalGovernor, rss_bytes
 from edge_infer.model import model_from_config
-from edge_infer.monitor import DriftMonitor, statistics_from_reference
+from edge_infer.monitor import monitor_from_config
 from edge_infer.outbox import EVENTS, Limits, Outbox, Pending
 from edge_infer.pipeline import Outcome, Pipeline, Policy, Prepared
 from edge_infer.postprocess import Classification
@@ -84,8 +84,8 @@ class Daemon:
             escalate_to=second,
             escalate_fallback=decide_cfg["escalate_fallback"],
             debounce=tuple(decide_cfg["debounce"]) if decide_cfg["debounce"] else None,  # type: ignore[arg-type]
-            uncertain=CaptureStore(decide_cfg["uncertain_dir"], decide_cfg["keep_uncertain"],
-                                   decide_cfg["keep_uncertain_bytes"]) if decide_cfg["keep_uncertain"] else None,
+            uncertain=review_store(decide_cfg["uncertain_dir"], decide_cfg["keep_uncertain"],
+                                   decide_cfg["keep_uncertain_bytes"]),
         )
         try:
             self.pipeline = Pipeline(
@@ -94,17 +94,13 @@ class Daemon:
                 cfg.gate["max_pixels"],
                 cfg.gate["min_side"],
                 gate_from_config(cfg.gate, manifest.image_quality_reference),
-                CaptureStore(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"], cfg.gate["keep_rejected_bytes"])
-                if cfg.gate["keep_rejected"] else None,
+                review_store(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"], cfg.gate["keep_rejected_bytes"]),
                 self._sensor_gate(cfg, manifest),
                 policy,
             )
         except ValueError as exc:
             raise ConfigError(f"{cfg.path}: [decide]: {exc}") from None
-        drift = cfg.drift
-        self.monitor = DriftMonitor(
-            statistics_from_reference(manifest.drift_reference, self.model.thresholds.default)
-            if drift["enabled"] else [], drift["window"], drift["every"], drift["alarm"], drift["clear"])
+        self.monitor = monitor_from_config(cfg.drift, manifest.drift_reference, self.model.thresholds.default)
         self.pipeline.colour_stats = any(s.name.startswith("mean.") for s in self.monitor.statistics)
         self.started_at = time.monotonic()
         self._last_health = self.started_at  # the first snapshot after one interval (and one at the end)

@@ -183,21 +183,30 @@ def _parse(path: Path | str, doc: dict[str, Any], where: str) -> Manifest:
         raise BundleError(path, f"{where}: {exc}") from None
 
 
+def zones_from_config(entries: Sequence[dict[str, Any]]) -> tuple[Zone, ...]:
+    """`[model].zones` → detection zones."""
+    return tuple(Zone(z["name"], tuple((float(x), float(y)) for x, y in z["polygon"])) for z in entries)
+
+
+def threshold_problem(task: str, threshold: float | None) -> str | None:
+    """Why `[model].threshold` does not fit the task (only anomaly scores have a scale of their own)."""
+    if threshold is not None and threshold > 1.0 and task != "anomaly":
+        return f"[model].threshold = {threshold}: a {task} threshold is a confidence from 0 to 1"
+    return None
+
+
 def model_from_config(model_cfg: dict[str, Any], bundle_path: str | None = None) -> Model:
     """The device config's `[model]` → a ready `Model` (its thresholds from the config, defaulting to the
     bundle's). `bundle_path` loads another bundle with the same runtime settings (the escalation model)."""
-    from edge_infer.postprocess import Zone
-
     overrides = {k: model_cfg.get(k) for k in (*MODEL_OVERRIDES, "input")} if bundle_path is None else {}
     bundle, engine = open_bundle(bundle_path or model_cfg["bundle"], overrides, model_cfg["threads"],
                                  model_cfg["runtime"])
-    zones = [Zone(z["name"], tuple((float(x), float(y)) for x, y in z["polygon"])) for z in model_cfg["zones"]]
-    model = Model(bundle, model_cfg["threads"], model_cfg["runtime"], model_cfg["top_k"], engine, zones)
+    model = Model(bundle, model_cfg["threads"], model_cfg["runtime"], model_cfg["top_k"], engine,
+                  zones_from_config(model_cfg["zones"]))
     if bundle_path is None:
         threshold = model_cfg["threshold"]
-        if threshold is not None and threshold > 1.0 and model.task != "anomaly":
-            raise BundleError(bundle.path, f"[model].threshold = {threshold}: a {model.task} threshold is a "
-                                           "confidence from 0 to 1 (only anomaly scores have their own scale)")
+        if problem := threshold_problem(model.task, threshold):
+            raise BundleError(bundle.path, problem)
         model.thresholds = Thresholds(bundle.manifest, threshold, model_cfg["thresholds"])
     return model
 

@@ -122,6 +122,13 @@ def _rate_below(edges: Sequence[float], fractions: Sequence[float], threshold: f
     return total
 
 
+def monitor_from_config(drift: dict[str, Any], reference: dict[str, Any] | None,
+                        uncertain_threshold: float | None) -> DriftMonitor:
+    """The `[drift]` table and a bundle's `reference.drift` → a monitor (one with nothing to follow when off)."""
+    stats = statistics_from_reference(reference, uncertain_threshold) if drift["enabled"] else []
+    return DriftMonitor(stats, drift["window"], drift["every"], drift["alarm"], drift["clear"])
+
+
 class DriftMonitor:
     """Feed it every accepted input's statistics and result; it reports alarm state changes."""
 

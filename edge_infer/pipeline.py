@@ -122,7 +122,8 @@ class Pipeline:
             "brightness": quality.brightness, "contrast": quality.contrast, "sharpness": quality.sharpness}
         if self.colour_stats and pixels.ndim == 3:
             stats.update(zip(("mean.R", "mean.G", "mean.B"), channel_means(pixels), strict=True))
-        return Prepared(sample, verdict, self.model.view_tensor(pixels), started, self.model.geometry(image), stats,
+        geometry = self.model.geometry(image) if self.model.task == "detection" else None  # only boxes need it
+        return Prepared(sample, verdict, self.model.view_tensor(pixels), started, geometry, stats,
                         image if self.policy.escalate_to is not None else None)
 
     def _prepare_window(self, sample: Sample, started: float) -> Prepared:

@@ -11,19 +11,18 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from edge_infer.capture import CaptureStore
+from edge_infer.capture import review_store
 from edge_infer.config import Config
 from edge_infer.decide import Debouncer, Thresholds
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.logs import setup_logging
-from edge_infer.monitor import DriftMonitor, statistics_from_reference
-from edge_infer.postprocess import Zone
+from edge_infer.model import threshold_problem, zones_from_config
+from edge_infer.monitor import monitor_from_config
 
 if TYPE_CHECKING:
     from edge_infer.daemon import Daemon
 
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
-LIVE_SECTIONS = ("decide", "gate", "drift", "health", "log")
 RESTART_SECTIONS = ("device", "source", "mqtt", "outbox", "pipeline", "service", "metrics", "thermal",
                     "homeassistant")
 RESTART_DECIDE_KEYS = ("escalate_to", "escalate_threshold", "upload", "upload_max_bytes", "upload_chunk_bytes")
@@ -52,8 +51,8 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
     model, pipeline = daemon.model, daemon.pipeline
     # what can still fail is checked before anything changes: a refused reload leaves the daemon as it was
     threshold = new.model["threshold"]
-    if threshold is not None and threshold > 1.0 and model.task != "anomaly":
-        raise ValueError(f"[model].threshold = {threshold}: a {model.task} threshold is a confidence from 0 to 1")
+    if problem := threshold_problem(model.task, threshold):
+        raise ValueError(problem)
     gate_changes = _changed(old.gate, new.gate)
     sensor_gate = daemon._sensor_gate(new, model.manifest) if gate_changes and pipeline.sensor_gate else None
 
@@ -61,8 +60,7 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
     if {"threshold", "thresholds"} & set(live_model):
         model.thresholds = Thresholds(model.manifest, threshold, dict(new.model["thresholds"]))
     if "zones" in live_model:
-        model.zones = tuple(Zone(z["name"], tuple((float(x), float(y)) for x, y in z["polygon"]))
-                            for z in new.model["zones"])
+        model.zones = zones_from_config(new.model["zones"])
     if "top_k" in live_model:
         model.top_k = new.model["top_k"]
     applied += [f"model.{k}" for k in live_model]
@@ -72,8 +70,7 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
         d = new.decide
         uncertain = pipeline.policy.uncertain
         if {"keep_uncertain", "keep_uncertain_bytes", "uncertain_dir"} & set(live_decide):
-            uncertain = CaptureStore(d["uncertain_dir"], d["keep_uncertain"], d["keep_uncertain_bytes"]) \
-                if d["keep_uncertain"] else None
+            uncertain = review_store(d["uncertain_dir"], d["keep_uncertain"], d["keep_uncertain_bytes"])
         fallback = d["fallback"] if not escalation_switch else old.decide["fallback"]
         pipeline.policy = dataclasses.replace(
             pipeline.policy, fallback=fallback, escalate_fallback=d["escalate_fallback"],
@@ -89,16 +86,13 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
         else:
             pipeline.gate = gate_from_config(g, model.manifest.image_quality_reference)
         pipeline.max_pixels, pipeline.min_side = g["max_pixels"], g["min_side"]
-        pipeline.capture = CaptureStore(g["rejected_dir"], g["keep_rejected"], g["keep_rejected_bytes"]) \
-            if g["keep_rejected"] else None
+        pipeline.capture = review_store(g["rejected_dir"], g["keep_rejected"], g["keep_rejected_bytes"])
         applied += [f"gate.{k}" for k in gate_changes]
 
     drift_changes = _changed(old.drift, new.drift)
     if drift_changes:
         dr = new.drift
-        daemon.monitor = DriftMonitor(
-            statistics_from_reference(model.manifest.drift_reference, model.thresholds.default)
-            if dr["enabled"] else [], dr["window"], dr["every"], dr["alarm"], dr["clear"])
+        daemon.monitor = monitor_from_config(dr, model.manifest.drift_reference, model.thresholds.default)
         applied += [f"drift.{k}" for k in drift_changes]
     applied += [f"health.{k}" for k in _changed(old.health, new.health)]
     if old.log != new.log:

@@ -22,7 +22,7 @@ from edge_infer.bundle import load_bundle
 from edge_infer.config import SCHEMA
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.model import Model
-from edge_infer.monitor import DriftMonitor, statistics_from_reference
+from edge_infer.monitor import monitor_from_config
 from edge_infer.pipeline import Pipeline
 from edge_infer.sources import Sample
 
@@ -58,9 +58,8 @@ def run_stream(name: str, transform: Callable[[Image.Image], Image.Image] | None
     model = Model(bundle)
     gate_cfg = {k: f.default for k, f in SCHEMA["gate"].items()}
     pipeline = Pipeline(model, None, gate=gate_from_config(gate_cfg, bundle.manifest.image_quality_reference))
-    drift = {k: f.default for k, f in SCHEMA["drift"].items()}
-    monitor = DriftMonitor(statistics_from_reference(bundle.manifest.drift_reference, model.thresholds.default),
-                           drift["window"], drift["every"], drift["alarm"], drift["clear"])
+    monitor = monitor_from_config({k: f.default for k, f in SCHEMA["drift"].items()},
+                                  bundle.manifest.drift_reference, model.thresholds.default)
     files = sorted(HELD_OUT.glob("*/*.png"))
     rng = random.Random(seed)
     false_alarms, delay, alarmed, rejected = 0, None, [], 0
