@@ -58,8 +58,10 @@ def build_manifest_doc(model_bytes: bytes, **fields: Any) -> dict[str, Any]:
     return doc
 
 
-def write_bundle(path: Path | str, model_bytes: bytes, manifest_doc: dict[str, Any]) -> Path:
-    """Validate the manifest and write model + archive atomically (temp file, fsync, rename)."""
+def write_bundle(path: Path | str, model_bytes: bytes, manifest_doc: dict[str, Any],
+                 extra: dict[str, bytes] | None = None) -> Path:
+    """Validate the manifest and write model + archive (manifest, then `extra` members such as the golden
+    inputs) atomically."""
     path = Path(path)
     if model_bytes[4:8] != TFLITE_IDENTIFIER:
         raise BundleError(path, "model bytes are not a TFLite flatbuffer (no TFL3 identifier)")
@@ -69,17 +71,49 @@ def write_bundle(path: Path | str, model_bytes: bytes, manifest_doc: dict[str, A
         raise BundleError(path, f"invalid manifest: {exc}") from None
     if manifest.model_sha256 != model_digest(model_bytes) or manifest.model_size != len(model_bytes):
         raise BundleError(path, "manifest model.sha256/model.size do not describe these model bytes")
+    members = {MANIFEST_NAME: (json.dumps(manifest_doc, indent=2, sort_keys=True) + "\n").encode()}
+    members.update(extra or {})
+    return write_parts(path, BundleParts(model_bytes, members))
+
+
+@dataclass(frozen=True)
+class BundleParts:
+    """A bundle file split into the model bytes and its archive members (name → bytes)."""
+
+    model_bytes: bytes
+    members: dict[str, bytes]
+
+
+def write_parts(path: Path | str, parts: BundleParts) -> Path:
+    """Write model bytes + archive atomically (temp file, fsync, rename)."""
+    path = Path(path)
     archive = io.BytesIO()
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(MANIFEST_NAME, json.dumps(manifest_doc, indent=2, sort_keys=True) + "\n")
+        for name, data in parts.members.items():
+            zf.writestr(name, data)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as fh:
-        fh.write(model_bytes)
+        fh.write(parts.model_bytes)
         fh.write(archive.getvalue())
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     return path
+
+
+def read_parts(path: Path | str) -> BundleParts:
+    """Split a bundle into model bytes and archive members (the model's size is the manifest's)."""
+    data, doc = read_manifest_doc(path)
+    try:
+        size = int(doc["model"]["size"])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(path, "manifest has no model.size") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            members = {name: zf.read(name) for name in zf.namelist()}
+    except Exception as exc:  # a damaged archive is a refused bundle, never a crash
+        raise BundleError(path, f"corrupt bundle archive: {exc}") from None
+    return BundleParts(data[:size], members)
 
 
 def read_manifest_doc(path: Path | str) -> tuple[bytes, dict[str, Any]]:

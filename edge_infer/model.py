@@ -95,7 +95,10 @@ class Model:
 
     def run(self, tensor: np.ndarray, geometry: ViewGeometry | None = None) -> TaskResult:
         """Input tensor → the task's result (call from one thread: the interpreter is not thread-safe)."""
-        outputs = self.engine.run(tensor)
+        return self.postprocess(self.engine.run(tensor), geometry)
+
+    def postprocess(self, outputs: Sequence[np.ndarray], geometry: ViewGeometry | None = None) -> TaskResult:
+        """The interpreter's outputs → the task's result."""
         tensors = self.engine.outputs
         m, out = self.manifest, self.manifest.output
         if m.task == "classification":
