@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edge_infer import __version__
 from edge_infer.bundle import BundleError
@@ -19,6 +20,9 @@ from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.outbox import OutboxError
 from edge_infer.runtime import RuntimeUnavailable
 from edge_infer.sources import SourceError
+
+if TYPE_CHECKING:
+    from edge_infer.remote import Remote
 
 USER_ERRORS = (ConfigError, BundleError, RuntimeUnavailable, OutboxError, SourceError)
 
@@ -257,6 +261,117 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from edge_infer.signing import generate_keypair, key_id, load_private_key
+
+    try:
+        private, public = generate_keypair(args.out)
+    except FileExistsError as exc:
+        raise ConfigError(str(exc)) from None
+    print(f"edge-infer: wrote {private} (private: keep it on the signing machine, mode 0600) and {public} "
+          f"(public: list it in each device's [fleet].keys); key id {key_id(load_private_key(private))}")
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    from edge_infer.signing import load_private_key, sign_bundle
+
+    try:
+        key = load_private_key(args.key)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for bundle in args.bundle:
+        print(f"edge-infer: signed {bundle} with key {sign_bundle(bundle, key)}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from edge_infer.golden import read_golden
+    from edge_infer.signing import SignatureError, load_public_key, read_parts, verify_bundle
+
+    try:
+        keys = [load_public_key(k) for k in args.key]
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    failed = 0
+    for bundle in args.bundle:
+        try:
+            signer = verify_bundle(bundle, keys)
+        except SignatureError as exc:
+            print(f"edge-infer: {bundle}: REFUSED ({exc.reason}): {exc.detail}")
+            failed += 1
+            continue
+        golden = read_golden(read_parts(bundle).members)
+        print(f"edge-infer: {bundle}: signed by {signer}; {len(golden) if golden else 'no'} golden inputs")
+    return 1 if failed else 0
+
+
+def _remote(args: argparse.Namespace) -> Remote:
+    from edge_infer.remote import Broker, Remote
+
+    host, _, port = args.broker.rpartition(":")
+    password = Path(args.password_file).read_text().strip() if args.password_file else None
+    broker = Broker(host or args.broker, int(port) if port.isdigit() else 1883, args.username, password, args.tls,
+                    args.ca_file)
+    try:
+        return Remote(broker, args.prefix, args.device)
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(f"{args.broker}: cannot reach the broker: {exc}") from None
+
+
+def _print_answer(events: list[dict], timeout: float) -> int:
+    if not events:
+        print(f"edge-infer: no answer within {timeout:.0f} s (is the device online, and [commands] enabled?)",
+              file=sys.stderr)
+        return 2
+    for event in events:
+        print(json.dumps({"event": event.get("event"), **event.get("details", {})}))
+    return 1 if any(e.get("event") in ("command_failed", "model_rolled_back") for e in events) else 0
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    from edge_infer.remote import command_payload
+
+    try:
+        command_args = json.loads(args.args) if args.args else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--args: not JSON: {exc}") from None
+    command_id, payload = command_payload(args.name, args.device, command_args, Path(args.key) if args.key else None)
+    remote = _remote(args)
+    try:
+        remote.publish(f"cmd/{args.name}", payload)
+        return _print_answer(remote.wait(command_id, args.timeout), args.timeout)
+    finally:
+        remote.close()
+
+
+def cmd_push_model(args: argparse.Namespace) -> int:
+    from edge_infer.remote import bundle_chunks
+
+    transfer, chunks = bundle_chunks(Path(args.bundle), args.chunk_bytes)
+    remote = _remote(args)
+    try:
+        for i, chunk in enumerate(chunks, 1):
+            remote.publish("cmd/update-model", chunk)
+            print(f"\redge-infer: sent {i}/{len(chunks)} chunks", end="", file=sys.stderr, flush=True)
+        print(file=sys.stderr)
+        also = ("model_confirmed", "model_rolled_back") if args.wait_watch else ()
+        return _print_answer(remote.wait(transfer, args.timeout, also), args.timeout)
+    finally:
+        remote.close()
+
+
+def _remote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", required=True, help="the device's id ([device].id)")
+    p.add_argument("--broker", default="127.0.0.1:1883", help="host:port (127.0.0.1:1883)")
+    p.add_argument("--prefix", default="edge", help="the devices' [mqtt].topic_prefix (edge)")
+    p.add_argument("--username")
+    p.add_argument("--password-file")
+    p.add_argument("--tls", action="store_true")
+    p.add_argument("--ca-file")
+    p.add_argument("--timeout", type=float, default=60.0, help="wait this long for the answer (s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge-infer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"edge-infer {__version__}")
@@ -305,6 +420,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3, help="repeat every measurement; report medians (3)")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
+    keygen = sub.add_parser("keygen", help="make a fleet signing key pair (<out>.key, <out>.pub)")
+    keygen.add_argument("--out", required=True, help="path stem, e.g. fleet")
+    keygen.set_defaults(func=cmd_keygen)
+    sign = sub.add_parser("sign", help="sign bundles with the fleet's private key")
+    sign.add_argument("bundle", nargs="+")
+    sign.add_argument("--key", required=True, help="private key (PEM)")
+    sign.set_defaults(func=cmd_sign)
+    verify = sub.add_parser("verify", help="check bundles' signatures as a device would")
+    verify.add_argument("bundle", nargs="+")
+    verify.add_argument("--key", required=True, action="append", help="public key (PEM file or base64); repeatable")
+    verify.set_defaults(func=cmd_verify)
+    command = sub.add_parser("command", help="send a command to a device and print its answer")
+    command.add_argument("name", help="reload, snapshot, set-threshold or update-model")
+    command.add_argument("--args", help='JSON object, e.g. \'{"threshold": 0.8}\'')
+    command.add_argument("--key", help="fleet private key to sign with (devices with [commands] auth = \"signed\")")
+    _remote_args(command)
+    command.set_defaults(func=cmd_command)
+    push = sub.add_parser("push-model", help="send a signed bundle to a device over MQTT and print what it did")
+    push.add_argument("bundle")
+    push.add_argument("--chunk-bytes", type=int, default=128 * 1024)
+    push.add_argument("--wait-watch", action="store_true", help="also wait for the watch window's verdict")
+    _remote_args(push)
+    push.set_defaults(func=cmd_push_model)
     return parser
 
 

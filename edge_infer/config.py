@@ -268,6 +268,30 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "commit_window_ms": Field((int, float), default=20, check=_between(0, 10_000)),
         "max_batch": Field(int, default=256, check=_between(1, 100_000)),
     },
+    "fleet": {
+        # public keys (PEM files, or base64 of the 32 raw bytes) whose signatures this device accepts
+        "keys": Field(list, default=[], check=lambda v: None if all(isinstance(k, str) and k for k in v)
+                      else "expected a list of public key files (or base64 keys)"),
+    },
+    "update": {
+        "enabled": Field(bool, default=False),
+        "incoming_dir": Field(str, default=None, is_path=True),
+        "slots_dir": Field(str, default=None, is_path=True),
+        "max_bundle_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1024, 2**34)),
+        "min_agreement": Field((int, float), default=None, check=_between(0.0, 1.0)),
+        "max_latency_ms": Field((int, float), default=None, check=_between(0.0, 1e6)),
+        "max_latency_ratio": Field((int, float), default=2.0, check=_between(1.0, 1000.0)),
+        "shadow": Field(int, default=0, check=_between(0, 1_000_000)),
+        "shadow_min_agreement": Field((int, float), default=0.9, check=_between(0.0, 1.0)),
+        "watch": Field(int, default=200, check=_between(0, 10_000_000)),
+        "max_uncertain_increase": Field((int, float), default=0.15, check=_between(0.0, 1.0)),
+        "watch_latency_ratio": Field((int, float), default=2.0, check=_between(1.0, 1000.0)),
+    },
+    "commands": {
+        "enabled": Field(bool, default=False),
+        "auth": Field(str, default="signed", choices=("signed", "acl")),
+        "max_age": Field(int, default=600, check=_between(1, 10 * 365 * 24 * 3600)),
+    },
     "log": {
         "level": Field(str, default="info", choices=("debug", "info", "warning", "error")),
         "format": Field(str, default="kv", choices=("kv", "json")),
@@ -293,6 +317,9 @@ class Config:
     health: dict[str, Any]
     mqtt: dict[str, Any]
     outbox: dict[str, Any]
+    fleet: dict[str, Any]
+    update: dict[str, Any]
+    commands: dict[str, Any]
     log: dict[str, Any]
 
 
@@ -401,6 +428,19 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
         raise ConfigError(f"{path}: [thermal].resume_temp: must be below [thermal].max_temp (hysteresis)")
     if sections["drift"]["clear"] > sections["drift"]["alarm"]:
         raise ConfigError(f"{path}: [drift].clear: must not be above [drift].alarm (hysteresis)")
+    update = sections["update"]
+    for key, folder in (("incoming_dir", "incoming"), ("slots_dir", "models")):
+        if update[key] is None:
+            update[key] = str(Path(device["state_dir"]) / folder)
+    fleet_keys = sections["fleet"]["keys"]
+    sections["fleet"]["keys"] = [str((path.parent / k).resolve()) if (path.parent / k).exists() else k
+                                 for k in fleet_keys]
+    if update["enabled"] and not fleet_keys:
+        raise ConfigError(f"{path}: [update].enabled: model updates must be signed: list the fleet's public keys in "
+                          "[fleet].keys (edge-infer keygen makes a pair)")
+    if sections["commands"]["enabled"] and sections["commands"]["auth"] == "signed" and not fleet_keys:
+        raise ConfigError(f"{path}: [commands].auth = \"signed\": list the fleet's public keys in [fleet].keys, or "
+                          "set auth = \"acl\" and restrict the cmd topics on the broker (docs/operations.md)")
     if sections["source"]["name"] is None:
         sections["source"]["name"] = sections["source"]["type"]
     return Config(path=path, **sections)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import queue
 import signal
@@ -13,13 +14,16 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from edge_infer import __version__
-from edge_infer.bundle import BundleError
-from edge_infer.capture import review_store
+from edge_infer.bundle import BundleError, read_manifest_doc
+from edge_infer.capture import CaptureStore, review_store
+from edge_infer.commands import CommandError, Commands
 from edge_infer.config import Config, ConfigError, load_config
-from edge_infer.decide import Thresholds
+from edge_infer.decide import Decision, Thresholds
+from edge_infer.gates.image import decode_image, standardize
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
 from edge_infer.homeassistant import discovery_messages
@@ -31,18 +35,24 @@ from edge_infer.messages import (
     message_id,
     rejection_payload,
     result_payload,
+    snapshot_payload,
     status_payload,
 )
 from edge_infer.metrics import LatencyWindow, MetricsServer, ThermalGovernor, rss_bytes
-from edge_infer.model import model_from_config
-from edge_infer.monitor import monitor_from_config
+from edge_infer.model import Model, model_from_config, threshold_problem
+from edge_infer.monitor import DriftMonitor, monitor_from_config
 from edge_infer.outbox import EVENTS, Limits, Outbox, Pending
 from edge_infer.pipeline import Outcome, Pipeline, Policy, Prepared
-from edge_infer.postprocess import Classification
+from edge_infer.postprocess import Classification, TaskResult
 from edge_infer.publisher import Publisher, settings_from_config
 from edge_infer.reload import apply_reload
+from edge_infer.runtime import RuntimeUnavailable
 from edge_infer.service import Notifier, Progress, Watchdog
+from edge_infer.signing import SignatureError, load_public_key, verify_bundle
+from edge_infer.slots import CONFIG, Slots
+from edge_infer.snapshot import snapshot_doc
 from edge_infer.sources import Sample, SourceError, make_source
+from edge_infer.updates import Updater
 from edge_infer.uploader import CaptureUploader
 from edge_infer.writer import OutboxWriter
 
@@ -72,7 +82,10 @@ class RunSummary:
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.model = model_from_config(cfg.model)
+        self.swap_lock = threading.RLock()  # a model swap (update, rollback) and a reload never interleave
+        self._startup_events: list[tuple[str, dict]] = []  # announced once the writer runs
+        self.slots = self._slots(cfg) if cfg.update["enabled"] or cfg.commands["enabled"] else None
+        self.model, previous = self._start_model()
         manifest = self.model.manifest
         decide_cfg = cfg.decide
         second = None
@@ -87,28 +100,13 @@ class Daemon:
             uncertain=review_store(decide_cfg["uncertain_dir"], decide_cfg["keep_uncertain"],
                                    decide_cfg["keep_uncertain_bytes"]),
         )
-        try:
-            self.pipeline = Pipeline(
-                self.model,
-                None,
-                cfg.gate["max_pixels"],
-                cfg.gate["min_side"],
-                gate_from_config(cfg.gate, manifest.image_quality_reference),
-                review_store(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"], cfg.gate["keep_rejected_bytes"]),
-                self._sensor_gate(cfg, manifest),
-                policy,
-            )
-        except ValueError as exc:
-            raise ConfigError(f"{cfg.path}: [decide]: {exc}") from None
-        self.monitor = monitor_from_config(cfg.drift, manifest.drift_reference, self.model.thresholds.default)
-        self.pipeline.colour_stats = any(s.name.startswith("mean.") for s in self.monitor.statistics)
+        self.pipeline = self._pipeline_for(self.model, policy,
+                                           review_store(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"],
+                                                        cfg.gate["keep_rejected_bytes"]))
+        self.monitor = self._monitor_for(self.pipeline)
         self.started_at = time.monotonic()
         self._last_health = self.started_at  # the first snapshot after one interval (and one at the end)
-        self.identity = Identity(
-            device_id=cfg.device["id"],
-            boot_id=str(uuid.uuid4()),
-            model={"name": manifest.name, "version": manifest.version, "sha256": manifest.model_sha256},
-        )
+        self.identity = Identity(device_id=cfg.device["id"], boot_id=str(uuid.uuid4()), model=self.pipeline.info)
         box = cfg.outbox
         limits = Limits(max_rows=box["max_rows"], max_bytes=box["max_bytes"], ttl_s=float(box["ttl"]),
                         policy=box["policy"])
@@ -130,6 +128,9 @@ class Daemon:
             )
         self.stop_event = threading.Event()
         self.summary = RunSummary()
+        self.inbox: queue.Queue[tuple[str, bytes]] | None = queue.Queue(maxsize=256) if cfg.commands["enabled"] \
+            else None
+        self._last: tuple[Sample, TaskResult, Decision, Identity] | None = None  # for `snapshot`
         self.pulled = 0  # inputs the source offered (read or skipped): what back-pressure bounds
         self.publisher = Publisher(
             settings_from_config(cfg.mqtt, cfg.device["id"]),
@@ -140,6 +141,7 @@ class Daemon:
             ),
             will=lambda: status_payload(self.identity, "offline"),
             uploader=self._uploader(cfg),
+            commands=self.inbox,
         )
         if cfg.homeassistant["discovery"]:
             self.publisher.discovery = discovery_messages(
@@ -151,7 +153,8 @@ class Daemon:
         th = cfg.thermal
         self.governor = ThermalGovernor(th["zone"], th["throttled"], th["max_temp"], th["resume_temp"],
                                         th["check_interval"], on_change=self.add_event)
-        self._handoff: queue.Queue[Prepared | None] | None = None
+        self._handoff: queue.Queue[tuple[Pipeline, Prepared] | None] | None = None
+        self._last_scan = 0.0
         self.metrics_server: MetricsServer | None = None
         self.reload_requested = threading.Event()
         self.writer = OutboxWriter(
@@ -162,6 +165,177 @@ class Daemon:
             on_problem=lambda text: self.publisher.set_problem("outbox", text),
             progress=self.progress,
         )
+
+        self.updater = Updater(self, self.slots) if cfg.update["enabled"] and self.slots is not None else None
+        if self.updater is not None:
+            self.updater.resume(previous)
+        self.commands = Commands(self) if cfg.commands["enabled"] else None
+
+    # ---- models: start-up choice, slots, swaps ----------------------------------------------------------------
+    def _slots(self, cfg: Config) -> Slots:
+        bundle = Path(cfg.model["bundle"])
+        try:
+            sha = str(read_manifest_doc(bundle)[1]["model"]["sha256"])
+        except (BundleError, KeyError, TypeError):
+            sha = hashlib.sha256(bundle.read_bytes()).hexdigest() if bundle.is_file() else ""
+        slots = Slots(cfg.update["slots_dir"], bundle, sha)
+        if slots.reset_reason:
+            log.warning("event=model_slots_reset reason=%r", slots.reset_reason)
+            self._startup_events.append(("model_slots_reset", {"reason": slots.reset_reason}))
+            slots.save()
+        return slots
+
+    def model_cfg(self, cfg: Config | None = None, overrides: dict | None = None) -> dict:
+        """`[model]` with the remote `set-threshold` overrides on top (they persist in the slot state)."""
+        cfg = cfg or self.cfg
+        if overrides is None:
+            overrides = self.slots.state.overrides if self.slots is not None else {}
+        merged = dict(cfg.model)
+        if "threshold" in overrides:
+            merged["threshold"] = overrides["threshold"]
+        if overrides.get("thresholds"):
+            merged["thresholds"] = {**merged["thresholds"], **overrides["thresholds"]}
+        return merged
+
+    def open_model(self, bundle: Path | str) -> Model:
+        """A bundle with this device's `[model]` settings (threads, runtime, thresholds, overrides)."""
+        return model_from_config({**self.model_cfg(), "bundle": str(bundle)})
+
+    def _start_model(self) -> tuple[Model, Model | None]:
+        """The model to run: the active slot's (re-verified), else the config's. A model that was on probation
+        when the daemon died is rolled back. Returns it and, when it is still being watched, the previous one."""
+        if self.slots is None:
+            return model_from_config(self.model_cfg()), None
+        state = self.slots.state
+        if state.probation is not None and not state.probation.get("clean_stop"):
+            bad = state.active
+            state.active, state.previous, state.probation = state.previous or CONFIG, None, None
+            self.slots.save()
+            if bad != CONFIG:
+                self.slots.path(bad).unlink(missing_ok=True)
+            reason = "the daemon stopped without a clean shutdown while the new model was being watched"
+            log.error("event=model_rolled_back slot=%s reason=%r", bad, reason)
+            self._startup_events.append(("model_rolled_back", {"reason": reason, "from_slot": bad,
+                                                               "slot": state.active}))
+        if state.active != CONFIG:
+            try:
+                if self.cfg.update["enabled"]:
+                    verify_bundle(self.slots.path(state.active), [load_public_key(k) for k in self.cfg.fleet["keys"]])
+                model = self.open_model(self.slots.path(state.active))
+            except (SignatureError, BundleError, RuntimeUnavailable) as exc:
+                reason = f"slot {state.active} cannot run ({exc}); running the config's bundle"
+                log.error("event=model_slot_unusable reason=%r", reason)
+                self._startup_events.append(("model_slot_unusable", {"slot": state.active, "reason": reason}))
+                state.active, state.previous, state.probation = CONFIG, None, None
+                self.slots.save()
+            else:
+                previous = None
+                if state.probation is not None and state.previous is not None:
+                    with contextlib.suppress(BundleError, RuntimeUnavailable):
+                        previous = self.open_model(self.slots.path(state.previous))
+                return model, previous
+        return model_from_config(self.model_cfg()), None
+
+    def _pipeline_for(self, model: Model, policy: Policy, capture: CaptureStore | None) -> Pipeline:
+        cfg = self.cfg
+        try:
+            return Pipeline(model, None, cfg.gate["max_pixels"], cfg.gate["min_side"],
+                            gate_from_config(cfg.gate, model.manifest.image_quality_reference), capture,
+                            self._sensor_gate(cfg, model.manifest), policy)
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.path}: [decide]: {exc}") from None
+
+    def _monitor_for(self, pipeline: Pipeline) -> DriftMonitor:
+        model = pipeline.model
+        monitor = monitor_from_config(self.cfg.drift, model.manifest.drift_reference, model.thresholds.default)
+        pipeline.colour_stats = any(s.name.startswith("mean.") for s in monitor.statistics)
+        return monitor
+
+    def serve(self, model: Model) -> None:
+        """Switch to `model` between two inputs: its own gate reference, drift monitor and identity; the review
+        folders, counters and fallbacks carry over. Inputs already prepared finish on the model that prepared
+        them."""
+        with self.swap_lock:
+            old = self.pipeline
+            pipeline = self._pipeline_for(model, old.policy, old.capture)
+            pipeline.paths, pipeline.actions = old.paths, old.actions
+            pipeline.max_pixels, pipeline.min_side = old.max_pixels, old.min_side
+            self.monitor = self._monitor_for(pipeline)
+            self.model = model
+            self.identity = dataclasses.replace(self.identity, model=pipeline.info)
+            self.pipeline = pipeline  # last: the front thread picks it up with its next input
+
+    def shadow_result(self, model: Model, sample: Sample) -> TaskResult | None:
+        """`model`'s result on a live input, prepared its own way (a shadow candidate; inference thread)."""
+        if sample.window is not None:
+            return model.run(model.window_tensor(sample.window))
+        if sample.image is not None:
+            image = standardize(sample.image)
+        elif sample.data is not None:
+            image = decode_image(sample.data, self.cfg.gate["max_pixels"], self.cfg.gate["min_side"],
+                                 model.draft_size)
+        else:
+            return None
+        return model.run(model.prepare(image), model.geometry(image) if model.task == "detection" else None)
+
+    # ---- remote commands ----------------------------------------------------------------------------------------
+    def set_threshold(self, args: dict) -> dict:
+        """`set-threshold`: {"threshold": x} and/or {"thresholds": {label: x}}, or {"reset": true}. Applied to the
+        next input and kept across restarts (in the slot state) until reset."""
+        assert self.slots is not None
+        overrides = {} if args.get("reset") else dict(self.slots.state.overrides)
+        if not args.get("reset"):
+            if "threshold" not in args and "thresholds" not in args:
+                raise ValueError("give threshold, thresholds (label → value) or reset")
+            if "threshold" in args:
+                value = args["threshold"]
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise ValueError(f"threshold: expected a number, got {value!r}")
+                if problem := threshold_problem(self.model.task, float(value)):
+                    raise ValueError(problem)
+                overrides["threshold"] = float(value)
+            if "thresholds" in args:
+                table = args["thresholds"]
+                labels = set(self.model.manifest.labels)
+                if not isinstance(table, dict) or not all(
+                        isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in table.values()):
+                    raise ValueError("thresholds: expected {label: number from 0 to 1}")
+                if unknown := sorted(set(table) - labels):
+                    raise ValueError(f"thresholds: unknown labels {', '.join(unknown)} (the model's: "
+                                     f"{', '.join(sorted(labels))})")
+                overrides["thresholds"] = {**overrides.get("thresholds", {}), **{k: float(v) for k, v in table.items()}}
+        merged = self.model_cfg(overrides=overrides)
+        with self.swap_lock:
+            self.model.thresholds = Thresholds(self.model.manifest, merged["threshold"], merged["thresholds"])
+            self.slots.state.overrides = overrides
+            self.slots.save()
+        log.info("event=threshold_set threshold=%s thresholds=%s", merged["threshold"], merged["thresholds"])
+        return {"threshold": merged["threshold"], "thresholds": merged["thresholds"], "persisted": True}
+
+    def snapshot(self) -> dict:
+        """`snapshot`: the latest result, its input annotated, published once on `snapshot`."""
+        last = self._last
+        if last is None:
+            raise CommandError("no_result", "no input has produced a result since the daemon started")
+        sample, result, decision, identity = last
+        picture = snapshot_doc(sample.data if sample.data is not None else sample.image, result, decision)
+        self.publisher.offer("snapshot", snapshot_payload(identity, sample, result, decision, picture))
+        return {"topic": f"{self.cfg.mqtt['topic_prefix']}/{self.identity.device_id}/snapshot",
+                "input": sample.input_id, "image": bool(picture)}
+
+    def _control(self) -> None:
+        """Commands that arrived, an unfinished transfer's clock, new bundles in incoming/ (control thread)."""
+        if self.commands is not None and self.inbox is not None:
+            while True:
+                try:
+                    topic, payload = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                self.commands.handle(topic, payload)
+            self.commands.tick()
+        if self.updater is not None and time.monotonic() - self._last_scan >= 1.0:
+            self._last_scan = time.monotonic()
+            self.updater.scan()
 
     def _uploader(self, cfg: Config) -> CaptureUploader | None:
         """Kept inputs go out over MQTT when the outbox is empty, if `[decide].upload` asks for it."""
@@ -200,9 +374,23 @@ class Daemon:
 
     def handle(self, sample: Sample) -> Outcome:
         """Process one sample and commit its result or rejection, with its checkpoint, to the outbox."""
-        prepared = self._timed("decode", self.pipeline.prepare, sample)
+        pipeline = self.pipeline
+        return self._back(pipeline, self._timed("decode", pipeline.prepare, sample))
+
+    def _back(self, pipeline: Pipeline, prepared: Prepared) -> Outcome:
+        """The back half of one input, on the pipeline (model) that prepared it: inference, commit, pacing."""
         started = time.monotonic()
-        outcome = self.commit(sample, self._timed("inference", self.pipeline.finish, prepared))
+        try:
+            outcome = self._timed("inference", pipeline.finish, prepared)
+        except Exception as exc:  # a just-promoted model that fails is rolled back; the input runs again
+            if self.updater is None or not self.updater.failed(pipeline, exc):
+                raise
+            pipeline = self.pipeline
+            outcome = self._timed("inference", pipeline.finish, pipeline.prepare(prepared.sample))
+        busy = time.monotonic() - started
+        if self.updater is not None:
+            self.updater.observe(pipeline, prepared.sample, outcome, busy * 1000.0)
+        outcome = self.commit(prepared.sample, outcome, pipeline)
         self.governor.pace(time.monotonic() - started)
         return outcome
 
@@ -214,26 +402,33 @@ class Daemon:
         finally:
             self.progress.done(stage)
 
-    def commit(self, sample: Sample, outcome: Outcome) -> Outcome:
-        """Hand a finished sample to the group-commit writer (blocks while its queue is full)."""
-        msg_id = message_id(sample, self.identity.model["sha256"])
+    def commit(self, sample: Sample, outcome: Outcome, pipeline: Pipeline | None = None) -> Outcome:
+        """Hand a finished sample to the group-commit writer (blocks while its queue is full). Its message names
+        the model of the pipeline that produced it (which differs from the current one only around a swap)."""
+        pipeline = pipeline or self.pipeline
+        identity = self.identity
+        if pipeline.info is not identity.model:
+            identity = dataclasses.replace(identity, model=pipeline.info)
+        msg_id = message_id(sample, pipeline.info["sha256"])
         committed = getattr(self.source, "committed", None)
         after = (lambda s=sample: committed(s)) if committed is not None and sample.path is not None else None
+        result, decision, verdict = outcome.result, outcome.decision, outcome.verdict
+        if result is not None and decision is not None and self.commands is not None:
+            self._last = (sample, result, decision, identity)  # one input kept, for `snapshot`
         # the queued payload builder must not pin the bytes, the frame or the window
         sample = dataclasses.replace(sample, data=None, image=None, window=None, times=None)
-        result, decision, verdict = outcome.result, outcome.decision, outcome.verdict
         decided_by = self.escalated_model if decision is not None and decision.path == "escalated" else None
         if result is not None and decision is not None and decision.action == "publish":
             kind = "results"
 
             def build(seq: int) -> bytes:
-                return result_payload(self.identity, seq, msg_id, sample, result, decision, outcome.latency_ms,
+                return result_payload(identity, seq, msg_id, sample, result, decision, outcome.latency_ms,
                                       outcome.state, decided_by)
         elif result is None and self.cfg.gate["publish_rejections"]:
             kind = "rejections"
 
             def build(seq: int) -> bytes:
-                return rejection_payload(self.identity, seq, msg_id, sample, verdict)
+                return rejection_payload(identity, seq, msg_id, sample, verdict)
         else:  # suppressed, deferred, or an unpublished rejection: counted and checkpointed, not published
             kind, build = "results" if result is not None else "rejections", None
 
@@ -247,7 +442,8 @@ class Daemon:
             self.summary.escalated += decision.path == "escalated"
             log.debug("event=result input=%s task=%s status=%s path=%s action=%s", sample.input_id, result.task,
                       decision.status, decision.path, decision.action)
-            self._observe(outcome)
+            if pipeline is self.pipeline:  # the drift reference is the current model's
+                self._observe(outcome)
         else:
             reason = verdict.reason or "unknown"
             self.summary.rejections[reason] = self.summary.rejections.get(reason, 0) + 1
@@ -353,6 +549,8 @@ class Daemon:
             self.metrics_server.start()
             log.info("event=metrics_listening address=%s:%d", self.cfg.metrics["bind"], self.metrics_server.port)
         self.writer.start()
+        for name, details in self._startup_events:
+            self.add_event(name, details)
         self.publisher.start()
         watchdog = None
         if self.notifier.watchdog_s:
@@ -370,6 +568,8 @@ class Daemon:
             if once:
                 self._drain(self.cfg.mqtt["drain_timeout"])
             self._maybe_health(force=True)  # the final counts, sent before `offline`
+            if self.updater is not None:
+                self.updater.stopped_cleanly()
         finally:
             self.notifier.send(STOPPING=1, STATUS="stopping: storing and sending what is in flight")
             if watchdog is not None:
@@ -398,16 +598,17 @@ class Daemon:
         """Decode and preprocess in one thread while this one runs the interpreter; a bounded queue between
         them (and the writer's behind) makes the slowest stage set the pace instead of a growing backlog.
         Order is preserved: one producer, one consumer."""
-        handoff: queue.Queue[Prepared | None] = queue.Queue(maxsize=self.cfg.pipeline["queue_size"])
+        handoff: queue.Queue[tuple[Pipeline, Prepared] | None] = queue.Queue(maxsize=self.cfg.pipeline["queue_size"])
         failure: list[BaseException] = []
 
         def front() -> None:
             try:
                 for sample in self.source.samples(self.stop_event, once, self._done):
-                    prepared = self._timed("decode", self.pipeline.prepare, sample)
+                    pipeline = self.pipeline  # once per input: a model swap takes effect between inputs
+                    prepared = self._timed("decode", pipeline.prepare, sample)
                     while not self.stop_event.is_set():
                         try:
-                            handoff.put(prepared, timeout=0.2)
+                            handoff.put((pipeline, prepared), timeout=0.2)
                             break
                         except queue.Full:
                             continue
@@ -419,10 +620,8 @@ class Daemon:
         thread = threading.Thread(target=front, name="decode", daemon=True)
         thread.start()
         self._handoff = handoff
-        while (prepared := handoff.get()) is not None:
-            started = time.monotonic()
-            self.commit(prepared.sample, self._timed("inference", self.pipeline.finish, prepared))
-            self.governor.pace(time.monotonic() - started)
+        while (item := handoff.get()) is not None:
+            self._back(*item)
         thread.join()
         if failure:
             raise failure[0]
@@ -453,6 +652,7 @@ class Daemon:
                 self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
                 self.reload()
                 self.notifier.send(READY=1, STATUS=self.status_line())
+            self._control()
             self.governor.check()
             self._maybe_health()
 
@@ -462,7 +662,8 @@ class Daemon:
         `config_reloaded` (or `config_reload_failed`) event says which."""
         try:
             new = load_config(self.cfg.path)
-            applied, restart = apply_reload(self, new)
+            with self.swap_lock:
+                applied, restart = apply_reload(self, new)
         except (ConfigError, BundleError, ValueError) as exc:
             log.error("event=config_reload_failed error=%r (keeping the running config)", str(exc))
             details: dict[str, object] = {"error": str(exc)[:500]}

@@ -81,6 +81,16 @@ def result_payload(
     return _encode(doc)
 
 
+def snapshot_payload(identity: Identity, sample: Sample, result: TaskResult, decision: Decision,
+                     picture: dict[str, Any]) -> bytes:
+    """`snapshot` (QoS 0, not stored; on the `snapshot` command): the latest result and its input, annotated."""
+    doc = _base(identity, 0, "")
+    del doc["seq"], doc["msg_id"]
+    doc["input"] = {"source": sample.source, "id": sample.input_id, "captured_at": rfc3339(sample.ts)}
+    doc.update(task=result.task, result=result.to_dict(), **decision.to_dict(), **picture)
+    return _encode(doc)
+
+
 def rejection_payload(identity: Identity, seq: int, msg_id: str, sample: Sample, verdict: Verdict) -> bytes:
     doc = _envelope(identity, seq, msg_id, sample)
     doc.update(reason=verdict.reason, detail=verdict.detail, metrics=verdict.metrics)
@@ -95,6 +105,14 @@ EVENT_SEVERITY = {
     "drift_detected": "warning",
     "thermal_backoff": "warning",
     "config_reload_failed": "error",
+    "command_failed": "warning",
+    "update_refused": "warning",
+    "canary_failed": "warning",
+    "shadow_failed": "warning",
+    "model_promoted": "warning",
+    "model_rolled_back": "error",
+    "model_slot_unusable": "error",
+    "model_slots_reset": "warning",
 }
 
 

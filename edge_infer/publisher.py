@@ -14,6 +14,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import queue
 import random
 import ssl
 import threading
@@ -97,9 +98,11 @@ class Publisher(threading.Thread):
         birth: Callable[[list[str]], bytes],
         will: Callable[[], bytes],
         uploader: CaptureUploader | None = None,
+        commands: queue.Queue[tuple[str, bytes]] | None = None,
     ) -> None:
         """`open_outbox` opens this thread's own connection to the outbox (with the daemon's event builder,
-        so a dead letter is announced as an event)."""
+        so a dead letter is announced as an event). With `commands`, `cmd/#` is subscribed and what arrives is
+        queued there (the daemon's control thread runs it)."""
         super().__init__(name="publisher", daemon=True)
         self.settings = settings
         self._open_outbox = open_outbox
@@ -116,6 +119,7 @@ class Publisher(threading.Thread):
         self._status_dirty = threading.Event()
         self._snapshots: dict[str, bytes] = {}  # kind → newest unsent snapshot (health)
         self._uploader = uploader
+        self._commands = commands
         self.discovery: list[tuple[str, bytes]] = []  # (topic, payload) published retained on every connect
         self._upload_inflight: dict[int, CaptureFile] = {}  # paho mid → the capture file the chunk belongs to
         self._upload_left: dict[str, int] = {}  # capture file name → chunks not yet acknowledged
@@ -236,6 +240,7 @@ class Publisher(threading.Thread):
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
         self._inflight, self._acked, self._refused = {}, [], []
         self._last_sent = 0
         self._max_packet = None
@@ -389,10 +394,22 @@ class Publisher(threading.Thread):
             client.publish(self.settings.topic("status"), self._birth(self.problems()), qos=1, retain=True)
             for topic, payload in self.discovery:  # Home Assistant: retained, so it finds us after its restarts
                 client.publish(topic, payload, qos=1, retain=True)
+            if self._commands is not None:  # a fresh session each connection: subscribe every time
+                client.subscribe(self.settings.topic("cmd/#"), qos=1)
             self.connected.set()
             self._wake.set()
         except Exception:
             log.exception("event=callback_error callback=on_connect")
+
+    def _on_message(self, _client, _userdata, message) -> None:
+        try:
+            if self._commands is None or message.retain:  # a retained command would run on every connect
+                return
+            self._commands.put_nowait((message.topic, bytes(message.payload)))
+        except queue.Full:
+            log.warning("event=command_dropped topic=%s (command queue full)", message.topic)
+        except Exception:
+            log.exception("event=callback_error callback=on_message")
 
     def _on_disconnect(self, _client, _userdata, _flags, reason_code, _props) -> None:
         try:

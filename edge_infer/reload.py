@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
 RESTART_SECTIONS = ("device", "source", "mqtt", "outbox", "pipeline", "service", "metrics", "thermal",
-                    "homeassistant")
+                    "homeassistant", "fleet", "update", "commands")
 RESTART_DECIDE_KEYS = ("escalate_to", "escalate_threshold", "upload", "upload_max_bytes", "upload_chunk_bytes")
 
 
@@ -50,7 +50,8 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
 
     model, pipeline = daemon.model, daemon.pipeline
     # what can still fail is checked before anything changes: a refused reload leaves the daemon as it was
-    threshold = new.model["threshold"]
+    live_cfg = daemon.model_cfg(new)  # the remote set-threshold overrides stay on top of the file's values
+    threshold = live_cfg["threshold"]
     if problem := threshold_problem(model.task, threshold):
         raise ValueError(problem)
     gate_changes = _changed(old.gate, new.gate)
@@ -58,7 +59,7 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
 
     live_model = [k for k in model_changes if k in LIVE_MODEL_KEYS]
     if {"threshold", "thresholds"} & set(live_model):
-        model.thresholds = Thresholds(model.manifest, threshold, dict(new.model["thresholds"]))
+        model.thresholds = Thresholds(model.manifest, threshold, dict(live_cfg["thresholds"]))
     if "zones" in live_model:
         model.zones = zones_from_config(new.model["zones"])
     if "top_k" in live_model:

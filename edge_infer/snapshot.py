@@ -1,0 +1,45 @@
+"""`snapshot`: the latest result with its input drawn on — boxes and labels for detections, the label for a
+classification — as a JPEG inside one JSON message on `{prefix}/{device_id}/snapshot` (QoS 0, never stored)."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from edge_infer.decide import Decision
+from edge_infer.gates.image import decode_image
+from edge_infer.postprocess import Classification, Detections, TaskResult
+
+MAX_SIDE = 640  # the picture is for a person glancing at it: at most this many pixels a side
+
+
+def annotate(source: bytes | Image.Image, result: TaskResult, decision: Decision) -> tuple[bytes, tuple[int, int]]:
+    """The input image (encoded bytes, or a camera frame) with the result drawn on, as JPEG bytes, and its size."""
+    image = (decode_image(source) if isinstance(source, bytes) else source).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    colour = (0, 200, 0) if decision.status == "ok" else (230, 160, 0)
+    if isinstance(result, Detections):
+        for box in result.boxes:
+            x0, y0, x1, y1 = box.box
+            draw.rectangle((x0, y0, x1, y1), outline=colour, width=max(1, image.width // 200))
+            draw.text((x0 + 2, y0 + 1), f"{box.label} {box.score:.2f}", fill=colour)
+    elif isinstance(result, Classification):
+        text = f"{result.label} {result.confidence:.2f} ({decision.status})"
+        draw.rectangle((0, 0, min(image.width, 8 + 7 * len(text)), 14), fill=(0, 0, 0))
+        draw.text((3, 1), text, fill=colour)
+    if max(image.size) > MAX_SIDE:
+        image.thumbnail((MAX_SIDE, MAX_SIDE))
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=80)
+    return out.getvalue(), image.size
+
+
+def snapshot_doc(source: bytes | Image.Image | None, result: TaskResult, decision: Decision) -> dict[str, Any]:
+    """The snapshot's picture part (none for sensor input)."""
+    if source is None:
+        return {}
+    jpeg, (width, height) = annotate(source, result, decision)
+    return {"image": {"format": "jpeg", "width": width, "height": height, "data": base64.b64encode(jpeg).decode()}}
