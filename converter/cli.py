@@ -49,6 +49,7 @@ from converter.target import check_target
 from edge_infer import __version__
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, model_digest, write_bundle
 from edge_infer.gates.quality import assess
+from edge_infer.golden import GoldenInput, build_golden
 from edge_infer.manifest import (
     COLORS,
     LABELLED_TASKS,
@@ -60,9 +61,11 @@ from edge_infer.manifest import (
     parse_manifest,
     parse_sensor_spec,
 )
+from edge_infer.model import Model
 from edge_infer.monitor import channel_means
 from edge_infer.preprocess import model_view
 from edge_infer.runtime import Engine, RuntimeUnavailable
+from edge_infer.signing import key_id, load_private_key, sign_bundle
 
 
 def _say(msg: str) -> None:
@@ -215,6 +218,12 @@ def _in_memory_bundle(out: Path, model_bytes: bytes, doc: dict[str, Any]) -> Bun
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     model_path = Path(args.model)
+    signing_key = None
+    if args.sign:  # before any conversion: a wrong key path fails in a second, not after minutes
+        try:
+            signing_key = load_private_key(args.sign)
+        except ValueError as exc:
+            raise ConvertError(str(exc)) from None
     out = Path(args.out)
     if not model_path.exists():
         raise ConvertError(f"{model_path}: model not found")
@@ -360,11 +369,15 @@ def run(args: argparse.Namespace) -> int:
                 refused.setdefault(mode, verdict["problem"])
     written = [mode for mode in modes if mode not in refused and (args.mode == "all" or mode == args.mode)]
     paths = {mode: (out if args.mode != "all" else out.with_name(f"{out.stem}-{mode}{out.suffix}")) for mode in written}
+    golden_source = eval_examples if eval_examples is not None else calibration
     for mode, path in paths.items():
+        extra = _golden(args, golden_source, _in_memory_bundle(out, variants[mode], docs[mode]))
         try:
-            write_bundle(path, variants[mode], docs[mode])
+            write_bundle(path, variants[mode], docs[mode], extra)
         except BundleError as exc:
             raise ConvertError(str(exc)) from None
+        if signing_key is not None:
+            sign_bundle(path, signing_key)
     if args.target and args.target_python:  # now run the written bundles with the target's runtime for real
         ran = check_target(Path(args.target), {m: variants[m] for m in paths}, paths, args.target_python)
         assert target is not None
@@ -373,7 +386,9 @@ def run(args: argparse.Namespace) -> int:
             if not verdict["ok"]:
                 refused[mode] = verdict["problem"]
                 paths.pop(mode).unlink()
-    report["bundles"] = {mode: {"path": str(p), "bytes": p.stat().st_size, "sha256": docs[mode]["model"]["sha256"]}
+    report["bundles"] = {mode: {"path": str(p), "bytes": p.stat().st_size, "sha256": docs[mode]["model"]["sha256"],
+                                "golden_inputs": min(args.golden, len(golden_source or [])),
+                                **({"signed_by": key_id(signing_key)} if signing_key is not None else {})}
                          for mode, p in paths.items()}
     if target is not None:
         report["target"] = target
@@ -387,10 +402,25 @@ def run(args: argparse.Namespace) -> int:
         extra = write_markdown(report, report_path.with_suffix(".md"))
         _say(f"wrote {report_path} and {', '.join(str(p) for p in extra)}")
     for mode, path in paths.items():
-        _say(f"wrote {path} ({path.stat().st_size} bytes, {mode})")
+        extras = [f"{report['bundles'][mode]['golden_inputs']} golden inputs"]
+        if signing_key is not None:
+            extras.append(f"signed by {key_id(signing_key)}")
+        _say(f"wrote {path} ({path.stat().st_size} bytes, {mode}; {', '.join(extras)})")
     for mode, why in refused.items():
         _say(f"refused {mode}: {why}")
     return 3 if refused else 0
+
+
+def _golden(args: argparse.Namespace, examples: list[Any] | None, bundle: Bundle) -> dict[str, bytes]:
+    """`--golden N` held-out inputs (eval set, else calibration) with this bundle's own results on them: what a
+    device's canary checks before it promotes the bundle."""
+    if not args.golden or not examples:
+        return {}
+    chosen = stratified_sample(examples, args.golden)
+    inputs = [GoldenInput(f"golden/{i:03d}{ex.path.suffix.lower()}", data=ex.path.read_bytes(), label=ex.label)
+              if ex.window is None else GoldenInput(f"window {i}", window=ex.window, label=ex.label)
+              for i, ex in enumerate(chosen)]
+    return build_golden(Model(bundle), inputs)
 
 
 def _calibration_array(examples: Any, spec: Any, limit: int) -> np.ndarray:
@@ -536,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", help="labelled held-out images: <dir>/<label>/*.png|jpg; sensor: .npz or .csv")
     p.add_argument("--labels", help="labels file, one per line, in model output order")
     p.add_argument("--out", required=True, help="bundle to write (.tflite)")
+    p.add_argument("--golden", type=int, default=16, metavar="N",
+                   help="ship N held-out inputs and this bundle's results on them, for the device canary (16; 0: none)")
+    p.add_argument("--sign", metavar="KEY", help="sign the bundle with this Ed25519 private key (edge-infer keygen)")
     p.add_argument("--report", help="write the conversion report as JSON here")
     p.add_argument("--name", help="model name in the manifest (default: model file stem)")
     p.add_argument("--model-version", default="1.0.0", help="model version in the manifest")

@@ -143,10 +143,7 @@ class Daemon:
             uploader=self._uploader(cfg),
             commands=self.inbox,
         )
-        if cfg.homeassistant["discovery"]:
-            self.publisher.discovery = discovery_messages(
-                cfg.homeassistant["prefix"], cfg.mqtt["topic_prefix"], cfg.device["id"], self.model.task,
-                self.identity.model)
+        self.publisher.discovery = self._discovery()
         self.notifier = Notifier()
         self.latency = LatencyWindow()
         self.progress = Progress(record=self.latency.add)
@@ -264,6 +261,13 @@ class Daemon:
             self.model = model
             self.identity = dataclasses.replace(self.identity, model=pipeline.info)
             self.pipeline = pipeline  # last: the front thread picks it up with its next input
+        self.publisher.refresh(self._discovery())  # retained status and Home Assistant name the new model
+
+    def _discovery(self) -> list[tuple[str, bytes]]:
+        if not self.cfg.homeassistant["discovery"]:
+            return []
+        return discovery_messages(self.cfg.homeassistant["prefix"], self.cfg.mqtt["topic_prefix"],
+                                  self.cfg.device["id"], self.model.task, self.identity.model)
 
     def shadow_result(self, model: Model, sample: Sample) -> TaskResult | None:
         """`model`'s result on a live input, prepared its own way (a shadow candidate; inference thread)."""
@@ -497,6 +501,7 @@ class Daemon:
             "thermal": self.governor.to_dict(),
             "rss_bytes": rss_bytes(),
             "drift": self.monitor.to_dict(),
+            **({"update": self.updater.to_dict()} if self.updater is not None else {}),
         }
 
     def _scrape(self) -> dict:

@@ -121,6 +121,7 @@ class Publisher(threading.Thread):
         self._uploader = uploader
         self._commands = commands
         self.discovery: list[tuple[str, bytes]] = []  # (topic, payload) published retained on every connect
+        self._discovery_dirty = False
         self._upload_inflight: dict[int, CaptureFile] = {}  # paho mid → the capture file the chunk belongs to
         self._upload_left: dict[str, int] = {}  # capture file name → chunks not yet acknowledged
         self._idle = False  # the last look at the outbox found nothing to send
@@ -152,6 +153,12 @@ class Publisher(threading.Thread):
             self._problems[name] = text
         if changed:
             self._status_dirty.set()
+
+    def refresh(self, discovery: list[tuple[str, bytes]]) -> None:
+        """The model changed: publish the retained status and Home Assistant discovery again."""
+        self.discovery = discovery
+        self._discovery_dirty = True
+        self._status_dirty.set()
 
     def offer(self, kind: str, payload: bytes) -> None:
         """A snapshot (`health`): sent once at QoS 0 when connected, never stored — a newer one replaces it."""
@@ -269,6 +276,10 @@ class Publisher(threading.Thread):
             if self._status_dirty.is_set():
                 self._status_dirty.clear()
                 client.publish(self.settings.topic("status"), self._birth(self.problems()), qos=1, retain=True)
+                if self._discovery_dirty:
+                    self._discovery_dirty = False
+                    for topic, payload in self.discovery:
+                        client.publish(topic, payload, qos=1, retain=True)
             self._send_snapshots(client)
             now = time.monotonic()
             if self._wake.is_set() or (len(self._inflight) < self.settings.max_inflight and now - last_poll > 1.0):

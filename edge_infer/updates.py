@@ -336,6 +336,16 @@ class Updater:
         self._event("shadow_passed", details)
         self.promote(shadow.model, shadow.slot, shadow.canary)
 
+    def to_dict(self) -> dict[str, Any]:
+        """For `health`: the active slot, and a watch or shadow in progress."""
+        doc: dict[str, Any] = {"slot": self.slots.state.active}
+        if self.watch is not None:
+            doc["watching"] = {**self.watch.to_dict(), "of": self.cfg["watch"]}
+        if self.shadow is not None:
+            doc["shadow"] = {"slot": self.shadow.slot, "seen": self.shadow.seen, "of": self.shadow.needed,
+                             "agreed": self.shadow.agreed}
+        return doc
+
     # ---- start and stop ---------------------------------------------------------------------------------------
     def stopped_cleanly(self) -> None:
         """A clean stop during the watch window: the next start watches again instead of rolling back."""

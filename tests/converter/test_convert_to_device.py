@@ -16,11 +16,13 @@ from PIL import Image
 
 import converter.cli
 from converter.datasets import list_examples, load_image
-from edge_infer.bundle import load_bundle
+from edge_infer.bundle import load_bundle, read_parts
 from edge_infer.decide import Thresholds
+from edge_infer.golden import read_golden
 from edge_infer.model import Model
 from edge_infer.pipeline import Pipeline
 from edge_infer.runtime import Engine
+from edge_infer.signing import generate_keypair, load_public_key, verify_bundle
 from edge_infer.sources.directory import DirectorySource
 from tests.conftest import REPO, run_cli, write_config
 from tests.converter.conftest import DigitsWorkspace
@@ -38,12 +40,14 @@ def edge_convert(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def converted(digits: DigitsWorkspace, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("bundles")
-    paths = {}
+    private, public = generate_keypair(out / "fleet")
+    paths = {"key": private, "public": public}
     for mode in ("float32", "int8-only"):
         bundle, report = out / f"digits-{mode}.tflite", out / f"{mode}.json"
+        sign = ["--sign", str(private)] if mode == "int8-only" else []
         proc = edge_convert(str(digits.model), "--mode", mode, "--calibration", str(digits.train),
                             "--eval", str(digits.test), "--labels", str(digits.labels), "--out", str(bundle),
-                            "--report", str(report), "--name", "digits")
+                            "--report", str(report), "--name", "digits", *sign)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "float32" in proc.stdout and "top-1" in proc.stdout
         key = "int8" if mode == "int8-only" else mode
@@ -94,6 +98,37 @@ def test_daemon_serves_the_converted_bundle_at_its_measured_accuracy(
     reported = json.loads(converted["int8-report"].read_text())["evaluation"]["variants"]["int8-only"]["accuracy"]
     assert accuracy == pytest.approx(reported, abs=1e-6)
     sub.close()
+
+
+def test_a_signed_bundle_carries_golden_inputs_and_a_device_promotes_it(converted, tmp_path: Path,
+                                                                         broker: Mosquitto) -> None:
+    """`edge-convert --sign` → a device with that public key takes the bundle from incoming/, runs its canary on
+    the golden inputs the converter shipped, and promotes it over the float32 model it was running."""
+    bundles = json.loads(converted["int8-report"].read_text())["bundles"]
+    assert bundles["int8-only"]["golden_inputs"] == 16 and bundles["int8-only"]["signed_by"]
+    assert verify_bundle(converted["int8"], [load_public_key(converted["public"])]) == bundles["int8-only"]["signed_by"]
+    golden = read_golden(read_parts(converted["int8"]).members)
+    assert golden is not None and len(golden) == 16 and len({i.label for i in golden.inputs}) == 10
+    assert read_golden(read_parts(converted["float32"]).members) is not None  # unsigned, but it has a canary set
+
+    cfg = write_config(tmp_path / "c.toml", bundle=converted["float32"], source=tmp_path / "in",
+                       state=tmp_path / "s", port=broker.port)
+    public = converted["public"]
+    cfg.write_text(cfg.read_text() + f'\n[fleet]\nkeys = ["{public}"]\n\n[update]\nenabled = true\n')
+    (tmp_path / "s" / "incoming").mkdir(parents=True)
+    shutil.copy(converted["int8"], tmp_path / "s" / "incoming" / "digits-int8.tflite")
+    sub = Subscriber(broker.port, "edge/test-pi/events")
+    proc = subprocess.Popen([sys.executable, "-m", "edge_infer", "run", "--config", str(cfg)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert sub.wait_for(lambda s: any(m.json()["event"] == "model_promoted" for m in s.all()), 60)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+        sub.close()
+    promoted = next(m.json()["details"] for m in sub.all() if m.json()["event"] == "model_promoted")
+    assert promoted["canary"]["passed"] and promoted["canary"]["agreement"] == 1.0
+    assert promoted["to"]["sha256"] == bundles["int8-only"]["sha256"]
 
 
 IMAGE_SPEC = """

@@ -25,6 +25,7 @@ from tests.conftest import DEMO, DIGITS_INT8, run_cli, write_config
 from tests.device.faults import DaemonProcess, make_frames
 from tests.helpers.broker import Mosquitto
 from tests.helpers.bundles import flip_byte, make_update
+from tests.helpers.schemas import validate
 from tests.helpers.subscriber import Subscriber
 
 GOOD_SRC = DEMO / "digits-int8.tflite"  # another quantization of the same network: a different model sha256
@@ -52,6 +53,11 @@ def bundles(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Path]) -> 
         # the manifest says pixels go in unscaled: the model then computes something else than it shipped with
         "canary_fails": make_update(GOOD_SRC, folder / "canary-fails.tflite", keys["private"],
                                     edit=lambda doc: doc["input"]["normalize"].update(scale=1.0)),
+        # labels in the wrong order, expectations made from it: self-consistent, so its canary passes
+        "labels_shuffled": make_update(GOOD_SRC, folder / "labels-shuffled.tflite", keys["private"],
+                                       edit=lambda doc: doc.update(labels=doc["labels"][1:] + doc["labels"][:1],
+                                                                   thresholds={"default": 0.5}),
+                                       expect_from_edited=True),
         # right on its golden inputs, but its recommended threshold makes every live result uncertain
         "regresses": make_update(REGRESS_SRC, folder / "regresses.tflite", keys["private"], version="3.0.0",
                                  edit=lambda doc: doc["thresholds"].update(default=0.99999)),
@@ -273,6 +279,47 @@ def test_crash_during_watch_rolls_back_and_clean_restart_resumes_the_watch(
         if daemon.alive():
             assert daemon.terminate() == 0
         sub.close()
+
+
+def test_shadow_catches_what_the_canary_cannot(tmp_path: Path, broker: Mosquitto, keys: dict[str, Path],
+                                               bundles: dict[str, Path]):
+    """A bundle whose labels are in the wrong order passes its own canary (its expectations came from it), but in
+    shadow it disagrees with the running model on live inputs and is never promoted; a good one is."""
+    cfg = _config(tmp_path, broker, keys, update="shadow = 20\nwatch = 0")
+    cfg.write_text(cfg.read_text() + "\n[health]\ninterval = 0.3\n")
+    incoming = tmp_path / "s" / "incoming"
+    sub = Subscriber(broker.port, "edge/test-pi/#")
+    daemon = DaemonProcess(cfg, tmp_path / "log").start()
+    try:
+        fed = _feed(tmp_path, sub, 0, 10)
+        original = _results(sub)[0]["model"]["sha256"]
+        _drop(bundles["labels_shuffled"], incoming)
+        assert sub.wait_for(lambda s: _events(s, "shadow_started"), 30)
+        assert _events(sub, "canary_passed")
+        fed = _feed(tmp_path, sub, fed, 25)
+        assert sub.wait_for(lambda s: _events(s, "shadow_failed"), 30)
+        failed = _events(sub, "shadow_failed")[0]
+        assert failed["inputs"] == 20 and failed["agreement"] < 0.2, failed
+        assert not _events(sub, "model_promoted")
+        assert {r["model"]["sha256"] for r in _results(sub)} == {original}
+
+        _drop(bundles["good"], incoming)
+        assert sub.wait_for(lambda s: len(_events(s, "shadow_started")) == 2, 30)
+        fed = _feed(tmp_path, sub, fed, 30)
+        assert sub.wait_for(lambda s: _events(s, "model_promoted"), 30)
+        passed = _events(sub, "shadow_passed")[0]
+        assert passed["inputs"] == 20 and passed["agreement"] >= 0.9
+        fed = _feed(tmp_path, sub, fed, 5)
+        assert {r["model"]["sha256"] for r in _results(sub)[-5:]} == {_events(sub, "model_promoted")[0]["to"]["sha256"]}
+        def healthy(s: Subscriber) -> list[dict]:
+            return [m.json() for m in s.of_kind("health") if m.json().get("update", {}).get("slot") == "slot-a"]
+        assert sub.wait_for(healthy, 10)
+        validate("health", healthy(sub)[-1])
+        assert healthy(sub)[-1]["model"]["version"] == "2.0.0"
+    finally:
+        assert daemon.terminate() == 0
+        sub.close()
+    assert [r["input"]["id"] for r in _results(sub)] == [f"frame-{i:06d}.png" for i in range(fed)]
 
 
 def test_signature_covers_every_member(tmp_path: Path, keys: dict[str, Path], bundles: dict[str, Path]):

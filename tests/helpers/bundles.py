@@ -25,17 +25,18 @@ def golden_digits(per_class: int = 2) -> list[GoldenInput]:
 
 
 def make_update(src: Path, out: Path, key: Path | None, version: str = "2.0.0",
-                edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """`src`'s model with golden inputs (expectations from `src` as it is), the manifest then changed by `edit`,
-    signed with `key` (unsigned when None)."""
+                edit: Callable[[dict[str, Any]], None] | None = None, expect_from_edited: bool = False) -> Path:
+    """`src`'s model with its manifest changed by `edit`, golden inputs with expectations from `src` as it was
+    (or, with `expect_from_edited`, from the edited bundle: self-consistent), signed with `key` (None: unsigned)."""
     parts = read_parts(src)
     members = {k: v for k, v in parts.members.items() if k != SIGNATURE_NAME and not k.startswith("golden/")}
-    members.update(build_golden(Model(load_bundle(src)), golden_digits()))
     doc = json.loads(members[MANIFEST_NAME])
     doc["version"] = version
     if edit is not None:
         edit(doc)
     members[MANIFEST_NAME] = json.dumps(doc, indent=2, sort_keys=True).encode()
+    write_parts(out, BundleParts(parts.model_bytes, members))
+    members.update(build_golden(Model(load_bundle(out if expect_from_edited else src)), golden_digits()))
     write_parts(out, BundleParts(parts.model_bytes, members))
     if key is not None:
         sign_bundle(out, load_private_key(key))
