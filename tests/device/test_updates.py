@@ -9,7 +9,6 @@ import base64
 import io
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from edge_infer.remote import command_payload
 from edge_infer.signing import SignatureError, generate_keypair, load_public_key, sign_bundle, verify_bundle
 from tests.conftest import DEMO, DIGITS_INT8, run_cli, write_config
 from tests.device.faults import DaemonProcess, make_frames
-from tests.helpers.broker import Mosquitto
+from tests.helpers.broker import Mosquitto, free_port
 from tests.helpers.bundles import flip_byte, make_update
 from tests.helpers.schemas import validate
 from tests.helpers.subscriber import Subscriber
@@ -401,4 +400,37 @@ def test_acl_mode_takes_plain_commands(tmp_path: Path, broker: Mosquitto, keys: 
         sub.close()
     state = json.loads((tmp_path / "s" / "models" / "state.json").read_text())
     assert state["overrides"] == {"thresholds": {"7": 0.5}}
-    time.sleep(0)
+
+
+def test_the_documented_broker_acl_lets_only_the_fleet_admin_command(tmp_path: Path, keys: dict[str, Path]):
+    """`auth = "acl"` relies on the broker: the ACL in docs/operations.md, on a real mosquitto, lets
+    `fleet-admin` command the device and drops another user's command before it reaches the device."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    acl = doc.split("# /etc/mosquitto/acl", 1)[1].split("```", 1)[0].split("\n", 1)[1]
+    (tmp_path / "acl").write_text(acl)
+    port = free_port()
+    broker = Mosquitto(tmp_path / "broker", port=port,
+                       listener=f"listener {port} 127.0.0.1\nallow_anonymous true\nacl_file {tmp_path / 'acl'}\n")
+    broker.start()
+    cfg = _config(tmp_path, broker, keys, commands='auth = "acl"')
+    cfg.write_text(cfg.read_text().replace("[mqtt]\n", '[mqtt]\nusername = "test-pi"\n', 1))
+    state = tmp_path / "s" / "models" / "state.json"
+    daemon = DaemonProcess(cfg, tmp_path / "log").start()
+    remote = ["--device", "test-pi", "--broker", f"127.0.0.1:{port}"]
+    try:
+        for _ in range(6):  # a command sent before the device has subscribed is not queued for it: try again
+            admin = run_cli("command", "reload", *remote, "--username", "fleet-admin", "--timeout", "5")
+            if admin.returncode != 2:
+                break
+        assert admin.returncode == 0, admin.stdout + admin.stderr + (tmp_path / "log").read_text()[-2000:]
+        intruder = run_cli("command", "set-threshold", "--args", '{"threshold": 0.999}', *remote,
+                           "--username", "intruder", "--timeout", "3")
+        assert intruder.returncode == 2  # no answer: the broker never delivered it
+        admin = run_cli("command", "set-threshold", "--args", '{"threshold": 0.9}', *remote,
+                        "--username", "fleet-admin", "--timeout", "30")
+        assert admin.returncode == 0, admin.stdout + admin.stderr
+        assert json.loads(state.read_text())["overrides"] == {"threshold": 0.9}
+        assert "0.999" not in (tmp_path / "log").read_text()
+    finally:
+        assert daemon.terminate() == 0
+        broker.stop()
