@@ -28,6 +28,7 @@ from edge_infer.gates.quality import gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
 from edge_infer.homeassistant import discovery_messages
 from edge_infer.manifest import Manifest, SensorInputSpec
+from edge_infer.memory import limit_arenas, trim
 from edge_infer.messages import (
     Identity,
     event_payload,
@@ -57,6 +58,7 @@ from edge_infer.uploader import CaptureUploader
 from edge_infer.writer import OutboxWriter
 
 log = logging.getLogger(__name__)
+TRIM_INTERVAL_S = 10.0  # malloc_trim from the housekeeping thread
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -81,6 +83,7 @@ class RunSummary:
 
 class Daemon:
     def __init__(self, cfg: Config) -> None:
+        limit_arenas()  # before any thread starts (see edge_infer.memory)
         self.cfg = cfg
         self.swap_lock = threading.RLock()  # a model swap (update, rollback) and a reload never interleave
         self._startup_events: list[tuple[str, dict]] = []  # announced once the writer runs
@@ -152,6 +155,7 @@ class Daemon:
                                         th["check_interval"], on_change=self.add_event)
         self._handoff: queue.Queue[tuple[Pipeline, Prepared] | None] | None = None
         self._last_scan = 0.0
+        self._last_trim = time.monotonic()
         self.metrics_server: MetricsServer | None = None
         self.reload_requested = threading.Event()
         self.writer = OutboxWriter(
@@ -570,6 +574,7 @@ class Daemon:
                 for sample in self.source.samples(self.stop_event, once, self._done):
                     self.handle(sample)
             self.writer.flush()
+            trim()  # the source is done: what the frames used goes back to the system
             if once:
                 self._drain(self.cfg.mqtt["drain_timeout"])
             self._maybe_health(force=True)  # the final counts, sent before `offline`
@@ -658,6 +663,9 @@ class Daemon:
                 self.reload()
                 self.notifier.send(READY=1, STATUS=self.status_line())
             self._control()
+            if time.monotonic() - self._last_trim >= TRIM_INTERVAL_S:
+                self._last_trim = time.monotonic()
+                trim()
             self.governor.check()
             self._maybe_health()
 

@@ -13,6 +13,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 SETTLE_S = 1.0  # a file in incoming/ unchanged this long is complete
 KEEP_REFUSED = 5  # refused bundles kept in incoming/refused/ for the owner to look at
 MIN_WATCHED = 50  # results before the watch may judge a regression
+TRANSFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def model_info(model: Model) -> dict[str, str]:
@@ -212,21 +214,19 @@ class Updater:
         with self.lock:
             old = self.daemon.model
             baseline = [u for u, _ in self.recent], [t for _, t in self.recent]
+            watch = Watch(round(sum(baseline[0]) / len(baseline[0]), 4) if len(baseline[0]) >= 20 else None,
+                          _p95(baseline[1]))
+            self.daemon.serve(candidate)  # first: if it cannot serve, nothing has changed
             state = self.slots.state
             previous_slot = state.active
             state.previous, state.active = previous_slot, slot
-            watch = Watch(round(sum(baseline[0]) / len(baseline[0]), 4) if len(baseline[0]) >= 20 else None,
-                          _p95(baseline[1]))
             baseline_doc = {"uncertain_rate": watch.baseline_uncertain, "p95_ms": watch.baseline_p95_ms}
-            state.probation = {"since": time.time(), "clean_stop": False, "baseline": baseline_doc}
+            state.probation = ({"since": time.time(), "clean_stop": False, "baseline": baseline_doc}
+                               if self.cfg["watch"] > 0 else None)
             self.slots.save()
-            self.daemon.serve(candidate)
             self.recent.clear()
             if self.cfg["watch"] > 0:
                 self.previous, self.watch = old, watch
-            else:
-                state.probation = None
-                self.slots.save()
         self._event("model_promoted", {"from": model_info(old), "to": model_info(candidate), "slot": slot,
                                        "previous_slot": previous_slot, "canary": canary_report,
                                        "watch": self.cfg["watch"]})
@@ -384,14 +384,16 @@ class Transfer:
 
     @classmethod
     def begin(cls, chunk: dict[str, Any], folder: Path, limit: int, command_id: str) -> Transfer:
-        count, sha = int(chunk["count"]), str(chunk["sha256"])
+        count, sha, transfer = int(chunk["count"]), str(chunk["sha256"]), str(chunk["transfer"])
         if not 1 <= count <= limit // 1024 + 1 or len(sha) != 64:
             raise ValueError(f"count {count} / sha256 {sha!r} out of range")
+        if not TRANSFER_ID.fullmatch(transfer):  # it becomes part of a file name
+            raise ValueError(f"transfer id {transfer[:40]!r}: expected 1-64 letters, digits, '-' or '_'")
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "incoming.part"
         path.unlink(missing_ok=True)
         path.touch()
-        return cls(str(chunk["transfer"]), count, sha, path, id=command_id)
+        return cls(transfer, count, sha, path, id=command_id)
 
     def add(self, chunk: dict[str, Any], limit: int) -> bool:
         """Write one chunk; True once every chunk is in."""
@@ -412,7 +414,7 @@ class Transfer:
             self.path.unlink(missing_ok=True)
             raise ValueError(f"the assembled bundle's sha256 is {digest[:12]}…, the sender said {self.sha256[:12]}…")
         incoming.mkdir(parents=True, exist_ok=True)
-        target = incoming / f"mqtt-{self.transfer[:32]}.tflite"
+        target = incoming / f"mqtt-{self.transfer}.tflite"
         with open(self.path, "rb") as fh:
             os.fsync(fh.fileno())
         shutil.move(str(self.path), target)
