@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_infer.clock import time_synced
-from edge_infer.signing import SignatureError, load_public_key, verify_command
+from edge_infer.signing import SignatureError, verify_command
 from edge_infer.updates import Transfer
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ class Commands:
         cfg = daemon.cfg
         self.auth = cfg.commands["auth"]
         self.max_age = cfg.commands["max_age"]
-        self.keys = [load_public_key(k) for k in cfg.fleet["keys"]] if self.auth == "signed" else []
+        self.keys = daemon.fleet_keys
         self.device_id = cfg.device["id"]
         self.prefix = f"{cfg.mqtt['topic_prefix']}/{self.device_id}/cmd/"
         self.seen: deque[str] = deque(maxlen=1000)

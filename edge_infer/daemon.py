@@ -15,12 +15,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from edge_infer import __version__
 from edge_infer.bundle import BundleError, read_manifest_doc
 from edge_infer.capture import CaptureStore, review_store
-from edge_infer.commands import CommandError, Commands
 from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.decide import Decision, Thresholds
 from edge_infer.gates.image import decode_image, standardize
@@ -51,11 +50,13 @@ from edge_infer.runtime import RuntimeUnavailable
 from edge_infer.service import Notifier, Progress, Watchdog
 from edge_infer.signing import SignatureError, load_public_key, verify_bundle
 from edge_infer.slots import CONFIG, Slots
-from edge_infer.snapshot import snapshot_doc
 from edge_infer.sources import Sample, SourceError, make_source
-from edge_infer.updates import Updater
 from edge_infer.uploader import CaptureUploader
 from edge_infer.writer import OutboxWriter
+
+if TYPE_CHECKING:
+    from edge_infer.commands import Commands
+    from edge_infer.updates import Updater
 
 log = logging.getLogger(__name__)
 TRIM_INTERVAL_S = 10.0  # malloc_trim from the housekeeping thread
@@ -87,6 +88,7 @@ class Daemon:
         self.cfg = cfg
         self.swap_lock = threading.RLock()  # a model swap (update, rollback) and a reload never interleave
         self._startup_events: list[tuple[str, dict]] = []  # announced once the writer runs
+        self.fleet_keys = self._fleet_keys(cfg)
         self.slots = self._slots(cfg) if cfg.update["enabled"] or cfg.commands["enabled"] else None
         self.model, previous = self._start_model()
         manifest = self.model.manifest
@@ -167,12 +169,29 @@ class Daemon:
             progress=self.progress,
         )
 
-        self.updater = Updater(self, self.slots) if cfg.update["enabled"] and self.slots is not None else None
-        if self.updater is not None:
+        self.updater: Updater | None = None
+        self.commands: Commands | None = None
+        if cfg.update["enabled"] and self.slots is not None:  # imported only when on: a smaller daemon otherwise
+            from edge_infer.updates import Updater
+
+            self.updater = Updater(self, self.slots)
             self.updater.resume(previous)
-        self.commands = Commands(self) if cfg.commands["enabled"] else None
+        if cfg.commands["enabled"]:
+            from edge_infer.commands import Commands
+
+            self.commands = Commands(self)
 
     # ---- models: start-up choice, slots, swaps ----------------------------------------------------------------
+    @staticmethod
+    def _fleet_keys(cfg: Config) -> list:
+        """`[fleet].keys`, loaded (only when updates or signed commands need them: that imports cryptography)."""
+        if not (cfg.update["enabled"] or (cfg.commands["enabled"] and cfg.commands["auth"] == "signed")):
+            return []
+        try:
+            return [load_public_key(k) for k in cfg.fleet["keys"]]
+        except ValueError as exc:
+            raise ConfigError(f"{cfg.path}: [fleet].keys: {exc}") from None
+
     def _slots(self, cfg: Config) -> Slots:
         bundle = Path(cfg.model["bundle"])
         try:
@@ -221,7 +240,7 @@ class Daemon:
         if state.active != CONFIG:
             try:
                 if self.cfg.update["enabled"]:
-                    verify_bundle(self.slots.path(state.active), [load_public_key(k) for k in self.cfg.fleet["keys"]])
+                    verify_bundle(self.slots.path(state.active), self.fleet_keys)
                 model = self.open_model(self.slots.path(state.active))
             except (SignatureError, BundleError, RuntimeUnavailable) as exc:
                 reason = f"slot {state.active} cannot run ({exc}); running the config's bundle"
@@ -322,6 +341,9 @@ class Daemon:
 
     def snapshot(self) -> dict:
         """`snapshot`: the latest result, its input annotated, published once on `snapshot`."""
+        from edge_infer.commands import CommandError
+        from edge_infer.snapshot import snapshot_doc  # Pillow's drawing and fonts: only when a snapshot is asked for
+
         last = self._last
         if last is None:
             raise CommandError("no_result", "no input has produced a result since the daemon started")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import io
 import json
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,7 +163,7 @@ def canary(model: Model, golden: GoldenSet, min_agreement: float | None = None,
     results, outputs, times = golden_outputs(model, golden.inputs)
     if len(times) > 1:
         times = times[1:]  # the first invoke pays one-off allocation
-    latency = statistics.median(times) if times else 0.0
+    latency = float(np.median(times)) if times else 0.0
     mismatches: list[dict[str, Any]] = []
     matched = 0
     for i, (item, result) in enumerate(zip(golden.inputs, results, strict=True)):

@@ -58,6 +58,7 @@ INSERT OR IGNORE INTO meta (key, value) VALUES
     ('dropped_events', 0),
     ('dead_letters', 0);
 """
+CACHE_KIB = 512  # page cache per connection (SQLite's default is 2 MiB): appends and head reads need little
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 EVENTS = "events"
 SEQ_RESERVE = 10_000
@@ -178,6 +179,7 @@ class Outbox:
                     raise sqlite3.DatabaseError(f"quick_check: {result}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
+            db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
             db.executescript(SCHEMA)
         except BaseException:
             db.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import os
 import re
@@ -26,10 +27,11 @@ import numpy as np
 
 from edge_infer.bundle import BundleError, read_parts
 from edge_infer.golden import canary, read_golden
+from edge_infer.messages import EVENT_SEVERITY
 from edge_infer.pipeline import Outcome, Pipeline
 from edge_infer.postprocess import Classification
 from edge_infer.runtime import RuntimeUnavailable
-from edge_infer.signing import SignatureError, load_public_key, verify_bundle
+from edge_infer.signing import SignatureError, verify_bundle
 from edge_infer.slots import CONFIG, Slots
 from edge_infer.sources import Sample
 
@@ -89,7 +91,7 @@ class Updater:
         self.slots = slots
         cfg = daemon.cfg.update
         self.cfg = cfg
-        self.keys = [load_public_key(k) for k in daemon.cfg.fleet["keys"]]
+        self.keys = daemon.fleet_keys
         self.incoming = Path(cfg["incoming_dir"])
         self.previous: Model | None = None  # kept loaded while the promoted model is watched
         self.watch: Watch | None = None
@@ -169,7 +171,6 @@ class Updater:
         if not report.passed:
             target.unlink(missing_ok=True)
             self._event("canary_failed", details)
-            log.error("event=canary_failed file=%s reason=%r", path.name, report.reason)
             return self._refuse(path, received, "canary_failed", report.reason, announce=False)
         self._event("canary_passed", details)
         path.unlink(missing_ok=True)
@@ -197,7 +198,6 @@ class Updater:
         """Keep a refused bundle in incoming/refused/ (the newest few) and say why; the running model stays."""
         if announce:
             self._event("update_refused", {**received, "reason": reason, "detail": detail[:500]})
-            log.error("event=update_refused file=%s reason=%s detail=%r", received["file"], reason, detail)
         refused = self.incoming / "refused"
         try:
             refused.mkdir(parents=True, exist_ok=True)
@@ -230,8 +230,6 @@ class Updater:
         self._event("model_promoted", {"from": model_info(old), "to": model_info(candidate), "slot": slot,
                                        "previous_slot": previous_slot, "canary": canary_report,
                                        "watch": self.cfg["watch"]})
-        log.warning("event=model_promoted from=%s@%s to=%s@%s slot=%s", old.manifest.name, old.manifest.version,
-                    candidate.manifest.name, candidate.manifest.version, slot)
 
     def observe(self, pipeline: Pipeline, sample: Sample, outcome: Outcome, inference_ms: float) -> None:
         """One finished input (inference thread): shadow comparison, watch-window accounting, baseline."""
@@ -282,7 +280,6 @@ class Updater:
             self.slots.save()
         self._event("model_confirmed", {"model": model_info(self.daemon.model), "slot": self.slots.state.active,
                                         "watch": watch.to_dict() if watch else {}})
-        log.info("event=model_confirmed model=%s", self.daemon.model.manifest.name)
 
     def rollback(self, reason: str) -> None:
         """Back to the previous model (kept loaded), between two inputs."""
@@ -301,7 +298,6 @@ class Updater:
             self.slots.path(bad_slot).unlink(missing_ok=True)
         self._event("model_rolled_back", {"reason": reason, "from": model_info(bad), "to": model_info(previous),
                                           "slot": state.active, "watch": watch.to_dict() if watch else {}})
-        log.error("event=model_rolled_back reason=%r to=%s", reason, previous.manifest.name)
 
     def _shadow(self, sample: Sample, outcome: Outcome) -> None:
         """Run the shadow candidate on the same input (its own preprocessing) and compare."""
@@ -365,6 +361,10 @@ class Updater:
         self.slots.save()
 
     def _event(self, name: str, details: dict[str, Any]) -> None:
+        """One `events` message and one log line (at the event's severity) per step."""
+        level = {"warning": logging.WARNING, "error": logging.ERROR}.get(EVENT_SEVERITY.get(name, ""), logging.INFO)
+        log.log(level, "event=%s %s", name, " ".join(
+            f"{k}={json.dumps(v, separators=(',', ':'), ensure_ascii=False)[:300]}" for k, v in details.items()))
         self.daemon.add_event(name, details)
 
 

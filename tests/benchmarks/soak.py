@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from edge_infer.config import load_config
 from edge_infer.daemon import Daemon
 from tests.conftest import DIGITS_INT8, DIGITS_TEST, write_config
+from tests.helpers.broker import Mosquitto
 
 BATCH = 500
 
@@ -45,14 +46,19 @@ def slope(points: list[tuple[int, float]]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--inferences", type=int, default=100_000)
+    parser.add_argument("--broker", action="store_true",
+                        help="deliver to a local mosquitto (rows are deleted as they are acknowledged) instead of "
+                             "keeping every result in the outbox")
     args = parser.parse_args()
     images = sorted(DIGITS_TEST.glob("*/*.png"))
     with tempfile.TemporaryDirectory(prefix="edge-infer-soak-") as tmp:
         root = Path(tmp)
         inbox = root / "in"
         inbox.mkdir()
+        broker = Mosquitto(root / "broker").start() if args.broker else None
         cfg_path = write_config(root / "soak.toml", bundle=DIGITS_INT8, source=inbox, state=root / "state",
-                                port=9, outbox="max_rows = 10000000\nmax_bytes = 10000000000")
+                                port=broker.port if broker else 9,
+                                outbox="max_rows = 10000000\nmax_bytes = 10000000000")
         daemon = Daemon(load_config(cfg_path))
         runner = threading.Thread(target=daemon.run, name="daemon", daemon=True)
         runner.start()
@@ -79,9 +85,12 @@ def main() -> int:
         daemon.stop_event.set()
         runner.join(60)
         backlog = daemon.summary.queued
+        if broker is not None:
+            broker.stop()
     warm = [p for p in samples if p[0] >= args.inferences // 10]
     done = daemon.summary.results
-    print(f"soak: {done:,} inferences in {elapsed:.0f} s ({done / elapsed:,.0f}/s), {backlog:,} results stored")
+    print(f"soak: {done:,} inferences in {elapsed:.0f} s ({done / elapsed:,.0f}/s), {backlog:,} results stored"
+          f"{' (delivered to a local mosquitto as they came)' if args.broker else ' (no broker: all kept)'}")
     print(f"RSS: {samples[0][1]:.1f} MB after {samples[0][0]:,}, {warm[0][1]:.1f} MB at {warm[0][0]:,}, "
           f"{samples[-1][1]:.1f} MB at {samples[-1][0]:,}; max {max(r for _, r in samples):.1f} MB")
     print(f"RSS slope after warm-up: {slope(warm):+.3f} MB per 10,000 inferences")

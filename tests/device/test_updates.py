@@ -380,6 +380,12 @@ def test_update_config_needs_keys(tmp_path: Path, broker: Mosquitto, keys: dict[
     cfg.write_text(cfg.read_text().replace("[update]\nenabled = true", "[commands]\nenabled = true"))
     with pytest.raises(ConfigError, match="acl"):
         load_config(cfg)
+    cfg.write_text(cfg.read_text() + '\n[fleet]\nkeys = ["/etc/edge-infer/missing.pub"]\n')
+    run = run_cli("run", "--config", str(cfg), "--once")
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1].endswith(
+        "[fleet].keys: /etc/edge-infer/missing.pub: neither a public key file nor the base64 of a 32-byte Ed25519 "
+        "public key")
 
 
 def test_acl_mode_takes_plain_commands(tmp_path: Path, broker: Mosquitto, keys: dict[str, Path]):
