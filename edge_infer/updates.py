@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 SETTLE_S = 1.0  # a file in incoming/ unchanged this long is complete
 KEEP_REFUSED = 5  # refused bundles kept in incoming/refused/ for the owner to look at
 MIN_WATCHED = 50  # results before the watch may judge a regression
+MIN_LATENCY_RISE_MS = 5.0  # a latency regression is also this much slower, not only `watch_latency_ratio` ×
 TRANSFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
@@ -70,6 +71,20 @@ class Watch:
         return {"results": self.results, "uncertain_rate": round(self.uncertain / self.results, 4) if self.results
                 else None, "baseline_uncertain_rate": self.baseline_uncertain,
                 "p95_ms": _p95(self.times_ms), "baseline_p95_ms": self.baseline_p95_ms}
+
+
+def regression(watch: Watch, cfg: dict[str, Any]) -> str | None:
+    """Why the watched model is worse than the one it replaced, or None: its uncertain rate rose more than
+    `max_uncertain_increase`, or its p95 inference time is above `watch_latency_ratio` × before *and* at least
+    `MIN_LATENCY_RISE_MS` more (below that, a sub-millisecond model's p95 is scheduling noise)."""
+    rate, allowed = watch.uncertain / watch.results, cfg["max_uncertain_increase"]
+    if watch.baseline_uncertain is not None and rate - watch.baseline_uncertain > allowed:
+        return (f"uncertain rate rose from {watch.baseline_uncertain:.1%} to {rate:.1%} over {watch.results} "
+                f"results (allowed: +{allowed:.0%})")
+    p95, before = _p95(watch.times_ms), watch.baseline_p95_ms
+    if before and p95 and p95 > cfg["watch_latency_ratio"] * before and p95 - before >= MIN_LATENCY_RISE_MS:
+        return f"p95 inference time rose from {before:.2f} ms to {p95:.2f} ms (allowed: ×{cfg['watch_latency_ratio']})"
+    return None
 
 
 @dataclass
@@ -255,15 +270,7 @@ class Updater:
                 self._confirm()
 
     def _regression(self, watch: Watch) -> str | None:
-        rate, allowed = watch.uncertain / watch.results, self.cfg["max_uncertain_increase"]
-        if watch.baseline_uncertain is not None and rate - watch.baseline_uncertain > allowed:
-            return (f"uncertain rate rose from {watch.baseline_uncertain:.1%} to {rate:.1%} over {watch.results} "
-                    f"results (allowed: +{self.cfg['max_uncertain_increase']:.0%})")
-        p95 = _p95(watch.times_ms)
-        if watch.baseline_p95_ms and p95 and p95 > self.cfg["watch_latency_ratio"] * watch.baseline_p95_ms:
-            return (f"p95 inference time rose from {watch.baseline_p95_ms:.2f} ms to {p95:.2f} ms "
-                    f"(allowed: ×{self.cfg['watch_latency_ratio']})")
-        return None
+        return regression(watch, self.cfg)
 
     def failed(self, pipeline: Pipeline, exc: BaseException) -> bool:
         """The promoted model raised on a live input (inference thread): roll back now and tell the caller to run

@@ -20,6 +20,7 @@ from edge_infer.golden import GoldenInput, build_golden, canary, read_golden
 from edge_infer.model import Model, open_bundle
 from edge_infer.remote import command_payload
 from edge_infer.signing import SignatureError, generate_keypair, load_public_key, sign_bundle, verify_bundle
+from edge_infer.updates import Watch, regression
 from tests.conftest import DEMO, DIGITS_INT8, run_cli, write_config
 from tests.device.faults import DaemonProcess, make_frames
 from tests.helpers.broker import Mosquitto, free_port
@@ -319,6 +320,18 @@ def test_shadow_catches_what_the_canary_cannot(tmp_path: Path, broker: Mosquitto
         assert daemon.terminate() == 0
         sub.close()
     assert [r["input"]["id"] for r in _results(sub)] == [f"frame-{i:06d}.png" for i in range(fed)]
+
+
+def test_the_watch_judges_uncertainty_and_latency_not_jitter():
+    cfg = {"max_uncertain_increase": 0.15, "watch_latency_ratio": 2.0}
+    steady = Watch(0.05, 0.5, results=50, uncertain=5, times_ms=[0.5] * 50)
+    assert regression(steady, cfg) is None
+    assert "uncertain rate rose from 5.0% to 30.0%" in regression(Watch(0.05, 0.5, 50, 15, [0.5] * 50), cfg)
+    jitter = Watch(0.05, 0.5, 50, 5, [0.5] * 45 + [3.0] * 5)  # 6 × slower at p95, but by 2.5 ms: noise
+    assert regression(jitter, cfg) is None
+    slower = Watch(0.05, 20.0, 50, 5, [45.0] * 50)  # a 20 ms model at 45 ms
+    assert regression(slower, cfg) == "p95 inference time rose from 20.00 ms to 45.00 ms (allowed: ×2.0)"
+    assert regression(Watch(0.05, 20.0, 50, 5, [39.0] * 50), cfg) is None
 
 
 def test_signature_covers_every_member(tmp_path: Path, keys: dict[str, Path], bundles: dict[str, Path]):
