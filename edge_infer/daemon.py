@@ -684,7 +684,10 @@ class Daemon:
                 self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
                 self.reload()
                 self.notifier.send(READY=1, STATUS=self.status_line())
-            self._control()
+            try:
+                self._control()
+            except Exception:  # commands and updates must never stop health, reloads and the thermal check
+                log.exception("event=control_error")
             if time.monotonic() - self._last_trim >= TRIM_INTERVAL_S:
                 self._last_trim = time.monotonic()
                 trim()

@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import shutil
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -112,7 +111,7 @@ class Updater:
         self.watch: Watch | None = None
         self.shadow: Shadow | None = None
         self.recent: deque[tuple[bool, float]] = deque(maxlen=max(cfg["watch"], MIN_WATCHED))
-        self.lock = threading.RLock()  # promotion, rollback and reload never interleave
+        self.lock = daemon.swap_lock  # promotion, rollback and reload never interleave
         self._sizes: dict[str, tuple[int, float]] = {}
 
     # ---- arrival ---------------------------------------------------------------------------------------------
@@ -125,7 +124,10 @@ class Updater:
             return
         now = time.time()
         for path in entries:
-            st = path.stat()
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue  # taken away between the listing and now
             seen = self._sizes.get(path.name)
             self._sizes[path.name] = (st.st_size, st.st_mtime)
             if seen != (st.st_size, st.st_mtime) or now - st.st_mtime < SETTLE_S:
@@ -136,7 +138,8 @@ class Updater:
     def offer(self, path: Path, source: str) -> dict[str, Any]:
         """The whole intake of one bundle file; returns what became of it (the answer to `update-model`). The
         file is consumed: moved into a slot, or into incoming/refused/."""
-        data_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        with open(path, "rb") as fh:
+            data_sha = hashlib.file_digest(fh, "sha256").hexdigest()
         received = {"source": source, "file": path.name, "bytes": path.stat().st_size, "sha256": data_sha}
         self._event("update_received", received)
         try:
@@ -228,7 +231,8 @@ class Updater:
     def promote(self, candidate: Model, slot: str, canary_report: dict[str, Any]) -> None:
         with self.lock:
             old = self.daemon.model
-            baseline = [u for u, _ in self.recent], [t for _, t in self.recent]
+            recent = list(self.recent)  # one C-level copy: the inference thread appends meanwhile
+            baseline = [u for u, _ in recent], [t for _, t in recent]
             watch = Watch(round(sum(baseline[0]) / len(baseline[0]), 4) if len(baseline[0]) >= 20 else None,
                           _p95(baseline[1]))
             self.daemon.serve(candidate)  # first: if it cannot serve, nothing has changed
