@@ -51,7 +51,11 @@ class Remote:
         self.client.connect(broker.host, broker.port, 30)
         self.client.loop_start()
         self.client.subscribe(f"{self.base}/events", qos=1)
-        subscribed.get(timeout=10)  # events answering what we send must not be missed
+        try:
+            subscribed.get(timeout=10)  # events answering what we send must not be missed
+        except queue.Empty:
+            self.close()
+            raise TimeoutError("the broker did not confirm the subscription to the device's events") from None
 
     def _on_message(self, _client: Any, _userdata: Any, message: Any) -> None:
         with contextlib.suppress(ValueError):
