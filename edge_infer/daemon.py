@@ -118,8 +118,7 @@ class Daemon:
         def events(seq: int, msg_id: str, name: str, details: dict) -> bytes:
             return event_payload(self.identity, seq, msg_id, name, details)
 
-        self.escalated_model = None if second is None else {
-            "name": second.manifest.name, "version": second.manifest.version, "sha256": second.manifest.model_sha256}
+        self.escalated_model = None if second is None else second.info
         primary = Outbox(box["path"], box["durability"], limits, event_builder=events, primary=True)
         if primary.replaced is not None:
             log.error("event=outbox_replaced %s", " ".join(f"{k}={v!r}" for k, v in primary.replaced.items()))
@@ -228,11 +227,7 @@ class Daemon:
             return model_from_config(self.model_cfg()), None
         state = self.slots.state
         if state.probation is not None and not state.probation.get("clean_stop"):
-            bad = state.active
-            state.active, state.previous, state.probation = state.previous or CONFIG, None, None
-            self.slots.save()
-            if bad != CONFIG:
-                self.slots.path(bad).unlink(missing_ok=True)
+            bad = self.slots.roll_back()
             reason = "the daemon stopped without a clean shutdown while the new model was being watched"
             log.error("event=model_rolled_back slot=%s reason=%r", bad, reason)
             self._startup_events.append(("model_rolled_back", {"reason": reason, "from_slot": bad,
@@ -303,7 +298,7 @@ class Daemon:
                                  model.draft_size)
         else:
             return None
-        return model.run(model.prepare(image), model.geometry(image) if model.task == "detection" else None)
+        return model.run(*model.input_for(image))
 
     # ---- remote commands ----------------------------------------------------------------------------------------
     def set_threshold(self, args: dict) -> dict:

@@ -24,6 +24,7 @@ import numpy as np
 from edge_infer.gates.image import decode_image
 from edge_infer.model import Model
 from edge_infer.postprocess import Classification, TaskResult, dequantize
+from edge_infer.preprocess import ViewGeometry
 
 INDEX_NAME = "golden/index.json"
 EXPECTED_NAME = "golden/expected.npy"
@@ -52,11 +53,11 @@ class GoldenSet:
         return len(self.inputs)
 
 
-def _tensor(model: Model, item: GoldenInput) -> np.ndarray:
+def _input(model: Model, item: GoldenInput) -> tuple[np.ndarray, ViewGeometry | None]:
     if item.window is not None:
-        return model.window_tensor(item.window)
+        return model.window_tensor(item.window), None
     assert item.data is not None
-    return model.prepare(decode_image(item.data, draft_size=model.draft_size))
+    return model.input_for(decode_image(item.data, draft_size=model.draft_size))
 
 
 def golden_outputs(model: Model, inputs: list[GoldenInput]) -> tuple[list[TaskResult], np.ndarray, list[float]]:
@@ -66,10 +67,7 @@ def golden_outputs(model: Model, inputs: list[GoldenInput]) -> tuple[list[TaskRe
     rows: list[np.ndarray] = []
     times: list[float] = []
     for item in inputs:
-        tensor = _tensor(model, item)
-        geometry = None
-        if item.data is not None and model.task == "detection":
-            geometry = model.geometry(decode_image(item.data, draft_size=model.draft_size))
+        tensor, geometry = _input(model, item)
         started = time.perf_counter()
         outputs = model.engine.run(tensor)
         results.append(model.postprocess(outputs, geometry))

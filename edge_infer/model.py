@@ -62,6 +62,12 @@ class Model:
         return self.manifest.task
 
     @property
+    def info(self) -> dict[str, str]:
+        """Name, version and sha256: how every message and event names this model."""
+        m = self.manifest
+        return {"name": m.name, "version": m.version, "sha256": m.model_sha256}
+
+    @property
     def kind(self) -> str:
         return "sensor" if isinstance(self.manifest.input, SensorInputSpec) else "image"
 
@@ -86,6 +92,10 @@ class Model:
 
     def view_tensor(self, view: Image.Image | np.ndarray) -> np.ndarray:
         return view_tensor(view, self.manifest.input, self.engine.inputs[0])  # type: ignore[arg-type]
+
+    def input_for(self, image: Image.Image) -> tuple[np.ndarray, ViewGeometry | None]:
+        """A decoded image → its input tensor and, for detection, where the frame lands in it (thread-safe)."""
+        return self.prepare(image), self.geometry(image) if self.task == "detection" else None
 
     def geometry(self, image: Image.Image) -> ViewGeometry | None:
         """Where the frame lands in the model input (detection undoes it); None for sensor models."""

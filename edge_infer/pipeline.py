@@ -78,8 +78,7 @@ class Pipeline:
         policy: Policy | None = None,
     ) -> None:
         self.model = model
-        m = model.manifest
-        self.info = {"name": m.name, "version": m.version, "sha256": m.model_sha256}  # names it in every message
+        self.info = model.info  # one dict per model: names it in every message
         if thresholds is not None:
             model.thresholds = thresholds
         self.max_pixels = max_pixels

@@ -63,6 +63,16 @@ class Slots:
         busy = {self.state.active} | ({self.state.previous} if self.state.probation is not None else set())
         return next(s for s in SLOTS if s not in busy)
 
+    def roll_back(self) -> str:
+        """Make the model a rollback returns to active again, end the watch, and delete the slot that failed.
+        Returns that slot's name."""
+        bad, state = self.state.active, self.state
+        state.active, state.previous, state.probation = state.previous or CONFIG, None, None
+        self.save()
+        if bad != CONFIG:
+            self.path(bad).unlink(missing_ok=True)
+        return bad
+
     def save(self) -> None:
         """Write state.json atomically (a power cut leaves the old or the new state, never half)."""
         self.folder.mkdir(parents=True, exist_ok=True)

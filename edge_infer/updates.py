@@ -31,7 +31,7 @@ from edge_infer.pipeline import Outcome, Pipeline
 from edge_infer.postprocess import Classification
 from edge_infer.runtime import RuntimeUnavailable
 from edge_infer.signing import SignatureError, verify_bundle
-from edge_infer.slots import CONFIG, Slots
+from edge_infer.slots import Slots
 from edge_infer.sources import Sample
 
 if TYPE_CHECKING:
@@ -44,11 +44,6 @@ KEEP_REFUSED = 5  # refused bundles kept in incoming/refused/ for the owner to l
 MIN_WATCHED = 50  # results before the watch may judge a regression
 MIN_LATENCY_RISE_MS = 5.0  # a latency regression is also this much slower, not only `watch_latency_ratio` ×
 TRANSFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def model_info(model: Model) -> dict[str, str]:
-    m = model.manifest
-    return {"name": m.name, "version": m.version, "sha256": m.model_sha256}
 
 
 def _p95(values: Any) -> float | None:
@@ -184,7 +179,7 @@ class Updater:
             return self._refuse(path, received, "no_golden", "the bundle carries no golden inputs to run a canary "
                                                              "on (edge-convert adds them; see --golden)")
         report = canary(candidate, golden, self.cfg["min_agreement"], self._budget_ms())
-        details = {**received, "slot": slot, "signed_by": signer, "model": model_info(candidate),
+        details = {**received, "slot": slot, "signed_by": signer, "model": candidate.info,
                    "canary": report.to_dict()}
         if not report.passed:
             target.unlink(missing_ok=True)
@@ -195,7 +190,7 @@ class Updater:
         if self.cfg["shadow"] > 0:
             with self.lock:
                 self.shadow = Shadow(candidate, slot, self.cfg["shadow"], report.to_dict())
-            self._event("shadow_started", {"slot": slot, "model": model_info(candidate), "inputs": self.cfg["shadow"]})
+            self._event("shadow_started", {"slot": slot, "model": candidate.info, "inputs": self.cfg["shadow"]})
             return {"ok": True, "step": "shadow", **details}
         self.promote(candidate, slot, report.to_dict())
         return {"ok": True, "step": "promoted", **details}
@@ -246,7 +241,7 @@ class Updater:
             self.recent.clear()
             if self.cfg["watch"] > 0:
                 self.previous, self.watch = old, watch
-        self._event("model_promoted", {"from": model_info(old), "to": model_info(candidate), "slot": slot,
+        self._event("model_promoted", {"from": old.info, "to": candidate.info, "slot": slot,
                                        "previous_slot": previous_slot, "canary": canary_report,
                                        "watch": self.cfg["watch"]})
 
@@ -289,7 +284,7 @@ class Updater:
             watch, self.watch, self.previous = self.watch, None, None
             self.slots.state.probation = None
             self.slots.save()
-        self._event("model_confirmed", {"model": model_info(self.daemon.model), "slot": self.slots.state.active,
+        self._event("model_confirmed", {"model": self.daemon.model.info, "slot": self.slots.state.active,
                                         "watch": watch.to_dict() if watch else {}})
 
     def rollback(self, reason: str) -> None:
@@ -299,15 +294,11 @@ class Updater:
             if previous is None:
                 return
             bad, state = self.daemon.model, self.slots.state
-            bad_slot = state.active
-            state.active, state.previous, state.probation = state.previous or CONFIG, None, None
-            self.slots.save()
+            self.slots.roll_back()
             self.daemon.serve(previous)
             self.previous, self.watch = None, None
             self.recent.clear()
-        if bad_slot != CONFIG:
-            self.slots.path(bad_slot).unlink(missing_ok=True)
-        self._event("model_rolled_back", {"reason": reason, "from": model_info(bad), "to": model_info(previous),
+        self._event("model_rolled_back", {"reason": reason, "from": bad.info, "to": previous.info,
                                           "slot": state.active, "watch": watch.to_dict() if watch else {}})
 
     def _shadow(self, sample: Sample, outcome: Outcome) -> None:
@@ -319,7 +310,7 @@ class Updater:
         except Exception as exc:
             self.shadow = None
             self.slots.path(shadow.slot).unlink(missing_ok=True)
-            self._event("shadow_failed", {"slot": shadow.slot, "model": model_info(shadow.model),
+            self._event("shadow_failed", {"slot": shadow.slot, "model": shadow.model.info,
                                           "reason": f"{type(exc).__name__}: {exc}"[:300]})
             return
         if result is None:
@@ -332,7 +323,7 @@ class Updater:
         if shadow.seen < shadow.needed:
             return
         agreement = shadow.agreed / shadow.seen
-        details = {"slot": shadow.slot, "model": model_info(shadow.model), "inputs": shadow.seen,
+        details = {"slot": shadow.slot, "model": shadow.model.info, "inputs": shadow.seen,
                    "agreement": round(agreement, 4), "required": self.cfg["shadow_min_agreement"]}
         self.shadow = None
         if agreement < self.cfg["shadow_min_agreement"]:
@@ -420,7 +411,8 @@ class Transfer:
 
     def finish(self, incoming: Path) -> Path:
         """Check the whole file's sha256 and move it into the incoming folder."""
-        digest = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        with open(self.path, "rb") as fh:  # in chunks: a bundle may be tens of MB on a 512 MB board
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
         if digest != self.sha256:
             self.path.unlink(missing_ok=True)
             raise ValueError(f"the assembled bundle's sha256 is {digest[:12]}…, the sender said {self.sha256[:12]}…")

@@ -82,6 +82,11 @@ enabled = true
     return cfg
 
 
+def _start(cfg: Path, broker: Mosquitto, tmp_path: Path) -> tuple[Subscriber, DaemonProcess]:
+    """A subscriber to everything the device says, then the daemon as systemd would run it."""
+    return Subscriber(broker.port, "edge/test-pi/#"), DaemonProcess(cfg, tmp_path / "log").start()
+
+
 def _events(sub: Subscriber, name: str) -> list[dict]:
     """Each event once (delivery is at-least-once: after a kill -9 one may come again)."""
     seen: dict[str, dict] = {}
@@ -119,8 +124,7 @@ def test_incoming_updates_refused_promoted_confirmed_and_rolled_back(tmp_path: P
                                                                      keys: dict[str, Path], bundles: dict[str, Path]):
     cfg = _config(tmp_path, broker, keys, update="watch = 50")
     incoming = tmp_path / "s" / "incoming"
-    sub = Subscriber(broker.port, "edge/test-pi/#")
-    daemon = DaemonProcess(cfg, tmp_path / "log").start()
+    sub, daemon = _start(cfg, broker, tmp_path)
     try:
         fed = _feed(tmp_path, sub, 0, 30)
         original = _results(sub)[0]["model"]["sha256"]
@@ -180,8 +184,7 @@ def test_incoming_updates_refused_promoted_confirmed_and_rolled_back(tmp_path: P
 def test_push_model_and_commands_over_mqtt(tmp_path: Path, broker: Mosquitto, keys: dict[str, Path],
                                            bundles: dict[str, Path]):
     cfg = _config(tmp_path, broker, keys, update="watch = 0")
-    sub = Subscriber(broker.port, "edge/test-pi/#")
-    daemon = DaemonProcess(cfg, tmp_path / "log").start()
+    sub, daemon = _start(cfg, broker, tmp_path)
     remote = ["--device", "test-pi", "--broker", f"127.0.0.1:{broker.port}", "--timeout", "30"]
     signed = [*remote, "--key", str(keys["private"])]
     try:
@@ -250,8 +253,7 @@ def test_crash_during_watch_rolls_back_and_clean_restart_resumes_the_watch(
     cfg = _config(tmp_path, broker, keys, update="watch = 10000")
     incoming = tmp_path / "s" / "incoming"
     state_file = tmp_path / "s" / "models" / "state.json"
-    sub = Subscriber(broker.port, "edge/test-pi/#")
-    daemon = DaemonProcess(cfg, tmp_path / "log").start()
+    sub, daemon = _start(cfg, broker, tmp_path)
     try:
         fed = _feed(tmp_path, sub, 0, 10)
         original = _results(sub)[0]["model"]["sha256"]
@@ -288,8 +290,7 @@ def test_shadow_catches_what_the_canary_cannot(tmp_path: Path, broker: Mosquitto
     cfg = _config(tmp_path, broker, keys, update="shadow = 20\nwatch = 0")
     cfg.write_text(cfg.read_text() + "\n[health]\ninterval = 0.3\n")
     incoming = tmp_path / "s" / "incoming"
-    sub = Subscriber(broker.port, "edge/test-pi/#")
-    daemon = DaemonProcess(cfg, tmp_path / "log").start()
+    sub, daemon = _start(cfg, broker, tmp_path)
     try:
         fed = _feed(tmp_path, sub, 0, 10)
         original = _results(sub)[0]["model"]["sha256"]
@@ -403,8 +404,7 @@ def test_update_config_needs_keys(tmp_path: Path, broker: Mosquitto, keys: dict[
 
 def test_acl_mode_takes_plain_commands(tmp_path: Path, broker: Mosquitto, keys: dict[str, Path]):
     cfg = _config(tmp_path, broker, keys, commands='auth = "acl"')
-    sub = Subscriber(broker.port, "edge/test-pi/#")
-    daemon = DaemonProcess(cfg, tmp_path / "log").start()
+    sub, daemon = _start(cfg, broker, tmp_path)
     try:
         _feed(tmp_path, sub, 0, 3)
         done = run_cli("command", "set-threshold", "--args", '{"thresholds": {"7": 0.5}}', "--device", "test-pi",
