@@ -19,6 +19,12 @@ from edge_infer.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ManifestE
 
 MANIFEST_NAME = "manifest.json"
 TFLITE_IDENTIFIER = b"TFL3"
+# Archive limits, checked from the zip's central directory before any member is read (a zip bomb is refused
+# unread): members, their total uncompressed size, and the compression ratio of any member over 1 MiB.
+MAX_MEMBERS = 1024
+MAX_ARCHIVE_BYTES = 256 * 1024 * 1024
+MAX_RATIO = 100
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 
 
 class BundleError(Exception):
@@ -101,16 +107,38 @@ def write_parts(path: Path | str, parts: BundleParts) -> Path:
     return path
 
 
+def check_archive(zf: zipfile.ZipFile, path: Path | str, max_bytes: int = MAX_ARCHIVE_BYTES) -> None:
+    """Refuse an archive whose central directory promises too much (`BundleError`); reads no member. The
+    sizes it checks also bound what reading a member can produce (`zipfile` stops at the declared size)."""
+    infos = zf.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise BundleError(path, f"archive has {len(infos)} members (at most {MAX_MEMBERS})")
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise BundleError(path, f"archive unpacks to {total} bytes (at most {max_bytes})")
+    for info in infos:
+        if info.file_size > 1024 * 1024 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+            raise BundleError(path, f"archive member {info.filename[:80]!r} is compressed "
+                                    f"{info.file_size // max(info.compress_size, 1)}:1 (at most {MAX_RATIO}:1)")
+
+
+def model_size(doc: dict[str, Any], path: Path | str) -> int:
+    """The manifest's `model.size` (the length of the model bytes at the start of the file)."""
+    try:
+        return int(doc["model"]["size"])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(path, "manifest has no model.size") from None
+
+
 def read_parts(path: Path | str) -> BundleParts:
     """Split a bundle into model bytes and archive members (the model's size is the manifest's)."""
     data, doc = read_manifest_doc(path)
+    size = model_size(doc, path)
     try:
-        size = int(doc["model"]["size"])
-    except (KeyError, TypeError, ValueError):
-        raise BundleError(path, "manifest has no model.size") from None
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:  # its limits were checked by read_manifest_doc
             members = {name: zf.read(name) for name in zf.namelist()}
+    except BundleError:
+        raise
     except Exception as exc:  # a damaged archive is a refused bundle, never a crash
         raise BundleError(path, f"corrupt bundle archive: {exc}") from None
     return BundleParts(data[:size], members)
@@ -131,7 +159,9 @@ def read_manifest_doc(path: Path | str) -> tuple[bytes, dict[str, Any]]:
         raise BundleError(path, "not a TFLite model (no TFL3 identifier); the file is corrupt or not a model")
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            raw = zf.read(MANIFEST_NAME) if MANIFEST_NAME in zf.namelist() else None
+            raw = read_manifest_member(zf, path)
+    except BundleError:
+        raise
     except zipfile.BadZipFile:
         raise BundleError(
             path,
@@ -147,6 +177,18 @@ def read_manifest_doc(path: Path | str) -> tuple[bytes, dict[str, Any]]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(path, f"{MANIFEST_NAME} is not valid JSON: {exc}") from None
     return data, doc
+
+
+def read_manifest_member(zf: zipfile.ZipFile, path: Path | str) -> bytes | None:
+    """The raw `manifest.json` of an archive (None if it has none), after the archive's limits are checked."""
+    check_archive(zf, path)
+    try:
+        info = zf.getinfo(MANIFEST_NAME)
+    except KeyError:
+        return None
+    if info.file_size > MAX_MANIFEST_BYTES:
+        raise BundleError(path, f"{MANIFEST_NAME} is {info.file_size} bytes (at most {MAX_MANIFEST_BYTES})")
+    return zf.read(info)
 
 
 def load_bundle(path: Path | str) -> Bundle:

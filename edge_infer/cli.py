@@ -43,13 +43,17 @@ def _broker_reachable(cfg: Config, timeout: float = 2.0) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_infer.daemon import Daemon  # heavy imports only once the config is known to be good
+    from edge_infer.daemon import Daemon, DaemonFailed  # heavy imports only once the config is known to be good
 
     cfg = load_config(args.config)
     _setup_logging(args.log_level or cfg.log["level"], cfg.log["format"])
     daemon = Daemon(cfg)
     daemon.install_signal_handlers()
-    summary = daemon.run(once=args.once)
+    try:
+        summary = daemon.run(once=args.once)
+    except DaemonFailed as exc:
+        print(f"edge-infer: error: {exc}", file=sys.stderr)
+        return 1
     if args.once:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejections.items())) or "none"
         paths = "".join(f", {n} {what}" for n, what in ((summary.escalated, "escalated"),
@@ -229,11 +233,17 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     import pwd
     import subprocess
 
-    from edge_infer.unit import install_commands, next_steps, render_unit
+    from edge_infer.unit import hidden_paths, install_commands, next_steps, render_unit
 
     cfg = load_config(args.config)
     unit = render_unit(cfg, args.python)
     path = Path(args.unit_dir) / "edge-infer.service"
+    problems = hidden_paths(cfg, args.python)
+    if problems and not args.dry_run:
+        raise ConfigError(f"{cfg.path}: {problems[0]}" + (f" (and {len(problems) - 1} more: see --dry-run)"
+                                                          if len(problems) > 1 else ""))
+    for problem in problems:
+        print(f"edge-infer: warning: {problem}", file=sys.stderr)
     commands = install_commands(cfg, path)
     try:
         pwd.getpwnam(cfg.service["user"])
@@ -348,12 +358,12 @@ def cmd_command(args: argparse.Namespace) -> int:
 def cmd_push_model(args: argparse.Namespace) -> int:
     from edge_infer.remote import bundle_chunks
 
-    transfer, chunks = bundle_chunks(Path(args.bundle), args.chunk_bytes)
+    transfer, chunks = bundle_chunks(Path(args.bundle), args.chunk_bytes, Path(args.key), args.device)
     remote = _remote(args)
     try:
         for i, chunk in enumerate(chunks, 1):
             remote.publish("cmd/update-model", chunk)
-            print(f"\redge-infer: sent {i}/{len(chunks)} chunks", end="", file=sys.stderr, flush=True)
+            print(f"\redge-infer: sent {i}/{len(chunks)} messages", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         also = ("model_confirmed", "model_rolled_back") if args.wait_watch else ()
         return _print_answer(remote.wait(transfer, args.timeout, also), args.timeout)
@@ -439,7 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     command.set_defaults(func=cmd_command)
     push = sub.add_parser("push-model", help="send a signed bundle to a device over MQTT and print what it did")
     push.add_argument("bundle")
-    push.add_argument("--chunk-bytes", type=int, default=128 * 1024)
+    push.add_argument("--chunk-bytes", type=int, default=96 * 1024,
+                      help="raw bytes per chunk message (96 KiB: about 128 KiB on the wire)")
+    push.add_argument("--key", required=True,
+                      help="fleet private key: signs the transfer header that the device checks before it writes")
     push.add_argument("--wait-watch", action="store_true", help="also wait for the watch window's verdict")
     _remote_args(push)
     push.set_defaults(func=cmd_push_model)

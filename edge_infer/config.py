@@ -107,6 +107,7 @@ SOURCE_FIELDS: dict[str, dict[str, Field]] = {
         "poll_interval": Field((int, float), default=0.5, check=_between(0.01, 3600)),
         "settle_seconds": Field((int, float), default=1.0, check=_between(0.0, 3600)),
         "max_file_bytes": Field(int, default=50 * 1024 * 1024, check=_between(1, 2**40)),
+        "follow_symlinks": Field(bool, default=False),
     },
     "http": {
         "url": Field(str, required=True, check=lambda v: None if v.startswith(("http://", "https://"))
@@ -291,6 +292,8 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "enabled": Field(bool, default=False),
         "auth": Field(str, default="signed", choices=("signed", "acl")),
         "max_age": Field(int, default=600, check=_between(1, 10 * 365 * 24 * 3600)),
+        # the largest inbound message taken (MQTT v5 Maximum Packet Size); update chunks must fit
+        "max_message_bytes": Field(int, default=256 * 1024, check=_between(1024, 64 * 1024 * 1024)),
     },
     "log": {
         "level": Field(str, default="info", choices=("debug", "info", "warning", "error")),

@@ -6,6 +6,8 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import math
+import os
 import queue
 import signal
 import sqlite3
@@ -26,6 +28,7 @@ from edge_infer.gates.image import decode_image, standardize
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
 from edge_infer.homeassistant import discovery_messages
+from edge_infer.inbox import Inbox
 from edge_infer.manifest import Manifest, SensorInputSpec
 from edge_infer.memory import limit_arenas, trim
 from edge_infer.messages import (
@@ -64,6 +67,23 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class DaemonFailed(Exception):
+    """The daemon stopped itself because part of it stopped working; one line."""
+
+
+def _check_state_dir(cfg: Config) -> None:
+    """`[device].state_dir` must be a folder this user can write: a one-line config error otherwise."""
+    folder = Path(cfg.device["state_dir"])
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{cfg.path}: [device].state_dir: cannot write to {folder}: {exc.strerror} (create it "
+                          f"for the daemon's user, or choose another folder)") from None
+
+
 @dataclass
 class RunSummary:
     results: int = 0
@@ -85,7 +105,11 @@ class RunSummary:
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         limit_arenas()  # before any thread starts (see edge_infer.memory)
+        os.umask(0o027)  # what the daemon writes (outbox, state, kept inputs) is never world-readable
+        _check_state_dir(cfg)
         self.cfg = cfg
+        self.failure: str | None = None  # why the daemon stopped itself (a worker thread died)
+        self.winding_down = False
         self.swap_lock = threading.RLock()  # a model swap (update, rollback) and a reload never interleave
         self._startup_events: list[tuple[str, dict]] = []  # announced once the writer runs
         self.fleet_keys = self._fleet_keys(cfg)
@@ -132,12 +156,11 @@ class Daemon:
             )
         self.stop_event = threading.Event()
         self.summary = RunSummary()
-        self.inbox: queue.Queue[tuple[str, bytes]] | None = queue.Queue(maxsize=256) if cfg.commands["enabled"] \
-            else None
+        self.inbox = Inbox(cfg.commands["max_message_bytes"]) if cfg.commands["enabled"] else None
         self._last: tuple[Sample, TaskResult, Decision, Identity] | None = None  # for `snapshot`
         self.pulled = 0  # inputs the source offered (read or skipped): what back-pressure bounds
         self.publisher = Publisher(
-            settings_from_config(cfg.mqtt, cfg.device["id"]),
+            settings_from_config(cfg.mqtt, cfg.device["id"], cfg.commands["max_message_bytes"]),
             lambda: Outbox(box["path"], box["durability"], limits, event_builder=events),
             birth=lambda problems: status_payload(
                 self.identity, "online", version=__version__, runtime=self.model.engine.runtime.to_dict(),
@@ -174,6 +197,7 @@ class Daemon:
             from edge_infer.updates import Updater
 
             self.updater = Updater(self, self.slots)
+            self.updater.recover()
             self.updater.resume(previous)
         if cfg.commands["enabled"]:
             from edge_infer.commands import Commands
@@ -311,7 +335,8 @@ class Daemon:
                 raise ValueError("give threshold, thresholds (label → value) or reset")
             if "threshold" in args:
                 value = args["threshold"]
-                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                        or value < 0:
                     raise ValueError(f"threshold: expected a number, got {value!r}")
                 if problem := threshold_problem(self.model.task, float(value)):
                     raise ValueError(problem)
@@ -351,12 +376,8 @@ class Daemon:
     def _control(self) -> None:
         """Commands that arrived, an unfinished transfer's clock, new bundles in incoming/ (control thread)."""
         if self.commands is not None and self.inbox is not None:
-            while True:
-                try:
-                    topic, payload = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
-                self.commands.handle(topic, payload)
+            while (item := self.inbox.get()) is not None:
+                self.commands.handle(*item)
             self.commands.tick()
         if self.updater is not None and time.monotonic() - self._last_scan >= 1.0:
             self._last_scan = time.monotonic()
@@ -392,7 +413,7 @@ class Daemon:
 
     def _done(self, sample: Sample) -> bool:
         self.pulled += 1
-        if self.outbox.is_processed(sample.source, sample.key):
+        if not self.source.live and self.outbox.is_processed(sample.source, sample.key):
             self.summary.skipped += 1
             return True
         return False
@@ -457,7 +478,10 @@ class Daemon:
         else:  # suppressed, deferred, or an unpublished rejection: counted and checkpointed, not published
             kind, build = "results" if result is not None else "rejections", None
 
-        if not self.writer.put(Pending(kind, msg_id, build, (sample.source, sample.key), after), self.stop_event):
+        # a live frame is never offered again: no checkpoint (the table would grow by every frame, forever)
+        checkpoint = None if self.source.live else (sample.source, sample.key)
+        forget = getattr(self.source, "forgets_committed", False)
+        if not self.writer.put(Pending(kind, msg_id, build, checkpoint, after, forget), self.stop_event):
             return outcome  # stopping: not committed, so the input is processed again on the next start
         if result is not None and decision is not None:
             self.summary.results += 1
@@ -521,6 +545,7 @@ class Daemon:
             "latency": self.latency.summary(),
             "thermal": self.governor.to_dict(),
             "rss_bytes": rss_bytes(),
+            "threads": {"writer": self.writer.is_alive(), "publisher": self.publisher.is_alive()},
             "drift": self.monitor.to_dict(),
             **({"update": self.updater.to_dict()} if self.updater is not None else {}),
         }
@@ -598,6 +623,7 @@ class Daemon:
             if self.updater is not None:
                 self.updater.stopped_cleanly()
         finally:
+            self.winding_down = True  # the writer and the publisher stop now, on purpose
             self.notifier.send(STOPPING=1, STATUS="stopping: storing and sending what is in flight")
             if watchdog is not None:
                 watchdog.stopping.set()
@@ -610,6 +636,8 @@ class Daemon:
             self.summary.queued = self.outbox.backlog()
             self.outbox.close()
             self.writer.outbox.close()
+        if self.failure is not None:
+            raise DaemonFailed(self.failure)
         log.info(
             "event=stop results=%d uncertain=%d escalated=%d suppressed=%d deferred=%d rejected=%d skipped=%d "
             "dropped=%d published=%d queued=%d uncommitted=%d rejections=%s drift=%s",
@@ -672,22 +700,41 @@ class Daemon:
 
     def _housekeeping(self) -> None:
         """Its own thread: SIGHUP reloads, the periodic health snapshot and the thermal check, also while no
-        input arrives."""
+        input arrives; and the check that the writer and the publisher still run."""
         while not self.stop_event.is_set():
-            if self.reload_requested.wait(min(0.5, max(0.05, self.cfg.health["interval"] or 0.5))):
-                self.reload_requested.clear()
-                self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
-                self.reload()
-                self.notifier.send(READY=1, STATUS=self.status_line())
             try:
-                self._control()
-            except Exception:  # commands and updates must never stop health, reloads and the thermal check
-                log.exception("event=control_error")
-            if time.monotonic() - self._last_trim >= TRIM_INTERVAL_S:
-                self._last_trim = time.monotonic()
-                trim()
-            self.governor.check()
-            self._maybe_health()
+                self._housekeeping_turn()
+            except Exception:  # one failing step must never stop health, reloads and the thread check
+                log.exception("event=housekeeping_error")
+            self._check_threads()
+
+    def _housekeeping_turn(self) -> None:
+        if self.reload_requested.wait(min(0.5, max(0.05, self.cfg.health["interval"] or 0.5))):
+            self.reload_requested.clear()
+            self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+            self.reload()
+            self.notifier.send(READY=1, STATUS=self.status_line())
+        try:
+            self._control()
+        except Exception:  # commands and updates must never stop health, reloads and the thermal check
+            log.exception("event=control_error")
+        if time.monotonic() - self._last_trim >= TRIM_INTERVAL_S:
+            self._last_trim = time.monotonic()
+            trim()
+        self.governor.check()
+        self._maybe_health()
+
+    def _check_threads(self) -> None:
+        """A worker thread that died would leave a daemon that reads input and never stores or sends it: stop
+        loudly instead (status problem, log line, non-zero exit), so systemd restarts the service."""
+        dead = [t.name for t in (self.writer, self.publisher) if not t.is_alive()]
+        if not dead or self.stop_event.is_set() or self.winding_down or self.failure is not None:
+            return
+        self.failure = f"the {', '.join(dead)} thread stopped unexpectedly"
+        log.critical("event=thread_died threads=%s (stopping; the service manager restarts the daemon)",
+                     ",".join(dead))
+        self.publisher.set_problem("threads", self.failure)
+        self.stop_event.set()
 
     def reload(self) -> dict[str, object]:
         """SIGHUP: re-read the config file; apply what can change while running (thresholds, fallbacks,

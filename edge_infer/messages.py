@@ -31,13 +31,58 @@ def message_id(sample: Sample, model_sha256: str) -> str:
     """Stable across restarts: the same input through the same model always yields the same msg_id."""
     h = hashlib.sha256()
     for part in (sample.source, sample.input_id, sample.fingerprint, model_sha256):
-        h.update(part.encode("utf-8", "surrogateescape"))
+        try:
+            h.update(part.encode("utf-8", "surrogateescape"))  # file names with undecodable bytes
+        except UnicodeEncodeError:
+            h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     return h.hexdigest()[:32]
 
 
+MAX_EVENT_BYTES = 8 * 1024  # one event's payload; longer details are shortened (see `bounded_details`)
+MAX_TEXT = 300  # characters kept of one string in shortened event details
+
+
 def _encode(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape")
+    """Compact UTF-8 JSON that never raises: a string that cannot be UTF-8 (a lone surrogate from an escaped
+    JSON string, undecodable file-name bytes) has those characters replaced by U+FFFD."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8", "replace")
+
+
+def clean_text(value: object, limit: int = MAX_TEXT) -> str:
+    """`value` as text fit to echo: at most `limit` characters (an ellipsis and the original length mark a cut),
+    control characters and unencodable surrogates replaced."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = len(text) > limit
+    text = text[:limit]
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = "".join(c if c.isprintable() else "\ufffd" for c in text)
+    return f"{text}… ({len(value) if isinstance(value, str) else 'long'} chars)" if cut else text
+
+
+def bounded_details(details: dict[str, Any], limit: int = MAX_EVENT_BYTES) -> dict[str, Any]:
+    """Event details that encode to at most about `limit` bytes: long strings are shortened first; if that is
+    not enough, only the keys are kept."""
+    if len(_encode(details)) <= limit:
+        return details
+
+    def shorten(value: Any, depth: int = 0) -> Any:
+        if isinstance(value, str):
+            return clean_text(value)
+        if depth < 4 and isinstance(value, dict):
+            return {clean_text(k, 64): shorten(v, depth + 1) for k, v in list(value.items())[:50]}
+        if depth < 4 and isinstance(value, list):
+            return [shorten(v, depth + 1) for v in value[:50]]
+        return value if isinstance(value, int | float | bool) or value is None else clean_text(value)
+
+    short = shorten(details)
+    if len(_encode(short)) <= limit:
+        return short
+    return {"truncated": True, "keys": [clean_text(k, 64) for k in list(details)[:50]]}
 
 
 def _base(identity: Identity, seq: int, msg_id: str) -> dict[str, Any]:
@@ -113,13 +158,15 @@ EVENT_SEVERITY = {
     "model_rolled_back": "error",
     "model_slot_unusable": "error",
     "model_slots_reset": "warning",
+    "message_refused": "error",
+    "commands_refused": "warning",
 }
 
 
 def event_payload(identity: Identity, seq: int, msg_id: str, name: str, details: dict[str, Any]) -> bytes:
     """`events`: something happened to the device or its data that a person should know about."""
     doc = _base(identity, seq, msg_id)
-    doc.update(event=name, severity=EVENT_SEVERITY.get(name, "info"), details=details)
+    doc.update(event=name, severity=EVENT_SEVERITY.get(name, "info"), details=bounded_details(details))
     return _encode(doc)
 
 

@@ -215,6 +215,36 @@ def render_prometheus(health: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONNECTION_TIMEOUT_S = 10.0
+MAX_CONNECTIONS = 8
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """At most `MAX_CONNECTIONS` connections served at once (a thread each); more are closed at once."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+
 class MetricsServer:
     """`GET /metrics` on `host:port` in its own thread; `snapshot` builds the health dict on each scrape."""
 
@@ -234,8 +264,8 @@ class MetricsServer:
             def log_message(self, *_args: Any) -> None:  # scrapes are not log events
                 return
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        Handler.timeout = CONNECTION_TIMEOUT_S  # a client that sends nothing is dropped after this
+        self.server = BoundedHTTPServer((host, port), Handler)
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
 

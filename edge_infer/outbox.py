@@ -8,6 +8,10 @@ produced, so a crash can never lose an input nor publish it without recording it
   oldest are dropped (`drop-oldest`) or the new one is (`reject-new`). Every drop is counted persistently and
   recorded as an `outbox_dropped` event naming the dropped seq ranges, so a subscriber can tell a gap that was
   explained from one that was not. Events (the alerts) are dropped last, and only by their own cap.
+- Events and dead letters have caps of their own, in rows and bytes (by default 1/8 and 1/16 of `max_bytes`, at
+  least 256 KiB each), so the database's size is bounded whatever arrives (the figure is in docs/security.md).
+  Checkpoints are written only for inputs that can be offered again (files), and forgotten once the file
+  was moved or deleted.
 - One `Outbox` per thread (SQLite connections are not shared); WAL lets the publisher read while the writer
   commits. The primary (the daemon's writer) checks integrity on open and holds an exclusive lock file.
 """
@@ -56,8 +60,14 @@ INSERT OR IGNORE INTO meta (key, value) VALUES
     ('schema_version', 1), ('last_seq', 0), ('rows', 0), ('bytes', 0), ('event_rows', 0),
     ('dropped_max_rows', 0), ('dropped_max_bytes', 0), ('dropped_ttl', 0), ('dropped_purged', 0),
     ('dropped_events', 0),
-    ('dead_letters', 0);
+    ('dead_letters', 0), ('dead_letters_dropped', 0);
+-- added later: counted from what is there when an older database is opened
+INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'event_bytes', COALESCE(SUM(size), 0) FROM messages WHERE kind = 'events';
+INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'dead_letter_bytes', COALESCE(SUM(length(payload)), 0) FROM dead_letters;
 """
+WAL_LIMIT_BYTES = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
 CACHE_KIB = 512  # page cache per connection (SQLite's default is 2 MiB): appends and head reads need little
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
 EVENTS = "events"
@@ -82,6 +92,18 @@ class Limits:
     ttl_s: float = 7 * 24 * 3600.0
     policy: str = "drop-oldest"  # or "reject-new" (for data messages; events always drop oldest)
     max_event_rows: int = 10_000
+    max_event_bytes: int | None = None  # None: max_bytes / 8, at least 256 KiB
+    max_dead_letters: int = 1_000
+    max_dead_letter_bytes: int | None = None  # None: max_bytes / 16, at least 256 KiB
+
+    @property
+    def event_bytes(self) -> int:
+        return self.max_event_bytes if self.max_event_bytes is not None else max(self.max_bytes // 8, 256 * 1024)
+
+    @property
+    def dead_letter_bytes(self) -> int:
+        return self.max_dead_letter_bytes if self.max_dead_letter_bytes is not None else \
+            max(self.max_bytes // 16, 256 * 1024)
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,7 @@ class Pending:
     build: Callable[[int], bytes] | None  # None: record the checkpoint only (nothing to publish, no seq)
     checkpoint: tuple[str, str] | None = None
     after_commit: Callable[[], None] | None = None  # run by the writer once the transaction is durable
+    forget_after: bool = False  # once `after_commit` succeeded the checkpoint is no longer needed (file moved)
 
 
 def _ranges(seqs: list[int]) -> list[list[int]]:
@@ -180,6 +203,7 @@ class Outbox:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={DURABILITY[durability]}")
             db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+            db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
             db.executescript(SCHEMA)
         except BaseException:
             db.close()
@@ -257,6 +281,7 @@ class Outbox:
         )
         if kind == EVENTS:
             self._bump("event_rows", 1)
+            self._bump("event_bytes", len(payload))
         else:
             self._bump("rows", 1)
             self._bump("bytes", len(payload))
@@ -269,6 +294,7 @@ class Outbox:
         self._bump("rows", -len(data))
         self._bump("bytes", -sum(size for _, size in data))
         self._bump("event_rows", -(len(rows) - len(data)))
+        self._bump("event_bytes", -sum(size for _, size, kind in rows if kind == EVENTS))
         return [seq for seq, _, _ in rows]
 
     def _transaction(self, work: Callable[[], Any]) -> Any:
@@ -362,13 +388,24 @@ class Outbox:
             self._bump(f"dropped_{reason}", len(seqs))
             self._add_event("outbox_dropped", {"reason": reason, "count": len(seqs), "seq_ranges": _ranges(seqs),
                                                "policy": self.limits.policy}, now)
-        events = self._meta("event_rows")
-        if events > self.limits.max_event_rows:
-            victims = self._delete_rows(
-                "seq IN (SELECT seq FROM messages WHERE kind = ? ORDER BY seq LIMIT ?)",
-                (EVENTS, events - self.limits.max_event_rows),
-            )
-            self._bump("dropped_events", len(victims))
+        self._cap_events()
+
+    def _cap_events(self) -> None:
+        """Events beyond their row or byte cap: the oldest go (counted in `dropped_events`)."""
+        limits = self.limits
+        over_rows = self._meta("event_rows") - limits.max_event_rows
+        over_bytes = self._meta("event_bytes") - limits.event_bytes
+        if over_rows <= 0 and over_bytes <= 0:
+            return
+        victims: list[int] = []
+        freed = 0
+        for seq, size in self._db.execute("SELECT seq, size FROM messages WHERE kind = ? ORDER BY seq", (EVENTS,)):
+            if len(victims) >= over_rows and freed >= over_bytes:
+                break
+            victims.append(seq)
+            freed += size
+        self._delete_rows(f"seq IN ({','.join('?' * len(victims))})", victims)
+        self._bump("dropped_events", len(victims))
 
     def _add_event(self, name: str, details: dict[str, Any], now: float) -> int | None:
         if self.event_builder is None:
@@ -379,7 +416,19 @@ class Outbox:
 
     def add_event(self, name: str, details: dict[str, Any]) -> int | None:
         """Commit an event message (e.g. the outbox was replaced, a message was dead-lettered)."""
-        return self._transaction(lambda: self._add_event(name, details, time.time()))
+
+        def work() -> int | None:
+            seq = self._add_event(name, details, time.time())
+            self._cap_events()
+            return seq
+
+        return self._transaction(work)
+
+    def forget(self, checkpoints: list[tuple[str, str]]) -> None:
+        """Drop checkpoints that are no longer needed (their file was moved or deleted after the commit)."""
+        if checkpoints:
+            self._transaction(lambda: self._db.executemany(
+                "DELETE FROM processed WHERE source = ? AND input_key = ?", checkpoints))
 
     # ---- reading and acknowledging ------------------------------------------------------------------------
     def is_processed(self, source: str, input_key: str) -> bool:
@@ -404,6 +453,7 @@ class Outbox:
 
     def dead_letter(self, seq: int, reason: str) -> None:
         """Move a message the broker refused out of the queue, keep it for inspection, say so in an event."""
+        reason = reason[:300]
 
         def work() -> None:
             row = self._db.execute("SELECT kind, msg_id FROM messages WHERE seq = ?", (seq,)).fetchone()
@@ -416,15 +466,41 @@ class Outbox:
             )
             self._delete_rows("seq = ?", (seq,))
             self._bump("dead_letters", 1)
+            self._bump("dead_letter_bytes", self._db.execute(
+                "SELECT length(payload) FROM dead_letters WHERE seq = ?", (seq,)).fetchone()[0])
+            self._cap_dead_letters()
             self._add_event("dead_letter", {"seq": seq, "msg_id": row[1], "kind": row[0], "reason": reason},
                             time.time())
+            self._cap_events()
 
         self._transaction(work)
+
+    def _cap_dead_letters(self) -> None:
+        """Dead letters beyond their row or byte cap: the oldest go (counted in `dead_letters_dropped`)."""
+        limits = self.limits
+        over_rows = self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0] - limits.max_dead_letters
+        over_bytes = self._meta("dead_letter_bytes") - limits.dead_letter_bytes
+        if over_rows <= 0 and over_bytes <= 0:
+            return
+        victims: list[int] = []
+        freed = 0
+        for seq, size in self._db.execute("SELECT seq, length(payload) FROM dead_letters ORDER BY seq"):
+            if len(victims) >= over_rows and freed >= over_bytes:
+                break
+            victims.append(seq)
+            freed += size
+        self._db.execute(f"DELETE FROM dead_letters WHERE seq IN ({','.join('?' * len(victims))})", victims)
+        self._bump("dead_letter_bytes", -freed)
+        self._bump("dead_letters_dropped", len(victims))
 
     def purge(self, what: str) -> int:
         """Operator action: delete all queued messages (`queue`) or all dead letters (`dead-letters`)."""
         if what == "dead-letters":
-            return self._transaction(lambda: self._db.execute("DELETE FROM dead_letters").rowcount)
+            def clear() -> int:
+                self._db.execute("UPDATE meta SET value = 0 WHERE key = 'dead_letter_bytes'")
+                return self._db.execute("DELETE FROM dead_letters").rowcount
+
+            return self._transaction(clear)
 
         def work() -> int:
             victims = self._delete_rows("1", ())
@@ -451,6 +527,7 @@ class Outbox:
             "last_seq": meta["last_seq"],
             "dropped": {k.removeprefix("dropped_"): v for k, v in meta.items() if k.startswith("dropped_")},
             "dead_letters": self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0],
+            "dead_letters_dropped": meta.get("dead_letters_dropped", 0),
             "processed_inputs": self._db.execute("SELECT COUNT(*) FROM processed").fetchone()[0],
             "limits": {"max_rows": self.limits.max_rows, "max_bytes": self.limits.max_bytes,
                        "ttl_s": self.limits.ttl_s, "policy": self.limits.policy},

@@ -14,7 +14,6 @@ import contextlib
 import ipaddress
 import logging
 import os
-import queue
 import random
 import ssl
 import threading
@@ -22,11 +21,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_infer.config import ConfigError
+from edge_infer.inbox import Inbox
 from edge_infer.outbox import Outbox, OutboxFull
 from edge_infer.uploader import CaptureFile, CaptureUploader
 
@@ -56,6 +57,7 @@ class MqttSettings:
     tls_insecure: bool = False
     reconnect_min_s: float = 0.5
     reconnect_max_s: float = 30.0
+    max_inbound_bytes: int = 256 * 1024  # MQTT v5 Maximum Packet Size: the broker drops anything larger for us
 
     def topic(self, kind: str) -> str:
         return f"{self.topic_prefix}/{self.device_id}/{kind}"
@@ -98,11 +100,11 @@ class Publisher(threading.Thread):
         birth: Callable[[list[str]], bytes],
         will: Callable[[], bytes],
         uploader: CaptureUploader | None = None,
-        commands: queue.Queue[tuple[str, bytes]] | None = None,
+        commands: Inbox | None = None,
     ) -> None:
         """`open_outbox` opens this thread's own connection to the outbox (with the daemon's event builder,
         so a dead letter is announced as an event). With `commands`, `cmd/#` is subscribed and what arrives is
-        queued there (the daemon's control thread runs it)."""
+        queued there, bounded in size (the daemon's control thread runs it)."""
         super().__init__(name="publisher", daemon=True)
         self.settings = settings
         self._open_outbox = open_outbox
@@ -189,7 +191,7 @@ class Publisher(threading.Thread):
                 host, port = hosts[attempt % len(hosts)]
                 client = self._new_client()
                 try:
-                    client.connect(host, port, self.settings.keepalive)
+                    client.connect(host, port, self.settings.keepalive, properties=self._connect_properties())
                 except (OSError, ValueError) as exc:  # refused, unreachable, DNS, TLS verification
                     self._connection_failed(host, port, f"{type(exc).__name__}: {exc}")
                 else:
@@ -224,6 +226,17 @@ class Publisher(threading.Thread):
                 "event=mqtt_unreachable broker=%s:%d attempts=%d error=%r (results stay queued)",
                 host, port, self.connect_failures, why,
             )
+
+    def _connect_properties(self) -> Any:
+        """MQTT v5: tell the broker the largest packet this client takes (it then drops larger ones for us)."""
+        if self.settings.protocol != "5":
+            return None
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = Properties(PacketTypes.CONNECT)
+        props.MaximumPacketSize = self.settings.max_inbound_bytes + PUBLISH_OVERHEAD + 65536  # + the topic
+        return props
 
     def _new_client(self) -> mqtt.Client:
         s = self.settings
@@ -416,9 +429,7 @@ class Publisher(threading.Thread):
         try:
             if self._commands is None or message.retain:  # a retained command would run on every connect
                 return
-            self._commands.put_nowait((message.topic, bytes(message.payload)))
-        except queue.Full:
-            log.warning("event=command_dropped topic=%s (command queue full)", message.topic)
+            self._commands.put(message.topic, message.payload)  # MQTT 3.1.1 has no packet limit: checked here
         except Exception:
             log.exception("event=callback_error callback=on_message")
 
@@ -452,7 +463,7 @@ class Publisher(threading.Thread):
             log.exception("event=callback_error callback=on_publish")
 
 
-def settings_from_config(mqtt_cfg: dict, device_id: str) -> MqttSettings:
+def settings_from_config(mqtt_cfg: dict, device_id: str, max_inbound_bytes: int = 256 * 1024) -> MqttSettings:
     """Build publisher settings from a validated `[mqtt]` table (reads the password, never logs it)."""
     hosts = []
     for item in mqtt_cfg["hosts"]:
@@ -476,5 +487,6 @@ def settings_from_config(mqtt_cfg: dict, device_id: str) -> MqttSettings:
         key_file=mqtt_cfg["key_file"],
         tls_insecure=mqtt_cfg["tls_insecure"],
         reconnect_max_s=float(mqtt_cfg["reconnect_max"]),
+        max_inbound_bytes=max_inbound_bytes,
     )
 

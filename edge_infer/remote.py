@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import queue
 import time
@@ -18,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_infer.signing import load_private_key, sign_command
+from edge_infer.transfer import header_args
 
 ANSWERS = ("command_done", "command_failed")
 
@@ -104,15 +104,14 @@ def command_payload(command: str, device: str, args: dict[str, Any], key: Path |
     return command_id, sign_command(body, load_private_key(key))
 
 
-def bundle_chunks(bundle: Path, chunk_bytes: int) -> tuple[str, list[bytes]]:
-    """A bundle as `update-model` chunk payloads (transfer id, payloads)."""
-    data = bundle.read_bytes()
+def bundle_chunks(bundle: Path, chunk_bytes: int, key: Path, device: str) -> tuple[str, list[bytes]]:
+    """A bundle as `update-model` payloads: the transfer header signed with `key` (the fleet's private key),
+    then the chunks it lists (transfer id, payloads)."""
     transfer = uuid.uuid4().hex[:16]
-    sha = hashlib.sha256(data).hexdigest()
-    count = max(1, -(-len(data) // chunk_bytes))
-    chunks = []
-    for index in range(count):
-        part = data[index * chunk_bytes:(index + 1) * chunk_bytes]
-        chunks.append(json.dumps({"transfer": transfer, "index": index, "count": count, "offset": index * chunk_bytes,
-                                  "sha256": sha, "data": base64.b64encode(part).decode()}).encode())
-    return transfer, chunks
+    args, parts = header_args(bundle, chunk_bytes, transfer)
+    body = {"command": "update-model", "device": device, "id": transfer, "issued": time.time(), "args": args}
+    payloads = [sign_command(body, load_private_key(key))]
+    for index, part in enumerate(parts):
+        payloads.append(json.dumps({"transfer": transfer, "index": index,
+                                    "data": base64.b64encode(part).decode()}).encode())
+    return transfer, payloads

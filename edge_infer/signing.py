@@ -14,10 +14,22 @@ import base64
 import hashlib
 import json
 import os
+import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_infer.bundle import BundleError, BundleParts, read_parts, write_parts
+from edge_infer.bundle import (
+    MAX_ARCHIVE_BYTES,
+    TFLITE_IDENTIFIER,
+    BundleError,
+    BundleParts,
+    check_archive,
+    model_size,
+    read_manifest_member,
+    read_parts,
+    write_parts,
+)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -120,7 +132,8 @@ def _verify(keys: list[Ed25519PublicKey], signer: str, signature: bytes, message
     known = {key_id(k): k for k in keys}
     key = known.get(signer)
     if key is None:
-        raise SignatureError("unknown_key", f"signed with key {signer}, which is not one of the configured keys "
+        named = signer if len(signer) == 16 and all(c in "0123456789abcdef" for c in signer) else "(malformed id)"
+        raise SignatureError("unknown_key", f"signed with key {named}, which is not one of the configured keys "
                                             f"({', '.join(sorted(known)) or 'none'})")
     try:
         key.verify(signature, message)
@@ -147,29 +160,66 @@ def sign_bundle(path: Path | str, key: Ed25519PrivateKey) -> str:
     return doc["key_id"]
 
 
-def verify_bundle(path: Path | str, keys: list[Ed25519PublicKey]) -> str:
+def verify_bundle(path: Path | str, keys: list[Ed25519PublicKey], max_bytes: int = MAX_ARCHIVE_BYTES) -> str:
     """Check a bundle's signature against the configured public keys; returns the signer's key id or raises
-    `SignatureError` (unsigned, tampered, unknown_key, bad_signature, unreadable)."""
+    `SignatureError` (unsigned, tampered, unknown_key, bad_signature, unreadable). Streaming: the archive's
+    limits (`max_bytes` unpacked) are checked from its central directory first, the signature's presence next,
+    and every member is hashed as it is read, so memory stays flat whatever the file holds."""
     try:
-        parts = read_parts(path)
+        with open(path, "rb") as fh:
+            if fh.read(8)[4:8] != TFLITE_IDENTIFIER:
+                raise BundleError(path, "not a TFLite model (no TFL3 identifier)")
+            fh.seek(0)
+            with zipfile.ZipFile(fh) as zf:
+                check_archive(zf, path, max_bytes)
+                raw = _signature_member(zf, path)
+                manifest = read_manifest_member(zf, path)
+                if manifest is None:
+                    raise BundleError(path, "archive has no manifest.json")
+                size = model_size(json.loads(manifest), path)
+                files = {name: hashlib.file_digest(zf.open(name), "sha256").hexdigest()
+                         for name in sorted(zf.namelist()) if name != SIGNATURE_NAME}
+            fh.seek(0)
+            model = hashlib.sha256()
+            left = size
+            while left > 0 and (block := fh.read(min(left, 1 << 20))):
+                model.update(block)
+                left -= len(block)
+    except SignatureError:
+        raise
     except BundleError as exc:
         raise SignatureError("unreadable", exc.problem) from None
-    raw = parts.members.get(SIGNATURE_NAME)
-    if raw is None:
-        raise SignatureError("unsigned", f"the bundle has no {SIGNATURE_NAME} (sign it: edge-convert --sign KEY, or "
-                                         "edge-infer sign BUNDLE --key KEY)")
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise SignatureError("unreadable", f"{type(exc).__name__}: {exc}"[:200]) from None
+    return _check_signature(raw, {"model_sha256": model.hexdigest(), "files": files}, keys)
+
+
+def _signature_member(zf: zipfile.ZipFile, path: Path | str) -> bytes:
+    try:
+        info = zf.getinfo(SIGNATURE_NAME)
+    except KeyError:
+        raise SignatureError("unsigned", f"the bundle has no {SIGNATURE_NAME} (sign it: edge-convert --sign KEY, "
+                                         "or edge-infer sign BUNDLE --key KEY)") from None
+    if info.file_size > 64 * 1024:
+        raise BundleError(path, f"{SIGNATURE_NAME} is {info.file_size} bytes")
+    return zf.read(info)
+
+
+def _check_signature(raw: bytes, actual: dict[str, Any], keys: list[Ed25519PublicKey]) -> str:
     try:
         doc = json.loads(raw)
         signed, signer = doc["signed"], str(doc["key_id"])
         signature = base64.b64decode(doc["signature"], validate=True)
         if doc.get("algorithm") != ALGORITHM:
-            raise ValueError(f"algorithm {doc.get('algorithm')!r}")
+            raise ValueError("unknown algorithm")
+        if not isinstance(signed, dict):
+            raise TypeError("signed is not an object")
     except (ValueError, KeyError, TypeError) as exc:
-        raise SignatureError("unreadable", f"{SIGNATURE_NAME} is malformed: {exc}") from None
-    actual = _signed_body(parts)
+        raise SignatureError("unreadable", f"{SIGNATURE_NAME} is malformed: {type(exc).__name__}") from None
     if signed != actual:  # checked before the signature: says *what* changed
-        changed = [n for n in sorted(set(actual["files"]) | set(signed.get("files", {})))
-                   if actual["files"].get(n) != signed.get("files", {}).get(n)]
+        theirs = signed.get("files") if isinstance(signed.get("files"), dict) else {}
+        changed = [n[:80] for n in sorted(set(actual["files"]) | set(theirs))
+                   if actual["files"].get(n) != theirs.get(n)][:20]
         if actual["model_sha256"] != signed.get("model_sha256"):
             changed.insert(0, "model bytes")
         raise SignatureError("tampered", f"changed since it was signed: {', '.join(changed) or 'signed body'}")
@@ -184,8 +234,8 @@ def sign_command(body: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
                        "signature": base64.b64encode(key.sign(text)).decode()})
 
 
-def verify_command(payload: dict[str, Any], keys: list[Ed25519PublicKey]) -> dict[str, Any]:
-    """The command body of a signed payload, or `SignatureError`."""
+def verify_command(payload: dict[str, Any], keys: list[Ed25519PublicKey]) -> tuple[dict[str, Any], str]:
+    """The command body of a signed payload and the signer's key id, or `SignatureError`."""
     if "signature" not in payload or "body" not in payload:
         raise SignatureError("unsigned", "commands must be signed with the fleet key ([commands] auth = \"signed\")")
     try:
@@ -196,9 +246,9 @@ def verify_command(payload: dict[str, Any], keys: list[Ed25519PublicKey]) -> dic
         raise SignatureError("unreadable", f"malformed signature: {exc}") from None
     _verify(keys, signer, signature, text)
     try:
-        body = json.loads(text)
+        body = json.loads(text)  # signed by a fleet key: trusted not to be hostile JSON
     except json.JSONDecodeError as exc:
         raise SignatureError("unreadable", f"signed body is not JSON: {exc}") from None
     if not isinstance(body, dict):
         raise SignatureError("unreadable", "signed body is not a JSON object")
-    return body
+    return body, signer

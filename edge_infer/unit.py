@@ -114,14 +114,47 @@ def _extra_writable(cfg: Config) -> list[str]:
     state = Path(cfg.device["state_dir"])
     paths = []
     if cfg.source["type"] == "directory" and cfg.source["processed"] != "keep":
-        paths.append(cfg.source["path"])
-        if cfg.source["processed_dir"]:
-            paths.append(cfg.source["processed_dir"])
-    for folder in (cfg.decide["uncertain_dir"], cfg.gate["rejected_dir"], cfg.outbox["path"]):
-        path = Path(folder) if folder != cfg.outbox["path"] else Path(folder).parent
-        if not path.is_relative_to(state):
-            paths.append(str(path))
+        source = Path(cfg.source["path"])
+        paths.append(str(source))
+        if cfg.source["processed"] == "move":  # the source's default: a sibling `<folder>.done`
+            paths.append(cfg.source["processed_dir"] or str(source.parent / f"{source.name}.done"))
+    folders = [cfg.decide["uncertain_dir"], cfg.gate["rejected_dir"], str(Path(cfg.outbox["path"]).parent)]
+    if cfg.update["enabled"]:
+        folders += [cfg.update["incoming_dir"], cfg.update["slots_dir"]]
+    for folder in folders:
+        if folder and not Path(folder).is_relative_to(state):
+            paths.append(str(folder))
     return sorted(set(paths))
+
+
+# ProtectHome=yes hides these (and PrivateTmp=yes gives the service its own empty /tmp and /var/tmp)
+HIDDEN = {"/home": "ProtectHome", "/root": "ProtectHome", "/run/user": "ProtectHome", "/tmp": "PrivateTmp",
+          "/var/tmp": "PrivateTmp"}
+
+
+def hidden_paths(cfg: Config, python: str | None = None) -> list[str]:
+    """One line per path the service needs that its sandbox would hide (it would then fail with 203/EXEC or
+    'not found'): the interpreter, the config, the bundles, the input and every folder it writes."""
+    python = python or sys.executable
+    needed = {"the Python interpreter (ExecStart)": python, "the config": str(cfg.path),
+              "[model].bundle": cfg.model["bundle"], "[device].state_dir": cfg.device["state_dir"]}
+    if cfg.decide["escalate_to"]:
+        needed["[decide].escalate_to"] = cfg.decide["escalate_to"]
+    if cfg.source.get("path"):
+        needed["[source].path"] = cfg.source["path"]
+    needed.update({f"a folder it writes ({p})": p for p in _extra_writable(cfg)})
+    problems = []
+    for what, value in needed.items():
+        path = Path(value).absolute()
+        for root, setting in HIDDEN.items():
+            if path.is_relative_to(root):
+                fix = ("install into a virtual environment outside /home and /tmp, e.g. python3 -m venv "
+                       "/opt/edge-infer" if "interpreter" in what else "move it under /etc/edge-infer, /opt or "
+                       "/var/lib/edge-infer")
+                problems.append(f"{what} is under {root}, which the unit's {setting}=yes hides from the "
+                                f"service: {fix}")
+                break
+    return problems
 
 
 def install_commands(cfg: Config, unit_path: Path) -> list[list[str]]:

@@ -2,20 +2,19 @@
 or rolled back. Every step is one event on `events`; a refused bundle never touches the running model.
 
 Bundles arrive in `[update].incoming_dir` (write them as `*.part` and rename, or copy in and let them settle)
-or over MQTT in chunks (`cmd/update-model`, see `Transfer`). The verify and canary steps run on the daemon's
+or over MQTT in chunks (`cmd/update-model`, see `edge_infer.transfer`). The verify and canary steps run on the daemon's
 control thread; the shadow and watch steps observe live results on the inference thread, and a rollback swaps
 back to the previous model — kept loaded during the watch window — between two inputs.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
-import re
 import shutil
+import stat
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ SETTLE_S = 1.0  # a file in incoming/ unchanged this long is complete
 KEEP_REFUSED = 5  # refused bundles kept in incoming/refused/ for the owner to look at
 MIN_WATCHED = 50  # results before the watch may judge a regression
 MIN_LATENCY_RISE_MS = 5.0  # a latency regression is also this much slower, not only `watch_latency_ratio` ×
-TRANSFER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+PROCESSING = ".processing"  # a bundle is moved here before it is looked at: a crash cannot offer it again
 
 
 def _p95(values: Any) -> float | None:
@@ -132,13 +131,33 @@ class Updater:
 
     def offer(self, path: Path, source: str) -> dict[str, Any]:
         """The whole intake of one bundle file; returns what became of it (the answer to `update-model`). The
-        file is consumed: moved into a slot, or into incoming/refused/."""
-        with open(path, "rb") as fh:
-            data_sha = hashlib.file_digest(fh, "sha256").hexdigest()
-        received = {"source": source, "file": path.name, "bytes": path.stat().st_size, "sha256": data_sha}
+        file is consumed: first moved out of incoming/ (so a crash while it is checked cannot offer it again),
+        then into a slot, or into incoming/refused/. Only a regular file within `max_bundle_bytes` is read."""
+        work = self.incoming / PROCESSING
+        work.mkdir(parents=True, exist_ok=True)
+        taken = work / path.name
+        try:
+            os.replace(path, taken)
+        except OSError as exc:
+            log.warning("event=update_not_taken file=%s error=%r", path.name, exc.strerror)
+            return {"ok": False, "reason": "unreadable", "detail": f"cannot take the file: {exc.strerror}"}
+        try:
+            fd = os.open(taken, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as exc:  # ELOOP: a symbolic link is never followed
+            return self._refuse(taken, {"source": source, "file": path.name}, "not_a_file",
+                                f"cannot open it without following links: {exc.strerror}")
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            received: dict[str, Any] = {"source": source, "file": path.name, "bytes": st.st_size}
+            if not stat.S_ISREG(st.st_mode) or st.st_size > self.cfg["max_bundle_bytes"]:
+                what = "not a regular file" if not stat.S_ISREG(st.st_mode) else \
+                    f"{st.st_size} bytes, over [update].max_bundle_bytes ({self.cfg['max_bundle_bytes']})"
+                return self._refuse(taken, received, "too_large" if stat.S_ISREG(st.st_mode) else "not_a_file",
+                                    what)
+            received["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
         self._event("update_received", received)
         try:
-            outcome = self._intake(path, received)
+            outcome = self._intake(taken, received)
         except Exception as exc:  # never let an update take the daemon down
             log.exception("event=update_error file=%s", path.name)
             outcome = self._refuse(path, received, "error", f"{type(exc).__name__}: {exc}")
@@ -150,7 +169,7 @@ class Updater:
             return self._refuse(path, received, "busy", f"another update is being {what}; send this one after it "
                                                         "is confirmed or rolled back")
         try:
-            signer = verify_bundle(path, self.keys)
+            signer = verify_bundle(path, self.keys, self.cfg["max_bundle_bytes"])
         except SignatureError as exc:
             return self._refuse(path, received, exc.reason, exc.detail)
         slot = self.slots.candidate()
@@ -214,9 +233,9 @@ class Updater:
         refused = self.incoming / "refused"
         try:
             refused.mkdir(parents=True, exist_ok=True)
-            if path.exists():
-                shutil.move(str(path), refused / path.name)
-            for old in sorted(refused.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_REFUSED]:
+            if os.path.lexists(path):
+                os.replace(path, refused / path.name)
+            for old in sorted(refused.iterdir(), key=lambda p: p.lstat().st_mtime)[:-KEEP_REFUSED]:
                 old.unlink(missing_ok=True)
         except OSError as exc:
             log.warning("event=update_refused_not_kept file=%s error=%r", path.name, str(exc))
@@ -351,6 +370,18 @@ class Updater:
             self.slots.state.probation["clean_stop"] = True
             self.slots.save()
 
+    def recover(self) -> None:
+        """At start: a bundle left in incoming/.processing/ was being checked when the daemon died — refuse it
+        (kept in refused/) instead of offering it again."""
+        work = self.incoming / PROCESSING
+        try:
+            left = sorted(work.iterdir())
+        except FileNotFoundError:
+            return
+        for path in left:
+            self._refuse(path, {"source": "incoming", "file": path.name}, "interrupted",
+                         "the daemon stopped while this bundle was being checked; offer it again to retry")
+
     def resume(self, previous: Model | None) -> None:
         """At start: a model on probation gets a new watch window, with the baseline it was promoted against."""
         probation = self.slots.state.probation
@@ -368,57 +399,3 @@ class Updater:
         log.log(level, "event=%s %s", name, " ".join(
             f"{k}={json.dumps(v, separators=(',', ':'), ensure_ascii=False)[:300]}" for k, v in details.items()))
         self.daemon.add_event(name, details)
-
-
-@dataclass
-class Transfer:
-    """A bundle arriving over MQTT in chunks: {"transfer", "index", "count", "offset", "sha256", "data" (base64)}.
-    Chunks are written at their offset into `<slots_dir>/incoming.part` (memory stays flat); when all have come
-    and the file's sha256 matches, it is handed to the updater like a file in incoming/."""
-
-    transfer: str
-    count: int
-    sha256: str
-    path: Path
-    started: float = field(default_factory=time.monotonic)
-    received: set[int] = field(default_factory=set)
-    id: str = ""
-
-    @classmethod
-    def begin(cls, chunk: dict[str, Any], folder: Path, limit: int, command_id: str) -> Transfer:
-        count, sha, transfer = int(chunk["count"]), str(chunk["sha256"]), str(chunk["transfer"])
-        if not 1 <= count <= limit // 1024 + 1 or len(sha) != 64:
-            raise ValueError(f"count {count} / sha256 {sha!r} out of range")
-        if not TRANSFER_ID.fullmatch(transfer):  # it becomes part of a file name
-            raise ValueError(f"transfer id {transfer[:40]!r}: expected 1-64 letters, digits, '-' or '_'")
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "incoming.part"
-        path.unlink(missing_ok=True)
-        path.touch()
-        return cls(transfer, count, sha, path, id=command_id)
-
-    def add(self, chunk: dict[str, Any], limit: int) -> bool:
-        """Write one chunk; True once every chunk is in."""
-        index, offset = int(chunk["index"]), int(chunk["offset"])
-        data = base64.b64decode(str(chunk["data"]), validate=True)
-        if not 0 <= index < self.count or offset < 0 or offset + len(data) > limit:
-            raise ValueError(f"chunk {index} at offset {offset} is outside the transfer (limit {limit} bytes)")
-        with open(self.path, "r+b") as fh:
-            fh.seek(offset)
-            fh.write(data)
-        self.received.add(index)
-        return len(self.received) == self.count
-
-    def finish(self, incoming: Path) -> Path:
-        """Check the whole file's sha256 and move it into the incoming folder."""
-        with open(self.path, "rb") as fh:  # in chunks: a bundle may be tens of MB on a 512 MB board
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
-        if digest != self.sha256:
-            self.path.unlink(missing_ok=True)
-            raise ValueError(f"the assembled bundle's sha256 is {digest[:12]}…, the sender said {self.sha256[:12]}…")
-        incoming.mkdir(parents=True, exist_ok=True)
-        target = incoming / f"mqtt-{self.transfer}.tflite"
-        with open(self.path, "rb") as fh:
-            os.fsync(fh.fileno())
-        shutil.move(str(self.path), target)
-        return target

@@ -1,10 +1,15 @@
 """Group commit: the pipeline hands finished messages to this thread, which commits them to the outbox many
 per transaction (one fsync), at most `window` seconds after the first arrived. A bounded queue applies
-back-pressure to the pipeline; a full disk pauses commits (the pipeline then waits) until space returns."""
+back-pressure to the pipeline; a full disk pauses commits (the pipeline then waits) until space returns.
+
+No single message can stop this thread: a batch that fails for any other reason is committed again one message
+at a time, and the message that fails on its own is refused — its checkpoint is still stored (the input is not
+processed again) and a `message_refused` event says what was lost and why."""
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import sqlite3
@@ -42,6 +47,7 @@ class OutboxWriter(threading.Thread):
         self._stop_requested = threading.Event()
         self.committed = 0
         self.lost_on_stop = 0  # messages that could not be committed before stopping (disk full)
+        self.refused = 0  # messages that could not be built or stored on their own (see `_refuse`)
         self._full_since: float | None = None
         self._last_expire = time.monotonic()
 
@@ -90,12 +96,44 @@ class OutboxWriter(threading.Thread):
                     batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(batch)
-            for _ in batch:
-                self._queue.task_done()
+            try:
+                self._commit(batch)
+            except Exception:  # not one message: the batch's own failure (refusals are handled inside)
+                log.exception("event=writer_error batch=%d (continuing)", len(batch))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
             self._maybe_expire()
 
     def _commit(self, batch: list[Pending]) -> None:
+        """Commit a batch (retrying while the disk is full); a batch that fails otherwise is split."""
+        try:
+            stored = self._commit_retrying(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                self._refuse(batch[0], exc)
+                return
+            for item in batch:  # find the one that fails; the others are stored as usual
+                self._commit([item])
+            return
+        if stored:
+            self._after(batch)
+
+    def _refuse(self, item: Pending, exc: Exception) -> None:
+        """One message that cannot be stored (its payload cannot be built or encoded): keep its checkpoint and
+        say so in an event. The writer goes on."""
+        self.refused += 1
+        why = f"{type(exc).__name__}: {exc}"[:200]
+        log.error("event=message_refused kind=%s msg_id=%s error=%r", item.kind, item.msg_id, why)
+        with contextlib.suppress(Exception):
+            if item.checkpoint is not None:
+                self._commit_retrying([dataclasses.replace(item, build=None)])
+            self.outbox.add_event("message_refused", {"kind": item.kind, "msg_id": item.msg_id, "error": why})
+        self._on_committed()
+
+    def _commit_retrying(self, batch: list[Pending]) -> bool:
+        """True once committed; False when a stop came while the disk was full (the batch is then lost here and
+        its inputs are processed again on the next start)."""
         delay = self.retry_s
         while True:
             self._progress.start("commit")  # one call that never returns (a hung disk) stops the watchdog
@@ -114,19 +152,32 @@ class OutboxWriter(threading.Thread):
                     self.lost_on_stop += len(batch)
                     log.error("event=uncommitted_on_stop count=%d (their inputs will be processed again on "
                               "restart)", len(batch))
-                    return
+                    return False
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
                 continue
+            except BaseException:
+                self._progress.done("commit")
+                raise
             break
         self._progress.done("commit")
+        return True
+
+    def _after(self, batch: list[Pending]) -> None:
+        """A batch is durable: run the post-commit steps, forget checkpoints no longer needed, tell the sinks."""
         self.committed += len(batch)
+        forget = []
         for item in batch:
             if item.after_commit is not None:
                 try:
                     item.after_commit()
                 except Exception as exc:  # a post-commit courtesy (move/delete the file) must not stop writing
                     log.warning("event=after_commit_failed error=%r", str(exc))
+                    continue
+                if item.forget_after and item.checkpoint is not None:
+                    forget.append(item.checkpoint)
+        with contextlib.suppress(OutboxFull, sqlite3.OperationalError):
+            self.outbox.forget(forget)
         if self._full_since is not None:
             down = time.monotonic() - self._full_since
             self._full_since = None

@@ -7,13 +7,20 @@ are skipped until they have been unchanged for `settle_seconds` (watch mode only
 the relative path). `processed` says what happens to a file once its result or rejection is durably in the
 outbox: `keep` it (the checkpoint remembers it), `move` it under `processed_dir` (same relative path), or
 `delete` it.
+
+Files are opened without following symbolic links (`O_NOFOLLOW`), checked on the open descriptor (a regular
+file within `max_file_bytes`) and read at most `max_file_bytes + 1` bytes: a link to `/proc/self/environ` or
+to a secret elsewhere is rejected with a reason, never read. `follow_symlinks = true` follows links whose
+target stays inside the folder.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -40,8 +47,12 @@ class DirectorySource:
         self.patterns: list[str] = options.get("patterns") or ["*"]
         self.recursive = any("/" in p or "**" in p for p in self.patterns)
         self.processed: str = options.get("processed", "keep")
+        # a moved or deleted file cannot be offered again: its checkpoint is dropped once that is done
+        self.forgets_committed = self.processed != "keep"
         processed_dir = options.get("processed_dir")
         self.processed_dir = Path(processed_dir) if processed_dir else self.path.parent / f"{self.path.name}.done"
+        self.follow_symlinks: bool = options.get("follow_symlinks", False)
+        self.root = Path(os.path.realpath(self.path))
 
     def _matches(self, rel: str) -> bool:
         return any(fnmatch.fnmatchcase(rel, p) or (p.startswith("**/") and fnmatch.fnmatchcase(rel, p[3:]))
@@ -74,9 +85,9 @@ class DirectorySource:
             if entry.name.endswith(IGNORED_SUFFIXES) or not self._matches(rel):
                 continue
             try:
-                if not entry.is_file():
-                    continue
-                st = entry.stat()
+                if not (entry.is_file(follow_symlinks=False) or entry.is_symlink()):
+                    continue  # folders, sockets, FIFOs and devices are no inputs
+                st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue  # vanished between listing and stat
             found.append((st.st_mtime_ns, rel, st))
@@ -84,7 +95,7 @@ class DirectorySource:
         return found
 
     def committed(self, sample: Sample) -> None:
-        """The sample's outcome is durable: apply the `processed` policy to its file."""
+        """The sample's outcome is durable: apply the `processed` policy to its file (raises `OSError`)."""
         if self.processed == "keep" or sample.path is None:
             return
         try:
@@ -94,22 +105,50 @@ class DirectorySource:
                 target = self.processed_dir / sample.input_id
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(sample.path, target)
+        except OSError as exc:  # the writer logs it and keeps the checkpoint
+            raise OSError(f"processed = {self.processed!r} failed for {sample.input_id}: "
+                          f"{exc.strerror or exc}") from None
+
+    def _open(self, path: Path) -> int:
+        """A descriptor on `path` that never follows a link (or, with `follow_symlinks`, follows one only to a
+        file inside the folder); raises `OSError` with a reason."""
+        if self.follow_symlinks and path.is_symlink():
+            real = Path(os.path.realpath(path))
+            if not real.is_relative_to(self.root):
+                raise OSError(f"symbolic link to {real.name!r} outside the watched folder (not followed)")
+            path = real
+        try:
+            return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
-            log.warning("event=processed_policy_failed input=%s policy=%s error=%r", sample.input_id,
-                        self.processed, exc.strerror or str(exc))
+            if exc.errno == errno.ELOOP:
+                raise OSError("symbolic link (not followed; set follow_symlinks = true to follow links that "
+                              "stay inside the folder)") from None
+            raise OSError(f"cannot read file: {exc.strerror or exc}") from None
+
+    def read_file(self, path: Path) -> bytes:
+        """The file's bytes: a regular file only, its size checked on the open descriptor, at most
+        `max_file_bytes + 1` bytes read. Raises `OSError` with a one-line reason."""
+        with os.fdopen(self._open(path), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise OSError("not a regular file")
+            too_big = f"over the source's max_file_bytes ({self.max_file_bytes})"
+            if st.st_size > self.max_file_bytes:
+                raise OSError(f"file is {st.st_size} bytes, {too_big}")
+            data = fh.read(self.max_file_bytes + 1)
+            if len(data) > self.max_file_bytes:
+                raise OSError(f"file grew while it was read, {too_big}")
+            return data
 
     def _read(self, name: str, st: os.stat_result) -> Sample:
         path = self.path / name
         fingerprint = f"{st.st_size}:{st.st_mtime_ns}"
         data: bytes | None = None
         error: str | None = None
-        if st.st_size > self.max_file_bytes:
-            error = f"file is {st.st_size} bytes, over the source's max_file_bytes ({self.max_file_bytes})"
-        else:
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                error = f"cannot read file: {exc.strerror or exc}"
+        try:
+            data = self.read_file(path)
+        except OSError as exc:
+            error = str(exc)
         return Sample(
             source=self.name,
             input_id=name,
@@ -137,7 +176,10 @@ class DirectorySource:
                 probe = Sample(self.name, name, f"{st.st_size}:{st.st_mtime_ns}", 0.0, None, path=self.path / name)
                 yielded.add(key)
                 if done(probe):
-                    self.committed(probe)  # stored before a crash cut the move/delete short: finish it now
+                    try:
+                        self.committed(probe)  # stored before a crash cut the move/delete short: finish it now
+                    except OSError as exc:
+                        log.warning("event=processed_policy_failed error=%r", str(exc))
                     continue
                 yield self._read(name, st)
             yielded &= present  # forget files that are gone, so memory stays bounded over months

@@ -7,11 +7,13 @@ camera that stopped updating are caught by the gate's frozen-frame check.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +22,23 @@ from edge_infer.clock import rfc3339
 from edge_infer.sources import Sample, register
 
 log = logging.getLogger(__name__)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+class SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the configured URL's own scheme, host and port."""
+
+    def __init__(self, url: str) -> None:
+        self.origin = _origin(url)
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        if _origin(newurl) != self.origin:
+            raise urllib.error.HTTPError(req.full_url, code, "redirect to another origin refused", headers, fp)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
 class HttpSource:
@@ -35,14 +54,33 @@ class HttpSource:
         self.max_bytes: int = options.get("max_bytes", 20 * 1024 * 1024)
         self.failures = 0
         self.polls = 0
+        self._opener = urllib.request.build_opener(SameOriginRedirects(self.url))
 
     def fetch(self) -> bytes:
+        """One snapshot within `timeout` seconds overall (connect, redirects and body together), at most
+        `max_bytes`, redirected only within the URL's own origin. Raises `OSError` / `ValueError` with a reason."""
+        deadline = time.monotonic() + self.timeout
         request = urllib.request.Request(self.url, headers={"User-Agent": "edge-infer", "Cache-Control": "no-cache"})
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            data = response.read(self.max_bytes + 1)
-        if len(data) > self.max_bytes:
+        with self._opener.open(request, timeout=self.timeout) as response:
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > self.max_bytes:
+                raise ValueError(f"snapshot of {length} bytes is over max_bytes ({self.max_bytes})")
+            chunks: list[bytes] = []
+            got = 0
+            while got <= self.max_bytes:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"snapshot not complete within timeout ({self.timeout:g} s)")
+                with contextlib.suppress(AttributeError, OSError):  # the socket's next read gets what is left
+                    response.fp.raw._sock.settimeout(left)
+                chunk = response.read1(min(64 * 1024, self.max_bytes + 1 - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        if got > self.max_bytes:
             raise ValueError(f"snapshot over max_bytes ({self.max_bytes})")
-        return data
+        return b"".join(chunks)
 
     def samples(self, stop: threading.Event, once: bool, done: Callable[[Sample], bool]) -> Iterator[Sample]:
         down_since: float | None = None

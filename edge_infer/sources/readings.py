@@ -50,7 +50,7 @@ class ReadingParser:
     def _json(self, text: str) -> Reading | None:
         try:
             doc = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # a deeply nested line is malformed, not a crash
             doc = None
         if not isinstance(doc, dict):
             self.malformed += 1

@@ -227,10 +227,10 @@ def test_push_model_and_commands_over_mqtt(tmp_path: Path, broker: Mosquitto, ke
         assert [e["reason"] for e in _events(sub, "command_failed") if e["id"] == command_id] == ["replayed"]
         assert len([e for e in _events(sub, "command_done") if e["id"] == command_id]) == 1
 
-        refused = run_cli("push-model", str(bundles["tampered"]), *remote, "--chunk-bytes", "4096")
+        refused = run_cli("push-model", str(bundles["tampered"]), *signed, "--chunk-bytes", "4096")
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert json.loads(refused.stdout.splitlines()[-1])["reason"] == "tampered"
-        pushed = run_cli("push-model", str(bundles["good"]), *remote, "--chunk-bytes", "4096")
+        pushed = run_cli("push-model", str(bundles["good"]), *signed, "--chunk-bytes", "4096")
         assert pushed.returncode == 0, pushed.stdout + pushed.stderr + (tmp_path / "log").read_text()[-2000:]
         answer = json.loads(pushed.stdout.splitlines()[-1])
         assert answer["event"] == "command_done" and answer["step"] == "promoted" and answer["canary"]["passed"]
