@@ -159,18 +159,7 @@ class Daemon:
         self.inbox = Inbox(cfg.commands["max_message_bytes"]) if cfg.commands["enabled"] else None
         self._last: tuple[Sample, TaskResult, Decision, Identity] | None = None  # for `snapshot`
         self.pulled = 0  # inputs the source offered (read or skipped): what back-pressure bounds
-        self.publisher = Publisher(
-            settings_from_config(cfg.mqtt, cfg.device["id"], cfg.commands["max_message_bytes"]),
-            lambda: Outbox(box["path"], box["durability"], limits, event_builder=events),
-            birth=lambda problems: status_payload(
-                self.identity, "online", version=__version__, runtime=self.model.engine.runtime.to_dict(),
-                problems=problems,
-            ),
-            will=lambda: status_payload(self.identity, "offline"),
-            uploader=self._uploader(cfg),
-            commands=self.inbox,
-        )
-        self.publisher.discovery = self._discovery()
+        self.publisher = self._publisher(lambda: Outbox(box["path"], box["durability"], limits, event_builder=events))
         self.notifier = Notifier()
         self.latency = LatencyWindow()
         self.progress = Progress(record=self.latency.add)
@@ -203,6 +192,23 @@ class Daemon:
             from edge_infer.commands import Commands
 
             self.commands = Commands(self)
+
+    def _publisher(self, open_outbox: Callable[[], Outbox]) -> Publisher:
+        """The MQTT side: its own outbox connection, the retained status, Home Assistant discovery, commands."""
+        cfg = self.cfg
+        publisher = Publisher(
+            settings_from_config(cfg.mqtt, cfg.device["id"], cfg.commands["max_message_bytes"]),
+            open_outbox,
+            birth=lambda problems: status_payload(
+                self.identity, "online", version=__version__, runtime=self.model.engine.runtime.to_dict(),
+                problems=problems,
+            ),
+            will=lambda: status_payload(self.identity, "offline"),
+            uploader=self._uploader(cfg),
+            commands=self.inbox,
+        )
+        publisher.discovery = self._discovery()
+        return publisher
 
     # ---- models: start-up choice, slots, swaps ----------------------------------------------------------------
     @staticmethod

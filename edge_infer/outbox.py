@@ -8,10 +8,8 @@ produced, so a crash can never lose an input nor publish it without recording it
   oldest are dropped (`drop-oldest`) or the new one is (`reject-new`). Every drop is counted persistently and
   recorded as an `outbox_dropped` event naming the dropped seq ranges, so a subscriber can tell a gap that was
   explained from one that was not. Events (the alerts) are dropped last, and only by their own cap.
-- Events and dead letters have caps of their own, in rows and bytes (by default 1/8 and 1/16 of `max_bytes`, at
-  least 256 KiB each), so the database's size is bounded whatever arrives (the figure is in docs/security.md).
-  Checkpoints are written only for inputs that can be offered again (files), and forgotten once the file
-  was moved or deleted.
+- Events and dead letters have row and byte caps of their own, so the size on disk is bounded whatever arrives
+  (docs/security.md). Only inputs that can be offered again (files) are checkpointed.
 - One `Outbox` per thread (SQLite connections are not shared); WAL lets the publisher read while the writer
   commits. The primary (the daemon's writer) checks integrity on open and holds an exclusive lock file.
 """
@@ -24,10 +22,12 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_infer.outbox_items import Limits, Pending, Row
+
+__all__ = ["EVENTS", "Limits", "Outbox", "OutboxError", "OutboxFull", "Pending", "Row"]
 SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -83,47 +83,6 @@ class OutboxError(Exception):
 
 class OutboxFull(OutboxError):
     """The disk (or the database's page limit) is full: the commit was rolled back, nothing was lost."""
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_rows: int = 100_000
-    max_bytes: int = 64 * 1024 * 1024
-    ttl_s: float = 7 * 24 * 3600.0
-    policy: str = "drop-oldest"  # or "reject-new" (for data messages; events always drop oldest)
-    max_event_rows: int = 10_000
-    max_event_bytes: int | None = None  # None: max_bytes / 8, at least 256 KiB
-    max_dead_letters: int = 1_000
-    max_dead_letter_bytes: int | None = None  # None: max_bytes / 16, at least 256 KiB
-
-    @property
-    def event_bytes(self) -> int:
-        return self.max_event_bytes if self.max_event_bytes is not None else max(self.max_bytes // 8, 256 * 1024)
-
-    @property
-    def dead_letter_bytes(self) -> int:
-        return self.max_dead_letter_bytes if self.max_dead_letter_bytes is not None else \
-            max(self.max_bytes // 16, 256 * 1024)
-
-
-@dataclass(frozen=True)
-class Row:
-    seq: int
-    kind: str
-    msg_id: str
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class Pending:
-    """A message waiting to be committed: its payload is built once its seq is known."""
-
-    kind: str
-    msg_id: str
-    build: Callable[[int], bytes] | None  # None: record the checkpoint only (nothing to publish, no seq)
-    checkpoint: tuple[str, str] | None = None
-    after_commit: Callable[[], None] | None = None  # run by the writer once the transaction is durable
-    forget_after: bool = False  # once `after_commit` succeeded the checkpoint is no longer needed (file moved)
 
 
 def _ranges(seqs: list[int]) -> list[list[int]]:
@@ -297,6 +256,18 @@ class Outbox:
         self._bump("event_bytes", -sum(size for _, size, kind in rows if kind == EVENTS))
         return [seq for seq, _, _ in rows]
 
+    def _oldest(self, sql: str, params: tuple[Any, ...], rows: int, size: int) -> tuple[list[int], int]:
+        """The oldest (seq, size) rows `sql` yields until at least `rows` rows and `size` bytes are covered:
+        their seqs and their total size."""
+        victims: list[int] = []
+        freed = 0
+        for seq, nbytes in self._db.execute(sql, params):
+            if len(victims) >= rows and freed >= size:
+                break
+            victims.append(seq)
+            freed += nbytes
+        return victims, freed
+
     def _transaction(self, work: Callable[[], Any]) -> Any:
         try:
             self._db.execute("BEGIN IMMEDIATE")
@@ -357,15 +328,9 @@ class Outbox:
             return True
         if limits.policy == "reject-new" or incoming > limits.max_bytes:
             return False
-        victims: list[int] = []
-        freed_rows = freed_bytes = 0
-        for seq, size in self._db.execute("SELECT seq, size FROM messages WHERE kind != ? ORDER BY seq", (EVENTS,)):
-            if freed_rows >= need_rows and freed_bytes >= need_bytes:
-                break
-            victims.append(seq)
-            freed_rows += 1
-            freed_bytes += size
-        if freed_rows < need_rows or freed_bytes < need_bytes:
+        victims, freed_bytes = self._oldest("SELECT seq, size FROM messages WHERE kind != ? ORDER BY seq", (EVENTS,),
+                                            need_rows, need_bytes)
+        if len(victims) < need_rows or freed_bytes < need_bytes:
             return False
         self._delete_rows(f"seq IN ({','.join('?' * len(victims))})", victims)
         dropped.setdefault("max_rows" if need_rows > 0 else "max_bytes", []).extend(victims)
@@ -397,13 +362,8 @@ class Outbox:
         over_bytes = self._meta("event_bytes") - limits.event_bytes
         if over_rows <= 0 and over_bytes <= 0:
             return
-        victims: list[int] = []
-        freed = 0
-        for seq, size in self._db.execute("SELECT seq, size FROM messages WHERE kind = ? ORDER BY seq", (EVENTS,)):
-            if len(victims) >= over_rows and freed >= over_bytes:
-                break
-            victims.append(seq)
-            freed += size
+        victims, _ = self._oldest("SELECT seq, size FROM messages WHERE kind = ? ORDER BY seq", (EVENTS,),
+                                  over_rows, over_bytes)
         self._delete_rows(f"seq IN ({','.join('?' * len(victims))})", victims)
         self._bump("dropped_events", len(victims))
 
@@ -482,13 +442,8 @@ class Outbox:
         over_bytes = self._meta("dead_letter_bytes") - limits.dead_letter_bytes
         if over_rows <= 0 and over_bytes <= 0:
             return
-        victims: list[int] = []
-        freed = 0
-        for seq, size in self._db.execute("SELECT seq, length(payload) FROM dead_letters ORDER BY seq"):
-            if len(victims) >= over_rows and freed >= over_bytes:
-                break
-            victims.append(seq)
-            freed += size
+        victims, freed = self._oldest("SELECT seq, length(payload) FROM dead_letters ORDER BY seq", (),
+                                      over_rows, over_bytes)
         self._db.execute(f"DELETE FROM dead_letters WHERE seq IN ({','.join('?' * len(victims))})", victims)
         self._bump("dead_letter_bytes", -freed)
         self._bump("dead_letters_dropped", len(victims))
@@ -499,7 +454,6 @@ class Outbox:
             def clear() -> int:
                 self._db.execute("UPDATE meta SET value = 0 WHERE key = 'dead_letter_bytes'")
                 return self._db.execute("DELETE FROM dead_letters").rowcount
-
             return self._transaction(clear)
 
         def work() -> int:
