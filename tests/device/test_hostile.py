@@ -103,9 +103,13 @@ keep_rejected = 50
                                  timeout)
 
     def after(self, attack: str) -> None:
+        """The daemon is alive, a good input gets its result, peak memory within budget (printed with -s)."""
         assert self.proc.alive(), f"{attack}: the daemon died: {self.log()[-2000:]}"
+        started = time.monotonic()
         assert self.result_follows(), f"{attack}: no result for a good input afterwards: {self.log()[-2000:]}"
         peak = _vm_hwm(self.pid)
+        print(f"{attack}: VmHWM {self.baseline / 2**20:.1f} → {peak / 2**20:.1f} MiB, next result after "
+              f"{time.monotonic() - started:.2f} s")
         assert peak - self.baseline <= PEAK_BUDGET, f"{attack}: peak memory {self.baseline} → {peak}"
 
     def log(self) -> str:
