@@ -21,6 +21,7 @@ from edge_infer.signing import generate_keypair, load_private_key, sign_command
 from tests.conftest import DEMO, DIGITS_INT8, write_config
 from tests.device.faults import DaemonProcess, make_frames
 from tests.device.test_hardening import _zip_bomb
+from tests.device.test_updates import _events
 from tests.helpers.broker import Mosquitto
 from tests.helpers.bundles import make_update
 from tests.helpers.subscriber import Subscriber
@@ -55,15 +56,6 @@ def _vm_hwm(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
-
-
-def _events(sub: Subscriber, name: str) -> list[dict]:
-    seen: dict[str, dict] = {}
-    for m in sub.of_kind("events"):
-        doc = m.json()
-        if doc["event"] == name:
-            seen.setdefault(doc["msg_id"], doc["details"])
-    return list(seen.values())
 
 
 class Device:
