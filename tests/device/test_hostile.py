@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -35,16 +36,21 @@ class Attacker:
     """A plain MQTT client: publish rights, no key."""
 
     def __init__(self, port: int) -> None:
+        self.connected = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda *_a: self.connected.set()
+        self.client.on_disconnect = lambda *_a: self.connected.clear()
+        self.client.reconnect_delay_set(0.05, 0.5)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
+        assert self.connected.wait(10), "the attacker could not connect"
 
     def send(self, topic: str, payload: bytes) -> None:
-        """Publish and wait for the broker's acknowledgement (a broker that drops the connection for an odd
-        topic is reconnected to)."""
-        if not self.client.is_connected():
-            self.client.reconnect()
-        self.client.publish(f"edge/test-pi/{topic}", payload, qos=1).wait_for_publish(60)
+        """Publish and wait for the broker's acknowledgement (paho reconnects by itself when the broker drops
+        the connection over an odd topic; the message then goes out again)."""
+        assert self.connected.wait(10), "the attacker lost the broker"
+        info = self.client.publish(f"edge/test-pi/{topic}", payload, qos=1)
+        info.wait_for_publish(60)
 
     def close(self) -> None:
         self.client.loop_stop()
