@@ -110,6 +110,7 @@ class Daemon:
         self.cfg = cfg
         self.failure: str | None = None  # why the daemon stopped itself (a worker thread died)
         self.winding_down = False
+        self.watchdog: Watchdog | None = None  # while running under systemd's watchdog
         self.swap_lock = threading.RLock()  # a model swap (update, rollback) and a reload never interleave
         self._startup_events: list[tuple[str, dict]] = []  # announced once the writer runs
         self.fleet_keys = self._fleet_keys(cfg)
@@ -613,6 +614,7 @@ class Daemon:
         if self.notifier.watchdog_s:
             watchdog = Watchdog(self.notifier, self.progress, self.notifier.watchdog_s, self.status_line)
             watchdog.start()
+        self.watchdog = watchdog
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         self.notifier.send(READY=1, STATUS=self.status_line())
         try:

@@ -42,6 +42,7 @@ class SerialSource(SensorStream):
             port = self.serial.serial_for_url(self.port, baudrate=self.baudrate, timeout=0.2)
         except (self.serial.SerialException, OSError, ValueError) as exc:
             raise SourceError(f"[source] port {self.port!r}: cannot open: {exc}") from None
+        log.info("event=source_open port=%s baudrate=%d", self.port, self.baudrate)  # flushed and reading
         pending = b""
         with port:
             while not stop.is_set():

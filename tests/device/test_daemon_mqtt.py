@@ -99,12 +99,12 @@ def test_once_delivers_results_and_rejections(tmp_path: Path, broker: Mosquitto)
     sub.close()
 
     # A second run finds everything checkpointed: nothing is reprocessed or republished.
-    sub = Subscriber(broker.port, "edge/test-pi/results")
+    sub = Subscriber(broker.port, "edge/test-pi/#")
     again = run_cli("run", "--config", str(cfg), "--once")
     assert again.returncode == 0, again.stderr
     assert "0 results" in again.stdout and f"{len(truth) + 3} already done" in again.stdout
-    time.sleep(0.5)
-    assert sub.of_kind("results") == []
+    assert sub.wait_for(lambda s: s.went_offline(), 30), "the second run's offline (its last message)"
+    assert sub.of_kind("results") == [] and sub.of_kind("rejections") == []
     sub.close()
 
 

@@ -23,7 +23,7 @@ def _run(tmp_path: Path, name: str, broker: Mosquitto, truth: dict[str, str], de
     sub = Subscriber(broker.port, f"edge/{name}/#")
     proc = run_cli("run", "--config", str(cfg), "--once")
     assert proc.returncode == 0, proc.stderr
-    sub.wait_for(lambda s: len(s.of_kind("results")) + len(s.of_kind("rejections")) >= len(truth) + 3, timeout=10)
+    assert sub.wait_for(lambda s: s.went_offline(), 30), "the run's last word (offline) never arrived"
     docs = [m.json() for m in sub.of_kind("results")]
     for doc in docs:
         validate("results", doc)
@@ -109,8 +109,10 @@ def test_kept_inputs_upload_in_chunks_once_results_are_out(tmp_path: Path, broke
     assert rebuilt == kept and all(hashlib.sha256(b).hexdigest() in parts for b in rebuilt)
     first_capture = sub.messages.index(sub.of_kind("captures")[0])
     assert all(m.kind != "results" for m in sub.messages[first_capture:]), "results first, captures after"
+    assert sub.wait_for(lambda s: s.went_offline(1), 30)
     before = len(sub.of_kind("captures"))
     assert run_cli("run", "--config", str(cfg), "--once").returncode == 0
+    assert sub.wait_for(lambda s: s.went_offline(2), 30), "the second run's offline (sent after any upload)"
     assert len(sub.of_kind("captures")) == before
 
 

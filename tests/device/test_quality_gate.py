@@ -208,7 +208,7 @@ def test_rejections_can_be_kept_for_review_and_left_unpublished(tmp_path: Path, 
     assert proc.returncode == 0, proc.stderr
     assert sub.wait_for(lambda s: len(s.of_kind("results")) >= 2)
     assert "rejected=8" in proc.stderr
-    sub.wait_for(lambda s: False, timeout=0.5)
+    assert sub.wait_for(lambda s: s.went_offline(), 30)  # everything the run published has arrived
     assert sub.of_kind("rejections") == []
     seqs = sorted(m.json()["seq"] for m in sub.of_kind("results"))
     assert seqs == [1, 2]

@@ -79,8 +79,7 @@ def test_ready_status_watchdog_and_stopping_under_load_lose_nothing(tmp_path: Pa
     finally:
         if proc.poll() is None:
             proc.kill()
-    time.sleep(0.3)
-    assert notify.with_key("STOPPING")
+    assert wait_until(lambda: notify.with_key("STOPPING"), 10)
     assert any("results" in f["STATUS"] for f in notify.with_key("STATUS"))
     notify.close()
     # nothing lost: what the first run did not finish, the next run does; every frame ends as one result
@@ -113,11 +112,14 @@ def test_the_watchdog_is_withheld_while_inference_hangs_and_resumes_after(tmp_pa
         assert wait_until(lambda: len(notify.with_key("WATCHDOG")) >= 2, 10), "pets while idle"
         make_frames(tmp_path / "in", 3)
         assert hanging.wait(10)
-        time.sleep(0.6)  # past the watchdog interval: the stage now counts as hung
+        # the witness that the stage counts as hung: the watchdog says so once, then withholds pet after pet
+        assert wait_until(lambda: any(f["STATUS"].startswith("hung: inference")
+                                      for f in notify.with_key("STATUS")), 10)
         quiet_from = time.monotonic()
-        time.sleep(1.0)
+        assert daemon.watchdog is not None
+        withheld = daemon.watchdog.withheld
+        assert wait_until(lambda: daemon.watchdog.withheld >= withheld + 3, 10)  # three more turns, no pet
         assert not notify.with_key("WATCHDOG", since=quiet_from), "no pets while inference hangs"
-        assert any(f["STATUS"].startswith("hung: inference") for f in notify.with_key("STATUS"))
         release.set()
         resumed = time.monotonic()
         assert wait_until(lambda: notify.with_key("WATCHDOG", since=resumed), 5), "pets again once it moves"

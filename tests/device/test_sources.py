@@ -25,6 +25,7 @@ from edge_infer.sources.iio import IioSource
 from edge_infer.sources.live import NewestOnly
 from edge_infer.sources.readings import ReadingParser, Windower
 from tests.conftest import DEMO, DIGITS_TEST, REPO, run_cli, write_config
+from tests.device.faults import wait_until
 from tests.helpers.broker import Mosquitto
 from tests.helpers.subscriber import Subscriber
 
@@ -156,19 +157,22 @@ def test_serial_port_over_a_pty_pair(tmp_path: Path, broker: Mosquitto) -> None:
     cfg = sensor_config(tmp_path / "c.toml", tmp_path / "s", broker.port,
                         f'type = "serial"\nport = "{port}"\nbaudrate = 115200')
     sub = Subscriber(broker.port, "edge/pump-1/results")
-    proc = subprocess.Popen([sys.executable, "-m", "edge_infer", "run", "--config", str(cfg)],
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
-    try:
-        time.sleep(1.0)  # the daemon opens the port
+    log = tmp_path / "log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "edge_infer", "run", "--config", str(cfg)],
+                                stderr=out, text=True, cwd=REPO)
+    try:  # pyserial flushes the port's input when it opens it: write only once the source says it is reading
+        assert wait_until(lambda: "event=source_open" in log.read_text(), 30), log.read_text()
         for i in range(0, len(lines), 16):
             os.write(master, "".join(lines[i:i + 16]).encode())
             time.sleep(0.01)
         assert sub.wait_for(lambda s: len(s.of_kind("results")) >= 7, timeout=60)
     finally:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
         os.close(master)
         os.close(slave)
+    stderr = log.read_text()
     counts = stop_line(stderr)
     # all 9 windows are clean; a live source may drop a window when behind, and says so
     assert counts["results"] + counts["dropped"] == 9, stderr

@@ -73,6 +73,10 @@ keys = ["{keys['public']}"]
 
 [update]
 enabled = true
+# the latency rules judge wall-clock time, which a loaded 2-core CI machine cannot promise: they have their own
+# test with given figures (test_the_watch_judges_uncertainty_and_latency_not_jitter); off here
+max_latency_ratio = 1000.0
+watch_latency_ratio = 1000.0
 {update}
 
 [commands]

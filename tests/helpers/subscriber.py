@@ -66,6 +66,13 @@ class Subscriber:
         with self._lock:
             return [m for m in self.messages if m.kind == kind]
 
+    def went_offline(self, runs: int = 1) -> bool:
+        """At least `runs` daemon runs said `offline` while this subscriber listened (not a retained copy from
+        before): the positive witness that a run published everything it was going to, in order."""
+        with self._lock:
+            return sum(1 for m in self.messages if m.kind == "status" and not m.retain
+                       and json.loads(m.payload).get("state") == "offline") >= runs
+
     def wait_for(self, predicate: Callable[[Subscriber], bool], timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
