@@ -238,6 +238,9 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     unit = render_unit(cfg, args.python)
     path = Path(args.unit_dir) / "edge-infer.service"
+    if not args.dry_run and os.geteuid() != 0:
+        raise ConfigError(f"{cfg.path}: install-service writes {path} and creates a system user: run it as root "
+                          "(or with --dry-run to see what it would do)")
     problems = hidden_paths(cfg, args.python)
     if problems and not args.dry_run:
         raise ConfigError(f"{cfg.path}: {problems[0]}" + (f" (and {len(problems) - 1} more: see --dry-run)"
@@ -255,9 +258,6 @@ def cmd_install_service(args: argparse.Namespace) -> int:
         for command in commands:
             print("# would run: " + " ".join(command))
     else:
-        if os.geteuid() != 0:
-            raise ConfigError(f"{cfg.path}: install-service writes {path} and creates a system user: run it as root "
-                              "(or with --dry-run to see what it would do)")
         path.write_text(unit, encoding="utf-8")
         print(f"edge-infer: wrote {path}")
         for command in commands:

@@ -4,6 +4,7 @@ other tasks, and a plain .tflite run with configuration alone."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from PIL import Image
 
 from edge_infer.bundle import load_bundle
 from edge_infer.decide import Debouncer, Thresholds
-from edge_infer.manifest import ImageInputSpec, OutputSpec
+from edge_infer.manifest import ImageInputSpec, parse_output_spec
 from edge_infer.model import Model, open_bundle
 from edge_infer.postprocess import Zone, iou, nms
 from edge_infer.preprocess import model_view, view_geometry
@@ -147,13 +148,13 @@ def test_debounce_needs_n_of_m_and_ignores_one_noisy_frame() -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.sampled_from(["a", "b", None]), min_size=1, max_size=60), st.integers(0, 59))
-def test_a_single_outlier_never_flips_a_steady_state(noise: list, at: int) -> None:
-    d = Debouncer(2, 4)
-    for _ in range(4):
+@given(st.sampled_from(["b", None]), st.integers(0, 59), st.integers(2, 5))
+def test_a_single_outlier_never_flips_a_steady_state(outlier: str | None, at: int, n: int) -> None:
+    d = Debouncer(n, n + 2)
+    for _ in range(n + 2):
         d.update("a")
     stream = ["a"] * 60
-    stream[at] = "b"
+    stream[at] = outlier
     assert all(d.update(k).value == "a" for k in stream)
 
 
@@ -175,5 +176,13 @@ def test_a_plain_tflite_runs_as_raw_with_configuration_alone(tmp_path: Path) -> 
 
 
 def test_output_spec_defaults_match_the_manifest_documentation() -> None:
-    spec = OutputSpec()
-    assert (spec.format, spec.iou_threshold, spec.score_floor, spec.max_detections) == ("yolo", 0.45, 0.25, 100)
+    """What `parse_output_spec` applies to a manifest that leaves `output` out, against the defaults the
+    documentation's task table states (read from docs/decisions.md, not from the code)."""
+    row = next(line for line in (REPO / "docs" / "decisions.md").read_text().splitlines()
+               if line.startswith("| `detection` |"))
+    documented = {k: float(v) for k, v in re.findall(r"`(iou_threshold|score_floor|max_detections)` \(([\d.]+)\)", row)}
+    spec = parse_output_spec({}, "detection")
+    applied = {"iou_threshold": spec.iou_threshold, "score_floor": spec.score_floor,
+               "max_detections": float(spec.max_detections)}
+    assert len(documented) == 3 and applied == documented
+    assert spec.format == "yolo" and "`format` (`yolo` or `ssd`)" in row

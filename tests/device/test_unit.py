@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,7 +73,29 @@ def test_systemd_rates_the_unit_exposure_at_most_2(profile: str, tmp_path: Path)
     assert float(level.group(1)) <= 2.0, proc.stdout
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="as root it would install")
+UNPRIVILEGED = "edge-infer-test"
+# The interpreter may live where only root can read (pyenv under /root): start it as root, import what the
+# command needs, then drop to an unprivileged user the test creates before the command runs.
+AS_USER = """
+import os, pwd, subprocess, sys
+import edge_infer.cli, edge_infer.unit
+user = pwd.getpwnam(sys.argv[1])
+os.setgroups([]); os.setgid(user.pw_gid); os.setuid(user.pw_uid)
+assert os.geteuid() != 0
+sys.exit(edge_infer.cli.main(sys.argv[2:]))
+"""
+
+
 def test_without_dry_run_it_needs_root() -> None:
-    proc = run_cli("install-service", "--config", str(REPO / "device_configs" / "pi-4.toml"))
-    assert proc.returncode == 2 and "run it as root" in proc.stderr
+    command = ["install-service", "--config", str(REPO / "device_configs" / "pi-4.toml")]
+    if os.geteuid() == 0:  # CI runs as root: become a user without it
+        if subprocess.run(["id", "-u", UNPRIVILEGED], capture_output=True).returncode != 0:
+            if shutil.which("useradd") is None:
+                pytest.skip("running as root and useradd is missing: cannot make an unprivileged user")
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                            UNPRIVILEGED], check=True, capture_output=True)
+        argv = [sys.executable, "-c", AS_USER, UNPRIVILEGED, *command]
+    else:
+        argv = [sys.executable, "-m", "edge_infer", *command]
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2 and "run it as root" in proc.stderr, proc.stderr
