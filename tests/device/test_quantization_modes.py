@@ -1,5 +1,6 @@
 """Every quantization mode `edge-convert` offers runs on this leg's device runtime (ai-edge-litert, or
-tflite-runtime 2.14 as a 32-bit Pi has it), at the accuracy the converter's report claims for it."""
+tflite-runtime 2.14 as a 32-bit Pi has it) and classifies held-out digits; on the runtime the report was not
+measured with, at the accuracy the report claims."""
 
 from __future__ import annotations
 
@@ -25,21 +26,41 @@ OLD_RUNTIME = importlib.util.find_spec("ai_edge_litert") is None
 TOO_NEW_FOR_TFLITE_RUNTIME_2_14 = {"dynamic"}
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_every_mode_loads_and_matches_its_reported_accuracy(mode: str) -> None:
+def _correct(mode: str) -> int | None:
+    """Held-out digits this leg's runtime classifies right (ground truth: the folder names); None where the
+    runtime cannot load the mode (checked to be for the documented reason)."""
     bundle = load_bundle(DEMO / f"digits-{mode}.tflite")
     assert bundle.manifest.raw["model"]["quantization"] == mode
     if OLD_RUNTIME and mode in TOO_NEW_FOR_TFLITE_RUNTIME_2_14:
         with pytest.raises(RuntimeUnavailable, match="FULLY_CONNECTED' version"):
             Model(bundle)
-        return
+        return None
     model = Model(bundle)
-    correct = sum(model.classify(decode_image(path.read_bytes(), draft_size=model.draft_size)).label
-                  == label for path, label in EXAMPLES)
+    return sum(model.classify(decode_image(path.read_bytes(), draft_size=model.draft_size)).label == label
+               for path, label in EXAMPLES)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_loads_and_classifies_held_out_digits(mode: str) -> None:
+    correct = _correct(mode)
+    if correct is not None:
+        assert correct / len(EXAMPLES) >= 0.95, (mode, correct)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_the_reported_accuracy_holds_on_another_runtime(mode: str) -> None:
+    """The converter measured its report on one runtime; re-measured on a different one it must agree (a check
+    on the report's own runtime would be circular, so that leg skips it, visibly)."""
+    measured_with = REPORT["evaluation"]["runtime"].split()[0]
+    here = "tflite_runtime" if OLD_RUNTIME else "ai_edge_litert"
+    if here == measured_with:
+        pytest.skip(f"the report was measured on {measured_with}, this leg's runtime: not an independent check")
+    correct = _correct(mode)
+    if correct is None:
+        return
     reported = REPORT["evaluation"]["variants"][mode]
     assert len(EXAMPLES) == REPORT["evaluation"]["examples"]
-    # the report was measured with ai-edge-litert; tflite-runtime's kernels may round a borderline input the
-    # other way, so allow a single image of difference
+    # tflite-runtime's kernels may round a borderline input the other way: allow a single image of difference
     assert abs(correct - round(reported["accuracy"] * len(EXAMPLES))) <= 1, (mode, correct, reported["accuracy"])
 
 
