@@ -77,10 +77,11 @@ unavailable() {  # why a leg cannot run on this machine (wheels that do not exis
 }
 
 failed_legs=()
+not_run=()
 mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml
 for leg in ${LEGS:-litert tflrt convert}; do
   why=$(unavailable "$leg")
-  if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; continue; fi
+  if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; not_run+=("$leg: $why"); continue; fi
   if ! make_venv "$leg" "build_$leg"; then failed_legs+=("$leg(install)"); continue; fi
   say "leg $leg: pytest ${PATHS[$leg]} ($("$VENVS/$leg/bin/python" -c 'import numpy; print("numpy", numpy.__version__)'))"
   # the converter's --target check runs bundles under tflite-runtime 2.14 with the tflrt leg's Python
@@ -100,17 +101,27 @@ for leg in ${LEGS:-litert tflrt convert}; do
   fi
 done
 
-# ---- one closing line over every leg -----------------------------------------------------------------------
-"$PYTHON" - "$VENVS" <<'EOF'
-import glob, sys, xml.etree.ElementTree as ET
+# ---- one closing block over every leg: skips by reason, legs not run, then the count line ---------------------
+"$PYTHON" - "$VENVS" "${not_run[@]}" <<'EOF'
+import collections, glob, os, sys, xml.etree.ElementTree as ET
 total = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+reasons = collections.Counter()
 for path in sorted(glob.glob(f"{sys.argv[1]}/junit-*.xml")):
+    leg = os.path.basename(path)[len("junit-"):-len(".xml")]
     for suite in ET.parse(path).getroot().iter("testsuite"):
         for key in total:
             total[key] += int(suite.get(key, 0))
+    for case in ET.parse(path).getroot().iter("testcase"):
+        for skip in case.findall("skipped"):
+            reasons[f"{leg}: {(skip.get('message') or 'no reason given').removeprefix('Skipped: ')}"] += 1
+print()
+for reason, count in sorted(reasons.items()):
+    print(f"skipped {count}× — {reason}")
+for leg in sys.argv[2:]:
+    print(f"leg not run — {leg}")
 failed = total["failures"] + total["errors"]
 passed = total["tests"] - failed - total["skipped"]
-print(f"\ntests: {passed} passed, {failed} failed, {total['skipped']} skipped")
+print(f"tests: {passed} passed, {failed} failed, {total['skipped']} skipped")
 EOF
 if [ ${#failed_legs[@]} -gt 0 ]; then
   echo "tests/run.sh: FAILED legs: ${failed_legs[*]}"

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from converter.cli import main as convert
 from converter.convert import MODES
+from tests.benchmarks.verdict import figure
 
 
 def main() -> int:
@@ -27,6 +28,7 @@ def main() -> int:
     model = args.assets / "mobilenetv2.keras"
     print(f"{'mode':<9} {'seconds':>8} {'bundle bytes':>13}  (MobileNetV2-shaped, 224x224x3, 100 calibration images;"
           " each run also converts the float32 reference)")
+    times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-convert-") as tmp:
         for mode in MODES:
             out, report = Path(tmp) / f"{mode}.tflite", Path(tmp) / f"{mode}.json"
@@ -43,6 +45,11 @@ def main() -> int:
                 print(f"{mode:<9} {seconds:>8.1f} {'refused':>13}  ({doc['refused'][mode][:90]}…)")
             else:
                 print(f"{mode:<9} {seconds:>8.1f} {doc['bundles'][mode]['bytes']:>13,}")
+            times[mode] = seconds
+    for mode, seconds in times.items():  # each mode against the plain float32 conversion of the same run
+        if mode != "float32":
+            figure(f"convert: {mode} time / float32 time", seconds / times["float32"], 3.0, at_least=False,
+                   baseline=f"float32 {times['float32']:.1f} s")
     return 0
 
 

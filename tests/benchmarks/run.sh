@@ -6,8 +6,15 @@
 #     start-up to first result, RSS vs a floor);
 #   - the delivery benchmark (durable enqueue and backlog drain rates vs same-run baselines);
 #   - converter time per mode; drift detection delay and false alarms; a 100,000-inference memory soak.
+# Each figure is printed beside its baseline from the same run and its target ("met" / "MISSED").
+# --check: exit 1 when any target was missed (not part of CI: the machines are noisy).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+CHECK=0
+[ "${1:-}" = --check ] && CHECK=1
+BENCH_VERDICTS=$(mktemp)
+export BENCH_VERDICTS
+trap 'rm -f "$BENCH_VERDICTS"' EXIT
 VENVS=${EDGE_INFER_VENVS:-$PWD/.venvs}
 if [ ! -x "$VENVS/convert/bin/python" ] || [ ! -x "$VENVS/litert/bin/python" ] || [ ! -x "$VENVS/tflrt/bin/python" ]; then
   bash tests/run.sh --collect-only -q > /dev/null
@@ -15,7 +22,8 @@ fi
 "$VENVS/convert/bin/python" tests/benchmarks/make_bench_assets.py --out .bench 2>&1 | grep -E "^(wrote|edge-convert)" || true
 FRAMES=${FRAMES:-600}
 echo; echo "== edge-infer bench (ai-edge-litert)"
-"$VENVS/litert/bin/edge-infer" bench --config .bench/bench.toml --frames "$FRAMES" 2>&1 | grep -v '^INFO:'
+"$VENVS/litert/bin/edge-infer" bench --config .bench/bench.toml --frames "$FRAMES" 2>&1 | grep -v '^INFO:' \
+  | "$VENVS/litert/bin/python" -m tests.benchmarks.verdict
 echo; echo "== edge-infer bench (tflite-runtime 2.14)"
 EDGE_INFER_RUNTIME=tflite_runtime "$VENVS/tflrt/bin/edge-infer" bench --config .bench/bench.toml --frames 60 2>&1 | grep -v '^INFO:'
 echo; echo "== delivery"
@@ -28,3 +36,8 @@ if [ "${SOAK:-1}" != 0 ]; then
   echo; echo "== memory soak (SOAK=0 skips it: about 3 minutes)"
   "$VENVS/litert/bin/python" tests/benchmarks/soak.py 2>&1 | grep -E '^(soak|RSS)'
 fi
+echo
+missed=$(grep -c MISSED "$BENCH_VERDICTS" || true)
+echo "benchmarks: $(wc -l < "$BENCH_VERDICTS") figures against their targets, $missed missed"
+grep MISSED "$BENCH_VERDICTS" || true
+if [ "$CHECK" = 1 ] && [ "$missed" != 0 ]; then exit 1; fi

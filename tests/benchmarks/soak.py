@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from edge_infer.config import load_config
 from edge_infer.daemon import Daemon
+from tests.benchmarks.verdict import figure
 from tests.conftest import DIGITS_INT8, DIGITS_TEST, write_config
 from tests.helpers.broker import Mosquitto
 
@@ -94,6 +95,8 @@ def main() -> int:
     print(f"RSS: {samples[0][1]:.1f} MB after {samples[0][0]:,}, {warm[0][1]:.1f} MB at {warm[0][0]:,}, "
           f"{samples[-1][1]:.1f} MB at {samples[-1][0]:,}; max {max(r for _, r in samples):.1f} MB")
     print(f"RSS slope after warm-up: {slope(warm):+.3f} MB per 10,000 inferences")
+    figure("soak: RSS growth after warm-up, MB per 10,000 inferences", slope(warm), 0.5, at_least=False,
+           baseline=f"{warm[0][1]:.1f} MB at {warm[0][0]:,}")
     return 0
 
 
