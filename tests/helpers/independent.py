@@ -21,6 +21,16 @@ def _manifest(bundle: Path) -> dict:
         return json.loads(zf.read("manifest.json"))
 
 
+def _quantized(x: np.ndarray, detail: dict) -> np.ndarray:
+    """`x` shaped and typed as the input tensor wants it, quantized with the tensor's own scale and zero point."""
+    x = x.reshape(detail["shape"])
+    if detail["dtype"] in (np.uint8, np.int8):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(detail["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
+    return x.astype(detail["dtype"])
+
+
 def _tensor(image: Image.Image, spec: dict, detail: dict) -> np.ndarray:
     assert spec.get("resize", "stretch") == "stretch", "this route implements the stretch resize only"
     image = image.convert("RGB" if spec["color"] in ("RGB", "BGR") else "L")
@@ -34,12 +44,7 @@ def _tensor(image: Image.Image, spec: dict, detail: dict) -> np.ndarray:
         x = (pixels - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
     else:
         x = pixels * float(norm.get("scale", 1.0)) + float(norm.get("offset", 0.0))
-    x = x.reshape(detail["shape"])
-    if detail["dtype"] in (np.uint8, np.int8):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-    return x.astype(detail["dtype"])
+    return _quantized(x, detail)
 
 
 def _window_tensor(window: np.ndarray, spec: dict, detail: dict) -> np.ndarray:
@@ -47,12 +52,7 @@ def _window_tensor(window: np.ndarray, spec: dict, detail: dict) -> np.ndarray:
     x = np.asarray(window, np.float32)
     if "mean" in norm:
         x = (x - np.asarray(norm["mean"], np.float32)) / np.asarray(norm["std"], np.float32)
-    x = x.reshape(detail["shape"])
-    if detail["dtype"] in (np.uint8, np.int8):
-        scale, zero = detail["quantization"]
-        info = np.iinfo(detail["dtype"])
-        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-    return x.astype(detail["dtype"])
+    return _quantized(x, detail)
 
 
 def predict(bundle: Path, inputs: list[Path] | list[np.ndarray]) -> list[str]:
