@@ -15,6 +15,8 @@ import pytest
 
 from edge_infer.bundle import BundleError, read_parts
 from edge_infer.commands import CommandError, decode_json, plain_id
+from edge_infer.config import load_config
+from edge_infer.daemon import Daemon, DaemonFailed
 from edge_infer.messages import Identity, bounded_details, event_payload
 from edge_infer.outbox import Limits, Outbox, Pending
 from edge_infer.replay import Refused, ReplayGuard
@@ -22,7 +24,9 @@ from edge_infer.signing import SignatureError, generate_keypair, load_private_ke
 from edge_infer.sources.directory import DirectorySource
 from edge_infer.transfer import Header, Transfer, TransferError, header_args
 from edge_infer.writer import OutboxWriter
-from tests.conftest import DIGITS_INT8
+from tests.conftest import DIGITS_INT8, write_config
+from tests.device.faults import make_frames, wait_until
+from tests.helpers.broker import free_port
 
 IDENTITY = Identity("pi", "boot", {"name": "m", "version": "1", "sha256": "0" * 64})
 
@@ -226,3 +230,31 @@ def test_dead_letters_and_events_have_caps_of_their_own(tmp_path: Path):
     stats = box.stats()
     assert stats["dead_letters"] == 5 and stats["dead_letters_dropped"] == 7
     assert stats["queued_by_kind"]["events"] == 8 and stats["dropped"]["events"] > 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected death
+def test_a_worker_thread_that_dies_anyway_stops_the_daemon_loudly(tmp_path: Path):
+    """Fault injection: the writer's commit raises SystemExit, which ends its thread whatever it catches. The
+    daemon must not idle on (reading input, storing nothing): it stops with `DaemonFailed` (the CLI exits 1)."""
+    make_frames(tmp_path / "in", 5)
+    cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
+                       port=free_port())
+    daemon = Daemon(load_config(cfg))
+
+    def die(_batch: list) -> list[int]:
+        raise SystemExit("the writer thread dies")
+
+    daemon.writer.outbox.commit_batch = die  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            daemon.run()
+        except DaemonFailed as exc:
+            failures.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    assert wait_until(lambda: not runner.is_alive(), 30), "the daemon idled on with a dead writer"
+    assert failures and "outbox-writer" in str(failures[0])
+    assert daemon.health()["threads"]["writer"] is False
