@@ -92,9 +92,13 @@ def test_daemon_sigkilled_at_20_random_moments(tmp_path: Path, broker: Mosquitto
     db = tmp_path / "state" / "outbox.db"
     cfg = config(tmp_path, broker.port, mqtt="max_publish_rate = 400")
     rng = random.Random(5)
-    for _ in range(20):
-        daemon = DaemonProcess(cfg, tmp_path / "daemon.log").start()
-        time.sleep(rng.uniform(0.2, 1.5))
+    log = tmp_path / "daemon.log"
+    for run in range(1, 21):
+        daemon = DaemonProcess(cfg, log).start()
+        # a random moment of a running daemon: counted from its start line (a loaded machine may take seconds
+        # to start Python), so every kill lands in the pipeline, not before the outbox exists
+        assert wait_until(lambda n=run: log.exists() and log.read_text().count("event=start ") >= n, 60)
+        time.sleep(rng.uniform(0.0, 1.3))
         daemon.kill()
         with sqlite3.connect(db) as conn:
             assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
