@@ -119,3 +119,29 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
+
+
+def print_table(report: dict[str, Any]) -> None:
+    """The comparison table: one line per variant."""
+    evaluation = report.get("evaluation", {}).get("variants", {})
+    float_size = report["variants"]["float32"]["size_bytes"]
+    over = report.get("refused", {})
+    print(f"{'variant':<10} {'size':>11} {'× f32':>6} {'top-1':>8} {'top-3':>8} {'drop':>7} {'agree':>8} "
+          f"{'max|Δ|':>7} {'latency':>9}")
+    for mode, info in report["variants"].items():
+        ev = evaluation.get(mode, {})
+
+        def pct(key: str, ev: dict[str, Any] = ev) -> str:
+            return f"{ev[key] * 100:.2f}%" if key in ev else "—"
+
+        drop = f"{ev['accuracy_drop_points']:+.2f}" if "accuracy_drop_points" in ev else "—"
+        err = f"{ev['output_max_abs_error']:.3f}" if "output_max_abs_error" in ev else "—"
+        lat = f"{ev['latency_ms']:.3f}ms" if "latency_ms" in ev else "—"
+        flag = "  ✗ refused" if mode in over else ""
+        print(f"{mode:<10} {info['size_bytes']:>10,}B {info['size_bytes'] / float_size:>6.2f} {pct('accuracy'):>8} "
+              f"{pct('top3_accuracy'):>8} {drop:>7} {pct('agreement_with_float32'):>8} {err:>7} {lat:>9}{flag}")
+    if evaluation:
+        print(f"(evaluated on {report['evaluation']['examples']} inputs with {report['evaluation']['runtime']}; "
+              "drop in top-1 points vs float32; max|Δ| = largest output difference vs float32)")
+
+

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from converter.cli import _sensor_spec
 from converter.datasets import list_windows
+from converter.specs import sensor_spec as _sensor_spec
 from edge_infer.bundle import load_bundle
 from tests.conftest import REPO, run_cli
 from tests.converter.conftest import demo_script

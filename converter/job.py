@@ -1,0 +1,470 @@
+"""One `edge-convert` run, step by step: check every input before TensorFlow loads (`plan`), convert each
+variant, measure the input reference, describe and load-check the variants, evaluate them, explain (and repair)
+quantization error, check the target device, write and sign the bundles, report. Each step reads and fills one
+`Job`; exit code 0 when every asked-for variant was written, 3 when one was refused."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from converter.calibrate_decisions import drift_reference, recommended_thresholds
+from converter.convert import CALIBRATED, MODES, convert, convert_in_subprocess, import_tensorflow, saved_model_dir
+from converter.datasets import (
+    calibration_tensors,
+    list_examples,
+    list_windows,
+    load_image,
+    quality_reference,
+    sensor_reference,
+    stratified_sample,
+    window_tensors,
+)
+from converter.errors import ConvertError
+from converter.evaluate import Evaluation, evaluate, summarize
+from converter.fallback import layer_errors, with_float_layers
+from converter.report import print_table, write_markdown
+from converter.specs import check_sensor_shape, input_spec, read_labels, say, sensor_spec, spec_output, spec_table
+from converter.target import check_target
+from edge_infer import __version__
+from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, model_digest, write_bundle
+from edge_infer.gates.quality import assess
+from edge_infer.golden import GoldenInput, build_golden
+from edge_infer.manifest import LABELLED_TASKS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
+from edge_infer.model import Model
+from edge_infer.monitor import channel_means
+from edge_infer.preprocess import model_view
+from edge_infer.runtime import Engine, RuntimeUnavailable
+from edge_infer.signing import key_id, load_private_key, sign_bundle
+
+
+@dataclass
+class Job:
+    """What one run has read, made and decided so far."""
+
+    args: argparse.Namespace
+    model_path: Path
+    out: Path
+    modes: list[str]
+    labels: list[str]
+    calibration: list[Any] | None
+    eval_examples: list[Any] | None
+    spec_table: dict[str, Any] | None
+    sensor: SensorInputSpec | None
+    output_table: dict[str, Any]
+    signing_key: Any = None
+    started: float = field(default_factory=time.monotonic)
+    tf: Any = None
+    spec: ImageInputSpec | SensorInputSpec | None = None
+    variants: dict[str, bytes] = field(default_factory=dict)
+    tensors: np.ndarray | None = None
+    reference: dict[str, Any] = field(default_factory=dict)
+    docs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)
+    unloadable: dict[str, str] = field(default_factory=dict)
+    evals: dict[str, Evaluation] = field(default_factory=dict)
+    over: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+    target: dict[str, Any] | None = None
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    def manifest(self, mode: str, data: bytes) -> dict[str, Any]:
+        assert self.spec is not None
+        return _manifest(self.args, data, self.spec, self.labels, mode, self.tf, self.reference, self.output_table)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole conversion (raises ConvertError with a one-line reason)."""
+    job = plan(args)
+    convert_variants(job)
+    measure_reference(job)
+    describe_variants(job)
+    evaluate_variants(job)
+    explain(job)
+    check_targets(job)
+    write_bundles(job)
+    return finish(job)
+
+
+def _examples(args: argparse.Namespace, sensor: SensorInputSpec | None) -> tuple[list[str], Any, Any]:
+    """(labels, calibration examples, eval examples) from the flags."""
+    if sensor is not None:
+        labels = read_labels(args) if args.labels else None
+        calibration = list_windows(Path(args.calibration), sensor, labels, "calibration") if args.calibration else None
+        eval_examples = list_windows(Path(args.eval), sensor, labels, "eval") if args.eval else None
+        if labels is None:
+            labels = sorted({ex.label for ex in calibration or []})
+            if not labels:
+                raise ConvertError("no labels: pass --labels FILE or labelled --calibration windows")
+    else:
+        labels = read_labels(args) if args.task in LABELLED_TASKS or args.labels else []
+        calibration = list_examples(Path(args.calibration), "calibration") if args.calibration else None
+        eval_examples = list_examples(Path(args.eval), "eval") if args.eval else None
+    for examples, what in ((calibration, "calibration"), (eval_examples, "eval")):
+        unknown = sorted({ex.label for ex in examples or []} - set(labels) - {""})
+        if unknown and args.task == "classification":
+            raise ConvertError(f"{what} folder has label folders not in the labels: {', '.join(unknown)}")
+    if args.task != "classification" and eval_examples is not None:
+        eval_examples = [dataclasses.replace(ex, label="") for ex in eval_examples]  # outputs are compared, not labels
+    return labels, calibration, eval_examples
+
+
+def _check_flags(args: argparse.Namespace, modes: list[str], calibration: Any, eval_examples: Any) -> None:
+    """Flag combinations that cannot work, refused before anything runs."""
+    if args.task != "classification" and args.max_accuracy_drop is not None:
+        raise ConvertError(f"--max-accuracy-drop measures top-1 accuracy: a {args.task} model has none (the report "
+                           "compares its outputs with float32's instead)")
+    if args.auto_fallback:
+        if "int8" not in modes:
+            raise ConvertError(f"--auto-fallback keeps layers in float, which --mode {args.mode} cannot do; "
+                               "use --mode int8 (full integer with float fallback) or all")
+        if args.max_accuracy_drop is None or eval_examples is None:
+            raise ConvertError("--auto-fallback needs a budget (--max-accuracy-drop) and a labelled --eval set")
+    if args.explain and not any(m in CALIBRATED for m in modes):
+        raise ConvertError("--explain measures integer quantization: use --mode int8, int8-only, int16x8 or all")
+    if any(m in CALIBRATED for m in modes) and calibration is None:
+        raise ConvertError(f"--mode {args.mode} needs --calibration (representative images, or windows as .npz/.csv)")
+
+
+def plan(args: argparse.Namespace) -> Job:
+    """Every input read and every flag checked, before TensorFlow loads: a mistake fails in a second."""
+    signing_key = None
+    if args.sign:
+        try:
+            signing_key = load_private_key(args.sign)
+        except ValueError as exc:
+            raise ConvertError(str(exc)) from None
+    model_path, out = Path(args.model), Path(args.out)
+    if not model_path.exists():
+        raise ConvertError(f"{model_path}: model not found")
+    if not out.parent.exists():
+        raise ConvertError(f"{out.parent}: output folder does not exist")
+    table = spec_table(Path(args.spec)) if args.spec else None
+    sensor = sensor_spec(Path(args.spec)) if table and table["kind"] == "sensor" else None
+    labels, calibration, eval_examples = _examples(args, sensor)
+    modes = list(MODES) if args.mode == "all" else list(dict.fromkeys(["float32", args.mode]))
+    _check_flags(args, modes, calibration, eval_examples)
+    return Job(args, model_path, out, modes, labels, calibration, eval_examples, table, sensor,
+               spec_output(Path(args.spec)) if args.spec else {}, signing_key)
+
+
+def convert_variants(job: Job) -> None:
+    """float32 first (its interpreter tells the input shape), then each quantized mode in its own process."""
+    args = job.args
+    say("loading TensorFlow")
+    job.tf = import_tensorflow()
+    with saved_model_dir(job.model_path) as saved:
+        say(f"converting {job.model_path} → float32")
+        float_bytes = convert(saved, "float32")
+        float_engine = Engine(float_bytes)
+        job.spec = input_spec(args, float_engine, job.spec_table) if job.sensor is None \
+            else check_sensor_shape(job.sensor, float_engine)
+        outputs = int(np.prod(float_engine.outputs[0].shape))
+        if args.task == "classification" and outputs != len(job.labels):
+            raise ConvertError(f"model has {outputs} outputs but {len(job.labels)} labels")
+        job.variants = {"float32": float_bytes}
+        if any(m in CALIBRATED for m in job.modes):
+            job.tensors = _calibration_array(job.calibration, job.spec, args.calibration_samples)
+        for mode in job.modes[1:]:
+            what = f"{mode} ({args.io_type} I/O)" if mode == "int8-only" else mode
+            calibrated = f", calibrated on {len(job.tensors)} inputs" \
+                if job.tensors is not None and mode in CALIBRATED else ""
+            say(f"converting → {what}{calibrated} (in its own process)")
+            job.variants[mode] = convert_in_subprocess(saved, mode, job.tensors if mode in CALIBRATED else None,
+                                                       args.io_type)
+
+
+def measure_reference(job: Job) -> None:
+    """The input reference the device's gate compares live inputs with (from the calibration set)."""
+    if job.calibration is None:
+        say("no --calibration: no input quality reference; the device gate falls back to its loose defaults")
+        return
+    if isinstance(job.spec, SensorInputSpec):
+        say(f"measuring sensor reference on {len(job.calibration)} calibration windows")
+        job.reference["sensor"] = sensor_reference(job.calibration, job.spec)
+    else:
+        sample = stratified_sample(job.calibration, job.args.calibration_samples)
+        say(f"measuring input quality reference on {len(sample)} calibration images")
+        job.reference["image_quality"] = quality_reference(sample, job.spec)
+
+
+def describe_variants(job: Job) -> None:
+    """Each variant's manifest and report entry; every variant must load in this machine's device runtime."""
+    assert job.spec is not None
+    job.docs = {mode: job.manifest(mode, data) for mode, data in job.variants.items()}
+    try:
+        parse_manifest(job.docs["float32"])
+    except ManifestError as exc:
+        raise ConvertError(f"{job.args.spec or 'flags'}: {exc}") from None
+    job.report = {"model": str(job.model_path), "mode": job.args.mode, "input": job.spec.to_dict(),
+                  "labels": job.labels,
+                  "variants": {mode: {"size_bytes": len(data)} for mode, data in job.variants.items()}}
+    if job.reference:
+        job.report["reference"] = job.reference
+    for mode, data in list(job.variants.items()):
+        try:
+            Engine(data)
+        except RuntimeUnavailable as exc:
+            job.unloadable[mode] = f"the converted model does not load: {str(exc).split(' — ', 1)[-1][:400]}"
+            job.report["variants"][mode]["error"] = job.unloadable[mode]
+            if mode == "float32":
+                raise ConvertError(f"{job.model_path}: {job.unloadable[mode]}") from None
+
+
+def evaluate_variants(job: Job) -> None:
+    """Accuracy (labelled) or agreement with float32 on the eval set, per variant; thresholds and drift
+    reference from it; which variants are over the accuracy budget."""
+    if job.eval_examples is not None:
+        job.evals = {mode: evaluate(_in_memory_bundle(job.out, data, job.docs[mode]), job.eval_examples, mode)
+                     for mode, data in job.variants.items() if mode not in job.unloadable}
+        baseline = job.evals["float32"]
+        job.report["evaluation"] = {
+            "dataset": str(Path(job.args.eval)), "examples": len(job.eval_examples), "labelled": baseline.labelled,
+            "runtime": baseline.runtime,
+            "variants": {mode: summarize(ev, len(job.variants[mode]), None if mode == "float32" else baseline,
+                                         job.labels) for mode, ev in job.evals.items()},
+        }
+        for mode in job.variants:
+            job.docs[mode]["evaluation"] = job.report["evaluation"]
+        _decision_reference(job.args, job.evals, job.eval_examples, job.spec, job.labels, job.docs, job.report)
+    job.over = _over_budget(job.report, job.args.max_accuracy_drop)
+
+
+def explain(job: Job) -> None:
+    """`--explain`: the layers quantization hurts most; `--auto-fallback`: keep them in float until the int8
+    variant is within budget."""
+    args = job.args
+    if not (args.explain or args.auto_fallback):
+        return
+    assert job.tensors is not None
+    with saved_model_dir(job.model_path) as saved:
+        say("measuring per-layer quantization error (QuantizationDebugger)")
+        errors = layer_errors(saved, job.tensors)
+        job.report["layer_errors"] = [e.to_dict() for e in errors[:20]]
+        if not (args.auto_fallback and "int8" in job.over):
+            return
+        assert job.eval_examples is not None
+        fixed = _auto_fallback(saved, job.tensors, errors, job.eval_examples, job.evals["float32"], job.out,
+                               job.docs["int8"], args.max_accuracy_drop, job.report)
+    if fixed is not None:
+        job.variants["int8"] = fixed
+        job.docs["int8"] = job.manifest("int8", fixed)
+        job.docs["int8"]["evaluation"] = job.report["evaluation"]
+        del job.over["int8"]
+
+
+def check_targets(job: Job) -> None:
+    """`--target`: whether each variant's operators run on the target device's runtime."""
+    if job.over:
+        job.report["over_budget"] = job.over
+    job.refused = {**job.unloadable, **job.over}
+    if not job.args.target:
+        return
+    loadable = {m: b for m, b in job.variants.items() if m not in job.unloadable}
+    job.target = check_target(Path(job.args.target), loadable, {}, None)
+    for mode, verdict in job.target["variants"].items():
+        if not verdict["ok"]:
+            job.refused.setdefault(mode, verdict["problem"])
+
+
+def write_bundles(job: Job) -> None:
+    """The bundles that were asked for and not refused, with golden inputs, signed with `--sign`; with
+    `--target-python` each is then run by the target's runtime for real (and removed when it fails there)."""
+    args = job.args
+    written = [m for m in job.modes if m not in job.refused and (args.mode == "all" or m == args.mode)]
+    job.paths = {m: (job.out if args.mode != "all" else job.out.with_name(f"{job.out.stem}-{m}{job.out.suffix}"))
+                 for m in written}
+    golden_source = job.eval_examples if job.eval_examples is not None else job.calibration
+    for mode, path in job.paths.items():
+        extra = _golden(args, golden_source, _in_memory_bundle(job.out, job.variants[mode], job.docs[mode]))
+        try:
+            write_bundle(path, job.variants[mode], job.docs[mode], extra)
+        except BundleError as exc:
+            raise ConvertError(str(exc)) from None
+        if job.signing_key is not None:
+            sign_bundle(path, job.signing_key)
+    if args.target and args.target_python:
+        ran = check_target(Path(args.target), {m: job.variants[m] for m in job.paths}, job.paths, args.target_python)
+        assert job.target is not None
+        job.target["variants"].update(ran["variants"])
+        for mode, verdict in ran["variants"].items():
+            if not verdict["ok"]:
+                job.refused[mode] = verdict["problem"]
+                job.paths.pop(mode).unlink()
+    signed = {"signed_by": key_id(job.signing_key)} if job.signing_key is not None else {}
+    job.report["bundles"] = {mode: {"path": str(p), "bytes": p.stat().st_size,
+                                    "sha256": job.docs[mode]["model"]["sha256"],
+                                    "golden_inputs": min(args.golden, len(golden_source or [])), **signed}
+                             for mode, p in job.paths.items()}
+
+
+def finish(job: Job) -> int:
+    """The table, the report files, one line per bundle written and per variant refused; the exit code."""
+    report = job.report
+    if job.target is not None:
+        report["target"] = job.target
+    if job.refused:
+        report["refused"] = job.refused
+    report["seconds"] = round(time.monotonic() - job.started, 1)
+    print_table(report)
+    if job.args.report:
+        report_path = Path(job.args.report)
+        report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        extra = write_markdown(report, report_path.with_suffix(".md"))
+        say(f"wrote {report_path} and {', '.join(str(p) for p in extra)}")
+    for mode, path in job.paths.items():
+        extras = [f"{report['bundles'][mode]['golden_inputs']} golden inputs"]
+        if job.signing_key is not None:
+            extras.append(f"signed by {key_id(job.signing_key)}")
+        say(f"wrote {path} ({path.stat().st_size} bytes, {mode}; {', '.join(extras)})")
+    for mode, why in job.refused.items():
+        say(f"refused {mode}: {why}")
+    return 3 if job.refused else 0
+
+
+def _manifest(
+    args: argparse.Namespace,
+    model_bytes: bytes,
+    spec: ImageInputSpec | SensorInputSpec,
+    labels: list[str],
+    mode: str,
+    tf: Any,
+    reference: dict[str, Any],
+    output: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    model = Path(args.model)
+    extra = {"reference": reference} if reference else {}
+    return build_manifest_doc(
+        model_bytes,
+        name=args.name or model.stem,
+        version=args.model_version,
+        created=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        task=args.task,
+        model={"quantization": mode, "io_type": "float32" if mode == "float32" else args.io_type},
+        input=spec.to_dict(),
+        output={"activation": args.activation, **(output or {})},
+        labels=labels,
+        thresholds={"default": args.threshold},
+        converter={"tool": "edge-convert", "version": __version__, "tensorflow": tf.__version__},
+        **extra,
+    )
+
+
+def _in_memory_bundle(out: Path, model_bytes: bytes, doc: dict[str, Any]) -> Bundle:
+    try:
+        return Bundle(path=out, model_bytes=model_bytes, manifest=parse_manifest(doc))
+    except ManifestError as exc:
+        raise ConvertError(f"invalid manifest: {exc}") from None
+
+
+
+
+def _golden(args: argparse.Namespace, examples: list[Any] | None, bundle: Bundle) -> dict[str, bytes]:
+    """`--golden N` held-out inputs (eval set, else calibration) with this bundle's own results on them: what a
+    device's canary checks before it promotes the bundle."""
+    if not args.golden or not examples:
+        return {}
+    chosen = stratified_sample(examples, args.golden)
+    inputs = [GoldenInput(f"golden/{i:03d}{ex.path.suffix.lower()}", data=ex.path.read_bytes(), label=ex.label)
+              if ex.window is None else GoldenInput(f"window {i}", window=ex.window, label=ex.label)
+              for i, ex in enumerate(chosen)]
+    return build_golden(Model(bundle), inputs)
+
+
+def _calibration_array(examples: Any, spec: Any, limit: int) -> np.ndarray:
+    """The representative tensors, computed once by the device's preprocessing (progress on a terminal)."""
+    chosen = stratified_sample(examples, limit)
+    tensors = window_tensors(chosen, spec) if isinstance(spec, SensorInputSpec) else calibration_tensors(chosen, spec)
+    out = [x for x in tqdm(tensors, total=len(chosen), desc="calibration data", unit="input", file=sys.stderr,
+                           leave=False, disable=None)]
+    return np.stack(out).astype(np.float32)
+
+
+def _decision_reference(args: argparse.Namespace, evals: dict[str, Evaluation], examples: list[Any], spec: Any,
+                        labels: list[str], docs: dict[str, dict[str, Any]], report: dict[str, Any]) -> None:
+    """Per variant: recommended per-label thresholds (labelled eval) and the drift reference, into its manifest."""
+    inputs: dict[str, np.ndarray] = {}
+    if isinstance(spec, SensorInputSpec):
+        windows = np.stack([ex.window for ex in examples])
+        inputs = {f"{c}.mean": windows[:, :, i].mean(axis=1) for i, c in enumerate(spec.channels)}
+        inputs |= {f"{c}.std": windows[:, :, i].std(axis=1) for i, c in enumerate(spec.channels)}
+    else:
+        views = [(img, model_view(img, spec)) for img in
+                 (load_image(ex.path, (spec.width, spec.height)) for ex in examples)]
+        qualities = [assess(img, view) for img, view in views]
+        inputs = {m: np.array([getattr(q, m) for q in qualities]) for m in ("brightness", "contrast", "sharpness")}
+        if spec.channels == 3:  # colour casts: the per-channel means, as `channel_means` measures them live
+            means = np.array([channel_means(np.asarray(view)) for _, view in views])
+            inputs |= {f"mean.{c}": means[:, i] for i, c in enumerate("RGB")}
+    report["thresholds"] = {}
+    for mode, ev in evals.items():
+        if args.task != "classification":  # inputs only: the output statistics the monitor follows are classes
+            docs[mode].setdefault("reference", {})["drift"] = drift_reference([], np.zeros(0), [], inputs)
+            continue
+        confidences = ev.scores.max(axis=1)
+        recommended: dict[str, float] = {}
+        if ev.labelled:
+            recommended = recommended_thresholds(ev.predictions, confidences, ev.labels, labels, args.precision,
+                                                 args.threshold)
+            docs[mode]["thresholds"] = {"default": args.threshold, "labels": recommended}
+            report["thresholds"][mode] = recommended
+        uncertain = float(np.mean([c < recommended.get(p, args.threshold)
+                                   for p, c in zip(ev.predictions, confidences, strict=True)]))
+        drift = drift_reference(ev.predictions, confidences, labels, inputs, uncertain)
+        docs[mode].setdefault("reference", {})["drift"] = drift
+
+
+def _auto_fallback(saved: Path, tensors: np.ndarray, errors: list[Any], examples: list[Any], baseline: Evaluation,
+                   out: Path, doc: dict[str, Any], budget: float, report: dict[str, Any]) -> bytes | None:
+    """Keep the worst layers of the `int8` variant in float, one more per step, until the top-1 drop is within
+    budget. Records every step in the report; returns the repaired model, or None when nothing was enough."""
+    kept: list[str] = []
+    steps = []
+    for layer in errors:
+        kept.append(layer.tensor)
+        data = with_float_layers(saved, tensors, kept)
+        trial = dict(doc, model={**doc["model"], "sha256": model_digest(data), "size": len(data)})
+        ev = evaluate(_in_memory_bundle(out, data, trial), examples, f"int8 + {len(kept)} float layer(s)")
+        drop = (baseline.accuracy - ev.accuracy) * 100.0
+        steps.append({"kept_in_float": layer.tensor, "op": layer.op, "accuracy": round(ev.accuracy, 6),
+                      "accuracy_drop_points": round(drop, 4), "size_bytes": len(data)})
+        say(f"auto-fallback step {len(kept)}: {layer.op} {layer.tensor.split(';')[0]} in float → top-1 "
+             f"{ev.accuracy * 100:.2f}% (drop {drop:.2f} points)")
+        if drop <= budget:
+            summary = summarize(ev, len(data), baseline, report["labels"])
+            report["evaluation"]["variants"]["int8"] = summary
+            report["variants"]["int8"] = {"size_bytes": len(data)}
+            report["fallback"] = {"within_budget": True, "layers_kept_in_float": kept, "steps": steps}
+            say(f"auto-fallback: {len(kept)} layer(s) kept in float — within the budget of {budget:g} points")
+            return data
+    report["fallback"] = {"within_budget": False, "layers_kept_in_float": kept, "steps": steps}
+    say("auto-fallback: no combination of float layers met the budget")
+    return None
+
+
+def _over_budget(report: dict[str, Any], budget: float | None) -> dict[str, str]:
+    """Variants whose top-1 accuracy drop exceeds `--max-accuracy-drop`, with the numbers."""
+    if budget is None:
+        return {}
+    evaluation = report.get("evaluation", {})
+    if not evaluation.get("labelled"):
+        raise ConvertError("--max-accuracy-drop needs a labelled --eval set (<dir>/<label>/...)")
+    out = {}
+    base = evaluation["variants"]["float32"]["accuracy"] * 100
+    for mode, ev in evaluation["variants"].items():
+        drop = ev.get("accuracy_drop_points", 0.0)
+        if drop > budget:
+            out[mode] = (f"top-1 {base:.2f}% → {ev['accuracy'] * 100:.2f}%, a drop of {drop:.2f} points, over the "
+                         f"budget of {budget:g}")
+    return out
+
