@@ -71,7 +71,7 @@ def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str) -> Config:
 
 
 def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path) -> dict[str, float]:
-    from edge_infer.daemon import Daemon
+    from edge_infer.app.daemon import Daemon
 
     inputs = root / f"in-{mode}"
     inputs.mkdir(parents=True)
@@ -117,7 +117,7 @@ import sys, time
 t0 = float(sys.argv[2])
 from edge_infer.config import load_config
 from edge_infer.bench import _temp_config
-from edge_infer.daemon import Daemon
+from edge_infer.app.daemon import Daemon
 from pathlib import Path
 cfg = load_config(sys.argv[1])
 root = Path(sys.argv[3])

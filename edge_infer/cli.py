@@ -43,7 +43,7 @@ def _broker_reachable(cfg: Config, timeout: float = 2.0) -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from edge_infer.daemon import Daemon, DaemonFailed  # heavy imports only once the config is known to be good
+    from edge_infer.app.daemon import Daemon, DaemonFailed  # heavy imports only once the config is known to be good
 
     cfg = load_config(args.config)
     _setup_logging(args.log_level or cfg.log["level"], cfg.log["format"])

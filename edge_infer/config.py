@@ -259,6 +259,15 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "key_file": Field(str, default=None, is_path=True),
         "tls_insecure": Field(bool, default=False),
     },
+    "sink": {
+        "type": Field(str, default="mqtt", choices=("mqtt", "webhook")),  # where stored messages go
+    },
+    "webhook": {
+        "url": Field(str, default=None),
+        "timeout": Field((int, float), default=10.0, check=_between(0.1, 600)),
+        "reconnect_max": Field((int, float), default=30.0, check=_between(0.5, 3600)),
+        "token_file": Field(str, default=None, is_path=True),  # sent as `Authorization: Bearer <token>`
+    },
     "outbox": {
         "path": Field(str, default=None, is_path=True),
         "durability": Field(str, default="full", choices=("full", "normal")),
@@ -319,6 +328,8 @@ class Config:
     homeassistant: dict[str, Any]
     health: dict[str, Any]
     mqtt: dict[str, Any]
+    sink: dict[str, Any]
+    webhook: dict[str, Any]
     outbox: dict[str, Any]
     fleet: dict[str, Any]
     update: dict[str, Any]
@@ -446,7 +457,25 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
                           "set auth = \"acl\" and restrict the cmd topics on the broker (docs/operations.md)")
     if sections["source"]["name"] is None:
         sections["source"]["name"] = sections["source"]["type"]
+    _check_sink(path, sections)
     return Config(path=path, **sections)
+
+
+def _check_sink(path: Path, sections: dict[str, dict[str, Any]]) -> None:
+    """A webhook sink needs its URL; what only MQTT carries (commands, uploads, discovery) needs the MQTT sink."""
+    if sections["sink"]["type"] != "webhook":
+        return
+    url = sections["webhook"]["url"]
+    if url is None:
+        raise ConfigError(f"{path}: [webhook].url: missing (required by [sink].type = \"webhook\")")
+    if not url.startswith(("http://", "https://")) or len(url.split("/", 3)[2]) == 0:
+        raise ConfigError(f"{path}: [webhook].url: expected an http:// or https:// URL, got {url!r}")
+    for where, on in (("[commands].enabled", sections["commands"]["enabled"]),
+                      ("[decide].upload", sections["decide"]["upload"]),
+                      ("[homeassistant].discovery", sections["homeassistant"]["discovery"])):
+        if on:
+            raise ConfigError(f"{path}: {where}: needs MQTT, but [sink].type = \"webhook\" (use the mqtt sink, "
+                              "or turn it off)")
 
 
 def load_config(path: Path | str) -> Config:

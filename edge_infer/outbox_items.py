@@ -1,10 +1,13 @@
 """What goes into and comes out of the outbox (`edge_infer.outbox`): its limits, a message waiting to be
-committed, a stored row."""
+committed, a stored row; and a count any thread may read."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -46,3 +49,15 @@ class Pending:
     checkpoint: tuple[str, str] | None = None
     after_commit: Callable[[], None] | None = None  # run by the writer once the transaction is durable
     forget_after: bool = False  # once `after_commit` succeeded the checkpoint is no longer needed (file moved)
+
+
+def stored_count(path: Path | str) -> int:
+    """Stored, unacknowledged messages, read on a short-lived read-only connection of its own (so any thread may
+    ask); -1 when the outbox cannot be read. Closed at once: a lingering reader would keep the WAL from being
+    checkpointed at exit."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)) as db:
+            row = db.execute("SELECT COUNT(*) FROM messages").fetchone()
+        return int(row[0]) if row else 0
+    except sqlite3.Error:
+        return -1

@@ -16,8 +16,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from edge_infer.control.transfer import header_args
 from edge_infer.signing import load_private_key, sign_command
-from edge_infer.transfer import header_args
 
 ANSWERS = ("command_done", "command_failed")
 

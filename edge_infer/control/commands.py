@@ -3,18 +3,20 @@
 Authentication (`[commands].auth`):
 - `signed`: the payload is `{"body": "<JSON>", "key_id": …, "signature": …}` (see `edge_infer.signing`), the body
   `{"command", "device" (this id or "*"), "id", "issued" (unix seconds), "args"}`. The command must match the
-  topic and pass the replay checks of `edge_infer.replay` (new id, `issued` required and recent), which persist
+  topic and pass the replay checks of `edge_infer.control.replay` (new id, `issued` required and recent), which persist
   across restarts.
 - `acl`: plain `{"id", "args"}`; the broker's ACL decides who may publish to the cmd topics (docs/security.md).
 `update-model` is always signed, whatever `auth` says: a signed transfer header, then chunks it vouches for
-(`edge_infer.transfer`).
+(`edge_infer.control.transfer`).
 
 Everything that arrives is hostile until authenticated: it is bounded in size before it is read (the inbox),
 and nothing of it is echoed unchecked — a refusal names the sender's id only if it is a plain id, and details are
 shortened. Every command is answered on `events` (`command_done` / `command_failed`); refusals of messages that
 were never authenticated are answered individually up to `ANSWERED_PER_WINDOW` a minute and then counted into
 one `commands_refused` event per minute, so a flood cannot flood the outbox, the log or the broker.
-The publisher thread only queues what arrives; commands run on the daemon's control thread.
+The sink only queues what arrives (the inbox); commands run on the daemon's control thread. What a command does
+is a handler from the table the app gives (`reload`, `snapshot`, `set-threshold`); `update-model` is handed to
+the `Updater`.
 """
 
 from __future__ import annotations
@@ -25,17 +27,19 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from edge_infer.config import Config
+from edge_infer.control import AddEvent
+from edge_infer.control.replay import Refused, ReplayGuard
+from edge_infer.control.transfer import Header, Transfer, TransferError
+from edge_infer.control.updates import Updater
+from edge_infer.inbox import Inbox
 from edge_infer.messages import clean_text
-from edge_infer.replay import Refused, ReplayGuard
 from edge_infer.signing import SignatureError, verify_command
-from edge_infer.transfer import Header, Transfer, TransferError
-
-if TYPE_CHECKING:
-    from edge_infer.daemon import Daemon
 
 log = logging.getLogger(__name__)
 COMMANDS = ("reload", "snapshot", "set-threshold", "update-model")
@@ -98,12 +102,21 @@ def _claimed_id(payload: bytes) -> str:
     return plain_id(doc.get("id")) or plain_id(doc.get("transfer"))
 
 
+Handler = Callable[[dict[str, Any]], dict[str, Any]]  # args → answer details; raises CommandError or ValueError
+
+
 class Commands:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        cfg = daemon.cfg
+    """Parses, authenticates and runs what arrives on the cmd topics; answers every command on `events`."""
+
+    def __init__(self, cfg: Config, keys: list, add_event: AddEvent, inbox: Inbox | None,
+                 handlers: dict[str, Handler], updater: Updater | None = None) -> None:
+        self.cfg = cfg
+        self.add_event = add_event
+        self.inbox = inbox
+        self.handlers = handlers
+        self.updater = updater
         self.auth = cfg.commands["auth"]
-        self.keys = daemon.fleet_keys
+        self.keys = keys
         self.device_id = cfg.device["id"]
         self.prefix = f"{cfg.mqtt['topic_prefix']}/{self.device_id}/cmd/"
         self.guard = ReplayGuard(Path(cfg.device["state_dir"]) / "commands.json", cfg.commands["max_age"])
@@ -149,7 +162,7 @@ class Commands:
         else:
             log.warning("event=command_failed command=%s id=%s reason=%s detail=%r", command.name, command.id,
                         details.get("reason"), doc.get("detail"))
-        self.daemon.add_event("command_done" if ok else "command_failed", doc)
+        self.add_event("command_done" if ok else "command_failed", doc)
 
     def refuse(self, command: Command, reason: str, detail: str) -> None:
         """A message that was never authenticated is refused: answered while under the per-minute allowance,
@@ -162,15 +175,14 @@ class Commands:
             self._counted[reason] += 1
 
     def _report_refusals(self) -> None:
-        inbox = self.daemon.inbox
-        if inbox is not None:
-            self._counted.update(inbox.take_turned_away())
+        if self.inbox is not None:
+            self._counted.update(self.inbox.take_turned_away())
         if self._counted:
             total = sum(self._counted.values())
             reasons = dict(self._counted.most_common())
             log.warning("event=commands_refused count=%d window_s=%.0f reasons=%s", total, REFUSAL_WINDOW_S,
                         ",".join(f"{k}:{v}" for k, v in reasons.items()))
-            self.daemon.add_event("commands_refused", {"count": total, "window_s": REFUSAL_WINDOW_S,
+            self.add_event("commands_refused", {"count": total, "window_s": REFUSAL_WINDOW_S,
                                                        "reasons": reasons})
         self._counted = Counter()
 
@@ -210,26 +222,20 @@ class Commands:
         return body
 
     def run(self, command: Command) -> dict[str, Any]:
-        d = self.daemon
-        if command.name == "reload":
-            result = d.reload()
-            if "error" in result:
-                raise CommandError("config_invalid", str(result["error"]))
-            return dict(result)
-        if command.name == "snapshot":
-            return d.snapshot()
-        if command.name == "set-threshold":
-            try:
-                return d.set_threshold(command.args)
-            except ValueError as exc:
-                raise CommandError("invalid_args", str(exc)) from None
-        raise CommandError("unknown_command", command.name)
+        """The handler's answer (raises `CommandError`; a handler's ValueError is `invalid_args`)."""
+        handler = self.handlers.get(command.name)
+        if handler is None:
+            raise CommandError("unknown_command", command.name)
+        try:
+            return handler(command.args)
+        except ValueError as exc:
+            raise CommandError("invalid_args", str(exc)) from None
 
     # ---- update-model over MQTT ------------------------------------------------------------------------------
     def _update(self, payload: bytes) -> None:
         """A signed transfer header, or a chunk of the transfer it opened (raises `CommandError` to refuse)."""
-        update = self.daemon.cfg.update
-        if not update["enabled"] or self.daemon.updater is None:
+        update = self.cfg.update
+        if not update["enabled"] or self.updater is None:
             raise CommandError("updates_disabled", "[update].enabled is false here")
         doc = decode_json(payload)
         if "signature" in doc or "body" in doc:
@@ -246,7 +252,7 @@ class Commands:
 
     def _begin(self, doc: dict[str, Any], update: dict[str, Any]) -> None:
         body, signer = self._signed_header(doc)
-        limit = self.daemon.cfg.commands["max_message_bytes"] // 2  # base64 and JSON around the raw bytes
+        limit = self.cfg.commands["max_message_bytes"] // 2  # base64 and JSON around the raw bytes
         try:
             header = Header.parse(body.get("args"), body.get("issued"), update["max_bundle_bytes"], limit)
         except TransferError as exc:
@@ -279,14 +285,14 @@ class Commands:
 
     def _complete(self) -> None:
         transfer, self.transfer = self.transfer, None
-        assert transfer is not None and self.daemon.updater is not None
+        assert transfer is not None and self.updater is not None
         command = Command("update-model", transfer.id)
         try:
-            path = transfer.finish(Path(self.daemon.cfg.update["incoming_dir"]))
+            path = transfer.finish(Path(self.cfg.update["incoming_dir"]))
         except TransferError as exc:
             self.answer(command, ok=False, reason="bad_transfer", detail=str(exc))
             return
-        outcome = self.daemon.updater.offer(path, "mqtt")
+        outcome = self.updater.offer(path, "mqtt")
         if outcome.get("ok"):
             self.answer(command, ok=True, step=outcome["step"], model=outcome["model"], canary=outcome["canary"])
         else:

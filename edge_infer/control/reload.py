@@ -9,22 +9,19 @@ keeps its running value until a restart, and is listed as `needs_restart`.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from edge_infer.capture import review_store
 from edge_infer.config import Config
-from edge_infer.decide import Debouncer, Thresholds
+from edge_infer.decide import Thresholds
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.logs import setup_logging
 from edge_infer.model import threshold_problem, zones_from_config
-from edge_infer.monitor import monitor_from_config
-
-if TYPE_CHECKING:
-    from edge_infer.daemon import Daemon
+from edge_infer.serving import Serving, sensor_gate_for
 
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
-RESTART_SECTIONS = ("device", "source", "mqtt", "outbox", "pipeline", "service", "metrics", "thermal",
-                    "homeassistant", "fleet", "update", "commands")
+RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "webhook", "outbox", "pipeline", "service", "metrics",
+                    "thermal", "homeassistant", "fleet", "update", "commands")
 RESTART_DECIDE_KEYS = ("escalate_to", "escalate_threshold", "upload", "upload_max_bytes", "upload_chunk_bytes")
 
 
@@ -32,68 +29,71 @@ def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
 
 
-def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
-    """Apply `new` to `daemon`; returns (applied, needs_restart) as `section.key` names."""
-    old = daemon.cfg
-    applied: list[str] = []
+def _needs_restart(old: Config, new: Config) -> tuple[list[str], list[str]]:
+    """(every `section.key` that only a restart changes, the `[decide]` keys among them)."""
     restart: list[str] = []
     for section in RESTART_SECTIONS:
         restart += [f"{section}.{k}" for k in _changed(getattr(old, section), getattr(new, section))]
-    model_changes = _changed(old.model, new.model)
-    restart += [f"model.{k}" for k in model_changes if k not in LIVE_MODEL_KEYS]
-    decide_changes = _changed(old.decide, new.decide)
+    restart += [f"model.{k}" for k in _changed(old.model, new.model) if k not in LIVE_MODEL_KEYS]
     escalation_switch = "escalate" in (old.decide["fallback"], new.decide["fallback"]) and \
         old.decide["fallback"] != new.decide["fallback"]
-    decide_restart = [k for k in decide_changes if k in RESTART_DECIDE_KEYS] + (["fallback"] if escalation_switch
-                                                                               else [])
+    decide_restart = [k for k in _changed(old.decide, new.decide) if k in RESTART_DECIDE_KEYS]
+    decide_restart += ["fallback"] if escalation_switch else []
     restart += [f"decide.{k}" for k in decide_restart]
+    return restart, decide_restart
 
-    model, pipeline = daemon.model, daemon.pipeline
-    # what can still fail is checked before anything changes: a refused reload leaves the daemon as it was
-    live_cfg = daemon.model_cfg(new)  # the remote set-threshold overrides stay on top of the file's values
-    threshold = live_cfg["threshold"]
-    if problem := threshold_problem(model.task, threshold):
+
+def apply_reload(serving: Serving, new: Config) -> tuple[list[str], list[str]]:
+    """Apply `new` to what `serving` runs; returns (applied, needs_restart) as `section.key` names. What can
+    still fail is checked before anything changes: a refused reload (ValueError, ConfigError) changes nothing.
+    Holds the port's lock throughout: a model swap never interleaves with it."""
+    with serving.lock:
+        return _apply(serving, new)
+
+
+def _apply(serving: Serving, new: Config) -> tuple[list[str], list[str]]:
+    old = serving.cfg
+    restart, decide_restart = _needs_restart(old, new)
+    model, pipeline = serving.model, serving.pipeline
+    live_cfg = serving.model_cfg(new)  # the remote set-threshold overrides stay on top of the file's values
+    if problem := threshold_problem(model.task, live_cfg["threshold"]):
         raise ValueError(problem)
-    gate_changes = _changed(old.gate, new.gate)
-    sensor_gate = daemon._sensor_gate(new, model.manifest) if gate_changes and pipeline.sensor_gate else None
+    changes: dict[str, Any] = {}
+    applied = [f"model.{k}" for k in _changed(old.model, new.model) if k in LIVE_MODEL_KEYS]
+    if {"model.threshold", "model.thresholds"} & set(applied):
+        changes["thresholds"] = Thresholds(model.manifest, live_cfg["threshold"], dict(live_cfg["thresholds"]))
+    if "model.zones" in applied:
+        changes["zones"] = zones_from_config(new.model["zones"])
+    if "model.top_k" in applied:
+        changes["top_k"] = new.model["top_k"]
 
-    live_model = [k for k in model_changes if k in LIVE_MODEL_KEYS]
-    if {"threshold", "thresholds"} & set(live_model):
-        model.thresholds = Thresholds(model.manifest, threshold, dict(live_cfg["thresholds"]))
-    if "zones" in live_model:
-        model.zones = zones_from_config(new.model["zones"])
-    if "top_k" in live_model:
-        model.top_k = new.model["top_k"]
-    applied += [f"model.{k}" for k in live_model]
-
-    live_decide = [k for k in decide_changes if k not in decide_restart]
+    live_decide = [k for k in _changed(old.decide, new.decide) if k not in decide_restart]
     if live_decide:
         d = new.decide
         uncertain = pipeline.policy.uncertain
         if {"keep_uncertain", "keep_uncertain_bytes", "uncertain_dir"} & set(live_decide):
             uncertain = review_store(d["uncertain_dir"], d["keep_uncertain"], d["keep_uncertain_bytes"])
-        fallback = d["fallback"] if not escalation_switch else old.decide["fallback"]
-        pipeline.policy = dataclasses.replace(
+        fallback = old.decide["fallback"] if "fallback" in decide_restart else d["fallback"]
+        changes["policy"] = dataclasses.replace(
             pipeline.policy, fallback=fallback, escalate_fallback=d["escalate_fallback"],
             debounce=tuple(d["debounce"]) if d["debounce"] else None, uncertain=uncertain)  # type: ignore[arg-type]
-        if "debounce" in live_decide:
-            pipeline.debouncer = Debouncer(*d["debounce"]) if d["debounce"] else None
+        changes["debounce_changed"] = "debounce" in live_decide
         applied += [f"decide.{k}" for k in live_decide]
 
+    gate_changes = _changed(old.gate, new.gate)
     if gate_changes:
         g = new.gate
-        if sensor_gate is not None:
-            pipeline.sensor_gate = sensor_gate
+        if pipeline.sensor_gate is not None:
+            changes["sensor_gate"] = sensor_gate_for(new, model.manifest)
         else:
-            pipeline.gate = gate_from_config(g, model.manifest.image_quality_reference)
-        pipeline.max_pixels, pipeline.min_side = g["max_pixels"], g["min_side"]
-        pipeline.capture = review_store(g["rejected_dir"], g["keep_rejected"], g["keep_rejected_bytes"])
+            changes["gate"] = gate_from_config(g, model.manifest.image_quality_reference)
+        changes["rejected"] = review_store(g["rejected_dir"], g["keep_rejected"], g["keep_rejected_bytes"])
+        changes["gate_cfg_changed"] = True
         applied += [f"gate.{k}" for k in gate_changes]
 
     drift_changes = _changed(old.drift, new.drift)
     if drift_changes:
-        dr = new.drift
-        daemon.monitor = monitor_from_config(dr, model.manifest.drift_reference, model.thresholds.default)
+        changes["monitor"] = serving.monitor_for(pipeline, new.drift)
         applied += [f"drift.{k}" for k in drift_changes]
     applied += [f"health.{k}" for k in _changed(old.health, new.health)]
     if old.log != new.log:
@@ -104,5 +104,5 @@ def apply_reload(daemon: Daemon, new: Config) -> tuple[list[str], list[str]]:
     keep = {section: getattr(old, section) for section in RESTART_SECTIONS}
     model_cfg = {**old.model, **{k: new.model[k] for k in LIVE_MODEL_KEYS}}
     decide_cfg = {**new.decide, **{k: old.decide[k] for k in decide_restart}}
-    daemon.cfg = dataclasses.replace(new, model=model_cfg, decide=decide_cfg, **keep)
+    serving.apply(dataclasses.replace(new, model=model_cfg, decide=decide_cfg, **keep), **changes)
     return applied, sorted(set(restart))

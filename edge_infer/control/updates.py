@@ -2,9 +2,10 @@
 or rolled back. Every step is one event on `events`; a refused bundle never touches the running model.
 
 Bundles arrive in `[update].incoming_dir` (write them as `*.part` and rename, or copy in and let them settle)
-or over MQTT in chunks (`cmd/update-model`, see `edge_infer.transfer`). The verify and canary steps run on the daemon's
-control thread; the shadow and watch steps observe live results on the inference thread, and a rollback swaps
-back to the previous model — kept loaded during the watch window — between two inputs.
+or over MQTT in chunks (`cmd/update-model`, see `edge_infer.control.transfer`). The verify and canary steps run
+on the daemon's control thread; the shadow and watch steps observe live results on the inference thread, and a
+rollback swaps back (through the serving port) to the previous model — kept loaded during the watch window —
+between two inputs.
 """
 
 from __future__ import annotations
@@ -17,25 +18,25 @@ import shutil
 import stat
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from edge_infer.bundle import BundleError, read_parts
+from edge_infer.control import AddEvent
 from edge_infer.golden import canary, read_golden
 from edge_infer.messages import EVENT_SEVERITY
+from edge_infer.model import Model
 from edge_infer.pipeline import Outcome, Pipeline
 from edge_infer.postprocess import Classification
 from edge_infer.runtime import RuntimeUnavailable
+from edge_infer.serving import Serving
 from edge_infer.signing import SignatureError, verify_bundle
 from edge_infer.slots import Slots
 from edge_infer.sources import Sample
-
-if TYPE_CHECKING:
-    from edge_infer.daemon import Daemon
-    from edge_infer.model import Model
 
 log = logging.getLogger(__name__)
 SETTLE_S = 1.0  # a file in incoming/ unchanged this long is complete
@@ -94,18 +95,24 @@ class Shadow:
 
 
 class Updater:
-    def __init__(self, daemon: Daemon, slots: Slots) -> None:
-        self.daemon = daemon
+    """The update steps on the serving port. `live_latency` gives the running model's inference latency
+    summary (`{"inference": {"n", "p95_ms", …}}`), the canary's latency yardstick."""
+
+    def __init__(self, update_cfg: dict[str, Any], slots: Slots, keys: list, serving: Serving,
+                 add_event: AddEvent, live_latency: Callable[[], dict[str, Any]]) -> None:
+        self.serving = serving
         self.slots = slots
-        cfg = daemon.cfg.update
+        self.add_event = add_event
+        self.live_latency = live_latency
+        cfg = update_cfg
         self.cfg = cfg
-        self.keys = daemon.fleet_keys
+        self.keys = keys
         self.incoming = Path(cfg["incoming_dir"])
         self.previous: Model | None = None  # kept loaded while the promoted model is watched
         self.watch: Watch | None = None
         self.shadow: Shadow | None = None
         self.recent: deque[tuple[bool, float]] = deque(maxlen=max(cfg["watch"], MIN_WATCHED))
-        self.lock = daemon.swap_lock  # promotion, rollback and reload never interleave
+        self.lock = serving.lock  # promotion, rollback and reload never interleave
         self._sizes: dict[str, tuple[int, float]] = {}
 
     # ---- arrival ---------------------------------------------------------------------------------------------
@@ -182,12 +189,12 @@ class Updater:
         os.replace(tmp, target)
         try:
             verify_bundle(target, self.keys)  # the copy is what runs: check it, not the original
-            candidate = self.daemon.open_model(target)
+            candidate = self.serving.open_model(target)
             golden = read_golden(read_parts(target).members)
         except (SignatureError, BundleError, RuntimeUnavailable, ValueError) as exc:
             target.unlink(missing_ok=True)
             return self._refuse(path, received, "does_not_load", str(exc))
-        running = self.daemon.model
+        running = self.serving.model
         if candidate.kind != running.kind or candidate.task != running.task:
             target.unlink(missing_ok=True)
             return self._refuse(path, received, "incompatible",
@@ -220,7 +227,7 @@ class Updater:
         budgets = []
         if self.cfg["max_latency_ms"] is not None:
             budgets.append(float(self.cfg["max_latency_ms"]))
-        live = self.daemon.latency.summary().get("inference")
+        live = self.live_latency().get("inference")
         if live and live["n"] >= 20:
             budgets.append(self.cfg["max_latency_ratio"] * live["p95_ms"])
         return min(budgets) if budgets else None
@@ -244,12 +251,12 @@ class Updater:
     # ---- promotion, watch, rollback ---------------------------------------------------------------------------
     def promote(self, candidate: Model, slot: str, canary_report: dict[str, Any]) -> None:
         with self.lock:
-            old = self.daemon.model
+            old = self.serving.model
             recent = list(self.recent)  # one C-level copy: the inference thread appends meanwhile
             baseline = [u for u, _ in recent], [t for _, t in recent]
             watch = Watch(round(sum(baseline[0]) / len(baseline[0]), 4) if len(baseline[0]) >= 20 else None,
                           _p95(baseline[1]))
-            self.daemon.serve(candidate)  # first: if it cannot serve, nothing has changed
+            self.serving.serve(candidate)  # first: if it cannot serve, nothing has changed
             state = self.slots.state
             previous_slot = state.active
             state.previous, state.active = previous_slot, slot
@@ -269,7 +276,7 @@ class Updater:
         if outcome.result is None or outcome.decision is None:
             return
         uncertain = outcome.decision.status == "uncertain"
-        if pipeline is not self.daemon.pipeline:
+        if pipeline is not self.serving.pipeline:
             return  # an input the previous model prepared before a swap
         self.recent.append((uncertain, inference_ms))
         if self.shadow is not None:
@@ -293,7 +300,7 @@ class Updater:
     def failed(self, pipeline: Pipeline, exc: BaseException) -> bool:
         """The promoted model raised on a live input (inference thread): roll back now and tell the caller to run
         the input again on the previous model. False when there is nothing to roll back to."""
-        if self.watch is None or self.previous is None or pipeline is not self.daemon.pipeline:
+        if self.watch is None or self.previous is None or pipeline is not self.serving.pipeline:
             return False
         self.rollback(f"the new model failed on a live input: {type(exc).__name__}: {exc}"[:300])
         return True
@@ -303,7 +310,7 @@ class Updater:
             watch, self.watch, self.previous = self.watch, None, None
             self.slots.state.probation = None
             self.slots.save()
-        self._event("model_confirmed", {"model": self.daemon.model.info, "slot": self.slots.state.active,
+        self._event("model_confirmed", {"model": self.serving.model.info, "slot": self.slots.state.active,
                                         "watch": watch.to_dict() if watch else {}})
 
     def rollback(self, reason: str) -> None:
@@ -312,9 +319,9 @@ class Updater:
             previous, watch = self.previous, self.watch
             if previous is None:
                 return
-            bad, state = self.daemon.model, self.slots.state
+            bad, state = self.serving.model, self.slots.state
             self.slots.roll_back()
-            self.daemon.serve(previous)
+            self.serving.serve(previous)
             self.previous, self.watch = None, None
             self.recent.clear()
         self._event("model_rolled_back", {"reason": reason, "from": bad.info, "to": previous.info,
@@ -325,7 +332,7 @@ class Updater:
         shadow = self.shadow
         assert shadow is not None and outcome.result is not None
         try:
-            result = self.daemon.shadow_result(shadow.model, sample)
+            result = self.serving.shadow_result(shadow.model, sample)
         except Exception as exc:
             self.shadow = None
             self.slots.path(shadow.slot).unlink(missing_ok=True)
@@ -398,4 +405,4 @@ class Updater:
         level = {"warning": logging.WARNING, "error": logging.ERROR}.get(EVENT_SEVERITY.get(name, ""), logging.INFO)
         log.log(level, "event=%s %s", name, " ".join(
             f"{k}={json.dumps(v, separators=(',', ':'), ensure_ascii=False)[:300]}" for k, v in details.items()))
-        self.daemon.add_event(name, details)
+        self.add_event(name, details)

@@ -72,7 +72,7 @@ class HttpSource:
                 if left <= 0:
                     raise TimeoutError(f"snapshot not complete within timeout ({self.timeout:g} s)")
                 with contextlib.suppress(AttributeError, OSError):  # the socket's next read gets what is left
-                    response.fp.raw._sock.settimeout(left)
+                    response.fp.raw._sock.settimeout(left)  # noqa: SLF001 — the stdlib has no public way to shorten it
                 chunk = response.read1(min(64 * 1024, self.max_bytes + 1 - got))
                 if not chunk:
                     break

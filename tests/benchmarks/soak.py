@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from edge_infer.app.daemon import Daemon
 from edge_infer.config import load_config
-from edge_infer.daemon import Daemon
 from tests.benchmarks.verdict import figure
 from tests.conftest import DIGITS_INT8, DIGITS_TEST, write_config
 from tests.helpers.broker import Mosquitto

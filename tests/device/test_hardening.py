@@ -13,16 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from edge_infer.app.daemon import Daemon, DaemonFailed
 from edge_infer.bundle import BundleError, read_parts
-from edge_infer.commands import CommandError, decode_json, plain_id
 from edge_infer.config import load_config
-from edge_infer.daemon import Daemon, DaemonFailed
+from edge_infer.control.commands import CommandError, decode_json, plain_id
+from edge_infer.control.replay import Refused, ReplayGuard
+from edge_infer.control.transfer import Header, Transfer, TransferError, header_args
 from edge_infer.messages import Identity, bounded_details, event_payload
 from edge_infer.outbox import Limits, Outbox, Pending
-from edge_infer.replay import Refused, ReplayGuard
 from edge_infer.signing import SignatureError, generate_keypair, load_private_key, sign_bundle, verify_bundle
 from edge_infer.sources.directory import DirectorySource
-from edge_infer.transfer import Header, Transfer, TransferError, header_args
 from edge_infer.writer import OutboxWriter
 from tests.conftest import DIGITS_INT8, write_config
 from tests.device.faults import make_frames, wait_until

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from edge_infer.app.daemon import Daemon
 from edge_infer.config import load_config
-from edge_infer.daemon import Daemon
 from tests.conftest import DIGITS_INT8, REPO, run_cli, write_config
 from tests.device.faults import make_frames, wait_until
 from tests.device.test_daemon_mqtt import make_inputs

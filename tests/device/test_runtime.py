@@ -59,7 +59,7 @@ def test_device_code_never_imports_tensorflow() -> None:
     """The whole device path — CLI, daemon, pipeline, an inference — runs without importing TensorFlow."""
     code = (
         "import sys, numpy as np\n"
-        "import edge_infer.cli, edge_infer.daemon\n"
+        "import edge_infer.cli, edge_infer.app.daemon\n"
         "from edge_infer.bundle import load_bundle\n"
         "from edge_infer.model import Model\n"
         "from PIL import Image\n"

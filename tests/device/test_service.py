@@ -12,8 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from edge_infer.app.daemon import Daemon
 from edge_infer.config import load_config
-from edge_infer.daemon import Daemon
 from edge_infer.service import Notifier, Progress
 from tests.conftest import DIGITS_INT8, REPO, write_config
 from tests.device.faults import make_frames, wait_until

@@ -16,11 +16,11 @@ from PIL import Image
 
 from edge_infer.bundle import BundleParts, read_parts, write_parts
 from edge_infer.config import ConfigError, load_config
+from edge_infer.control.updates import Watch, regression
 from edge_infer.golden import GoldenInput, build_golden, canary, read_golden
 from edge_infer.model import Model, open_bundle
 from edge_infer.remote import command_payload
 from edge_infer.signing import SignatureError, generate_keypair, load_public_key, sign_bundle, verify_bundle
-from edge_infer.updates import Watch, regression
 from tests.conftest import DEMO, DIGITS_INT8, run_cli, write_config
 from tests.device.faults import DaemonProcess, make_frames
 from tests.helpers.broker import Mosquitto, free_port

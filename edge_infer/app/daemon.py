@@ -1,0 +1,449 @@
+"""The daemon: the parts `edge_infer.app.compose` builds, run as threads — source → pipeline → group-commit
+writer → outbox → sink — with a housekeeping thread for reloads, commands, updates, health and the thermal check;
+signals; a clean stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from edge_infer.app import compose, startup
+from edge_infer.app.summary import RunSummary, health_doc, log_start, log_stop
+from edge_infer.bundle import BundleError
+from edge_infer.config import Config, ConfigError, load_config
+from edge_infer.control.commands import CommandError
+from edge_infer.control.reload import apply_reload
+from edge_infer.decide import Decision
+from edge_infer.inbox import Inbox
+from edge_infer.memory import trim
+from edge_infer.messages import (
+    Identity,
+    event_payload,
+    health_payload,
+    message_id,
+    rejection_payload,
+    result_payload,
+    snapshot_payload,
+)
+from edge_infer.metrics import LatencyWindow, MetricsServer, ThermalGovernor
+from edge_infer.model import Model
+from edge_infer.monitor import DriftMonitor
+from edge_infer.outbox import EVENTS, Outbox, Pending
+from edge_infer.pipeline import Outcome, Pipeline, Prepared
+from edge_infer.postprocess import TaskResult
+from edge_infer.service import Notifier, Progress, Watchdog
+from edge_infer.sinks import Sink
+from edge_infer.sources import Sample, Source
+from edge_infer.writer import OutboxWriter
+
+log = logging.getLogger(__name__)
+TRIM_INTERVAL_S = 10.0  # malloc_trim from the housekeeping thread
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class DaemonFailed(Exception):
+    """The daemon stopped itself because part of it stopped working; one line."""
+
+
+SinkFactory = Callable[[Callable[[], Outbox]], Sink]  # given an outbox opener, a sink
+
+
+class Daemon:
+    """Wires the parts (each one build step) and runs them; see the module docstring. `source` and `sink`
+    replace the configured ones (a program embedding edge-infer; the fast test tier: `ListSource`,
+    `MemorySink`)."""
+
+    def __init__(self, cfg: Config, source: Source | None = None, sink: SinkFactory | None = None) -> None:
+        startup.prepare_process(cfg)
+        self.failure: str | None = None  # why the daemon stopped itself (a worker thread died)
+        self.winding_down = False
+        self.watchdog: Watchdog | None = None  # while running under systemd's watchdog
+        self.stop_event = threading.Event()
+        self.reload_requested = threading.Event()
+        self.summary = RunSummary()
+        self.pulled = 0  # inputs the source offered (read or skipped): what back-pressure bounds
+        self._notes: list[startup.Note] = []  # announced once the writer runs
+        self._last: tuple[Sample, TaskResult, Decision, Identity] | None = None  # for `snapshot`
+        self._handoff: queue.Queue[tuple[Pipeline, Prepared] | None] | None = None
+        self._last_health = self._last_scan = 0.0
+        self._last_trim = self.started_at = time.monotonic()
+
+        keys = startup.fleet_keys(cfg)
+        slots = startup.open_slots(cfg, self._notes)
+        model, previous = startup.start_model(cfg, slots, keys, self._notes)
+        self.serving = compose.serving(cfg, model, slots)
+        self._last_health = self.started_at  # the first snapshot after one interval (and one at the end)
+        escalate = self.pipeline.policy.escalate_to
+        self.escalated_model = None if escalate is None else escalate.info
+        events = compose.event_builder(self.serving)
+        primary = compose.primary_outbox(cfg, events)
+        self.outbox = compose.outbox_opener(cfg)()  # the main thread's own connection
+        self.source = source if source is not None else compose.source(cfg, model)
+        self.inbox = Inbox(cfg.commands["max_message_bytes"]) if cfg.commands["enabled"] else None
+        opener = compose.outbox_opener(cfg, events)
+        self.sink = sink(opener) if sink is not None else compose.sink(cfg, self.serving, opener, self.inbox)
+        self.serving.on_swap.append(lambda: self.sink.refresh(compose.discovery(self.cfg, self.serving)))
+        self.notifier = Notifier()
+        self.latency = LatencyWindow()
+        self.progress = Progress(record=self.latency.add)
+        th = cfg.thermal
+        self.governor = ThermalGovernor(th["zone"], th["throttled"], th["max_temp"], th["resume_temp"],
+                                        th["check_interval"], on_change=self.add_event)
+        self.metrics_server: MetricsServer | None = None
+        box = cfg.outbox
+        self.writer = OutboxWriter(primary, window_s=box["commit_window_ms"] / 1000.0, max_batch=box["max_batch"],
+                                   on_committed=self.sink.notify,
+                                   on_problem=lambda text: self.sink.set_problem("outbox", text),
+                                   progress=self.progress)
+        self.updater = compose.updater(cfg, slots, keys, self.serving, self.add_event, self.latency.summary,
+                                       previous)
+        handlers = {"reload": self._reload_command, "snapshot": self.snapshot,
+                    "set-threshold": self.serving.set_threshold}
+        self.commands = compose.commands(cfg, keys, self.add_event, self.inbox, handlers, self.updater)
+
+    # ---- what the serving port holds -------------------------------------------------------------------------
+    @property
+    def cfg(self) -> Config:
+        return self.serving.cfg
+
+    @property
+    def model(self) -> Model:
+        return self.serving.model
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.serving.pipeline
+
+    @property
+    def monitor(self) -> DriftMonitor:
+        return self.serving.monitor
+
+    @property
+    def identity(self) -> Identity:
+        return self.serving.identity
+
+    # ---- the data path ---------------------------------------------------------------------------------------
+    def _done(self, sample: Sample) -> bool:
+        """The source asks before it reads: an input whose result is already stored is skipped."""
+        self.pulled += 1
+        if not self.source.live and self.outbox.is_processed(sample.source, sample.key):
+            self.summary.skipped += 1
+            return True
+        return False
+
+    def handle(self, sample: Sample) -> Outcome:
+        """Process one sample and commit its result or rejection, with its checkpoint, to the outbox."""
+        pipeline = self.pipeline
+        return self._back(pipeline, self._timed("decode", pipeline.prepare, sample))
+
+    def _back(self, pipeline: Pipeline, prepared: Prepared) -> Outcome:
+        """The back half of one input, on the pipeline (model) that prepared it: inference, commit, pacing."""
+        started = time.monotonic()
+        try:
+            outcome = self._timed("inference", pipeline.finish, prepared)
+        except Exception as exc:  # a just-promoted model that fails is rolled back; the input runs again
+            if self.updater is None or not self.updater.failed(pipeline, exc):
+                raise
+            pipeline = self.pipeline
+            outcome = self._timed("inference", pipeline.finish, pipeline.prepare(prepared.sample))
+        busy = time.monotonic() - started
+        if self.updater is not None:
+            self.updater.observe(pipeline, prepared.sample, outcome, busy * 1000.0)
+        outcome = self.commit(prepared.sample, outcome, pipeline)
+        self.governor.pace(time.monotonic() - started)
+        return outcome
+
+    def _timed(self, stage: str, work: Callable[[T], R], arg: T) -> R:
+        """Run one stage of one input, visible to the watchdog while it runs."""
+        self.progress.start(stage)
+        try:
+            return work(arg)
+        finally:
+            self.progress.done(stage)
+
+    def _payload(self, sample: Sample, outcome: Outcome, identity: Identity,
+                 msg_id: str) -> tuple[str, Callable[[int], bytes] | None]:
+        """The outbox kind and payload builder of a finished sample (None: counted, not published). The builder
+        must not pin the bytes, the frame or the window."""
+        sample = dataclasses.replace(sample, data=None, image=None, window=None, times=None)
+        result, decision, verdict = outcome.result, outcome.decision, outcome.verdict
+        decided_by = self.escalated_model if decision is not None and decision.path == "escalated" else None
+        if result is not None and decision is not None and decision.action == "publish":
+            return "results", lambda seq: result_payload(identity, seq, msg_id, sample, result, decision,
+                                                         outcome.latency_ms, outcome.state, decided_by)
+        if result is None and self.cfg.gate["publish_rejections"]:
+            return "rejections", lambda seq: rejection_payload(identity, seq, msg_id, sample, verdict)
+        # suppressed, deferred, or an unpublished rejection: counted and checkpointed, not published
+        return ("results" if result is not None else "rejections"), None
+
+    def commit(self, sample: Sample, outcome: Outcome, pipeline: Pipeline | None = None) -> Outcome:
+        """Hand a finished sample to the group-commit writer (blocks while its queue is full). Its message names
+        the model of the pipeline that produced it (which differs from the current one only around a swap)."""
+        pipeline = pipeline or self.pipeline
+        identity = self.identity
+        if pipeline.info is not identity.model:
+            identity = dataclasses.replace(identity, model=pipeline.info)
+        msg_id = message_id(sample, pipeline.info["sha256"])
+        committed = getattr(self.source, "committed", None)
+        after = (lambda s=sample: committed(s)) if committed is not None and sample.path is not None else None
+        result, decision = outcome.result, outcome.decision
+        if result is not None and decision is not None and self.commands is not None:
+            self._last = (sample, result, decision, identity)  # one input kept, for `snapshot`
+        kind, build = self._payload(sample, outcome, identity, msg_id)
+        # a live frame is never offered again: no checkpoint (the table would grow by every frame, forever)
+        checkpoint = None if self.source.live else (sample.source, sample.key)
+        forget = getattr(self.source, "forgets_committed", False)
+        if not self.writer.put(Pending(kind, msg_id, build, checkpoint, after, forget), self.stop_event):
+            return outcome  # stopping: not committed, so the input is processed again on the next start
+        self.summary.count(sample, outcome)
+        if result is not None and pipeline is self.pipeline:  # the drift reference is the current model's
+            for change in self.serving.observe(outcome):
+                log.warning("event=%s statistic=%s psi=%.3f", change.event, change.statistic, change.psi)
+                self.add_event(change.event, change.details)
+        return outcome
+
+    def add_event(self, name: str, details: dict) -> None:
+        """Queue an `events` message through the group-commit writer (in order with the results around it)."""
+        msg_id = uuid.uuid4().hex
+
+        def build(seq: int) -> bytes:
+            return event_payload(self.identity, seq, msg_id, name, details)
+
+        self.writer.put(Pending(EVENTS, msg_id, build), self.stop_event)
+
+    # ---- health --------------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """The counters, drift state and scores a `health` message carries."""
+        queues = {"handoff": self._handoff.qsize() if self._handoff is not None else 0, "writer": self.writer.queued}
+        return health_doc(self, queues)
+
+    def _scrape(self) -> dict[str, Any]:
+        doc = self.health()
+        doc["model_info"] = self.identity.model
+        return doc
+
+    def _maybe_health(self, force: bool = False) -> None:
+        interval = self.cfg.health["interval"]
+        now = time.monotonic()
+        if interval <= 0 or (not force and now - self._last_health < interval):
+            return
+        self._last_health = now
+        self.sink.offer("health", health_payload(self.identity, self.health()))
+
+    def status_line(self) -> str:
+        """systemd's STATUS=: one line a `systemctl status` reader understands."""
+        s = self.summary
+        drift = ",".join(sorted(self.monitor.alarmed)) or ("ok" if self.monitor.scores else "warming up")
+        return (f"{s.results} results ({s.uncertain} uncertain), {s.rejected} rejected; "
+                f"published {self.sink.published}; drift {drift}")
+
+    # ---- running ---------------------------------------------------------------------------------------------
+    def _start_threads(self) -> None:
+        """Metrics (first: a port in use is a one-line error before anything runs), writer, sink, watchdog,
+        housekeeping; then READY."""
+        m = self.cfg.metrics
+        if m["port"]:
+            try:
+                self.metrics_server = MetricsServer(m["bind"], m["port"], self._scrape)
+            except OSError as exc:
+                raise ConfigError(f"{self.cfg.path}: [metrics]: cannot listen on {m['bind']}:{m['port']}: "
+                                  f"{exc.strerror}") from None
+            self.metrics_server.start()
+            log.info("event=metrics_listening address=%s:%d", m["bind"], self.metrics_server.port)
+        self.writer.start()
+        for name, details in self._notes:
+            self.add_event(name, details)
+        self.sink.start()
+        if self.notifier.watchdog_s:
+            self.watchdog = Watchdog(self.notifier, self.progress, self.notifier.watchdog_s, self.status_line)
+            self.watchdog.start()
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        self.notifier.send(READY=1, STATUS=self.status_line())
+
+    def run(self, once: bool = False) -> RunSummary:
+        """Process inputs until SIGTERM/SIGINT (or, with `once`, until the source is exhausted and the
+        outbox has been given a chance to drain)."""
+        log_start(self)
+        self._start_threads()
+        try:
+            if self.cfg.pipeline["mode"] == "pipelined":
+                self._run_pipelined(once)
+            else:
+                for sample in self.source.samples(self.stop_event, once, self._done):
+                    self.handle(sample)
+            self.writer.flush()
+            trim()  # the source is done: what the frames used goes back to the system
+            if once:
+                self._drain(self.cfg.mqtt["drain_timeout"])
+            self._maybe_health(force=True)  # the final counts, sent before `offline`
+            if self.updater is not None:
+                self.updater.stopped_cleanly()
+        finally:
+            self._stop_threads()
+        if self.failure is not None:
+            raise DaemonFailed(self.failure)
+        log_stop(self)
+        return self.summary
+
+    def _stop_threads(self) -> None:
+        self.winding_down = True  # the writer and the sink stop now, on purpose
+        self.notifier.send(STOPPING=1, STATUS="stopping: storing and sending what is in flight")
+        if self.watchdog is not None:
+            self.watchdog.stopping.set()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        self.writer.stop()
+        self.sink.stop()
+        self.summary.published = self.sink.published
+        self.summary.dead_letters = self.sink.dead_lettered
+        self.summary.queued = self.outbox.backlog()
+        self.outbox.close()
+        self.writer.outbox.close()
+
+    def _run_pipelined(self, once: bool) -> None:
+        """Decode and preprocess in one thread while this one runs the interpreter; a bounded queue between
+        them (and the writer's behind) makes the slowest stage set the pace instead of a growing backlog.
+        Order is preserved: one producer, one consumer."""
+        handoff: queue.Queue[tuple[Pipeline, Prepared] | None] = queue.Queue(maxsize=self.cfg.pipeline["queue_size"])
+        failure: list[BaseException] = []
+
+        def decode_stage() -> None:
+            try:
+                for sample in self.source.samples(self.stop_event, once, self._done):
+                    pipeline = self.pipeline  # once per input: a model swap takes effect between inputs
+                    prepared = self._timed("decode", pipeline.prepare, sample)
+                    while not self.stop_event.is_set():
+                        try:
+                            handoff.put((pipeline, prepared), timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+            except BaseException as exc:  # surfaced in the main thread below
+                failure.append(exc)
+            finally:
+                handoff.put(None)
+
+        thread = threading.Thread(target=decode_stage, name="decode", daemon=True)
+        thread.start()
+        self._handoff = handoff
+        while (item := handoff.get()) is not None:
+            self._back(*item)
+        thread.join()
+        if failure:
+            raise failure[0]
+
+    def _drain(self, timeout: float) -> None:
+        """Wait for the sink to empty the outbox; give up early when the broker is unreachable."""
+        deadline = time.monotonic() + timeout
+        self.sink.notify()
+        while (self.outbox.backlog() or self.sink.uploading()) and time.monotonic() < deadline \
+                and not self.stop_event.is_set():
+            if self.sink.unreachable():
+                break
+            time.sleep(0.05)
+
+    # ---- the control thread ---------------------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        """Its own thread: SIGHUP reloads, commands, updates, the periodic health snapshot and the thermal check,
+        also while no input arrives; and the check that the writer and the sink still run."""
+        while not self.stop_event.is_set():
+            try:
+                self._housekeeping_turn()
+            except Exception:  # one failing step must never stop health, reloads and the thread check
+                log.exception("event=housekeeping_error")
+            self._check_threads()
+
+    def _housekeeping_turn(self) -> None:
+        if self.reload_requested.wait(min(0.5, max(0.05, self.cfg.health["interval"] or 0.5))):
+            self.reload_requested.clear()
+            self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
+            self.reload()
+            self.notifier.send(READY=1, STATUS=self.status_line())
+        try:
+            self._control()
+        except Exception:  # commands and updates must never stop health, reloads and the thermal check
+            log.exception("event=control_error")
+        if time.monotonic() - self._last_trim >= TRIM_INTERVAL_S:
+            self._last_trim = time.monotonic()
+            trim()
+        self.governor.check()
+        self._maybe_health()
+
+    def _control(self) -> None:
+        """Commands that arrived, an unfinished transfer's clock, new bundles in incoming/ (control thread)."""
+        if self.commands is not None and self.inbox is not None:
+            while (item := self.inbox.get()) is not None:
+                self.commands.handle(*item)
+            self.commands.tick()
+        if self.updater is not None and time.monotonic() - self._last_scan >= 1.0:
+            self._last_scan = time.monotonic()
+            self.updater.scan()
+
+    def _check_threads(self) -> None:
+        """A worker thread that died would leave a daemon that reads input and never stores or sends it: stop
+        loudly instead (status problem, log line, non-zero exit), so systemd restarts the service."""
+        dead = [t.name for t in (self.writer, self.sink) if not t.is_alive()]
+        if not dead or self.stop_event.is_set() or self.winding_down or self.failure is not None:
+            return
+        self.failure = f"the {', '.join(dead)} thread stopped unexpectedly"
+        log.critical("event=thread_died threads=%s (stopping; the service manager restarts the daemon)",
+                     ",".join(dead))
+        self.sink.set_problem("threads", self.failure)
+        self.stop_event.set()
+
+    def reload(self) -> dict[str, object]:
+        """SIGHUP: re-read the config file; apply what can change while running (thresholds, fallbacks,
+        debounce, gate limits, drift levels, health interval, log level) and name what needs a restart. One
+        `config_reloaded` (or `config_reload_failed`) event says which."""
+        try:
+            applied, restart = apply_reload(self.serving, load_config(self.cfg.path))
+        except (ConfigError, BundleError, ValueError) as exc:
+            log.error("event=config_reload_failed error=%r (keeping the running config)", str(exc))
+            details: dict[str, object] = {"error": str(exc)[:500]}
+            self.add_event("config_reload_failed", details)
+            return details
+        log.info("event=config_reloaded applied=%s needs_restart=%s", ",".join(applied) or "-",
+                 ",".join(restart) or "-")
+        details = {"applied": applied, "needs_restart": restart}
+        self.add_event("config_reloaded", details)
+        return details
+
+    def _reload_command(self, _args: dict[str, Any]) -> dict[str, Any]:
+        result = self.reload()
+        if "error" in result:
+            raise CommandError("config_invalid", str(result["error"]))
+        return dict(result)
+
+    def snapshot(self, _args: dict[str, Any] | None = None) -> dict[str, Any]:
+        """`snapshot`: the latest result, its input annotated, published once on `snapshot`."""
+        from edge_infer.snapshot import snapshot_doc  # Pillow's drawing and fonts: only when a snapshot is asked for
+
+        last = self._last
+        if last is None:
+            raise CommandError("no_result", "no input has produced a result since the daemon started")
+        sample, result, decision, identity = last
+        picture = snapshot_doc(sample.data if sample.data is not None else sample.image, result, decision)
+        self.sink.offer("snapshot", snapshot_payload(identity, sample, result, decision, picture))
+        return {"topic": f"{self.cfg.mqtt['topic_prefix']}/{self.identity.device_id}/snapshot",
+                "input": sample.input_id, "image": bool(picture)}
+
+    def install_signal_handlers(self) -> None:
+        def on_signal(signum: int, _frame: object) -> None:
+            log.info("event=signal signal=%s (stopping)", signal.Signals(signum).name)
+            self.stop_event.set()
+
+        def on_hangup(_signum: int, _frame: object) -> None:
+            log.info("event=signal signal=SIGHUP (reloading the config)")
+            self.reload_requested.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
