@@ -78,3 +78,24 @@ reconnect_max = 1.0
 """
     )
     return path
+
+
+SYSTEM_MARKS = ("run_cli(", "DaemonProcess(", "Mosquitto(", "subprocess.", "offline_broker_with_auditor(",
+                "Subscriber(")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `system` tier: a test that starts a broker, a daemon process, the CLI or a subscriber — from its
+    fixtures or its own source. `-m "not system"` runs the fast, in-process tier."""
+    import inspect
+
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None or item.get_closest_marker("system"):
+            continue
+        try:
+            source = inspect.getsource(function)
+        except (OSError, TypeError):
+            continue
+        if "broker" in getattr(item, "fixturenames", ()) or any(mark in source for mark in SYSTEM_MARKS):
+            item.add_marker(pytest.mark.system)

@@ -4,7 +4,10 @@
 #  - installs mosquitto with apt when it is missing (tests start their own brokers on free ports);
 #  - builds one virtual environment per leg under .venvs/ (reused while setup.cfg is unchanged):
 #      litert    device side on ai-edge-litert, numpy 2          → tests/device
-#      tflrt     device side on tflite-runtime 2.14, numpy < 2   → tests/device   (what a 32-bit Pi gets)
+#      tflrt     device side on tflite-runtime 2.14, numpy < 2   → tests/device -m "not system" (what a 32-bit
+#                Pi gets: every in-process test, the whole app included, on the other runtime; the system tier —
+#                real brokers, daemon processes, signals — tests delivery and faults, which do not depend on
+#                the runtime, and runs once, in the litert leg)
 #      convert   TensorFlow converter + device code              → tests/converter
 #  - runs pytest in each leg and ends with one line:  tests: N passed, N failed, N skipped
 # Extra arguments go to every pytest run (e.g. -x, -k outbox).  LEGS="litert tflrt" picks legs.
@@ -67,6 +70,7 @@ declare -A EXPECT=([litert]=ai_edge_litert [tflrt]=tflite_runtime [convert]=)
 # The converter leg is TensorFlow conversions in child processes: two workers (one test file each) halve its
 # time on a 2-core machine. The device legs stay serial: their fault tests start and stop brokers and daemons.
 declare -A WORKERS=([litert]="" [tflrt]="" [convert]="-n ${CONVERT_WORKERS:-2} --dist loadfile")
+declare -A TIER=([litert]="" [tflrt]="not system" [convert]="")
 unavailable() {  # why a leg cannot run on this machine (wheels that do not exist), or nothing
   case $1 in
     litert) [ "$MACHINE" = armv7l ] && echo "ai-edge-litert has no armv7l wheels" ;;
@@ -81,13 +85,17 @@ not_run=()
 mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml
 for leg in ${LEGS:-litert tflrt convert}; do
   why=$(unavailable "$leg")
-  if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; not_run+=("$leg: $why"); continue; fi
+  if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; not_run+=("leg not run — $leg: $why"); continue; fi
   if ! make_venv "$leg" "build_$leg"; then failed_legs+=("$leg(install)"); continue; fi
   say "leg $leg: pytest ${PATHS[$leg]} ($("$VENVS/$leg/bin/python" -c 'import numpy; print("numpy", numpy.__version__)'))"
   # the converter's --target check runs bundles under tflite-runtime 2.14 with the tflrt leg's Python
   [ -x "$VENVS/tflrt/bin/python" ] && export EDGE_INFER_TARGET_PYTHON="$VENVS/tflrt/bin/python"
   # shellcheck disable=SC2086  # WORKERS holds several words on purpose
-  EDGE_INFER_EXPECT_RUNTIME=${EXPECT[$leg]} "$VENVS/$leg/bin/python" -m pytest "${PATHS[$leg]}" \
+  tier=()
+  if [ -n "${TIER[$leg]}" ]; then
+    tier=(-m "${TIER[$leg]}"); not_run+=("tier not run — $leg: only -m \"${TIER[$leg]}\" (the system tier runs in litert)")
+  fi
+  EDGE_INFER_EXPECT_RUNTIME=${EXPECT[$leg]} "$VENVS/$leg/bin/python" -m pytest "${PATHS[$leg]}" "${tier[@]}" \
     -p no:cacheprovider --junitxml="$VENVS/junit-$leg.xml" ${WORKERS[$leg]} "$@"
   rc=$?
   case $rc in
@@ -96,8 +104,11 @@ for leg in ${LEGS:-litert tflrt convert}; do
     *) failed_legs+=("$leg(pytest exit $rc)") ;;
   esac
   if [ "$leg" = litert ]; then
-    say "lint: ruff check"
+    say "lint: ruff check, lint-imports (layers in pyproject.toml), module and function sizes"
     "$VENVS/litert/bin/ruff" check --quiet . || failed_legs+=("ruff")
+    "$VENVS/litert/bin/lint-imports" --no-cache >/dev/null || { "$VENVS/litert/bin/lint-imports" --no-cache | tail -25;
+      failed_legs+=("lint-imports"); }
+    "$VENVS/litert/bin/python" tests/lint_layout.py || failed_legs+=("layout")
   fi
 done
 
@@ -117,8 +128,8 @@ for path in sorted(glob.glob(f"{sys.argv[1]}/junit-*.xml")):
 print()
 for reason, count in sorted(reasons.items()):
     print(f"skipped {count}× — {reason}")
-for leg in sys.argv[2:]:
-    print(f"leg not run — {leg}")
+for line in sys.argv[2:]:
+    print(line)
 failed = total["failures"] + total["errors"]
 passed = total["tests"] - failed - total["skipped"]
 print(f"tests: {passed} passed, {failed} failed, {total['skipped']} skipped")
