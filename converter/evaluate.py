@@ -59,7 +59,7 @@ class Evaluation:
 
 
 def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluation:
-    model = Model(bundle, threads=1, top_k=len(bundle.manifest.labels))
+    model = Model(bundle, top_k=len(bundle.manifest.labels))
     names = bundle.manifest.labels
     index = {name: i for i, name in enumerate(names)}
     predictions: list[str] = []

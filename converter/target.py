@@ -23,9 +23,10 @@ RUN_IN_TARGET = """
 import sys
 import numpy as np
 from edge_infer.bundle import load_bundle
+from edge_infer.delegates import EngineSettings
 from edge_infer.runtime import Engine
 bundle = load_bundle(sys.argv[1])
-engine = Engine(bundle.model_bytes, runtime=sys.argv[2])
+engine = Engine(bundle.model_bytes, EngineSettings(runtime=sys.argv[2]))
 engine.run(np.zeros(engine.inputs[0].shape, engine.inputs[0].dtype))
 print(engine.runtime.name, engine.runtime.version)
 """

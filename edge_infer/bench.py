@@ -27,7 +27,7 @@ from edge_infer.bundle import load_bundle
 from edge_infer.config import Config
 from edge_infer.gates.image import DecodeRejected, decode_image
 from edge_infer.gates.quality import gate_from_config
-from edge_infer.model import Model
+from edge_infer.model import Model, engine_settings
 from edge_infer.sources.directory import IGNORED_SUFFIXES
 
 
@@ -87,7 +87,7 @@ def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path) -> dic
 def _naive_rate(cfg: Config, files: list[Path]) -> dict[str, float]:
     """The loop from the TFLite examples: no draft decoding, no overlap, a fresh PIL pipeline per frame."""
     bundle = load_bundle(cfg.model["bundle"])
-    model = Model(bundle, cfg.model["threads"], cfg.model["runtime"])
+    model = Model(bundle, engine_settings(cfg.model))
     interpreter = model.engine.interpreter
     spec, tensor = bundle.manifest.input, model.engine.inputs[0]
     started = time.perf_counter()
@@ -107,8 +107,9 @@ def _naive_rate(cfg: Config, files: list[Path]) -> dict[str, float]:
 CHILD_FLOOR = """
 import sys, numpy, PIL.Image, paho.mqtt.client
 from edge_infer.runtime import Engine
+from edge_infer.delegates import EngineSettings
 from edge_infer.bundle import load_bundle
-b = load_bundle(sys.argv[1]); e = Engine(b.model_bytes, int(sys.argv[2]), sys.argv[3])
+b = load_bundle(sys.argv[1]); e = Engine(b.model_bytes, EngineSettings(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
 e.run(numpy.zeros(e.inputs[0].shape, e.inputs[0].dtype))
 print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])
 """
@@ -133,7 +134,8 @@ print("rss", [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].
 def _children(cfg: Config, files: list[Path], root: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     floor = subprocess.run(
-        [sys.executable, "-c", CHILD_FLOOR, cfg.model["bundle"], str(cfg.model["threads"]), cfg.model["runtime"]],
+        [sys.executable, "-c", CHILD_FLOOR, cfg.model["bundle"], str(cfg.model["threads"]), cfg.model["runtime"],
+         cfg.model["delegate"]],
         capture_output=True, text=True, env=env, timeout=300, check=True,
     )
     inputs = root / "in-child"
@@ -163,7 +165,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
     files = _images(cfg, frames)
     blobs = [p.read_bytes() for p in files]
     bundle = load_bundle(cfg.model["bundle"])
-    model = Model(bundle, cfg.model["threads"], cfg.model["runtime"])
+    model = Model(bundle, engine_settings(cfg.model))
     draft = model.draft_size
     max_pixels, min_side = cfg.gate["max_pixels"], cfg.gate["min_side"]
     gate = gate_from_config(cfg.gate, bundle.manifest.image_quality_reference)

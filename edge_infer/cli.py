@@ -84,7 +84,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         second = model_from_config(cfg.model, cfg.decide["escalate_to"])
         print(f"escalate ok: {second.bundle.path} — {describe(second)}")
     rt = model.engine.runtime
-    print(f"runtime  ok: {rt.name} {rt.version}, {cfg.model['threads']} thread(s)")
+    print(f"runtime  ok: {rt.name} {rt.version}, {cfg.model['threads']} thread(s), delegate "
+          f"{model.engine.settings.describe()}")
     problem = _broker_reachable(cfg)
     where = f"{cfg.mqtt['host']}:{cfg.mqtt['port']}"
     if problem is None:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_infer.delegates import DEFAULT as DEFAULT_DELEGATE
+from edge_infer.delegates import NAMES as DELEGATES
+
 Check = Callable[[Any], str | None]
 
 
@@ -145,6 +148,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "bundle": Field(str, required=True, is_path=True),
         "threads": Field(int, default=1, check=_between(1, 64)),
         "runtime": Field(str, default="auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow")),
+        # how the interpreter runs the model: kernels or an accelerator (edge_infer/delegates/, one module each)
+        "delegate": Field(str, default=DEFAULT_DELEGATE, choices=DELEGATES),
+        "delegate_options": Field(dict, default={}),
         "top_k": Field(int, default=3, check=_between(1, 1000)),
         "threshold": Field((int, float), default=None, check=_between(0.0, 1e12)),
         "thresholds": Field(dict, default={}),
@@ -405,6 +411,16 @@ def _validate_thresholds(path: Path, thresholds: dict[str, Any]) -> dict[str, fl
     return out
 
 
+def _check_delegate(path: Path, model: dict[str, Any]) -> None:
+    """`[model].delegate` and its options, checked by the delegate's own module (imported only here)."""
+    from edge_infer.delegates import DelegateError, check_options
+
+    try:
+        check_options(model["delegate"], model["delegate_options"])
+    except DelegateError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
 def parse_config(doc: dict[str, Any], path: Path) -> Config:
     """Validate a decoded TOML document, fill defaults and resolve paths."""
     for section in doc:
@@ -418,6 +434,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     if device["id"] is None:
         device["id"] = socket.gethostname().split(".")[0] or "edge-device"
     sections["model"]["thresholds"] = _validate_thresholds(path, sections["model"]["thresholds"])
+    _check_delegate(path, sections["model"])
     if sections["outbox"]["path"] is None:
         sections["outbox"]["path"] = str(Path(device["state_dir"]) / "outbox.db")
     if sections["mqtt"]["client_id"] is None:

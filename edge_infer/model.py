@@ -17,6 +17,7 @@ from PIL import Image
 
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, load_bundle
 from edge_infer.decide import Thresholds
+from edge_infer.delegates import EngineSettings
 from edge_infer.manifest import ImageInputSpec, Manifest, ManifestError, SensorInputSpec, parse_manifest
 from edge_infer.postprocess import (
     Classification,
@@ -35,11 +36,11 @@ from edge_infer.runtime import Engine
 class Model:
     """One interpreter (not thread-safe: `run` from one thread; the `*_tensor` helpers from any)."""
 
-    def __init__(self, bundle: Bundle, threads: int = 1, runtime: str | None = None, top_k: int = 3,
+    def __init__(self, bundle: Bundle, settings: EngineSettings | None = None, top_k: int = 3,
                  engine: Engine | None = None, zones: Sequence[Zone] = ()) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
-        self.engine = engine or Engine(bundle.model_bytes, threads=threads, runtime=runtime)
+        self.engine = engine or Engine(bundle.model_bytes, settings)
         self.top_k = top_k
         self.zones = tuple(zones)
         self.thresholds = Thresholds(self.manifest, None, {})
@@ -138,8 +139,8 @@ class Model:
 MODEL_OVERRIDES = ("task", "output", "labels")
 
 
-def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None, threads: int = 1,
-                runtime: str | None = None) -> tuple[Bundle, Engine | None]:
+def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None,
+                settings: EngineSettings | None = None) -> tuple[Bundle, Engine | None]:
     """Load a bundle, applying the device config's `[model]` overrides (task, output, labels). A plain
     `.tflite` (no manifest) needs `input` among them; its input size comes from the model itself, so the
     interpreter built to read it is returned for reuse."""
@@ -149,7 +150,7 @@ def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None, threa
     except BundleError as exc:
         if "no manifest archive" not in exc.problem:
             raise
-        return _plain_model(Path(path), overrides, threads, runtime)
+        return _plain_model(Path(path), overrides, settings)
     if "input" in overrides:
         raise BundleError(path, "[model.input] is for plain .tflite models; this bundle's manifest already says "
                                 "how to preprocess")
@@ -162,13 +163,12 @@ def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None, threa
     return Bundle(bundle.path, bundle.model_bytes, _parse(path, doc, "[model] overrides")), None
 
 
-def _plain_model(path: Path, overrides: dict[str, Any], threads: int,
-                 runtime: str | None) -> tuple[Bundle, Engine]:
+def _plain_model(path: Path, overrides: dict[str, Any], settings: EngineSettings | None) -> tuple[Bundle, Engine]:
     if "input" not in overrides:
         raise BundleError(path, "a plain .tflite model without a manifest: make a bundle with edge-convert, or "
                                 "describe its input in the config's [model.input] table (see docs/decisions.md)")
     data = path.read_bytes()
-    engine = Engine(data, threads=threads, runtime=runtime)
+    engine = Engine(data, settings)
     table = dict(overrides["input"])
     shape = engine.inputs[0].shape
     if table.get("kind", "image") == "image":
@@ -208,14 +208,19 @@ def threshold_problem(task: str, threshold: float | None) -> str | None:
     return None
 
 
+def engine_settings(model_cfg: dict[str, Any]) -> EngineSettings:
+    """`[model]`'s threads, runtime, delegate and delegate options as one settings object."""
+    return EngineSettings(model_cfg["threads"], model_cfg["runtime"], model_cfg.get("delegate") or "xnnpack",
+                          dict(model_cfg.get("delegate_options") or {}))
+
+
 def model_from_config(model_cfg: dict[str, Any], bundle_path: str | None = None) -> Model:
     """The device config's `[model]` → a ready `Model` (its thresholds from the config, defaulting to the
     bundle's). `bundle_path` loads another bundle with the same runtime settings (the escalation model)."""
     overrides = {k: model_cfg.get(k) for k in (*MODEL_OVERRIDES, "input")} if bundle_path is None else {}
-    bundle, engine = open_bundle(bundle_path or model_cfg["bundle"], overrides, model_cfg["threads"],
-                                 model_cfg["runtime"])
-    model = Model(bundle, model_cfg["threads"], model_cfg["runtime"], model_cfg["top_k"], engine,
-                  zones_from_config(model_cfg["zones"]))
+    settings = engine_settings(model_cfg)
+    bundle, engine = open_bundle(bundle_path or model_cfg["bundle"], overrides, settings)
+    model = Model(bundle, settings, model_cfg["top_k"], engine, zones_from_config(model_cfg["zones"]))
     if bundle_path is None:
         threshold = model_cfg["threshold"]
         if problem := threshold_problem(model.task, threshold):

@@ -1,8 +1,9 @@
-"""The TFLite runtime chain: ai_edge_litert → tflite_runtime → tensorflow.lite.
+"""The TFLite runtime chain: ai_edge_litert → tflite_runtime → tensorflow.lite, with a delegate.
 
 A runtime is chosen by *building an interpreter on the model*, not by importing a module: tflite-runtime
 imports fine under numpy 2 and only fails when an Interpreter is created. `EDGE_INFER_RUNTIME` (or the
-config's `model.runtime`) restricts the choice to one runtime.
+config's `model.runtime`) restricts the choice to one runtime. How the interpreter runs the model (kernels,
+accelerator) is the delegate's business (`edge_infer.delegates`), given in one `EngineSettings`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from edge_infer.delegates import DelegateError, EngineSettings, delegate_for
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,10 @@ class RuntimeUnavailable(Exception):
 class RuntimeInfo:
     name: str
     version: str
+    delegate: str = "xnnpack"
 
     def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "version": self.version}
+        return {"name": self.name, "version": self.version, "delegate": self.delegate}
 
 
 @dataclass(frozen=True)
@@ -65,16 +69,18 @@ def _tensor_info(detail: dict[str, Any]) -> TensorInfo:
     )
 
 
-def _build(name: str, model_content: bytes, threads: int) -> tuple[Any, RuntimeInfo]:
+def _build(name: str, model_content: bytes, settings: EngineSettings) -> tuple[Any, RuntimeInfo]:
     module_name, attr_path, version_module = RUNTIMES[name]
     module: Any = importlib.import_module(module_name)
     factory = module
     for attr in attr_path.split("."):
         factory = getattr(factory, attr)
-    interpreter = factory(model_content=model_content, num_threads=threads)
+    delegate_module = module.lite.experimental if name == "tensorflow" else module  # load_delegate, OpResolverType
+    extra = delegate_for(settings.delegate).interpreter_kwargs(delegate_module, settings.delegate_options)
+    interpreter = factory(model_content=model_content, num_threads=settings.threads, **extra)
     interpreter.allocate_tensors()
     version = getattr(importlib.import_module(version_module), "__version__", "unknown")
-    return interpreter, RuntimeInfo(name=name, version=str(version))
+    return interpreter, RuntimeInfo(name=name, version=str(version), delegate=settings.delegate)
 
 
 def runtime_candidates(preferred: str | None = None) -> list[str]:
@@ -90,27 +96,32 @@ def runtime_candidates(preferred: str | None = None) -> list[str]:
 class Engine:
     """One interpreter (use one per thread): set a prepared input tensor, invoke, read the outputs."""
 
-    def __init__(self, model_content: bytes, threads: int = 1, runtime: str | None = None) -> None:
+    def __init__(self, model_content: bytes, settings: EngineSettings | None = None) -> None:
+        settings = settings or EngineSettings()
         failures: list[str] = []
-        for name in runtime_candidates(runtime):
+        for name in runtime_candidates(settings.runtime):
             try:
-                self._interpreter, self.runtime = _build(name, model_content, threads)
+                self._interpreter, self.runtime = _build(name, model_content, settings)
                 break
             except ImportError as exc:
                 failures.append(f"{name}: not installed ({exc.name or exc})")
+            except DelegateError as exc:  # the same on every runtime: say it once
+                raise RuntimeUnavailable(str(exc)) from None
             except Exception as exc:  # a runtime that cannot build this model: try the next one
                 failures.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         else:
             raise RuntimeUnavailable("no TFLite runtime could load the model — " + "; ".join(failures))
         self._model_content = model_content  # the interpreter may reference this buffer; keep it alive
-        self.threads = threads
+        self.settings = settings
+        self.threads = settings.threads
         self.inputs = [_tensor_info(d) for d in self._interpreter.get_input_details()]
         self.outputs = [_tensor_info(d) for d in self._interpreter.get_output_details()]
         log.info(
-            "runtime=%s version=%s threads=%d inputs=%s outputs=%s",
+            "runtime=%s version=%s threads=%d delegate=%s inputs=%s outputs=%s",
             self.runtime.name,
             self.runtime.version,
-            threads,
+            settings.threads,
+            settings.describe(),
             [(t.shape, t.dtype.name) for t in self.inputs],
             [(t.shape, t.dtype.name) for t in self.outputs],
         )

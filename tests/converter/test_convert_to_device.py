@@ -19,6 +19,7 @@ import converter.job
 from converter.datasets import list_examples
 from edge_infer.bundle import load_bundle, read_parts
 from edge_infer.decide import Thresholds
+from edge_infer.delegates import EngineSettings
 from edge_infer.golden import read_golden
 from edge_infer.model import Model
 from edge_infer.pipeline import Pipeline
@@ -238,7 +239,7 @@ def test_bad_inputs_are_one_line_errors(digits: DigitsWorkspace, tmp_path: Path,
 def test_tensorflow_lite_is_the_last_link_of_the_chain(converted) -> None:
     """On a workstation without LiteRT, TensorFlow's own interpreter runs bundles: same outputs."""
     bundle = load_bundle(converted["int8"])
-    via_tf = Engine(bundle.model_bytes, runtime="tensorflow")
+    via_tf = Engine(bundle.model_bytes, EngineSettings(runtime="tensorflow"))
     assert via_tf.runtime.name == "tensorflow"
     x = np.random.default_rng(3).integers(0, 255, size=(1, 16, 16, 1), dtype=np.uint8)
     assert np.array_equal(via_tf.run(x)[0], Engine(bundle.model_bytes).run(x)[0])

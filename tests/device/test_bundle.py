@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edge_infer.bundle import BundleError, build_manifest_doc, load_bundle, read_manifest_doc, write_bundle
+from edge_infer.delegates import EngineSettings
 from edge_infer.model import Model
 from edge_infer.runtime import RUNTIMES, Engine
 from tests.conftest import DIGITS_INT8, DIGITS_TEST
@@ -60,7 +61,7 @@ def test_bundle_still_loads_as_a_plain_model_in_every_installed_runtime(tmp_path
     installed = [name for name, (module, _cls, _pkg) in RUNTIMES.items()
                  if importlib.util.find_spec(module.split(".")[0]) is not None]
     for name in installed:
-        engine = Engine(SHIPPED, runtime=name)
+        engine = Engine(SHIPPED, EngineSettings(runtime=name))
         assert engine.runtime.name == name and engine.inputs[0].shape == (1, 16, 16, 1)
     assert installed, "no TFLite runtime is installed"
     expected = os.environ.get("EDGE_INFER_EXPECT_RUNTIME")

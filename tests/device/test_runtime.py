@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from edge_infer.delegates import EngineSettings
 from edge_infer.runtime import RUNTIME_ENV, Engine, RuntimeUnavailable
 from tests.conftest import DIGITS_INT8 as BUNDLE_PATH
 
@@ -42,7 +43,7 @@ def test_garbage_model_is_refused_by_every_runtime() -> None:
 
 
 def test_inference_is_deterministic_and_typed() -> None:
-    engine = Engine(BUNDLE_BYTES_INT8, threads=2)
+    engine = Engine(BUNDLE_BYTES_INT8, EngineSettings(threads=2))
     assert engine.inputs[0].dtype == np.uint8 and engine.outputs[0].dtype == np.uint8
     x = np.random.default_rng(0).integers(0, 255, size=(1, 16, 16, 1), dtype=np.uint8)
     a, b = engine.run(x)[0], engine.run(x)[0]

@@ -1,0 +1,107 @@
+"""Delegates: how an interpreter runs the model — which kernels, which accelerator. One module per delegate,
+registered by its `[model].delegate` name; each declares its own options and turns them into the keyword
+arguments of the runtime's `Interpreter`. The engine (`edge_infer.runtime`) asks the registry and never names
+a delegate itself.
+
+- `xnnpack` (default): the runtime's own choice — XNNPACK for the operators it supports, built-in kernels for
+  the rest.
+- `builtin`: the built-in optimized kernels only, no default delegate (when XNNPACK misbehaves on a model, or
+  to save its memory).
+- `reference`: the reference kernels (slow; for checking a suspected kernel bug).
+- `external`: any TFLite delegate library (`load_delegate(library, options)`): Arm NN, a vendor NPU, …
+- `edgetpu`: a Coral Edge TPU (`libedgetpu.so.1`); the model must be compiled for it (`edgetpu_compiler`).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+DEFAULT = "xnnpack"
+NAMES = ("xnnpack", "builtin", "reference", "external", "edgetpu")
+
+
+class DelegateError(ValueError):
+    """A delegate that cannot be used as configured; one line naming the option and what was expected."""
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How every interpreter of this device is built: threads, runtime, delegate and the delegate's options."""
+
+    threads: int = 1
+    runtime: str | None = None  # None or "auto": the chain ai_edge_litert → tflite_runtime → tensorflow
+    delegate: str = DEFAULT
+    delegate_options: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return self.delegate if not self.delegate_options else f"{self.delegate} {self.delegate_options}"
+
+
+class Delegate(Protocol):
+    """One way to run a model. `interpreter_kwargs` is called once per interpreter with the runtime's
+    `interpreter` module (it holds `load_delegate` and `OpResolverType`)."""
+
+    name: str
+
+    def check(self, options: dict[str, Any]) -> None:
+        """Raise `DelegateError` for an option this delegate does not take or a bad value."""
+
+    def interpreter_kwargs(self, module: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """Extra keyword arguments for `Interpreter(...)` (raises to say the delegate cannot be loaded)."""
+
+
+Factory = Callable[[], Delegate]
+_REGISTRY: dict[str, Factory] = {}
+
+
+def register(name: str) -> Callable[[Factory], Factory]:
+    def decorate(factory: Factory) -> Factory:
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def delegate_for(name: str) -> Delegate:
+    """The delegate registered as `name` (its module is imported on first use)."""
+    if name not in NAMES:
+        raise DelegateError(f"unknown delegate {name!r} (choose from: {', '.join(NAMES)})")
+    if name not in _REGISTRY:
+        importlib.import_module(f"edge_infer.delegates.{name}")
+    return _REGISTRY[name]()
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Validate `[model].delegate` and `[model.delegate_options]` (the config asks before anything loads)."""
+    delegate_for(name).check(options)
+
+
+def unknown_options(name: str, options: dict[str, Any], known: tuple[str, ...]) -> None:
+    """The common check: only `known` option names (raises `DelegateError`)."""
+    extra = sorted(set(options) - set(known))
+    if extra:
+        takes = f"it takes {', '.join(known)}" if known else "it takes none"
+        raise DelegateError(f"[model.delegate_options]: {', '.join(extra)}: not an option of the {name!r} delegate "
+                            f"({takes})")
+
+
+def load_library(module: Any, library: str, options: dict[str, str]) -> Any:
+    """`module.load_delegate(library, options)`; a failure becomes one `DelegateError` line with the loader's
+    reason. (A delegate that failed to load is collected half-built and its `__del__` raises — a runtime bug
+    whose traceback is not the user's problem: it is silenced while it happens, here.)"""
+    problem = ""
+    previous, sys.unraisablehook = sys.unraisablehook, lambda _args: None
+    try:
+        try:
+            return module.load_delegate(library, options)
+        except (OSError, ValueError, RuntimeError) as exc:
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    raise DelegateError(problem)
