@@ -6,35 +6,29 @@ Relative paths are resolved against the config file's folder, so a config and it
 from __future__ import annotations
 
 import difflib
+import importlib
 import socket
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_infer.delegates import DEFAULT as DEFAULT_DELEGATE
 from edge_infer.delegates import NAMES as DELEGATES
-
-Check = Callable[[Any], str | None]
+from edge_infer.options import Check, Field
+from edge_infer.options import between as _between
+from edge_infer.sinks import TYPES as SINK_TYPES
+from edge_infer.sources import TYPES as SOURCE_TYPES
 
 
 class ConfigError(Exception):
     """One line: `<file>: <key>: <problem>`."""
 
 
-@dataclass(frozen=True)
-class Field:
-    kind: type | tuple[type, ...]
-    default: Any = None
-    required: bool = False
-    choices: tuple[Any, ...] = ()
-    check: Check | None = None
-    is_path: bool = False
-
-
-def _between(lo: float, hi: float) -> Check:
-    return lambda v: None if lo <= v <= hi else f"expected a value from {lo} to {hi}, got {v}"
+def plugin_options(family: str, kind: str) -> dict[str, Field]:
+    """The keys a plug-in declares next to its code: `OPTIONS` in `edge_infer.<family>.<kind>` (only that
+    module is imported)."""
+    return importlib.import_module(f"edge_infer.{family}.{kind}").OPTIONS
 
 
 def _topic_segment(v: str) -> str | None:
@@ -93,51 +87,6 @@ def _host_list(v: list[Any]) -> str | None:
     return None
 
 
-_LINES = {
-    "format": Field(str, default="auto", choices=("auto", "csv", "jsonl")),
-    "columns": Field(list, default=None, check=lambda v: None if v and all(isinstance(c, str) for c in v)
-                     else "expected a list of column names"),
-    "time_column": Field(str, default=None),
-}
-# Each source type's own keys, on top of [source].type/name/max_fps.
-SOURCE_FIELDS: dict[str, dict[str, Field]] = {
-    "directory": {
-        "path": Field(str, required=True, is_path=True),
-        "patterns": Field(list, default=["*"], check=lambda v: None if v and all(isinstance(p, str) for p in v)
-                          else "expected a list of glob patterns, e.g. [\"*.jpg\", \"**/*.png\"]"),
-        "processed": Field(str, default="keep", choices=("keep", "move", "delete")),
-        "processed_dir": Field(str, default=None, is_path=True),
-        "poll_interval": Field((int, float), default=0.5, check=_between(0.01, 3600)),
-        "settle_seconds": Field((int, float), default=1.0, check=_between(0.0, 3600)),
-        "max_file_bytes": Field(int, default=50 * 1024 * 1024, check=_between(1, 2**40)),
-        "follow_symlinks": Field(bool, default=False),
-    },
-    "http": {
-        "url": Field(str, required=True, check=lambda v: None if v.startswith(("http://", "https://"))
-                     else "expected an http:// or https:// URL"),
-        "interval": Field((int, float), default=1.0, check=_between(0.0, 86400)),
-        "timeout": Field((int, float), default=5.0, check=_between(0.1, 600)),
-        "max_bytes": Field(int, default=20 * 1024 * 1024, check=_between(1, 2**34)),
-    },
-    "video": {
-        "uri": Field(str, required=True),
-        "loop": Field(bool, default=False),
-    },
-    "camera": {
-        "backend": Field(str, default="auto", choices=("auto", "picamera2", "opencv")),
-        "index": Field(int, default=0, check=_between(0, 64)),
-        "width": Field(int, default=640, check=_between(16, 10_000)),
-        "height": Field(int, default=480, check=_between(16, 10_000)),
-        "stream": Field(str, default="lores", choices=("lores", "main")),
-    },
-    "replay": {"path": Field(str, required=True, is_path=True),
-               "speed": Field((int, float), default=0.0, check=_between(0.0, 1000.0)), **_LINES},
-    "stdin": dict(_LINES),
-    "serial": {"port": Field(str, required=True), "baudrate": Field(int, default=115200, check=_between(50, 10**8)),
-               **_LINES},
-    "iio": {"device": Field(str, required=True, is_path=True), "channels": Field(dict, default={})},
-}
-SOURCE_KINDS = tuple(SOURCE_FIELDS)
 
 SCHEMA: dict[str, dict[str, Field]] = {
     "device": {
@@ -182,7 +131,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "clear": Field((int, float), default=0.1, check=_between(0.0, 100.0)),
     },
     "source": {
-        "type": Field(str, required=True, choices=SOURCE_KINDS),
+        "type": Field(str, required=True, choices=SOURCE_TYPES),
         "name": Field(str, default=None),
         "max_fps": Field((int, float), default=0.0, check=_between(0, 10_000)),
     },
@@ -266,13 +215,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "tls_insecure": Field(bool, default=False),
     },
     "sink": {
-        "type": Field(str, default="mqtt", choices=("mqtt", "webhook")),  # where stored messages go
-    },
-    "webhook": {
-        "url": Field(str, default=None),
-        "timeout": Field((int, float), default=10.0, check=_between(0.1, 600)),
-        "reconnect_max": Field((int, float), default=30.0, check=_between(0.5, 3600)),
-        "token_file": Field(str, default=None, is_path=True),  # sent as `Authorization: Bearer <token>`
+        "type": Field(str, default="mqtt", choices=SINK_TYPES),  # where stored messages go; its keys: its module
     },
     "outbox": {
         "path": Field(str, default=None, is_path=True),
@@ -316,6 +259,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     },
 }
 REQUIRED_SECTIONS = ("model", "source")
+PLUGGED = {"source": ("sources", SOURCE_TYPES), "sink": ("sinks", SINK_TYPES)}  # section → (package, types)
 
 
 @dataclass(frozen=True)
@@ -335,7 +279,6 @@ class Config:
     health: dict[str, Any]
     mqtt: dict[str, Any]
     sink: dict[str, Any]
-    webhook: dict[str, Any]
     outbox: dict[str, Any]
     fleet: dict[str, Any]
     update: dict[str, Any]
@@ -362,12 +305,13 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{name}]: expected a table, got {type(table).__name__}")
     fields = SCHEMA[name]
-    if name == "source":
-        kind = table.get("type")
-        if kind is not None and kind not in SOURCE_FIELDS:
-            choices = ", ".join(repr(c) for c in SOURCE_KINDS)
-            raise ConfigError(f"{path}: [source].type: expected one of {choices}, got {kind!r}")
-        fields = {**fields, **SOURCE_FIELDS.get(kind, {})}
+    if name in PLUGGED:
+        family, types = PLUGGED[name]
+        kind = table.get("type", fields["type"].default)
+        if kind is not None and kind not in types:
+            choices = ", ".join(repr(c) for c in types)
+            raise ConfigError(f"{path}: [{name}].type: expected one of {choices}, got {kind!r}")
+        fields = {**fields, **(plugin_options(family, kind) if kind is not None else {})}
     for key in table:
         if name == "mqtt" and key == "password":
             raise ConfigError(
@@ -375,8 +319,9 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
                 "the EDGE_INFER_MQTT_PASSWORD environment variable or a systemd credential named mqtt_password"
             )
         if key not in fields:
-            if name == "source" and (owners := [k for k, f in SOURCE_FIELDS.items() if key in f]):
-                raise ConfigError(f"{path}: [source].{key}: not a key of type {table.get('type')!r} sources "
+            if name in PLUGGED and (owners := [k for k in PLUGGED[name][1] if key in plugin_options(
+                    PLUGGED[name][0], k)]):
+                raise ConfigError(f"{path}: [{name}].{key}: not a key of type {table.get('type')!r} {name}s "
                                   f"(it belongs to: {', '.join(owners)})")
             raise _unknown(path, f"[{name}].{key}", key, list(fields))
     out: dict[str, Any] = {}
@@ -482,11 +427,6 @@ def _check_sink(path: Path, sections: dict[str, dict[str, Any]]) -> None:
     """A webhook sink needs its URL; what only MQTT carries (commands, uploads, discovery) needs the MQTT sink."""
     if sections["sink"]["type"] != "webhook":
         return
-    url = sections["webhook"]["url"]
-    if url is None:
-        raise ConfigError(f"{path}: [webhook].url: missing (required by [sink].type = \"webhook\")")
-    if not url.startswith(("http://", "https://")) or len(url.split("/", 3)[2]) == 0:
-        raise ConfigError(f"{path}: [webhook].url: expected an http:// or https:// URL, got {url!r}")
     for where, on in (("[commands].enabled", sections["commands"]["enabled"]),
                       ("[decide].upload", sections["decide"]["upload"]),
                       ("[homeassistant].discovery", sections["homeassistant"]["discovery"])):

@@ -121,7 +121,7 @@ def sink(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inbox: I
     if cfg.sink["type"] == "webhook":
         from edge_infer.sinks.webhook import WebhookSink, settings_from_config
 
-        return WebhookSink(settings_from_config(cfg.webhook, cfg.device["id"]), open_outbox)
+        return WebhookSink(settings_from_config(cfg.sink, cfg.device["id"]), open_outbox)
     return publisher(cfg, port, open_outbox, inbox)
 
 

@@ -20,7 +20,7 @@ from edge_infer.model import threshold_problem, zones_from_config
 from edge_infer.serving import Serving, sensor_gate_for
 
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
-RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "webhook", "outbox", "pipeline", "service", "metrics",
+RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "outbox", "pipeline", "service", "metrics",
                     "thermal", "homeassistant", "fleet", "update", "commands")
 RESTART_DECIDE_KEYS = ("escalate_to", "escalate_threshold", "upload", "upload_max_bytes", "upload_chunk_bytes")
 

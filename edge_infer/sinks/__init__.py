@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+TYPES = ("mqtt", "webhook")  # `[sink].type`: one module each, by name (memory.py is for programs, not configs)
+
 
 class Sink(Protocol):
     """What the daemon needs of a sink. It runs as its own thread (`start`, `is_alive`, `stop`)."""

@@ -34,6 +34,7 @@ from edge_infer.uploader import CaptureFile, CaptureUploader
 log = logging.getLogger(__name__)
 PASSWORD_ENV = "EDGE_INFER_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"  # systemd LoadCredential=mqtt_password:/etc/edge-infer/mqtt_password
+OPTIONS: dict = {}  # the `[sink]` keys of type "mqtt": none — the broker is configured in `[mqtt]`
 PUBLISH_OVERHEAD = 64  # fixed header, topic length, packet id, properties: a safe upper bound
 
 

@@ -3,7 +3,7 @@
 The same delivery rules as MQTT: a row is deleted only after the receiver answered 2xx (at least once; the
 `Idempotency-Key` header, the message's `msg_id`, lets the receiver drop a duplicate); a receiver that is down,
 slow or failing (connection error, timeout, 5xx, 408, 429, a redirect) keeps everything queued and is retried
-with exponential back-off and full jitter up to `[webhook].reconnect_max`; a receiver that refuses one message
+with exponential back-off and full jitter up to `[sink].reconnect_max`; a receiver that refuses one message
 for what it is (400, 413, 415, 422) sends that message to the dead-letter table with an event, and the queue
 moves on. A receiver that refuses every message (401, 403, 404, 405, …) is a configuration problem, not a
 message problem: nothing is dead-lettered, the sink backs off and says so in its log and the health problems.
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_infer.config import ConfigError
+from edge_infer.options import Field, between, http_url
 from edge_infer.outbox import Outbox, OutboxFull
 from edge_infer.outbox_items import Row
 
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 MESSAGE_REFUSED = frozenset({400, 413, 415, 422})  # this message is wrong: dead letter, move on
 RETRY_LATER = frozenset({408, 425, 429})  # the receiver is busy: keep it, back off
 BATCH = 32  # rows read from the outbox at a time
+OPTIONS = {  # the `[sink]` keys of type "webhook"
+    "url": Field(str, required=True, check=http_url),
+    "timeout": Field((int, float), default=10.0, check=between(0.1, 600)),
+    "reconnect_max": Field((int, float), default=30.0, check=between(0.5, 3600)),
+    "token_file": Field(str, default=None, is_path=True),  # sent as `Authorization: Bearer <token>`
+}
 
 
 @dataclass(frozen=True)
@@ -50,13 +57,13 @@ class WebhookSettings:
 
 
 def settings_from_config(webhook_cfg: dict[str, Any], device_id: str) -> WebhookSettings:
-    """`[webhook]` → settings (reads the token file; the token is never logged)."""
+    """`[sink]` of type "webhook" → settings (reads the token file; the token is never logged)."""
     token = None
     if webhook_cfg["token_file"]:
         try:
             token = Path(webhook_cfg["token_file"]).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            raise ConfigError(f"[webhook].token_file: cannot read {webhook_cfg['token_file']}: {exc.strerror}") \
+            raise ConfigError(f"[sink].token_file: cannot read {webhook_cfg['token_file']}: {exc.strerror}") \
                 from None
     return WebhookSettings(url=webhook_cfg["url"], device_id=device_id, timeout_s=float(webhook_cfg["timeout"]),
                            reconnect_max_s=float(webhook_cfg["reconnect_max"]), token=token)
@@ -85,7 +92,7 @@ class WebhookSink(threading.Thread):
         self.failures = 0  # consecutive failed deliveries
         target = settings.target
         if target.scheme not in ("http", "https") or not target.hostname:
-            raise ValueError(f"[webhook].url: expected an http:// or https:// URL, got {settings.url!r}")
+            raise ValueError(f"[sink].url: expected an http:// or https:// URL, got {settings.url!r}")
         if target.scheme == "http" and settings.token and target.hostname not in ("127.0.0.1", "localhost", "::1"):
             log.warning("event=insecure_credentials url=%s (token sent without TLS; use https)", target.hostname)
 
@@ -216,7 +223,7 @@ class WebhookSink(threading.Thread):
         if status in RETRY_LATER or status >= 500 or 300 <= status < 400:
             raise Unreachable(f"HTTP {status} {response.reason}")
         self.set_problem("webhook", f"the receiver refuses every message: HTTP {status} {response.reason} "
-                                    "(check [webhook].url and token_file)")
+                                    "(check [sink].url and token_file)")
         raise Unreachable(f"HTTP {status} {response.reason}")
 
     def _connection(self) -> http.client.HTTPConnection:

@@ -6,10 +6,13 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
-from PIL import Image
+if TYPE_CHECKING:  # annotations only: the config reads TYPES without paying for numpy and Pillow
+    import numpy as np
+    from PIL import Image
+
+TYPES = ("directory", "camera", "http", "video", "replay", "stdin", "serial", "iio")  # one module each, by name
 
 
 @dataclass(frozen=True)

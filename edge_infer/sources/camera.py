@@ -20,8 +20,17 @@ import numpy as np
 
 from edge_infer.clock import rfc3339
 from edge_infer.manifest import ImageInputSpec
+from edge_infer.options import Field, between
 from edge_infer.sources import Sample, SourceError, register
 from edge_infer.sources.frames import frame_to_image
+
+OPTIONS = {  # the `[source]` keys of type "camera"
+    "backend": Field(str, default="auto", choices=("auto", "picamera2", "opencv")),
+    "index": Field(int, default=0, check=between(0, 64)),
+    "width": Field(int, default=640, check=between(16, 10_000)),
+    "height": Field(int, default=480, check=between(16, 10_000)),
+    "stream": Field(str, default="lores", choices=("lores", "main")),
+}
 
 log = logging.getLogger(__name__)
 Grabber = Callable[[], tuple[np.ndarray, str]]

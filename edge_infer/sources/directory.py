@@ -27,7 +27,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from edge_infer.options import Field, between
 from edge_infer.sources import Sample, register
+
+OPTIONS = {  # the `[source]` keys of type "directory"
+    "path": Field(str, required=True, is_path=True),
+    "patterns": Field(list, default=["*"], check=lambda v: None if v and all(isinstance(p, str) for p in v)
+                      else "expected a list of glob patterns, e.g. [\"*.jpg\", \"**/*.png\"]"),
+    "processed": Field(str, default="keep", choices=("keep", "move", "delete")),
+    "processed_dir": Field(str, default=None, is_path=True),
+    "poll_interval": Field((int, float), default=0.5, check=between(0.01, 3600)),
+    "settle_seconds": Field((int, float), default=1.0, check=between(0.0, 3600)),
+    "max_file_bytes": Field(int, default=50 * 1024 * 1024, check=between(1, 2**40)),
+    "follow_symlinks": Field(bool, default=False),
+}
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 log = logging.getLogger(__name__)

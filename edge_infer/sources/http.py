@@ -19,7 +19,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from edge_infer.clock import rfc3339
+from edge_infer.options import Field, between, http_url
 from edge_infer.sources import Sample, register
+
+OPTIONS = {  # the `[source]` keys of type "http"
+    "url": Field(str, required=True, check=http_url),
+    "interval": Field((int, float), default=1.0, check=between(0.0, 86400)),
+    "timeout": Field((int, float), default=5.0, check=between(0.1, 600)),
+    "max_bytes": Field(int, default=20 * 1024 * 1024, check=between(1, 2**34)),
+}
 
 log = logging.getLogger(__name__)
 

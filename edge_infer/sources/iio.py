@@ -17,8 +17,14 @@ from typing import Any
 
 import numpy as np
 
+from edge_infer.options import Field
 from edge_infer.sources import SourceError, register
 from edge_infer.sources.readings import Reading, SensorStream
+
+OPTIONS = {  # the `[source]` keys of type "iio"
+    "device": Field(str, required=True, is_path=True),
+    "channels": Field(dict, default={}),
+}
 
 
 class IioSource(SensorStream):

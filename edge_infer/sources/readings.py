@@ -19,7 +19,15 @@ import numpy as np
 
 from edge_infer.clock import rfc3339
 from edge_infer.manifest import SensorInputSpec
+from edge_infer.options import Field
 from edge_infer.sources import Sample
+
+LINE_OPTIONS = {  # the `[source]` keys of every source that reads lines of readings (replay, stdin, serial)
+    "format": Field(str, default="auto", choices=("auto", "csv", "jsonl")),
+    "columns": Field(list, default=None, check=lambda v: None if v and all(isinstance(c, str) for c in v)
+                     else "expected a list of column names"),
+    "time_column": Field(str, default=None),
+}
 
 log = logging.getLogger(__name__)
 Reading = tuple[float | None, np.ndarray]

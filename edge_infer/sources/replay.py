@@ -14,8 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from edge_infer.manifest import SensorInputSpec
+from edge_infer.options import Field, between
 from edge_infer.sources import register
-from edge_infer.sources.readings import Reading, SensorStream, lines_to_readings
+from edge_infer.sources.readings import LINE_OPTIONS, Reading, SensorStream, lines_to_readings
+
+OPTIONS = {  # the `[source]` keys of type "replay"
+    "path": Field(str, required=True, is_path=True),
+    "speed": Field((int, float), default=0.0, check=between(0.0, 1000.0)),
+    **LINE_OPTIONS,
+}
 
 
 class ReplaySource(SensorStream):

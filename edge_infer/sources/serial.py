@@ -12,8 +12,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from edge_infer.options import Field, between
 from edge_infer.sources import SourceError, register
-from edge_infer.sources.readings import Reading, SensorStream
+from edge_infer.sources.readings import LINE_OPTIONS, Reading, SensorStream
+
+OPTIONS = {  # the `[source]` keys of type "serial"
+    "port": Field(str, required=True),
+    "baudrate": Field(int, default=115200, check=between(50, 10**8)),
+    **LINE_OPTIONS,
+}
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from edge_infer.sources import register
-from edge_infer.sources.readings import Reading, SensorStream, lines_to_readings
+from edge_infer.sources.readings import LINE_OPTIONS, Reading, SensorStream, lines_to_readings
+
+OPTIONS = dict(LINE_OPTIONS)  # the `[source]` keys of type "stdin"
 
 
 class StdinSource(SensorStream):

@@ -14,8 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from edge_infer.manifest import ImageInputSpec
+from edge_infer.options import Field
 from edge_infer.sources import Sample, SourceError, register
 from edge_infer.sources.frames import frame_to_image
+
+OPTIONS = {  # the `[source]` keys of type "video"
+    "uri": Field(str, required=True),
+    "loop": Field(bool, default=False),
+}
 
 
 def _cv2() -> Any:
