@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from converter.convert import IO_TYPES, MODES
 from converter.errors import ConvertError
 from converter.job import run
-from edge_infer.manifest import COLORS, TASKS
+from edge_infer.manifest import COLORS, OUTPUT_ACTIVATIONS, TASKS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--color", choices=COLORS, help="colour order (default: from the input channels)")
     p.add_argument("--scale", type=float, default=1.0 / 255.0, help="normalise: x = pixel*scale + offset")
     p.add_argument("--offset", type=float, default=0.0, help="normalise: x = pixel*scale + offset")
-    p.add_argument("--activation", choices=("softmax", "none", "logits"), default="softmax",
-                   help="softmax: the model outputs probabilities; logits: the device applies softmax")
+    p.add_argument("--activation", choices=OUTPUT_ACTIVATIONS, default="softmax",
+                   help="softmax: the model outputs probabilities; logits: the device applies softmax; argmax: "
+                        "a segmentation model that outputs class indices")
     p.add_argument("--threshold", type=float, default=0.5,
                    help="default confidence threshold (labels the eval set gives enough evidence for get their own)")
     p.add_argument("--precision", type=float, default=0.97,

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from converter.datasets import Example, load_image
 from edge_infer.bundle import Bundle
 from edge_infer.model import Model
-from edge_infer.postprocess import dequantize
+from edge_infer.tasks.outputs import dequantize
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,14 @@ class Evaluation:
     runtime: str
     scores: np.ndarray  # (N, classes): the probabilities the device computes, in label order
     label_names: tuple[str, ...] = ()
+    task: str = "classification"
+
+    def pixel_agreement(self, other: Evaluation) -> float:
+        """Segmentation: the share of pixels whose top class is the same in both (outputs are per-pixel scores,
+        one channel per label)."""
+        n = len(self.label_names)
+        mine, theirs = self.scores.reshape(-1, n).argmax(axis=1), other.scores.reshape(-1, n).argmax(axis=1)
+        return float(np.mean(mine == theirs))
 
     @property
     def labelled(self) -> bool:
@@ -97,6 +105,7 @@ def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluatio
         runtime=f"{rt.name} {rt.version}",
         scores=scores,
         label_names=names,
+        task=bundle.manifest.task,
     )
 
 
@@ -113,6 +122,8 @@ def summarize(evaluation: Evaluation, size: int, reference: Evaluation | None, l
     if reference is not None and evaluation.scores.size:
         if any(evaluation.predictions):
             doc["agreement_with_float32"] = round(evaluation.agreement(reference), 6)
+        elif evaluation.task == "segmentation" and evaluation.scores.shape[1] % max(len(labels), 1) == 0:
+            doc["agreement_with_float32"] = round(evaluation.pixel_agreement(reference), 6)  # per pixel
         diff = evaluation.scores - reference.scores
         doc["output_max_abs_error"] = round(float(np.abs(diff).max()), 6)
         doc["output_rmse"] = round(float(np.sqrt(np.mean(diff**2))), 6)

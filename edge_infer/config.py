@@ -19,6 +19,7 @@ from edge_infer.options import Check, Field
 from edge_infer.options import between as _between
 from edge_infer.sinks import TYPES as SINK_TYPES
 from edge_infer.sources import TYPES as SOURCE_TYPES
+from edge_infer.tasks.names import NAMES as TASK_NAMES
 
 
 class ConfigError(Exception):
@@ -103,7 +104,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "top_k": Field(int, default=3, check=_between(1, 1000)),
         "threshold": Field((int, float), default=None, check=_between(0.0, 1e12)),
         "thresholds": Field(dict, default={}),
-        "task": Field(str, default=None, choices=("classification", "detection", "regression", "anomaly", "raw")),
+        "task": Field(str, default=None, choices=TASK_NAMES),
         "input": Field(dict, default=None),
         "output": Field(dict, default=None),
         "labels": Field(list, default=None, check=lambda v: None if v and all(isinstance(x, str) and x for x in v)

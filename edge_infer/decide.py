@@ -1,8 +1,9 @@
 """Turn a task result into a decision a downstream system can rely on.
 
 - Thresholds per label come from the device config, defaulting to the bundle's recommendations.
-- A classification below its label's threshold, or a detection frame with candidates between the score floor
-  and their label's threshold, is `uncertain`; regression, anomaly and raw results are always `ok`.
+- What makes a result `uncertain` is its task's rule (`edge_infer.tasks`): a classification below its label's
+  threshold, a detection frame with candidates between the score floor and their label's threshold, a
+  segmentation with too much of the frame below threshold; regression, anomaly and raw results are always `ok`.
 - An uncertain result takes the configured fallback: `publish` (marked uncertain), `suppress` (counted, not
   published), `defer` (kept for review, not published) or `escalate` (a second, larger model decides; if it is
   unsure too, `escalate_fallback` applies). Every result says which model produced it (`path`).
@@ -15,7 +16,6 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from edge_infer.manifest import Manifest
-from edge_infer.postprocess import Classification, Detections, TaskResult
 
 FALLBACKS = ("publish", "suppress", "defer", "escalate")
 
@@ -56,17 +56,6 @@ class Thresholds:
     @property
     def default(self) -> float:
         return self._manifest.default_threshold if self._default is None else self._default
-
-
-def decide(result: TaskResult, thresholds: Thresholds) -> Decision:
-    """`ok` or `uncertain`, before any fallback."""
-    if isinstance(result, Classification):
-        threshold = thresholds.for_label(result.label)
-        return Decision(status="ok" if result.confidence >= threshold else "uncertain", threshold=threshold)
-    if isinstance(result, Detections):
-        return Decision(status="uncertain" if result.candidates_below_threshold else "ok",
-                        threshold=thresholds.default)
-    return Decision(status="ok")
 
 
 def with_fallback(decision: Decision, fallback: str, path: str = "model") -> Decision:

@@ -23,8 +23,10 @@ import numpy as np
 
 from edge_infer.gates.image import decode_image
 from edge_infer.model import Model
-from edge_infer.postprocess import Classification, TaskResult, dequantize
 from edge_infer.preprocess import ViewGeometry
+from edge_infer.tasks import TaskResult
+from edge_infer.tasks.classification import Classification
+from edge_infer.tasks.outputs import dequantize
 
 INDEX_NAME = "golden/index.json"
 EXPECTED_NAME = "golden/expected.npy"

@@ -10,34 +10,12 @@ import json
 from typing import Any
 
 from edge_infer import __version__
+from edge_infer.tasks import task_for
 
 
 def _result_entities(task: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(component, object id, fields) of the entities that show results, by task."""
-    if task == "classification":
-        return [
-            ("sensor", "label", {"name": "Label", "icon": "mdi:label-outline",
-                                 "value_template": "{{ value_json.result.label }}"}),
-            ("sensor", "confidence", {"name": "Confidence", "unit_of_measurement": "%", "state_class": "measurement",
-                                      "value_template": "{{ (value_json.result.confidence * 100) | round(1) }}"}),
-            ("binary_sensor", "uncertain", {"name": "Uncertain", "icon": "mdi:help-circle-outline",
-                                            "value_template": "{{ 'ON' if value_json.status == 'uncertain' "
-                                                              "else 'OFF' }}"}),
-        ]
-    if task == "detection":
-        return [("sensor", "objects", {"name": "Objects", "state_class": "measurement", "icon": "mdi:eye",
-                                       "value_template": "{{ value_json.result.detections | length }}"})]
-    if task == "regression":
-        return [("sensor", "value", {"name": "Value", "state_class": "measurement",
-                                     "value_template": "{{ (value_json.result['values'].values() | list)[0] }}"})]
-    if task == "anomaly":
-        return [("binary_sensor", "anomaly", {"name": "Anomaly", "device_class": "problem",
-                                              "value_template": "{{ 'ON' if value_json.result.anomalous "
-                                                                "else 'OFF' }}"}),
-                ("sensor", "anomaly_score", {"name": "Anomaly score", "state_class": "measurement",
-                                             "value_template": "{{ value_json.result.score }}"})]
-    return [("sensor", "last_result", {"name": "Last result", "value_template": "{{ value_json.ts }}",
-                                       "device_class": "timestamp"})]
+    """(component, object id, fields) of the entities that show results: the task says which."""
+    return task_for(task).entities()
 
 
 DIAGNOSTICS: list[tuple[str, str, dict[str, Any]]] = [

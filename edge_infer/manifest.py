@@ -6,17 +6,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_infer.gates.quality import validate_reference
+from edge_infer.tasks.names import LABELLED, NAMES
 
 FORMAT_NAME = "edge-infer-bundle"
 FORMAT_VERSION = 1
-TASKS = ("classification", "detection", "regression", "anomaly", "raw")
-LABELLED_TASKS = ("classification", "detection")
+TASKS = NAMES  # one module each in edge_infer/tasks/
+LABELLED_TASKS = LABELLED
 DETECTION_FORMATS = ("yolo", "ssd")
 SSD_TENSORS = ("boxes", "classes", "scores", "count")
 COLORS = ("L", "RGB", "BGR")
 RESIZE_MODES = ("stretch", "letterbox", "centre-crop")
 INPUT_KINDS = ("image", "sensor")
-OUTPUT_ACTIVATIONS = ("softmax", "none", "logits")
+OUTPUT_ACTIVATIONS = ("softmax", "none", "logits", "argmax")  # argmax: segmentation class indices
 
 
 class ManifestError(ValueError):
@@ -92,7 +93,7 @@ InputSpec = ImageInputSpec | SensorInputSpec
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """How the model's outputs read, per task (see `edge_infer.postprocess`).
+    """How the model's outputs read, per task (see `edge_infer.tasks`).
 
     classification: `activation` (softmax: the model outputs probabilities; logits/none: the device applies
     softmax). detection: `format` yolo (one raw grid output, rows of box + [objectness] + class scores, decoded

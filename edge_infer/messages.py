@@ -12,8 +12,8 @@ from typing import Any
 from edge_infer.clock import rfc3339, time_synced
 from edge_infer.decide import DebouncedState, Decision
 from edge_infer.gates import Verdict
-from edge_infer.postprocess import TaskResult
 from edge_infer.sources import Sample
+from edge_infer.tasks import TaskResult
 
 PAYLOAD_VERSION = 1
 

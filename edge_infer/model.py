@@ -16,21 +16,14 @@ import numpy as np
 from PIL import Image
 
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, load_bundle
-from edge_infer.decide import Thresholds
+from edge_infer.decide import Decision, Thresholds
 from edge_infer.delegates import EngineSettings
 from edge_infer.manifest import ImageInputSpec, Manifest, ManifestError, SensorInputSpec, parse_manifest
-from edge_infer.postprocess import (
-    Classification,
-    TaskResult,
-    Zone,
-    anomaly,
-    classify,
-    detect,
-    raw,
-    regress,
-)
 from edge_infer.preprocess import ViewGeometry, image_tensor, model_view, view_geometry, view_tensor, window_tensor
 from edge_infer.runtime import Engine
+from edge_infer.tasks import Context, Task, TaskResult, task_for
+from edge_infer.tasks.classification import Classification
+from edge_infer.tasks.zones import Zone, zones_from_config
 
 
 class Model:
@@ -44,6 +37,7 @@ class Model:
         self.top_k = top_k
         self.zones = tuple(zones)
         self.thresholds = Thresholds(self.manifest, None, {})
+        self.task_impl: Task = task_for(self.manifest.task)
         spec = self.manifest.input
         if isinstance(spec, SensorInputSpec):
             expected = (1, *spec.shape)
@@ -96,7 +90,7 @@ class Model:
 
     def input_for(self, image: Image.Image) -> tuple[np.ndarray, ViewGeometry | None]:
         """A decoded image → its input tensor and, for detection, where the frame lands in it (thread-safe)."""
-        return self.prepare(image), self.geometry(image) if self.task == "detection" else None
+        return self.prepare(image), self.geometry(image) if self.task_impl.needs_geometry else None
 
     def geometry(self, image: Image.Image) -> ViewGeometry | None:
         """Where the frame lands in the model input (detection undoes it); None for sensor models."""
@@ -110,21 +104,12 @@ class Model:
 
     def postprocess(self, outputs: Sequence[np.ndarray], geometry: ViewGeometry | None = None) -> TaskResult:
         """The interpreter's outputs → the task's result."""
-        tensors = self.engine.outputs
-        m, out = self.manifest, self.manifest.output
-        if m.task == "classification":
-            return classify(outputs[0], tensors[0], m.labels, out.activation, self.top_k)
-        if m.task == "detection":
-            if geometry is None:
-                spec = m.input
-                assert isinstance(spec, ImageInputSpec)
-                geometry = ViewGeometry(1.0, 1.0, 0.0, 0.0, spec.width, spec.height)
-            return detect(outputs, tensors, m, geometry, self.thresholds, self.zones)
-        if m.task == "regression":
-            return regress(outputs[0], tensors[0], out.names, out.band)
-        if m.task == "anomaly":
-            return anomaly(outputs[0], tensors[0], self.thresholds.default)
-        return raw(outputs, tensors, out.names)
+        ctx = Context(self.manifest, self.engine.outputs, self.thresholds, self.zones, self.top_k, geometry)
+        return self.task_impl.postprocess(outputs, ctx)
+
+    def decide(self, result: TaskResult) -> Decision:
+        """`ok` or `uncertain` under this model's thresholds, before any fallback."""
+        return self.task_impl.decide(result, self.thresholds)
 
     def infer(self, tensor: np.ndarray) -> Classification:
         """`run` for a classification model (what the converter's evaluation uses)."""
@@ -194,11 +179,6 @@ def _parse(path: Path | str, doc: dict[str, Any], where: str) -> Manifest:
         return parse_manifest(doc)
     except ManifestError as exc:
         raise BundleError(path, f"{where}: {exc}") from None
-
-
-def zones_from_config(entries: Sequence[dict[str, Any]]) -> tuple[Zone, ...]:
-    """`[model].zones` → detection zones."""
-    return tuple(Zone(z["name"], tuple((float(x), float(y)) for x, y in z["polygon"])) for z in entries)
 
 
 def threshold_problem(task: str, threshold: float | None) -> str | None:

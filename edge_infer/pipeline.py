@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from edge_infer.capture import CaptureStore
-from edge_infer.decide import DebouncedState, Debouncer, Decision, Thresholds, decide, with_fallback
+from edge_infer.decide import DebouncedState, Debouncer, Decision, Thresholds, with_fallback
 from edge_infer.gates import Verdict
 from edge_infer.gates.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image, standardize
 from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate
@@ -21,9 +21,10 @@ from edge_infer.gates.sensor import SensorGate, SensorLimits
 from edge_infer.manifest import SensorInputSpec
 from edge_infer.model import Model
 from edge_infer.monitor import channel_means
-from edge_infer.postprocess import Classification, TaskResult
 from edge_infer.preprocess import ViewGeometry
 from edge_infer.sources import Sample
+from edge_infer.tasks import TaskResult
+from edge_infer.tasks.classification import Classification
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class Pipeline:
             "brightness": quality.brightness, "contrast": quality.contrast, "sharpness": quality.sharpness}
         if self.colour_stats and pixels.ndim == 3:
             stats.update(zip(("mean.R", "mean.G", "mean.B"), channel_means(pixels), strict=True))
-        geometry = self.model.geometry(image) if self.model.task == "detection" else None  # only boxes need it
+        geometry = self.model.geometry(image) if self.model.task_impl.needs_geometry else None  # boxes, masks
         return Prepared(sample, verdict, self.model.view_tensor(pixels), started, geometry, stats,
                         image if self.policy.escalate_to is not None else None)
 
@@ -163,7 +164,7 @@ class Pipeline:
         if prepared.tensor is None:
             return Outcome(prepared.verdict)
         result = self.model.run(prepared.tensor, prepared.geometry)
-        decision = decide(result, self.model.thresholds)
+        decision = self.model.decide(result)
         policy = self.policy
         first = None
         if decision.status == "uncertain" and policy.fallback == "escalate" and policy.escalate_to is not None:
@@ -193,7 +194,7 @@ class Pipeline:
             tensor, geometry = second.view_tensor(np.asarray(second.view(prepared.image))), second.geometry(
                 prepared.image)
         result = second.run(tensor, geometry)
-        return result, decide(result, second.thresholds)
+        return result, second.decide(result)
 
     def _keep(self, prepared: Prepared, result: TaskResult, decision: Decision) -> None:
         """An uncertain input into the review folder, under its predicted label (a person confirms it)."""

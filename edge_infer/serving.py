@@ -29,9 +29,11 @@ from edge_infer.messages import Identity
 from edge_infer.model import Model, model_from_config, threshold_problem
 from edge_infer.monitor import DriftChange, DriftMonitor, monitor_from_config
 from edge_infer.pipeline import Outcome, Pipeline, Policy
-from edge_infer.postprocess import Classification, TaskResult, Zone
 from edge_infer.slots import Slots
 from edge_infer.sources import Sample
+from edge_infer.tasks import TaskResult
+from edge_infer.tasks.classification import Classification
+from edge_infer.tasks.zones import Zone
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,9 @@ from PIL import Image, ImageDraw
 
 from edge_infer.decide import Decision
 from edge_infer.gates.image import decode_image
-from edge_infer.postprocess import Classification, Detections, TaskResult
+from edge_infer.tasks import TaskResult
+from edge_infer.tasks.classification import Classification
+from edge_infer.tasks.detection import Detections
 
 MAX_SIDE = 640  # the picture is for a person glancing at it: at most this many pixels a side
 

@@ -37,10 +37,10 @@ from edge_infer.model import Model
 from edge_infer.monitor import DriftMonitor
 from edge_infer.outbox import EVENTS, Outbox, Pending
 from edge_infer.pipeline import Outcome, Pipeline, Prepared
-from edge_infer.postprocess import TaskResult
 from edge_infer.service import Notifier, Progress, Watchdog
 from edge_infer.sinks import Sink
 from edge_infer.sources import Sample, Source
+from edge_infer.tasks import TaskResult
 from edge_infer.writer import OutboxWriter
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,9 @@ from edge_infer.config import Config
 from edge_infer.decide import Thresholds
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.logs import setup_logging
-from edge_infer.model import threshold_problem, zones_from_config
+from edge_infer.model import threshold_problem
 from edge_infer.serving import Serving, sensor_gate_for
+from edge_infer.tasks.zones import zones_from_config
 
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
 RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "outbox", "pipeline", "service", "metrics",

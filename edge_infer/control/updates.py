@@ -31,7 +31,6 @@ from edge_infer.golden import canary, read_golden
 from edge_infer.messages import EVENT_SEVERITY
 from edge_infer.model import Model
 from edge_infer.pipeline import Outcome, Pipeline
-from edge_infer.postprocess import Classification
 from edge_infer.runtime import RuntimeUnavailable
 from edge_infer.serving import Serving
 from edge_infer.signing import SignatureError, verify_bundle
@@ -342,10 +341,7 @@ class Updater:
         if result is None:
             return
         shadow.seen += 1
-        if isinstance(result, Classification) and isinstance(outcome.result, Classification):
-            shadow.agreed += result.label == outcome.result.label
-        else:
-            shadow.agreed += 1  # other tasks: running without failing is what shadow proves
+        shadow.agreed += self.serving.model.task_impl.agrees(result, outcome.result)  # the task says what agrees
         if shadow.seen < shadow.needed:
             return
         agreement = shadow.agreed / shadow.seen

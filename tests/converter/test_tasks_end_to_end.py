@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from edge_infer.bundle import load_bundle
-from edge_infer.postprocess import iou
+from edge_infer.tasks.detection import iou
 from tests.conftest import DEMO, run_cli, write_config
 from tests.converter.conftest import DigitsWorkspace, demo_script
 from tests.converter.test_convert_to_device import edge_convert

@@ -17,9 +17,10 @@ from edge_infer.bundle import load_bundle
 from edge_infer.decide import Debouncer, Thresholds
 from edge_infer.manifest import ImageInputSpec, parse_output_spec
 from edge_infer.model import Model, open_bundle
-from edge_infer.postprocess import Zone, iou, nms
 from edge_infer.preprocess import model_view, view_geometry
 from edge_infer.runtime import TensorInfo
+from edge_infer.tasks.detection import iou, nms
+from edge_infer.tasks.zones import Zone
 from tests.conftest import REPO
 
 DETECTORS = {"yolo": REPO / "demo" / "digit-detector-yolo.tflite", "ssd": REPO / "demo" / "digit-detector-ssd.tflite"}
@@ -124,8 +125,8 @@ def test_zones_and_per_label_thresholds() -> None:
 def test_yolo_rows_decode_with_the_tensors_own_quantization() -> None:
     """A hand-made quantized (1, 2, 7) grid: 2 classes with objectness; cxcywh normalised."""
     from edge_infer.manifest import parse_manifest
-    from edge_infer.postprocess import detect
     from edge_infer.preprocess import ViewGeometry
+    from edge_infer.tasks.detection import detect
 
     doc = json.loads(json.dumps(load_bundle(DETECTORS["yolo"]).manifest.raw))
     doc["labels"], doc["thresholds"] = ["a", "b"], {"default": 0.5}

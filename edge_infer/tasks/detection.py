@@ -1,7 +1,8 @@
-"""Raw model outputs → task results: classification, detection, regression, anomaly score, raw arrays.
+"""`task = "detection"`: boxes in source-frame pixels — decoded and non-max-suppressed on the device (yolo) or
+taken from TFLite's detection post-process op (ssd) — with per-label thresholds and zones.
 
-Dequantization always uses each output tensor's own scale and zero point. Detection boxes come back in the
-source frame's pixel coordinates: the letterbox or crop `model_view` applied is undone (`ViewGeometry`).
+Uncertain when a candidate sits between the score floor and its label's threshold; two results agree when
+they found the same set of labels.
 """
 
 from __future__ import annotations
@@ -12,55 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from edge_infer.manifest import SSD_TENSORS, Manifest, OutputSpec
+from edge_infer.decide import Decision, Thresholds
+from edge_infer.manifest import SSD_TENSORS, ImageInputSpec, Manifest, OutputSpec
 from edge_infer.preprocess import ViewGeometry
 from edge_infer.runtime import TensorInfo
-
-
-def dequantize(values: np.ndarray, tensor: TensorInfo) -> np.ndarray:
-    """Integer outputs to float with the tensor's quantization; float outputs pass through as float32."""
-    if tensor.quantized and np.issubdtype(values.dtype, np.integer):
-        return (values.astype(np.float32) - np.float32(tensor.zero_point)) * np.float32(tensor.scale)
-    return values.astype(np.float32, copy=False)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - np.max(logits))
-    return shifted / np.sum(shifted)
-
-
-@dataclass(frozen=True)
-class Classification:
-    label: str
-    confidence: float
-    top_k: list[tuple[str, float]]
-    task: str = field(default="classification", init=False)
-
-    @property
-    def event_key(self) -> str:
-        return self.label
-
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "label": self.label,
-            "confidence": round(self.confidence, 6),
-            "top_k": [{"label": lab, "score": round(score, 6)} for lab, score in self.top_k],
-        }
-
-
-def classify(
-    output: np.ndarray, tensor: TensorInfo, labels: tuple[str, ...], activation: str, top_k: int
-) -> Classification:
-    """Top-k labels with scores from a (1, N) classification output."""
-    scores = dequantize(output, tensor).reshape(-1)
-    if scores.shape[0] != len(labels):
-        raise ValueError(f"model produced {scores.shape[0]} scores for {len(labels)} labels")
-    if activation in ("none", "logits"):
-        scores = softmax(scores)
-    k = max(1, min(top_k, len(labels)))
-    order = np.argsort(-scores, kind="stable")[:k]
-    ranked = [(labels[i], float(scores[i])) for i in order]
-    return Classification(label=ranked[0][0], confidence=ranked[0][1], top_k=ranked)
+from edge_infer.tasks import Context, Entity, register
+from edge_infer.tasks.outputs import dequantize
+from edge_infer.tasks.zones import Zone
 
 
 @dataclass(frozen=True)
@@ -78,22 +37,6 @@ class Box:
         if self.zones:
             doc["zones"] = list(self.zones)
         return doc
-
-
-@dataclass(frozen=True)
-class Zone:
-    """A named polygon, in fractions of the frame; a detection is in it when its box's centre is."""
-
-    name: str
-    polygon: tuple[tuple[float, float], ...]
-
-    def contains(self, x: float, y: float) -> bool:
-        inside = False
-        pts = self.polygon
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:] + pts[:1], strict=True):
-            if (y0 > y) != (y1 > y) and x < (x1 - x0) * (y - y0) / (y1 - y0) + x0:
-                inside = not inside
-        return inside
 
 
 @dataclass(frozen=True)
@@ -265,84 +208,31 @@ def detect(outputs: Sequence[np.ndarray], tensors: Sequence[TensorInfo], manifes
     return Detections(out[:spec.max_detections], weak, (geometry.width, geometry.height))
 
 
-@dataclass(frozen=True)
-class Regression:
-    """Named values; those outside their band are listed (the band comes from the manifest or the config)."""
 
-    values: dict[str, float]
-    out_of_band: tuple[str, ...] = ()
-    task: str = field(default="regression", init=False)
-    confidence: float = field(default=1.0, init=False)
+class DetectionTask:
+    name = "detection"
+    needs_geometry = True
 
-    @property
-    def event_key(self) -> str:
-        return "out_of_band" if self.out_of_band else "in_band"
+    def postprocess(self, outputs: Sequence[np.ndarray], ctx: Context) -> Detections:
+        geometry = ctx.geometry
+        if geometry is None:
+            spec = ctx.manifest.input
+            assert isinstance(spec, ImageInputSpec)
+            geometry = ViewGeometry(1.0, 1.0, 0.0, 0.0, spec.width, spec.height)
+        return detect(outputs, ctx.tensors, ctx.manifest, geometry, ctx.thresholds, ctx.zones)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"values": {k: round(v, 6) for k, v in self.values.items()}, "in_band": not self.out_of_band,
-                "out_of_band": list(self.out_of_band)}
+    def decide(self, result: Detections, thresholds: Thresholds) -> Decision:
+        return Decision(status="uncertain" if result.candidates_below_threshold else "ok",
+                        threshold=thresholds.default)
 
+    def agrees(self, a: Detections, b: Detections) -> bool:
+        return a.event_key == b.event_key
 
-def regress(output: np.ndarray, tensor: TensorInfo, names: Sequence[str],
-            band: dict[str, tuple[float, float]]) -> Regression:
-    values = dequantize(output, tensor).reshape(-1)
-    keys = list(names) if len(names) == len(values) else (
-        ["value"] if len(values) == 1 else [f"value_{i}" for i in range(len(values))])
-    doc = {k: float(v) for k, v in zip(keys, values, strict=True)}
-    outside = tuple(k for k, (lo, hi) in band.items() if k in doc and not lo <= doc[k] <= hi)
-    return Regression(doc, outside)
+    def entities(self) -> list[Entity]:
+        return [("sensor", "objects", {"name": "Objects", "state_class": "measurement", "icon": "mdi:eye",
+                                       "value_template": "{{ value_json.result.detections | length }}"})]
 
 
-@dataclass(frozen=True)
-class AnomalyScore:
-    """A score and whether it reaches the anomaly threshold."""
-
-    score: float
-    threshold: float
-    task: str = field(default="anomaly", init=False)
-    confidence: float = field(default=1.0, init=False)
-
-    @property
-    def anomalous(self) -> bool:
-        return self.score >= self.threshold
-
-    @property
-    def event_key(self) -> str:
-        return "anomalous" if self.anomalous else "normal"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"score": round(self.score, 6), "anomalous": self.anomalous}
-
-
-def anomaly(output: np.ndarray, tensor: TensorInfo, threshold: float) -> AnomalyScore:
-    values = dequantize(output, tensor).reshape(-1)
-    if values.size != 1:
-        raise ValueError(f"an anomaly model outputs one score, this one {values.size} values")
-    return AnomalyScore(float(values[0]), threshold)
-
-
-@dataclass(frozen=True)
-class RawOutputs:
-    """Every output, dequantized, by name: any model runs with configuration alone."""
-
-    arrays: dict[str, np.ndarray]
-    task: str = field(default="raw", init=False)
-    confidence: float = field(default=1.0, init=False)
-
-    @property
-    def event_key(self) -> str:
-        return "raw"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"outputs": {name: {"shape": list(a.shape), "values": np.round(a.astype(np.float64), 6).ravel().tolist()}
-                            for name, a in self.arrays.items()}}
-
-
-def raw(outputs: Sequence[np.ndarray], tensors: Sequence[TensorInfo], names: Sequence[str]) -> RawOutputs:
-    keys = list(names) if len(names) == len(outputs) else [t.name or f"output_{i}" for i, t in enumerate(tensors)]
-    if len(set(keys)) != len(keys):
-        keys = [f"output_{i}" for i in range(len(outputs))]
-    return RawOutputs({k: dequantize(o, t) for k, o, t in zip(keys, outputs, tensors, strict=True)})
-
-
-TaskResult = Classification | Detections | Regression | AnomalyScore | RawOutputs
+@register("detection")
+def make() -> DetectionTask:
+    return DetectionTask()

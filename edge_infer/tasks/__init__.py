@@ -1,0 +1,90 @@
+"""Model tasks: how a model's raw outputs become a result, what makes a result uncertain, when two results
+agree (canary, shadow) and what Home Assistant shows. One module per task, named as the manifest's `task`:
+classification, detection, regression, anomaly, segmentation, raw. The model asks `task_for(name)`; nothing
+else names a task.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge_infer.tasks.names import NAMES
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edge_infer.decide import Decision, Thresholds
+    from edge_infer.manifest import Manifest
+    from edge_infer.preprocess import ViewGeometry
+    from edge_infer.runtime import TensorInfo
+
+Entity = tuple[str, str, dict[str, Any]]  # Home Assistant: (component, object id, fields)
+
+
+class TaskResult(Protocol):
+    """What every task's result offers the rest of the device."""
+
+    task: str
+
+    @property
+    def confidence(self) -> float: ...
+
+    @property
+    def event_key(self) -> str:
+        """What the debouncer compares between frames (a label, a set of labels, a state)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `result` of a `results` message."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a task reads besides the outputs: the manifest, the output tensors (quantization), the live rules
+    (thresholds, zones, top-k) and where the frame landed in the model input (None for sensor windows)."""
+
+    manifest: Manifest
+    tensors: Sequence[TensorInfo]
+    thresholds: Thresholds
+    zones: Sequence[Any] = ()
+    top_k: int = 3
+    geometry: ViewGeometry | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(Protocol):
+    name: str
+    needs_geometry: bool  # its results are placed in the source frame (boxes, masks, zones)
+
+    def postprocess(self, outputs: Sequence[np.ndarray], ctx: Context) -> TaskResult: ...
+
+    def decide(self, result: Any, thresholds: Thresholds) -> Decision:
+        """`ok` or `uncertain`, before any fallback."""
+
+    def agrees(self, a: Any, b: Any) -> bool:
+        """Whether two models' results on the same input say the same thing (shadow runs)."""
+
+    def entities(self) -> list[Entity]:
+        """The Home Assistant entities that show this task's results."""
+
+
+_REGISTRY: dict[str, Callable[[], Task]] = {}
+
+
+def register(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
+    def decorate(factory: Callable[[], Task]) -> Callable[[], Task]:
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def task_for(name: str) -> Task:
+    """The task registered as `name` (its module is imported on first use)."""
+    if name not in NAMES:
+        raise ValueError(f"unknown task {name!r} (choose from: {', '.join(NAMES)})")
+    if name not in _REGISTRY:
+        importlib.import_module(f"edge_infer.tasks.{name}")
+    return _REGISTRY[name]()
