@@ -306,7 +306,7 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{name}]: expected a table, got {type(table).__name__}")
     fields = SCHEMA[name]
-    if name in PLUGGED:
+    if name in PLUGGED and table:  # a plug-in's module is imported only when its section is written
         family, types = PLUGGED[name]
         kind = table.get("type", fields["type"].default)
         if kind is not None and kind not in types:
