@@ -12,7 +12,7 @@ from PIL import Image
 
 from converter.errors import ConvertError
 from edge_infer.gates import sensor as sensor_gate
-from edge_infer.gates.image import DecodeRejected, decode_image
+from edge_infer.gates.decode import DecodeRejected, decode_image
 from edge_infer.gates.quality import assess, reference_stats
 from edge_infer.manifest import ImageInputSpec, SensorInputSpec
 from edge_infer.preprocess import model_view, normalized_image, normalized_window

@@ -25,7 +25,7 @@ from PIL import Image
 
 from edge_infer.bundle import load_bundle
 from edge_infer.config import Config
-from edge_infer.gates.image import DecodeRejected, decode_image
+from edge_infer.gates.decode import DecodeRejected, decode_image
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.model import Model, engine_settings
 from edge_infer.sources.directory import IGNORED_SUFFIXES

@@ -214,7 +214,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from edge_infer.capture import export
+    from edge_infer.review import export
 
     cfg = load_config(args.config)
     root = cfg.decide["uncertain_dir"] if args.what == "uncertain" else cfg.gate["rejected_dir"]

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_infer.gates.image import decode_image
+from edge_infer.gates.decode import decode_image
 from edge_infer.model import Model
 from edge_infer.preprocess import ViewGeometry
 from edge_infer.tasks import TaskResult

@@ -12,16 +12,16 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from PIL import Image
 
-from edge_infer.capture import CaptureStore
 from edge_infer.decide import DebouncedState, Debouncer, Decision, Thresholds, with_fallback
 from edge_infer.gates import Verdict
-from edge_infer.gates.image import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image, standardize
+from edge_infer.gates.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image, standardize
 from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate
 from edge_infer.gates.sensor import SensorGate, SensorLimits
 from edge_infer.manifest import SensorInputSpec
 from edge_infer.model import Model
 from edge_infer.monitor import channel_means
 from edge_infer.preprocess import ViewGeometry
+from edge_infer.review import CaptureStore
 from edge_infer.sources import Sample
 from edge_infer.tasks import TaskResult
 from edge_infer.tasks.classification import Classification

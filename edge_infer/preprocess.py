@@ -51,7 +51,7 @@ def view_geometry(size: tuple[int, int], spec: ImageInputSpec,
 
 
 def model_view(image: Image.Image, spec: ImageInputSpec) -> Image.Image:
-    """A decoded image (see `edge_infer.gates.image.decode_image`) as the model sees it: its colour, its size.
+    """A decoded image (see `edge_infer.gates.decode.decode_image`) as the model sees it: its colour, its size.
     The quality gate measures this view, so "blurry" means blurry at the resolution the model works at.
 
     `stretch` resizes to the input size; `letterbox` keeps the aspect ratio and pads the rest with `pad`

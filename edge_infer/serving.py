@@ -18,10 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge_infer.capture import CaptureStore
 from edge_infer.config import Config, ConfigError
 from edge_infer.decide import Debouncer, Thresholds
-from edge_infer.gates.image import decode_image, standardize
+from edge_infer.gates.decode import decode_image, standardize
 from edge_infer.gates.quality import ImageGate, gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
 from edge_infer.manifest import Manifest, SensorInputSpec
@@ -29,6 +28,7 @@ from edge_infer.messages import Identity
 from edge_infer.model import Model, model_from_config, threshold_problem
 from edge_infer.monitor import DriftChange, DriftMonitor, monitor_from_config
 from edge_infer.pipeline import Outcome, Pipeline, Policy
+from edge_infer.review import CaptureStore
 from edge_infer.slots import Slots
 from edge_infer.sources import Sample
 from edge_infer.tasks import TaskResult

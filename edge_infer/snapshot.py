@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from edge_infer.decide import Decision
-from edge_infer.gates.image import decode_image
+from edge_infer.gates.decode import decode_image
 from edge_infer.tasks import TaskResult
 from edge_infer.tasks.classification import Classification
 from edge_infer.tasks.detection import Detections

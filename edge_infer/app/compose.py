@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edge_infer import __version__
-from edge_infer.capture import review_store
 from edge_infer.config import Config, ConfigError
 from edge_infer.control import AddEvent
 from edge_infer.decide import Thresholds
@@ -18,6 +17,7 @@ from edge_infer.messages import Identity, event_payload, status_payload
 from edge_infer.model import Model, model_from_config
 from edge_infer.outbox import Limits, Outbox
 from edge_infer.pipeline import Policy
+from edge_infer.review import review_store
 from edge_infer.serving import Serving
 from edge_infer.sinks import Sink
 from edge_infer.sinks.mqtt import Publisher, settings_from_config

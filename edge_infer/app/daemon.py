@@ -32,7 +32,7 @@ from edge_infer.messages import (
     result_payload,
     snapshot_payload,
 )
-from edge_infer.metrics import LatencyWindow, MetricsServer, ThermalGovernor
+from edge_infer.metrics import LatencyWindow, MetricsServer
 from edge_infer.model import Model
 from edge_infer.monitor import DriftMonitor
 from edge_infer.outbox import EVENTS, Outbox, Pending
@@ -41,6 +41,7 @@ from edge_infer.service import Notifier, Progress, Watchdog
 from edge_infer.sinks import Sink
 from edge_infer.sources import Sample, Source
 from edge_infer.tasks import TaskResult
+from edge_infer.thermal import ThermalGovernor
 from edge_infer.writer import OutboxWriter
 
 log = logging.getLogger(__name__)
@@ -142,9 +143,9 @@ class Daemon:
     def handle(self, sample: Sample) -> Outcome:
         """Process one sample and commit its result or rejection, with its checkpoint, to the outbox."""
         pipeline = self.pipeline
-        return self._back(pipeline, self._timed("decode", pipeline.prepare, sample))
+        return self._finish(pipeline, self._timed("decode", pipeline.prepare, sample))
 
-    def _back(self, pipeline: Pipeline, prepared: Prepared) -> Outcome:
+    def _finish(self, pipeline: Pipeline, prepared: Prepared) -> Outcome:
         """The back half of one input, on the pipeline (model) that prepared it: inference, commit, pacing."""
         started = time.monotonic()
         try:
@@ -335,7 +336,7 @@ class Daemon:
         thread.start()
         self._handoff = handoff
         while (item := handoff.get()) is not None:
-            self._back(*item)
+            self._finish(*item)
         thread.join()
         if failure:
             raise failure[0]

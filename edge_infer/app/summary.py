@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from edge_infer import __version__
 from edge_infer.messages import Identity
-from edge_infer.metrics import LatencyWindow, ThermalGovernor, rss_bytes
+from edge_infer.metrics import LatencyWindow, rss_bytes
 from edge_infer.model import Model
 from edge_infer.monitor import DriftMonitor
 from edge_infer.outbox import Outbox
@@ -17,6 +17,7 @@ from edge_infer.outbox_items import stored_count
 from edge_infer.pipeline import Outcome, Pipeline
 from edge_infer.sinks import Sink
 from edge_infer.sources import Sample, Source
+from edge_infer.thermal import ThermalGovernor
 from edge_infer.writer import OutboxWriter
 
 log = logging.getLogger("edge_infer.app.daemon")  # one logger for the daemon's lines

@@ -292,7 +292,7 @@ class Commands:
         except TransferError as exc:
             self.answer(command, ok=False, reason="bad_transfer", detail=str(exc))
             return
-        outcome = self.updater.offer(path, "mqtt")
+        outcome = self.updater.take(path, "mqtt")
         if outcome.get("ok"):
             self.answer(command, ok=True, step=outcome["step"], model=outcome["model"], canary=outcome["canary"])
         else:

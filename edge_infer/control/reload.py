@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from edge_infer.capture import review_store
 from edge_infer.config import Config
 from edge_infer.decide import Thresholds
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.logs import setup_logging
 from edge_infer.model import threshold_problem
+from edge_infer.review import review_store
 from edge_infer.serving import Serving, sensor_gate_for
 from edge_infer.tasks.zones import zones_from_config
 

@@ -133,9 +133,9 @@ class Updater:
             if seen != (st.st_size, st.st_mtime) or now - st.st_mtime < SETTLE_S:
                 continue  # still being written
             self._sizes.pop(path.name, None)
-            self.offer(path, "incoming")
+            self.take(path, "incoming")
 
-    def offer(self, path: Path, source: str) -> dict[str, Any]:
+    def take(self, path: Path, source: str) -> dict[str, Any]:
         """The whole intake of one bundle file; returns what became of it (the answer to `update-model`). The
         file is consumed: first moved out of incoming/ (so a crash while it is checked cannot offer it again),
         then into a slot, or into incoming/refused/. Only a regular file within `max_bundle_bytes` is read."""

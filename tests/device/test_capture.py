@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_infer.capture import CaptureStore, export
+from edge_infer.review import CaptureStore, export
 from tests.conftest import DIGITS_TEST
 
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from edge_infer.gates.image import DecodeRejected, decode_image
+from edge_infer.gates.decode import DecodeRejected, decode_image
 from tests.conftest import DIGITS_TEST
 
 

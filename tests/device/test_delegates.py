@@ -12,7 +12,7 @@ import pytest
 from edge_infer.bundle import load_bundle
 from edge_infer.config import ConfigError, load_config
 from edge_infer.delegates import EngineSettings
-from edge_infer.gates.image import decode_image
+from edge_infer.gates.decode import decode_image
 from edge_infer.model import Model
 from edge_infer.runtime import Engine, RuntimeUnavailable
 from tests.conftest import DIGITS_INT8, DIGITS_TEST, run_cli, write_config

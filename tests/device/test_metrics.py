@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_infer.metrics import ThermalGovernor, read_throttled
+from edge_infer.thermal import ThermalGovernor, read_throttled
 from tests.conftest import DIGITS_INT8, REPO, write_config
 from tests.device.faults import make_frames, wait_until
 from tests.helpers.broker import Mosquitto, free_port

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edge_infer.gates.image import decode_image
+from edge_infer.gates.decode import decode_image
 from edge_infer.manifest import ImageInputSpec
 from edge_infer.preprocess import image_tensor, model_view, normalized_image, to_input_tensor
 from edge_infer.runtime import TensorInfo

@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 
 from edge_infer.bundle import load_bundle
 from edge_infer.decide import Thresholds
-from edge_infer.gates.image import DecodeRejected, decode_image
+from edge_infer.gates.decode import DecodeRejected, decode_image
 from edge_infer.gates.quality import (
     DEFAULT_LIMITS,
     FrozenDetector,

@@ -10,7 +10,7 @@ import json
 import pytest
 
 from edge_infer.bundle import load_bundle
-from edge_infer.gates.image import decode_image
+from edge_infer.gates.decode import decode_image
 from edge_infer.model import Model
 from edge_infer.runtime import RuntimeUnavailable
 from tests.conftest import DEMO, DIGITS_TEST
