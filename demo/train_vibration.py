@@ -96,11 +96,11 @@ def train_model(train_csv: Path, spec_toml: Path, out: Path, epochs: int = 15, s
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from converter.cli import _sensor_spec
+    from converter.specs import sensor_spec
     from converter.datasets import list_windows, window_tensors
 
     keras.utils.set_random_seed(seed)
-    spec = _sensor_spec(spec_toml)
+    spec = sensor_spec(spec_toml)
     examples = list_windows(train_csv, spec, list(LABELS), "training")
     x = np.stack(list(window_tensors(examples, spec)))
     y = np.array([LABELS.index(ex.label) for ex in examples])

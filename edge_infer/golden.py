@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from edge_infer.gates.decode import decode_image
 from edge_infer.model import Model
+from edge_infer.pipeline import tensor_for
 from edge_infer.preprocess import ViewGeometry
+from edge_infer.sources import Sample
 from edge_infer.tasks import TaskResult
 from edge_infer.tasks.classification import Classification
 from edge_infer.tasks.outputs import dequantize
@@ -56,10 +57,9 @@ class GoldenSet:
 
 
 def _input(model: Model, item: GoldenInput) -> tuple[np.ndarray, ViewGeometry | None]:
-    if item.window is not None:
-        return model.window_tensor(item.window), None
-    assert item.data is not None
-    return model.input_for(decode_image(item.data, draft_size=model.draft_size))
+    prepared = tensor_for(model, Sample("golden", item.name, "", 0.0, item.data, window=item.window))
+    assert prepared is not None, f"golden input {item.name} holds neither bytes nor a window"
+    return prepared
 
 
 def golden_outputs(model: Model, inputs: list[GoldenInput]) -> tuple[list[TaskResult], np.ndarray, list[float]]:

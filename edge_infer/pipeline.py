@@ -27,6 +27,27 @@ from edge_infer.tasks import TaskResult
 from edge_infer.tasks.classification import Classification
 
 
+def sample_image(sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = DEFAULT_MIN_SIDE,
+                 draft: tuple[int, int] | None = None) -> Image.Image | None:
+    """The sample's picture: a live frame standardized, or its bytes decoded within the size limits (raises
+    `DecodeRejected` with the verdict); None when it holds no picture."""
+    if sample.image is not None:
+        return standardize(sample.image)
+    if sample.data is not None:
+        return decode_image(sample.data, max_pixels, min_side, draft)
+    return None
+
+
+def tensor_for(model: Model, sample: Sample, max_pixels: int = DEFAULT_MAX_PIXELS,
+               min_side: int = DEFAULT_MIN_SIDE) -> tuple[np.ndarray, ViewGeometry | None] | None:
+    """One sample → `model`'s input tensor and where the frame landed in it: the route every model's input
+    takes outside the gated pipeline (shadow candidates, golden inputs). None when the sample holds nothing."""
+    if sample.window is not None:
+        return model.window_tensor(sample.window), None
+    image = sample_image(sample, max_pixels, min_side, model.draft_size)
+    return None if image is None else model.input_for(image)
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A sample after the CPU-bound front half (decode, gate, preprocess): a tensor, or a rejection.
@@ -105,15 +126,12 @@ class Pipeline:
         if sample.window is not None:
             return self._prepare_window(sample, started)
         try:
-            if sample.image is not None:
-                image = standardize(sample.image)
-            elif sample.data is not None:
-                image = decode_image(sample.data, self.max_pixels, self.min_side, self.model.draft_size)
-            else:
-                verdict = Verdict.reject("unreadable", sample.read_error or "the input could not be read")
-                return Prepared(sample, verdict, None, started)
+            image = sample_image(sample, self.max_pixels, self.min_side, self.model.draft_size)
         except DecodeRejected as rejected:
             return self._rejected(sample, rejected.verdict, started)
+        if image is None:
+            verdict = Verdict.reject("unreadable", sample.read_error or "the input could not be read")
+            return Prepared(sample, verdict, None, started)
         view = self.model.view(image)
         pixels = np.asarray(view)  # once, for the gate and the tensor
         verdict = self.gate.check(image, view, pixels)
@@ -190,9 +208,8 @@ class Pipeline:
         if prepared.sample.window is not None:
             tensor, geometry = second.window_tensor(prepared.sample.window), None
         else:
-            assert prepared.image is not None
-            tensor, geometry = second.view_tensor(np.asarray(second.view(prepared.image))), second.geometry(
-                prepared.image)
+            assert prepared.image is not None  # decoded once, by the first model's prepare
+            tensor, geometry = second.input_for(prepared.image)
         result = second.run(tensor, geometry)
         return result, second.decide(result)
 

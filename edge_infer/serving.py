@@ -20,14 +20,13 @@ from typing import Any
 
 from edge_infer.config import Config, ConfigError
 from edge_infer.decide import Debouncer, Thresholds
-from edge_infer.gates.decode import decode_image, standardize
 from edge_infer.gates.quality import ImageGate, gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
 from edge_infer.manifest import Manifest, SensorInputSpec
 from edge_infer.messages import Identity
 from edge_infer.model import Model, model_from_config, threshold_problem
 from edge_infer.monitor import DriftChange, DriftMonitor, monitor_from_config
-from edge_infer.pipeline import Outcome, Pipeline, Policy
+from edge_infer.pipeline import Outcome, Pipeline, Policy, tensor_for
 from edge_infer.review import CaptureStore
 from edge_infer.slots import Slots
 from edge_infer.sources import Sample
@@ -190,16 +189,8 @@ class Serving:
     # ---- reading -----------------------------------------------------------------------------------------------
     def shadow_result(self, model: Model, sample: Sample) -> TaskResult | None:
         """`model`'s result on a live input, prepared its own way (a shadow candidate; inference thread)."""
-        if sample.window is not None:
-            return model.run(model.window_tensor(sample.window))
-        if sample.image is not None:
-            image = standardize(sample.image)
-        elif sample.data is not None:
-            image = decode_image(sample.data, self.cfg.gate["max_pixels"], self.cfg.gate["min_side"],
-                                 model.draft_size)
-        else:
-            return None
-        return model.run(*model.input_for(image))
+        prepared = tensor_for(model, sample, self.cfg.gate["max_pixels"], self.cfg.gate["min_side"])
+        return None if prepared is None else model.run(*prepared)
 
     def observe(self, outcome: Outcome) -> list[DriftChange]:
         """Feed one accepted input to the drift monitor; returns its alarm state changes."""

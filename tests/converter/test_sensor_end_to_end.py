@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from converter.datasets import list_windows
-from converter.specs import sensor_spec as _sensor_spec
+from converter.specs import sensor_spec
 from edge_infer.bundle import load_bundle
 from tests.conftest import REPO, run_cli
 from tests.converter.conftest import demo_script
@@ -58,7 +58,7 @@ def test_the_sensor_bundle_is_accurate_and_its_report_true(sensor_bundle: dict[s
     assert ref is not None and set(ref["channels"]) == {"ax", "ay", "az"}
     # independent evaluation on the same CSV windows: TensorFlow's interpreter, the manifest's mean/std applied
     # in numpy here, the windows' true labels (tests/helpers/independent.py)
-    spec = _sensor_spec(sensor_bundle["spec"])
+    spec = sensor_spec(sensor_bundle["spec"])
     examples = list_windows(sensor_bundle["test"], spec, None, "eval")
     predicted = independent.predict(sensor_bundle["bundle"], [ex.window for ex in examples])
     correct = sum(p == ex.label for p, ex in zip(predicted, examples, strict=True))
@@ -137,7 +137,7 @@ reconnect_max = 1.0
 
 def test_npz_windows_calibrate_and_evaluate_like_the_csv(sensor_bundle: dict[str, Path], tmp_path: Path) -> None:
     """The same windows as .npz (x: N × window × channels; y as label indices, then as label names)."""
-    spec = _sensor_spec(sensor_bundle["spec"])
+    spec = sensor_spec(sensor_bundle["spec"])
     labels = sensor_bundle["root"].joinpath("labels.txt").read_text().split()
     windows = list_windows(sensor_bundle["test"], spec, None, "eval")
     x = np.stack([w.window for w in windows])
