@@ -96,8 +96,8 @@ def train_model(train_csv: Path, spec_toml: Path, out: Path, epochs: int = 15, s
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from converter.specs import sensor_spec
     from converter.datasets import list_windows, window_tensors
+    from converter.specs import sensor_spec
 
     keras.utils.set_random_seed(seed)
     spec = sensor_spec(spec_toml)
