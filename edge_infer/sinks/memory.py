@@ -7,11 +7,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from edge_infer.outbox import Outbox, OutboxFull
+from edge_infer.outbox import Outbox
 from edge_infer.outbox_items import Row
+from edge_infer.sinks.receipts import Counted, Receipts
 
 
-class MemorySink(threading.Thread):
+class MemorySink(Counted, threading.Thread):
     """Drains the outbox into `delivered` ((kind, payload) in seq order) until stopped."""
 
     def __init__(self, open_outbox: Callable[[], Outbox], refuse: Callable[[Row], str | None] | None = None) -> None:
@@ -24,8 +25,7 @@ class MemorySink(threading.Thread):
         self.delivered: list[tuple[str, bytes]] = []
         self.snapshots: list[tuple[str, bytes]] = []
         self.announced = 0  # model swaps announced (`refresh`)
-        self.published = 0
-        self.dead_lettered = 0
+        self.receipts = Receipts()
         self._problems: dict[str, str] = {}
 
     def notify(self) -> None:
@@ -76,18 +76,14 @@ class MemorySink(threading.Thread):
 
     def _drain(self, outbox: Outbox) -> None:
         while rows := outbox.pending(0, 256):
-            taken = []
-            try:
-                for row in rows:
-                    reason = self._refuse(row) if self._refuse is not None else None
-                    if reason is not None:
-                        outbox.dead_letter(row.seq, reason)
-                        self.dead_lettered += 1
-                        continue
-                    with self._lock:
-                        self.delivered.append((row.kind, row.payload))
-                    taken.append(row.seq)
-                outbox.delete(taken)
-            except OutboxFull:
-                return
-            self.published += len(taken)
+            for row in rows:
+                reason = self._refuse(row) if self._refuse is not None else None
+                if reason is not None:
+                    self.receipts.refused.append((row.seq, reason))
+                    continue
+                with self._lock:
+                    self.delivered.append((row.kind, row.payload))
+                self.receipts.taken.append(row.seq)
+            self.receipts.apply(outbox)
+            if self.receipts.taken or self.receipts.refused:
+                return  # the disk is full: try again on the next turn

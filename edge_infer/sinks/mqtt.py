@@ -28,7 +28,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from edge_infer.config import ConfigError
 from edge_infer.inbox import Inbox
-from edge_infer.outbox import Outbox, OutboxFull
+from edge_infer.outbox import Outbox
+from edge_infer.sinks.receipts import Counted, Receipts
 from edge_infer.uploader import CaptureFile, CaptureUploader
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-class Publisher(threading.Thread):
+class Publisher(Counted, threading.Thread):
     """Drains the outbox to the broker until stopped; survives broker outages by reconnecting."""
 
     def __init__(
@@ -115,8 +116,7 @@ class Publisher(threading.Thread):
         self._wake = threading.Event()
         self.connected = threading.Event()
         self.connect_failures = 0  # consecutive failed connection attempts
-        self.published = 0
-        self.dead_lettered = 0
+        self.receipts = Receipts()
         self.broker: str | None = None  # "host:port" while connected
         self._problems: dict[str, str] = {}
         self._status_dirty = threading.Event()
@@ -129,8 +129,6 @@ class Publisher(threading.Thread):
         self._upload_left: dict[str, int] = {}  # capture file name → chunks not yet acknowledged
         self._idle = False  # the last look at the outbox found nothing to send
         self._inflight: dict[int, int] = {}  # paho mid → outbox seq
-        self._acked: list[int] = []
-        self._refused: list[tuple[int, str]] = []
         self._last_sent = 0
         self._max_packet: int | None = None
         self._connack_failure: str | None = None
@@ -262,7 +260,8 @@ class Publisher(threading.Thread):
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        self._inflight, self._acked, self._refused = {}, [], []
+        self._inflight = {}
+        self.receipts.clear()
         self._last_sent = 0
         self._max_packet = None
         self._connack_failure = None
@@ -352,7 +351,7 @@ class Publisher(threading.Thread):
             topic = self.settings.topic(row.kind)
             if self._max_packet and len(row.payload) + len(topic) + PUBLISH_OVERHEAD > self._max_packet:
                 self._last_sent = row.seq
-                self._refused.append((row.seq, f"payload of {len(row.payload)} bytes exceeds the broker's "
+                self.receipts.refused.append((row.seq, f"payload of {len(row.payload)} bytes exceeds the broker's "
                                                 f"maximum packet size ({self._max_packet})"))
                 continue
             info = client.publish(topic, row.payload, qos=self.settings.qos)
@@ -361,7 +360,7 @@ class Publisher(threading.Thread):
                 return
             self._tokens -= 1
             if self.settings.qos == 0:
-                self._acked.append(row.seq)  # QoS 0 has no acknowledgement: handed to the socket is all we get
+                self.receipts.taken.append(row.seq)  # QoS 0 has no acknowledgement: handed to the socket is all we get
             else:
                 self._inflight[info.mid] = row.seq
             self._last_sent = row.seq
@@ -371,20 +370,8 @@ class Publisher(threading.Thread):
     def _flush_acks(self, outbox: Outbox) -> None:
         """Record acknowledgements and refusals. If the disk is full they wait here (already sent, so they
         are not sent again in this connection) and are retried on the next loop turn."""
-        try:
-            while self._refused:
-                seq, reason = self._refused[0]
-                outbox.dead_letter(seq, reason)
-                self._refused.pop(0)
-                self.dead_lettered += 1
-                log.error("event=dead_letter seq=%d reason=%r (kept in the dead_letters table)", seq, reason)
-                self._wake.set()  # the dead-letter event is a new row to publish
-            if self._acked:
-                outbox.delete(self._acked)
-                self.published += len(self._acked)
-                self._acked = []
-        except OutboxFull:
-            pass
+        if self.receipts.apply(outbox):
+            self._wake.set()  # the dead-letter event is a new row to publish
 
     def _goodbye(self, client: mqtt.Client, outbox: Outbox) -> None:
         """Clean stop: wait briefly for in-flight acks, publish retained `offline`, disconnect."""
@@ -457,9 +444,9 @@ class Publisher(threading.Thread):
             if seq is None:
                 return  # status messages are not outbox rows
             if reason_code.is_failure:
-                self._refused.append((seq, f"broker refused: {reason_code} (0x{reason_code.value:02x})"))
+                self.receipts.refused.append((seq, f"broker refused: {reason_code} (0x{reason_code.value:02x})"))
             else:
-                self._acked.append(seq)
+                self.receipts.taken.append(seq)
         except Exception:
             log.exception("event=callback_error callback=on_publish")
 

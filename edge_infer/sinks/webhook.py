@@ -27,8 +27,9 @@ from typing import Any
 
 from edge_infer.config import ConfigError
 from edge_infer.options import Field, between, http_url
-from edge_infer.outbox import Outbox, OutboxFull
+from edge_infer.outbox import Outbox
 from edge_infer.outbox_items import Row
+from edge_infer.sinks.receipts import Counted, Receipts
 
 log = logging.getLogger(__name__)
 MESSAGE_REFUSED = frozenset({400, 413, 415, 422})  # this message is wrong: dead letter, move on
@@ -73,7 +74,7 @@ class Unreachable(Exception):
     """The receiver did not take the message now (down, slow, busy or misconfigured): keep it, back off."""
 
 
-class WebhookSink(threading.Thread):
+class WebhookSink(Counted, threading.Thread):
     """Drains the outbox to one URL until stopped; survives receiver outages by backing off and retrying."""
 
     def __init__(self, settings: WebhookSettings, open_outbox: Callable[[], Outbox]) -> None:
@@ -85,10 +86,7 @@ class WebhookSink(threading.Thread):
         self._conn: http.client.HTTPConnection | None = None
         self._snapshots: dict[str, bytes] = {}
         self._problems: dict[str, str] = {}
-        self._acked: list[int] = []
-        self._refused: list[tuple[int, str]] = []
-        self.published = 0
-        self.dead_lettered = 0
+        self.receipts = Receipts()
         self.failures = 0  # consecutive failed deliveries
         target = settings.target
         if target.scheme not in ("http", "https") or not target.hostname:
@@ -183,9 +181,9 @@ class WebhookSink(threading.Thread):
         msg_id = row.msg_id or f"seq-{row.seq}"
         refused = self._post(row.kind, row.payload, msg_id, row.seq)
         if refused is None:
-            self._acked.append(row.seq)
+            self.receipts.taken.append(row.seq)
         else:
-            self._refused.append((row.seq, refused))
+            self.receipts.refused.append((row.seq, refused))
         if self.failures:
             log.info("event=webhook_reachable url=%s after_failures=%d", self.settings.target.hostname,
                      self.failures)
@@ -245,17 +243,5 @@ class WebhookSink(threading.Thread):
                         self.settings.target.hostname, self.failures, why)
 
     def _flush(self, outbox: Outbox) -> None:
-        """Delete what was taken and dead-letter what was refused (retried on the next turn if the disk is full)."""
-        try:
-            while self._refused:
-                seq, reason = self._refused[0]
-                outbox.dead_letter(seq, reason)
-                self._refused.pop(0)
-                self.dead_lettered += 1
-                log.error("event=dead_letter seq=%d reason=%r (kept in the dead_letters table)", seq, reason)
-            if self._acked:
-                outbox.delete(self._acked)
-                self.published += len(self._acked)
-                self._acked = []
-        except OutboxFull:
-            pass
+        """Apply what the receiver said (a full disk leaves it for the next turn)."""
+        self.receipts.apply(outbox)
