@@ -166,6 +166,8 @@ class WebhookSink(Counted, threading.Thread):
                 for row in rows:
                     self._deliver(row)
                 self._flush(outbox)
+                if self.receipts.taken or self.receipts.refused:
+                    return  # the disk is full: the next turn applies them (instead of posting the rows again now)
             for kind in list(self._snapshots):
                 payload = self._snapshots.pop(kind, None)
                 if payload is not None:
