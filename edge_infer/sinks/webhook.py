@@ -211,7 +211,7 @@ class WebhookSink(Counted, threading.Thread):
             response = conn.getresponse()
             response.read(64 * 1024)  # the body is not used; read it so the connection can be reused
             status = response.status
-            if response.will_close:
+            if response.will_close or not response.isclosed():  # a longer body: a new connection next time
                 self._close()
         except (OSError, http.client.HTTPException) as exc:
             self._close()
