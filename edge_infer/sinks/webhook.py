@@ -88,9 +88,7 @@ class WebhookSink(Counted, threading.Thread):
         self._problems: dict[str, str] = {}
         self.receipts = Receipts()
         self.failures = 0  # consecutive failed deliveries
-        target = settings.target
-        if target.scheme not in ("http", "https") or not target.hostname:
-            raise ValueError(f"[sink].url: expected an http:// or https:// URL, got {settings.url!r}")
+        target = settings.target  # the URL's form is checked once, by OPTIONS (options.http_url)
         if target.scheme == "http" and settings.token and target.hostname not in ("127.0.0.1", "localhost", "::1"):
             log.warning("event=insecure_credentials url=%s (token sent without TLS; use https)", target.hostname)
 
