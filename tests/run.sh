@@ -82,8 +82,12 @@ unavailable() {  # why a leg cannot run on this machine (wheels that do not exis
 
 failed_legs=()
 not_run=()
+legs=${LEGS:-litert tflrt convert}
+if [[ " $legs " != *" litert "* ]] || [ -n "$(unavailable litert)" ]; then
+  TIER[tflrt]=""  # no litert leg here (an armv7l Pi, or LEGS without it): tflrt runs the system tier too
+fi
 mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml
-for leg in ${LEGS:-litert tflrt convert}; do
+for leg in $legs; do
   why=$(unavailable "$leg")
   if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; not_run+=("leg not run — $leg: $why"); continue; fi
   if ! make_venv "$leg" "build_$leg"; then failed_legs+=("$leg(install)"); continue; fi
