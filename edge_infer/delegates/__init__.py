@@ -15,11 +15,12 @@ a delegate itself.
 from __future__ import annotations
 
 import gc
-import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from edge_infer.registry import Registry
 
 DEFAULT = "xnnpack"
 NAMES = ("xnnpack", "builtin", "reference", "external", "edgetpu")
@@ -55,25 +56,16 @@ class Delegate(Protocol):
         """Extra keyword arguments for `Interpreter(...)` (raises to say the delegate cannot be loaded)."""
 
 
-Factory = Callable[[], Delegate]
-_REGISTRY: dict[str, Factory] = {}
-
-
-def register(name: str) -> Callable[[Factory], Factory]:
-    def decorate(factory: Factory) -> Factory:
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorate
+_DELEGATES: Registry[Callable[[], Delegate]] = Registry("edge_infer.delegates", NAMES, "delegate")
+register = _DELEGATES.register
 
 
 def delegate_for(name: str) -> Delegate:
     """The delegate registered as `name` (its module is imported on first use)."""
-    if name not in NAMES:
-        raise DelegateError(f"unknown delegate {name!r} (choose from: {', '.join(NAMES)})")
-    if name not in _REGISTRY:
-        importlib.import_module(f"edge_infer.delegates.{name}")
-    return _REGISTRY[name]()
+    try:
+        return _DELEGATES.factory(name)()
+    except ValueError as exc:
+        raise DelegateError(str(exc)) from None
 
 
 def check_options(name: str, options: dict[str, Any]) -> None:

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge_infer.registry import Registry
+
 if TYPE_CHECKING:  # annotations only: the config reads TYPES without paying for numpy and Pillow
     import numpy as np
     from PIL import Image
@@ -63,24 +65,14 @@ class Source(Protocol):
 
 
 Factory = Callable[[dict[str, Any], Any], Source]
-SOURCES: dict[str, Factory] = {}
-
-
-def register(kind: str) -> Callable[[Factory], Factory]:
-    def decorate(factory: Factory) -> Factory:
-        SOURCES[kind] = factory
-        return factory
-
-    return decorate
+_SOURCES: Registry[Factory] = Registry("edge_infer.sources", TYPES, "source type")
+register = _SOURCES.register
 
 
 def make_source(options: dict[str, Any], spec: Any) -> Source:
     """Build the source a validated `[source]` table describes, for a model whose input is `spec`.
     Live sources come wrapped so that a slow pipeline sees the newest sample, never a growing backlog."""
-    import importlib
-
-    importlib.import_module(f"edge_infer.sources.{options['type']}")  # registers itself
-    source = SOURCES[options["type"]](options, spec)
+    source = _SOURCES.factory(options["type"])(options, spec)
     if source.live:
         from edge_infer.sources.live import NewestOnly
 

@@ -6,11 +6,11 @@ else names a task.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge_infer.registry import Registry
 from edge_infer.tasks.names import NAMES
 
 if TYPE_CHECKING:
@@ -70,21 +70,10 @@ class Task(Protocol):
         """The Home Assistant entities that show this task's results."""
 
 
-_REGISTRY: dict[str, Callable[[], Task]] = {}
-
-
-def register(name: str) -> Callable[[Callable[[], Task]], Callable[[], Task]]:
-    def decorate(factory: Callable[[], Task]) -> Callable[[], Task]:
-        _REGISTRY[name] = factory
-        return factory
-
-    return decorate
+_TASKS: Registry[Callable[[], Task]] = Registry("edge_infer.tasks", NAMES, "task")
+register = _TASKS.register
 
 
 def task_for(name: str) -> Task:
     """The task registered as `name` (its module is imported on first use)."""
-    if name not in NAMES:
-        raise ValueError(f"unknown task {name!r} (choose from: {', '.join(NAMES)})")
-    if name not in _REGISTRY:
-        importlib.import_module(f"edge_infer.tasks.{name}")
-    return _REGISTRY[name]()
+    return _TASKS.factory(name)()
