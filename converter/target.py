@@ -61,7 +61,7 @@ def check_target(profile: Path, variants: dict[str, bytes], bundles: dict[str, P
         cfg = load_config(profile)
     except ConfigError as exc:
         raise ConvertError(f"--target: {exc}") from None
-    runtime = cfg.model["runtime"]
+    runtime = cfg.model.runtime
     old_runtime = runtime == "tflite_runtime"
     out: dict[str, Any] = {"profile": str(profile), "runtime": runtime, "variants": {}}
     if old_runtime:

@@ -28,6 +28,7 @@ from edge_infer.config import Config
 from edge_infer.gates.decode import DecodeRejected, decode_image
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.model import Model, engine_settings
+from edge_infer.sources import directory
 from edge_infer.sources.directory import IGNORED_SUFFIXES
 
 
@@ -36,10 +37,10 @@ class BenchError(Exception):
 
 
 def _images(cfg: Config, frames: int) -> list[Path]:
-    if cfg.source["type"] != "directory":
+    if cfg.source.type != "directory":
         raise BenchError(f"{cfg.path}: bench measures image models on the files of a [source] type = \"directory\" "
-                         f"folder; this config's source is {cfg.source['type']!r}")
-    folder = Path(cfg.source["path"])
+                         f"folder; this config's source is {cfg.source.type!r}")
+    folder = Path(cfg.source.path)
     found = []
     for path in sorted(folder.iterdir()) if folder.is_dir() else []:
         if path.name.startswith(".") or path.name.endswith(IGNORED_SUFFIXES) or not path.is_file():
@@ -59,14 +60,15 @@ def _rate(n: int, seconds: float) -> dict[str, float]:
 
 
 def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str) -> Config:
-    return dataclasses.replace(
+    replace = dataclasses.replace
+    return replace(
         cfg,
-        device={**cfg.device, "state_dir": str(root)},
-        source={**cfg.source, "path": str(inputs), "settle_seconds": 0.0},
-        pipeline={**cfg.pipeline, "mode": mode},
-        outbox={**cfg.outbox, "path": str(root / f"{mode}.db")},
-        mqtt={**cfg.mqtt, "hosts": ["127.0.0.1:9"], "drain_timeout": 0.0},  # discard port: never connects
-        log={**cfg.log, "level": "error"},
+        device=replace(cfg.device, state_dir=str(root)),
+        source=directory.Options(type="directory", name=cfg.source.name, path=str(inputs), settle_seconds=0.0),
+        pipeline=replace(cfg.pipeline, mode=mode),
+        outbox=replace(cfg.outbox, path=str(root / f"{mode}.db")),
+        mqtt=replace(cfg.mqtt, hosts=("127.0.0.1:9",), drain_timeout=0.0),  # discard port: never connects
+        log=replace(cfg.log, level="error"),
     )
 
 
@@ -86,7 +88,7 @@ def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path) -> dic
 
 def _naive_rate(cfg: Config, files: list[Path]) -> dict[str, float]:
     """The loop from the TFLite examples: no draft decoding, no overlap, a fresh PIL pipeline per frame."""
-    bundle = load_bundle(cfg.model["bundle"])
+    bundle = load_bundle(cfg.model.bundle)
     model = Model(bundle, engine_settings(cfg.model))
     interpreter = model.engine.interpreter
     spec, tensor = bundle.manifest.input, model.engine.inputs[0]
@@ -134,8 +136,8 @@ print("rss", [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].
 def _children(cfg: Config, files: list[Path], root: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     floor = subprocess.run(
-        [sys.executable, "-c", CHILD_FLOOR, cfg.model["bundle"], str(cfg.model["threads"]), cfg.model["runtime"],
-         cfg.model["delegate"]],
+        [sys.executable, "-c", CHILD_FLOOR, cfg.model.bundle, str(cfg.model.threads), cfg.model.runtime,
+         cfg.model.delegate],
         capture_output=True, text=True, env=env, timeout=300, check=True,
     )
     inputs = root / "in-child"
@@ -164,10 +166,10 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
     and report each stage's median round."""
     files = _images(cfg, frames)
     blobs = [p.read_bytes() for p in files]
-    bundle = load_bundle(cfg.model["bundle"])
+    bundle = load_bundle(cfg.model.bundle)
     model = Model(bundle, engine_settings(cfg.model))
     draft = model.draft_size
-    max_pixels, min_side = cfg.gate["max_pixels"], cfg.gate["min_side"]
+    max_pixels, min_side = cfg.gate.max_pixels, cfg.gate.min_side
     gate = gate_from_config(cfg.gate, bundle.manifest.image_quality_reference)
     gate_seconds: list[float] = []
     gate_rejected: list[bool] = []
@@ -214,7 +216,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
     return {
         "model": {"name": bundle.manifest.name, "sha256": bundle.sha256[:12], "bytes": bundle.manifest.model_size},
         "runtime": model.engine.runtime.to_dict(),
-        "threads": cfg.model["threads"],
+        "threads": cfg.model.threads,
         "frames": len(files),
         "frame_size": f"{frame.width}x{frame.height} {frame.format}",
         "machine": {"arch": os.uname().machine, "cpus": os.cpu_count()},

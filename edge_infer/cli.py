@@ -36,7 +36,7 @@ def _setup_logging(level: str, fmt: str = "kv") -> None:
 def _broker_reachable(cfg: Config, timeout: float = 2.0) -> str | None:
     """None when a TCP connection to the broker opens, else why not."""
     try:
-        with socket.create_connection((cfg.mqtt["host"], cfg.mqtt["port"]), timeout=timeout):
+        with socket.create_connection((cfg.mqtt.host, cfg.mqtt.port), timeout=timeout):
             return None
     except OSError as exc:
         return exc.strerror or str(exc)
@@ -46,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_infer.app.daemon import Daemon, DaemonFailed  # heavy imports only once the config is known to be good
 
     cfg = load_config(args.config)
-    _setup_logging(args.log_level or cfg.log["level"], cfg.log["format"])
+    _setup_logging(args.log_level or cfg.log.level, cfg.log.format)
     daemon = Daemon(cfg)
     daemon.install_signal_handlers()
     try:
@@ -62,11 +62,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"edge-infer: {summary.results} results ({summary.uncertain} uncertain{paths}), "
             f"{summary.rejected} rejected ({reasons}), {summary.skipped} already done"
             + (f", {dropped} dropped (live source ahead of the pipeline)" if (dropped := daemon.source.dropped) else "")
-            + f"; published {summary.published}, {summary.queued} still queued in {cfg.outbox['path']}"
+            + f"; published {summary.published}, {summary.queued} still queued in {cfg.outbox.path}"
         )
         if summary.queued:
             print(
-                f"edge-infer: broker {cfg.mqtt['host']}:{cfg.mqtt['port']} not reached in time; "
+                f"edge-infer: broker {cfg.mqtt.host}:{cfg.mqtt.port} not reached in time; "
                 "queued messages go out on the next run once it is reachable"
             )
     return 0
@@ -77,21 +77,21 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     _setup_logging(args.log_level or "warning")
-    print(f"config   ok: {cfg.path} (device {cfg.device['id']})")
+    print(f"config   ok: {cfg.path} (device {cfg.device.id})")
     model = model_from_config(cfg.model)
     print(f"bundle   ok: {model.bundle.path} — {describe(model)}")
-    if cfg.decide["escalate_to"]:
-        second = model_from_config(cfg.model, cfg.decide["escalate_to"])
+    if cfg.decide.escalate_to:
+        second = model_from_config(cfg.model, cfg.decide.escalate_to)
         print(f"escalate ok: {second.bundle.path} — {describe(second)}")
     rt = model.engine.runtime
-    print(f"runtime  ok: {rt.name} {rt.version}, {cfg.model['threads']} thread(s), delegate "
+    print(f"runtime  ok: {rt.name} {rt.version}, {cfg.model.threads} thread(s), delegate "
           f"{model.engine.settings.describe()}")
     problem = _broker_reachable(cfg)
-    where = f"{cfg.mqtt['host']}:{cfg.mqtt['port']}"
+    where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
     if problem is None:
         print(f"broker   ok: {where} reachable")
     else:
-        print(f"broker   unreachable: {where} ({problem}); results will queue in {cfg.outbox['path']}")
+        print(f"broker   unreachable: {where} ({problem}); results will queue in {cfg.outbox.path}")
     return 0
 
 
@@ -99,10 +99,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     from edge_infer.outbox import Outbox
 
     cfg = load_config(args.config)
-    path = cfg.outbox["path"]
+    path = cfg.outbox.path
     if not os.path.exists(path):
         raise OutboxError(f"{path}: no outbox yet (the daemon creates it on its first run)")
-    box = Outbox(path, cfg.outbox["durability"])
+    box = Outbox(path, cfg.outbox.durability)
     try:
         if args.action == "stats":
             _show(box.stats(), args.json)
@@ -217,7 +217,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from edge_infer.review import export
 
     cfg = load_config(args.config)
-    root = cfg.decide["uncertain_dir"] if args.what == "uncertain" else cfg.gate["rejected_dir"]
+    root = cfg.decide.uncertain_dir if args.what == "uncertain" else cfg.gate.rejected_dir
     try:
         counts = export(root, args.to, set(args.group) if args.group else None)
     except FileNotFoundError as exc:
@@ -250,7 +250,7 @@ def cmd_install_service(args: argparse.Namespace) -> int:
         print(f"edge-infer: warning: {problem}", file=sys.stderr)
     commands = install_commands(cfg, path)
     try:
-        pwd.getpwnam(cfg.service["user"])
+        pwd.getpwnam(cfg.service.user)
         commands = [c for c in commands if c[0] != "useradd"]
     except KeyError:
         pass
@@ -265,8 +265,8 @@ def cmd_install_service(args: argparse.Namespace) -> int:
             done = subprocess.run(command, capture_output=True, text=True)
             status = "ok" if done.returncode == 0 else f"failed: {done.stderr.strip()}"
             print(f"edge-infer: {' '.join(command)} — {status}")
-    print(f"edge-infer: the service user '{cfg.service['user']}' must be able to read {cfg.path} and "
-          f"{cfg.model['bundle']}. Then:")
+    print(f"edge-infer: the service user '{cfg.service.user}' must be able to read {cfg.path} and "
+          f"{cfg.model.bundle}. Then:")
     for step in next_steps(path):
         print(f"  {step}")
     return 0

@@ -13,251 +13,48 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_infer.delegates import DEFAULT as DEFAULT_DELEGATE
-from edge_infer.delegates import NAMES as DELEGATES
-from edge_infer.options import Check, Field
-from edge_infer.options import between as _between
+from edge_infer.options import build, fields_of
+from edge_infer.sections import (
+    CommandsConfig,
+    DecideConfig,
+    DeviceConfig,
+    DriftConfig,
+    FleetConfig,
+    GateConfig,
+    HealthConfig,
+    HomeAssistantConfig,
+    LogConfig,
+    MetricsConfig,
+    ModelConfig,
+    MqttConfig,
+    OutboxConfig,
+    PipelineConfig,
+    ServiceConfig,
+    ThermalConfig,
+    UpdateConfig,
+)
 from edge_infer.sinks import TYPES as SINK_TYPES
+from edge_infer.sinks import SinkConfig
 from edge_infer.sources import TYPES as SOURCE_TYPES
-from edge_infer.tasks.names import NAMES as TASK_NAMES
+from edge_infer.sources import SourceConfig
 
 
 class ConfigError(Exception):
     """One line: `<file>: <key>: <problem>`."""
 
 
-def plugin_options(family: str, kind: str) -> dict[str, Field]:
-    """The keys a plug-in declares next to its code: `OPTIONS` in `edge_infer.<family>.<kind>` (only that
-    module is imported)."""
-    return importlib.import_module(f"edge_infer.{family}.{kind}").OPTIONS
+def plugin_options(family: str, kind: str) -> type:
+    """The table a plug-in declares next to its code: `Options` in `edge_infer.<family>.<kind>` (only that module
+    is imported)."""
+    return importlib.import_module(f"edge_infer.{family}.{kind}").Options
 
 
-def _topic_segment(v: str) -> str | None:
-    if not v or any(c in v for c in "+#\0") or v.startswith("/") or v.endswith("/"):
-        return f"'{v}' is not a valid MQTT topic segment (no wildcards, no leading/trailing '/')"
-    return None
-
-
-def _device_id(v: str) -> str | None:
-    if not v or any(c in v for c in "/+#\0 "):
-        return f"'{v}' is not a valid device id (letters, digits, '-', '_', '.'; no '/', '+', '#', spaces)"
-    return None
-
-
-def _limit(hi: float) -> Check:
-    return lambda v: None if v < 0 or v <= hi else f"expected a value from 0 to {hi} (or -1 to turn the check off)"
-
-
-def _per_channel(v: Any) -> str | None:
-    values = v if isinstance(v, list) else [v]
-    if not values or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in values):
-        return f"expected a number (every channel) or a list of numbers (one per channel), got {v!r}"
-    return None
-
-
-def _roi(v: list[Any]) -> str | None:
-    ok = len(v) == 4 and all(isinstance(x, int | float) and not isinstance(x, bool) and 0 <= x <= 1 for x in v)
-    if not ok or not (v[0] < v[2] and v[1] < v[3]):
-        return f"expected [x0, y0, x1, y1] as fractions of the frame (0–1, x0 < x1, y0 < y1), got {v!r}"
-    return None
-
-
-def _zones(v: list[Any]) -> str | None:
-    for zone in v:
-        poly = zone.get("polygon") if isinstance(zone, dict) else None
-        ok = isinstance(poly, list) and len(poly) >= 3 and all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(c, int | float) and 0 <= c <= 1 for c in p)
-            for p in poly)
-        if not ok or not isinstance(zone.get("name"), str) or not zone["name"] or set(zone) - {"name", "polygon"}:
-            return ("expected zones as [{ name = \"door\", polygon = [[x, y], ...] }] with at least 3 points, "
-                    f"as fractions of the frame (0–1); got {zone!r}")
-    return None
-
-
-def _debounce(v: list[Any]) -> str | None:
-    ok = len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and 1 <= v[0] <= v[1] <= 1000
-    return None if ok else (f"expected [N, M]: a state changes when N of the last M frames agree "
-                            f"(1 ≤ N ≤ M ≤ 1000), got {v!r}")
-
-
-def _host_list(v: list[Any]) -> str | None:
-    for item in v:
-        host, _, port = str(item).rpartition(":")
-        if not isinstance(item, str) or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-            return f"expected a list of \"host:port\" strings, got {item!r}"
-    return None
-
-
-
-SCHEMA: dict[str, dict[str, Field]] = {
-    "device": {
-        "id": Field(str, default=None, check=_device_id),
-        "state_dir": Field(str, default="/var/lib/edge-infer", is_path=True),
-    },
-    "model": {
-        "bundle": Field(str, required=True, is_path=True),
-        "threads": Field(int, default=1, check=_between(1, 64)),
-        "runtime": Field(str, default="auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow")),
-        # how the interpreter runs the model: kernels or an accelerator (edge_infer/delegates/, one module each)
-        "delegate": Field(str, default=DEFAULT_DELEGATE, choices=DELEGATES),
-        "delegate_options": Field(dict, default={}),
-        "top_k": Field(int, default=3, check=_between(1, 1000)),
-        "threshold": Field((int, float), default=None, check=_between(0.0, 1e12)),
-        "thresholds": Field(dict, default={}),
-        "task": Field(str, default=None, choices=TASK_NAMES),
-        "input": Field(dict, default=None),
-        "output": Field(dict, default=None),
-        "labels": Field(list, default=None, check=lambda v: None if v and all(isinstance(x, str) and x for x in v)
-                        else "expected a list of label names, in output order"),
-        "zones": Field(list, default=[], check=_zones),
-    },
-    "decide": {
-        "fallback": Field(str, default="publish", choices=("publish", "suppress", "defer", "escalate")),
-        "escalate_to": Field(str, default=None, is_path=True),
-        "escalate_fallback": Field(str, default="publish", choices=("publish", "suppress", "defer")),
-        "escalate_threshold": Field((int, float), default=None, check=_between(0.0, 1.0)),
-        "debounce": Field(list, default=None, check=_debounce),
-        "keep_uncertain": Field(int, default=None, check=_between(0, 10_000_000)),
-        "keep_uncertain_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1, 2**40)),
-        "uncertain_dir": Field(str, default=None, is_path=True),
-        "upload": Field(bool, default=False),
-        "upload_max_bytes": Field(int, default=256 * 1024, check=_between(1, 64 * 1024 * 1024)),
-        "upload_chunk_bytes": Field(int, default=64 * 1024, check=_between(1024, 16 * 1024 * 1024)),
-    },
-    "drift": {
-        "enabled": Field(bool, default=True),
-        "window": Field(int, default=500, check=_between(20, 1_000_000)),
-        "every": Field(int, default=50, check=_between(1, 1_000_000)),
-        "alarm": Field((int, float), default=0.25, check=_between(0.0, 100.0)),
-        "clear": Field((int, float), default=0.1, check=_between(0.0, 100.0)),
-    },
-    "source": {
-        "type": Field(str, required=True, choices=SOURCE_TYPES),
-        "name": Field(str, default=None),
-        "max_fps": Field((int, float), default=0.0, check=_between(0, 10_000)),
-    },
-    "pipeline": {
-        "mode": Field(str, default="pipelined", choices=("pipelined", "sequential")),
-        "queue_size": Field(int, default=4, check=_between(1, 1024)),
-    },
-    "gate": {
-        "max_pixels": Field(int, default=40_000_000, check=_between(1, 2**40)),
-        "min_side": Field(int, default=8, check=_between(1, 100_000)),
-        "quality": Field(bool, default=True),
-        "min_brightness": Field((int, float), default=None, check=_limit(255)),
-        "max_brightness": Field((int, float), default=None, check=_limit(255)),
-        "max_dark_fraction": Field((int, float), default=None, check=_limit(1)),
-        "max_bright_fraction": Field((int, float), default=None, check=_limit(1)),
-        "min_contrast": Field((int, float), default=None, check=_limit(255)),
-        "min_sharpness": Field((int, float), default=None, check=_limit(1e9)),
-        "max_noise": Field((int, float), default=None, check=_limit(255)),
-        "roi": Field(list, default=None, check=_roi),
-        "range_low": Field((int, float, list), default=None, check=_per_channel),
-        "range_high": Field((int, float, list), default=None, check=_per_channel),
-        "min_std": Field((int, float, list), default=None, check=_per_channel),
-        "max_step": Field((int, float, list), default=None, check=_per_channel),
-        "max_gap_factor": Field((int, float), default=None, check=_between(0, 1e6)),
-        "frozen_frames": Field(int, default=0, check=_between(0, 100_000)),
-        "frozen_max_diff": Field((int, float), default=0.5, check=_between(0.0, 255.0)),
-        "publish_rejections": Field(bool, default=True),
-        "keep_rejected": Field(int, default=0, check=_between(0, 10_000_000)),
-        "keep_rejected_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1, 2**40)),
-        "rejected_dir": Field(str, default=None, is_path=True),
-    },
-    "service": {
-        "user": Field(str, default="edge-infer", check=lambda v: None if v and v.replace("-", "").replace(
-            "_", "").isalnum() else "expected a plain user name (letters, digits, '-', '_')"),
-        "groups": Field(list, default=[], check=lambda v: None if all(isinstance(g, str) and g for g in v)
-                        else "expected a list of group names"),
-        "watchdog_sec": Field(int, default=30, check=_between(2, 3600)),
-        "stop_timeout": Field(int, default=45, check=_between(5, 3600)),
-        "memory_max": Field(str, default="300M"),
-        "cpu_quota": Field(str, default=""),
-        "start_limit_interval": Field(int, default=300, check=_between(1, 86400)),
-        "start_limit_burst": Field(int, default=5, check=_between(1, 1000)),
-    },
-    "metrics": {
-        "port": Field(int, default=0, check=_between(0, 65535)),
-        "bind": Field(str, default="127.0.0.1"),
-    },
-    "thermal": {
-        "zone": Field(str, default="/sys/class/thermal/thermal_zone0/temp"),
-        "throttled": Field(str, default="/sys/devices/platform/soc/soc:firmware/get_throttled"),
-        "max_temp": Field((int, float), default=80.0, check=_between(20, 120)),
-        "resume_temp": Field((int, float), default=70.0, check=_between(0, 120)),
-        "check_interval": Field((int, float), default=5.0, check=_between(0.05, 3600)),
-    },
-    "homeassistant": {
-        "discovery": Field(bool, default=False),
-        "prefix": Field(str, default="homeassistant", check=_topic_segment),
-    },
-    "health": {
-        "interval": Field((int, float), default=60.0, check=_between(0, 86400)),
-    },
-    "mqtt": {
-        "host": Field(str, default="127.0.0.1"),
-        "port": Field(int, default=1883, check=_between(1, 65535)),
-        "topic_prefix": Field(str, default="edge", check=_topic_segment),
-        "client_id": Field(str, default=None),
-        "keepalive": Field(int, default=30, check=_between(5, 3600)),
-        "qos": Field(int, default=1, choices=(0, 1)),
-        "protocol": Field(str, default="5", choices=("5", "3.1.1")),
-        "max_inflight": Field(int, default=32, check=_between(1, 1000)),
-        "max_publish_rate": Field((int, float), default=0, check=_between(0, 1_000_000)),
-        "drain_timeout": Field((int, float), default=30.0, check=_between(0.0, 86400)),
-        "reconnect_max": Field((int, float), default=30.0, check=_between(0.5, 3600)),
-        "hosts": Field(list, default=[], check=_host_list),
-        "username": Field(str, default=None),
-        "password_file": Field(str, default=None, is_path=True),
-        "tls": Field(bool, default=False),
-        "ca_file": Field(str, default=None, is_path=True),
-        "cert_file": Field(str, default=None, is_path=True),
-        "key_file": Field(str, default=None, is_path=True),
-        "tls_insecure": Field(bool, default=False),
-    },
-    "sink": {
-        "type": Field(str, default="mqtt", choices=SINK_TYPES),  # where stored messages go; its keys: its module
-    },
-    "outbox": {
-        "path": Field(str, default=None, is_path=True),
-        "durability": Field(str, default="full", choices=("full", "normal")),
-        "max_rows": Field(int, default=100_000, check=_between(10, 100_000_000)),
-        "max_bytes": Field(int, default=64 * 1024 * 1024, check=_between(64 * 1024, 2**40)),
-        "ttl": Field((int, float), default=7 * 24 * 3600, check=_between(1, 10 * 365 * 24 * 3600)),
-        "policy": Field(str, default="drop-oldest", choices=("drop-oldest", "reject-new")),
-        "commit_window_ms": Field((int, float), default=20, check=_between(0, 10_000)),
-        "max_batch": Field(int, default=256, check=_between(1, 100_000)),
-    },
-    "fleet": {
-        # public keys (PEM files, or base64 of the 32 raw bytes) whose signatures this device accepts
-        "keys": Field(list, default=[], check=lambda v: None if all(isinstance(k, str) and k for k in v)
-                      else "expected a list of public key files (or base64 keys)"),
-    },
-    "update": {
-        "enabled": Field(bool, default=False),
-        "incoming_dir": Field(str, default=None, is_path=True),
-        "slots_dir": Field(str, default=None, is_path=True),
-        "max_bundle_bytes": Field(int, default=64 * 1024 * 1024, check=_between(1024, 2**34)),
-        "min_agreement": Field((int, float), default=None, check=_between(0.0, 1.0)),
-        "max_latency_ms": Field((int, float), default=None, check=_between(0.0, 1e6)),
-        "max_latency_ratio": Field((int, float), default=2.0, check=_between(1.0, 1000.0)),
-        "shadow": Field(int, default=0, check=_between(0, 1_000_000)),
-        "shadow_min_agreement": Field((int, float), default=0.9, check=_between(0.0, 1.0)),
-        "watch": Field(int, default=200, check=_between(0, 10_000_000)),
-        "max_uncertain_increase": Field((int, float), default=0.15, check=_between(0.0, 1.0)),
-        "watch_latency_ratio": Field((int, float), default=2.0, check=_between(1.0, 1000.0)),
-    },
-    "commands": {
-        "enabled": Field(bool, default=False),
-        "auth": Field(str, default="signed", choices=("signed", "acl")),
-        "max_age": Field(int, default=600, check=_between(1, 10 * 365 * 24 * 3600)),
-        # the largest inbound message taken (MQTT v5 Maximum Packet Size); update chunks must fit
-        "max_message_bytes": Field(int, default=256 * 1024, check=_between(1024, 64 * 1024 * 1024)),
-    },
-    "log": {
-        "level": Field(str, default="info", choices=("debug", "info", "warning", "error")),
-        "format": Field(str, default="kv", choices=("kv", "json")),
-    },
+SECTIONS: dict[str, type] = {  # [table] → its keys; [source] and [sink] grow by their plug-in's `Options`
+    "device": DeviceConfig, "model": ModelConfig, "decide": DecideConfig, "drift": DriftConfig,
+    "source": SourceConfig, "pipeline": PipelineConfig, "gate": GateConfig, "service": ServiceConfig,
+    "metrics": MetricsConfig, "thermal": ThermalConfig, "homeassistant": HomeAssistantConfig,
+    "health": HealthConfig, "mqtt": MqttConfig, "sink": SinkConfig, "outbox": OutboxConfig, "fleet": FleetConfig,
+    "update": UpdateConfig, "commands": CommandsConfig, "log": LogConfig,
 }
 REQUIRED_SECTIONS = ("model", "source")
 PLUGGED = {"source": ("sources", SOURCE_TYPES), "sink": ("sinks", SINK_TYPES)}  # section → (package, types)
@@ -265,26 +62,29 @@ PLUGGED = {"source": ("sources", SOURCE_TYPES), "sink": ("sinks", SINK_TYPES)}  
 
 @dataclass(frozen=True)
 class Config:
+    """A validated device config: one frozen table per section (see `edge_infer.sections`). A reload builds a new
+    one; nothing changes a running one."""
+
     path: Path
-    device: dict[str, Any]
-    model: dict[str, Any]
-    source: dict[str, Any]
-    pipeline: dict[str, Any]
-    gate: dict[str, Any]
-    decide: dict[str, Any]
-    drift: dict[str, Any]
-    service: dict[str, Any]
-    metrics: dict[str, Any]
-    thermal: dict[str, Any]
-    homeassistant: dict[str, Any]
-    health: dict[str, Any]
-    mqtt: dict[str, Any]
-    sink: dict[str, Any]
-    outbox: dict[str, Any]
-    fleet: dict[str, Any]
-    update: dict[str, Any]
-    commands: dict[str, Any]
-    log: dict[str, Any]
+    device: DeviceConfig
+    model: ModelConfig
+    source: SourceConfig  # the type's own `Options`, a subclass
+    pipeline: PipelineConfig
+    gate: GateConfig
+    decide: DecideConfig
+    drift: DriftConfig
+    service: ServiceConfig
+    metrics: MetricsConfig
+    thermal: ThermalConfig
+    homeassistant: HomeAssistantConfig
+    health: HealthConfig
+    mqtt: MqttConfig
+    sink: SinkConfig  # the type's own `Options`, a subclass
+    outbox: OutboxConfig
+    fleet: FleetConfig
+    update: UpdateConfig
+    commands: CommandsConfig
+    log: LogConfig
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
@@ -302,17 +102,20 @@ def _unknown(path: Path, where: str, key: str, known: list[str]) -> ConfigError:
     return ConfigError(f"{path}: {where}: unknown key{suggestion}")
 
 
-def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
+def _validate_section(path: Path, name: str, table: Any) -> tuple[type, dict[str, Any]]:
+    """(the table's class, its values: defaults filled, paths resolved) — not yet frozen: `parse_config` fills
+    what depends on other sections first."""
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{name}]: expected a table, got {type(table).__name__}")
-    fields = SCHEMA[name]
+    cls = SECTIONS[name]
     if name in PLUGGED and table:  # a plug-in's module is imported only when its section is written
         family, types = PLUGGED[name]
-        kind = table.get("type", fields["type"].default)
+        kind = table.get("type", fields_of(cls)["type"].default)
         if kind is not None and kind not in types:
             choices = ", ".join(repr(c) for c in types)
             raise ConfigError(f"{path}: [{name}].type: expected one of {choices}, got {kind!r}")
-        fields = {**fields, **(plugin_options(family, kind) if kind is not None else {})}
+        cls = plugin_options(family, kind) if kind is not None else cls
+    fields = fields_of(cls)
     for key in table:
         if name == "mqtt" and key == "password":
             raise ConfigError(
@@ -320,8 +123,8 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
                 "the EDGE_INFER_MQTT_PASSWORD environment variable or a systemd credential named mqtt_password"
             )
         if key not in fields:
-            if name in PLUGGED and (owners := [k for k in PLUGGED[name][1] if key in plugin_options(
-                    PLUGGED[name][0], k)]):
+            if name in PLUGGED and (owners := [k for k in PLUGGED[name][1] if key in fields_of(plugin_options(
+                    PLUGGED[name][0], k))]):
                 raise ConfigError(f"{path}: [{name}].{key}: not a key of type {table.get('type')!r} {name}s "
                                   f"(it belongs to: {', '.join(owners)})")
             raise _unknown(path, f"[{name}].{key}", key, list(fields))
@@ -345,7 +148,7 @@ def _validate_section(path: Path, name: str, table: Any) -> dict[str, Any]:
         if spec.is_path:
             value = str((path.parent / Path(value).expanduser()).resolve())
         out[key] = value
-    return out
+    return cls, out
 
 
 def _validate_thresholds(path: Path, thresholds: dict[str, Any]) -> dict[str, float]:
@@ -370,12 +173,15 @@ def _check_delegate(path: Path, model: dict[str, Any]) -> None:
 def parse_config(doc: dict[str, Any], path: Path) -> Config:
     """Validate a decoded TOML document, fill defaults and resolve paths."""
     for section in doc:
-        if section not in SCHEMA:
-            raise _unknown(path, f"[{section}]", section, list(SCHEMA))
+        if section not in SECTIONS:
+            raise _unknown(path, f"[{section}]", section, list(SECTIONS))
     for section in REQUIRED_SECTIONS:
         if section not in doc:
             raise ConfigError(f"{path}: [{section}]: missing section (required)")
-    sections = {name: _validate_section(path, name, doc.get(name, {})) for name in SCHEMA}
+    classes: dict[str, type] = {}
+    sections: dict[str, dict[str, Any]] = {}
+    for name in SECTIONS:
+        classes[name], sections[name] = _validate_section(path, name, doc.get(name, {}))
     device = sections["device"]
     if device["id"] is None:
         device["id"] = socket.gethostname().split(".")[0] or "edge-device"
@@ -421,7 +227,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     if sections["source"]["name"] is None:
         sections["source"]["name"] = sections["source"]["type"]
     _check_sink(path, sections)
-    return Config(path=path, **sections)
+    return Config(path, **{name: build(classes[name], values) for name, values in sections.items()})
 
 
 def _check_sink(path: Path, sections: dict[str, dict[str, Any]]) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -25,18 +26,31 @@ from edge_infer.tasks import Context, Task, TaskResult, task_for
 from edge_infer.tasks.classification import Classification
 from edge_infer.tasks.zones import Zone, zones_from_config
 
+if TYPE_CHECKING:
+    from edge_infer.sections import ModelConfig
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What the device config sets on a model's outputs: thresholds, zones, how many top labels. Never changed:
+    a reload or `set-threshold` builds new rules and a new `Model` around the same interpreter."""
+
+    thresholds: Thresholds
+    zones: tuple[Zone, ...] = ()
+    top_k: int = 3
+
 
 class Model:
-    """One interpreter (not thread-safe: `run` from one thread; the `*_tensor` helpers from any)."""
+    """One interpreter and the rules on its outputs (not thread-safe: `run` from one thread; the `*_tensor`
+    helpers from any). Its rules are fixed: `with_rules` returns another `Model` sharing the interpreter."""
 
     def __init__(self, bundle: Bundle, settings: EngineSettings | None = None, top_k: int = 3,
-                 engine: Engine | None = None, zones: Sequence[Zone] = ()) -> None:
+                 engine: Engine | None = None, zones: Sequence[Zone] = (),
+                 thresholds: Thresholds | None = None) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.engine = engine or Engine(bundle.model_bytes, settings)
-        self.top_k = top_k
-        self.zones = tuple(zones)
-        self.thresholds = Thresholds(self.manifest, None, {})
+        self.rules = Rules(thresholds or Thresholds(self.manifest, None, {}), tuple(zones), top_k)
         self.task_impl: Task = task_for(self.manifest.task)
         spec = self.manifest.input
         if isinstance(spec, SensorInputSpec):
@@ -51,6 +65,29 @@ class Model:
                 f"model input shape {self.engine.inputs[0].shape} does not match the manifest's "
                 f"{described} input {expected}",
             )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self.__dict__:
+            raise AttributeError(f"Model.{name} is fixed: build another (with_rules for new rules)")
+        super().__setattr__(name, value)
+
+    def with_rules(self, **changes: Any) -> Model:
+        """This model with some rules replaced (`thresholds`, `zones`, `top_k`), on the same interpreter."""
+        rules = replace(self.rules, **changes)
+        return Model(self.bundle, top_k=rules.top_k, engine=self.engine, zones=rules.zones,
+                     thresholds=rules.thresholds)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.rules.thresholds
+
+    @property
+    def zones(self) -> tuple[Zone, ...]:
+        return self.rules.zones
+
+    @property
+    def top_k(self) -> int:
+        return self.rules.top_k
 
     @property
     def task(self) -> str:
@@ -104,7 +141,8 @@ class Model:
 
     def postprocess(self, outputs: Sequence[np.ndarray], geometry: ViewGeometry | None = None) -> TaskResult:
         """The interpreter's outputs → the task's result."""
-        ctx = Context(self.manifest, self.engine.outputs, self.thresholds, self.zones, self.top_k, geometry)
+        rules = self.rules
+        ctx = Context(self.manifest, self.engine.outputs, rules.thresholds, rules.zones, rules.top_k, geometry)
         return self.task_impl.postprocess(outputs, ctx)
 
     def decide(self, result: TaskResult) -> Decision:
@@ -188,25 +226,26 @@ def threshold_problem(task: str, threshold: float | None) -> str | None:
     return None
 
 
-def engine_settings(model_cfg: dict[str, Any]) -> EngineSettings:
+def engine_settings(model_cfg: ModelConfig) -> EngineSettings:
     """`[model]`'s threads, runtime, delegate and delegate options as one settings object."""
-    return EngineSettings(model_cfg["threads"], model_cfg["runtime"], model_cfg.get("delegate") or "xnnpack",
-                          dict(model_cfg.get("delegate_options") or {}))
+    return EngineSettings(model_cfg.threads, model_cfg.runtime, model_cfg.delegate, dict(model_cfg.delegate_options))
 
 
-def model_from_config(model_cfg: dict[str, Any], bundle_path: str | None = None) -> Model:
+def model_from_config(model_cfg: ModelConfig, bundle_path: str | None = None,
+                      threshold: float | None = None) -> Model:
     """The device config's `[model]` → a ready `Model` (its thresholds from the config, defaulting to the
-    bundle's). `bundle_path` loads another bundle with the same runtime settings (the escalation model)."""
-    overrides = {k: model_cfg.get(k) for k in (*MODEL_OVERRIDES, "input")} if bundle_path is None else {}
+    bundle's). `bundle_path` loads another bundle with the same runtime settings and `threshold` (the escalation
+    model)."""
+    overrides = {k: getattr(model_cfg, k) for k in (*MODEL_OVERRIDES, "input")} if bundle_path is None else {}
     settings = engine_settings(model_cfg)
-    bundle, engine = open_bundle(bundle_path or model_cfg["bundle"], overrides, settings)
-    model = Model(bundle, settings, model_cfg["top_k"], engine, zones_from_config(model_cfg["zones"]))
+    bundle, engine = open_bundle(bundle_path or model_cfg.bundle, overrides, settings)
+    per_label: dict[str, float] = {}
     if bundle_path is None:
-        threshold = model_cfg["threshold"]
-        if problem := threshold_problem(model.task, threshold):
+        threshold, per_label = model_cfg.threshold, dict(model_cfg.thresholds)
+        if problem := threshold_problem(bundle.manifest.task, threshold):
             raise BundleError(bundle.path, problem)
-        model.thresholds = Thresholds(bundle.manifest, threshold, model_cfg["thresholds"])
-    return model
+    return Model(bundle, settings, model_cfg.top_k, engine, zones_from_config(model_cfg.zones),
+                 Thresholds(bundle.manifest, threshold, per_label))
 
 
 def describe(model: Model) -> str:

@@ -16,9 +16,12 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from edge_infer.sections import DriftConfig
 
 EPSILON = 1e-4  # a floor for empty bins (PSI divides by them)
 
@@ -122,11 +125,11 @@ def _rate_below(edges: Sequence[float], fractions: Sequence[float], threshold: f
     return total
 
 
-def monitor_from_config(drift: dict[str, Any], reference: dict[str, Any] | None,
+def monitor_from_config(drift: DriftConfig, reference: dict[str, Any] | None,
                         uncertain_threshold: float | None) -> DriftMonitor:
     """The `[drift]` table and a bundle's `reference.drift` → a monitor (one with nothing to follow when off)."""
-    stats = statistics_from_reference(reference, uncertain_threshold) if drift["enabled"] else []
-    return DriftMonitor(stats, drift["window"], drift["every"], drift["alarm"], drift["clear"])
+    stats = statistics_from_reference(reference, uncertain_threshold) if drift.enabled else []
+    return DriftMonitor(stats, drift.window, drift.every, drift.alarm, drift.clear)
 
 
 class DriftMonitor:

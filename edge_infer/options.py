@@ -1,24 +1,105 @@
-"""How a config key is declared: its type, default, choices, check and whether it is a path. The config
-(`edge_infer.config`) declares the core sections with `Field`; every plug-in declares its own keys the same way,
-next to its code (`OPTIONS` in a source module, a sink module), and the config validates them all alike."""
+"""How config keys are declared: a frozen dataclass per table, one annotated attribute per key, `opt(...)` for
+its default, choices, check and whether it is a path. The core sections (`edge_infer.sections`) and every
+plug-in's own keys (`Options` in a source or sink module) are declared alike, and the config validates them all
+with `fields_of`: the annotation gives the accepted TOML types, `opt` the rest.
+
+Values are frozen when built (`build`): lists become tuples and tables `FrozenDict`s, so no part of a running
+config can be changed in place — a reload builds a new one.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import functools
+import types
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 Check = Callable[[Any], str | None]  # None when the value is fine, else what was expected
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Field:
+    """One key as the validator sees it: accepted TOML types, default, choices, check, path or not."""
+
     kind: type | tuple[type, ...]
     default: Any = None
     required: bool = False
     choices: tuple[Any, ...] = ()
     check: Check | None = None
     is_path: bool = False
+
+
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A table of a frozen config: reads like a dict (and serializes as one), refuses every change."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("a config table is frozen: build a new config instead")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=repr)))
+
+
+def opt(default: Any = dataclasses.MISSING, *, required: bool = False, choices: tuple[Any, ...] = (),
+        check: Check | None = None, is_path: bool = False) -> Any:
+    """Declare one key of a config table (see the module docstring); list and dict defaults are frozen."""
+    meta = {"opt": (required, choices, check, is_path)}
+    if required:
+        return dataclasses.field(metadata=meta)
+    return dataclasses.field(default=freeze(default), metadata=meta)
+
+
+def freeze(value: Any) -> Any:
+    """Lists → tuples and dicts → `FrozenDict`s, all the way down."""
+    if isinstance(value, list | tuple):
+        return tuple(freeze(v) for v in value)
+    if isinstance(value, dict):
+        return FrozenDict({k: freeze(v) for k, v in value.items()})
+    return value
+
+
+def _kinds(hint: Any) -> tuple[type, ...]:
+    """The TOML value types an annotation accepts: `float` takes integers too, tuples are TOML lists."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        out: list[type] = []
+        for arg in typing.get_args(hint):
+            out += [k for k in _kinds(arg) if k not in out]
+        return tuple(out)
+    if hint is type(None):
+        return ()
+    if hint is float:
+        return (int, float)
+    if hint is tuple or origin is tuple:
+        return (list,)
+    if hint in (dict, Mapping) or origin in (dict, Mapping):
+        return (dict,)
+    return (hint,)
+
+
+@functools.cache
+def fields_of(cls: type) -> dict[str, Field]:
+    """Every key a config table declares, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        required, choices, check, is_path = f.metadata.get("opt", (False, (), None, False))
+        kinds = _kinds(hints[f.name])
+        default = None if required else (f.default_factory() if f.default is dataclasses.MISSING  # type: ignore[misc]
+                                         else f.default)
+        out[f.name] = Field(kinds[0] if len(kinds) == 1 else kinds, default, required, choices, check, is_path)
+    return out
+
+
+def build(cls: type[T], values: Mapping[str, Any]) -> T:
+    """A frozen instance of a config table from validated values."""
+    return cls(**{k: freeze(v) for k, v in values.items()})
 
 
 def between(lo: float, hi: float) -> Check:

@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -88,6 +90,13 @@ class Policy:
 
 
 class Pipeline:
+    """The stages for one model. Its parts (model and rules, gates, policy) are fixed once it serves: a change
+    is `replaced(...)`, a new pipeline the serving port swaps in between two inputs. Only the run state (path
+    and action counters, debounce history) carries over from one to the next."""
+
+    REPLACEABLE = frozenset({"model", "max_pixels", "min_side", "gate", "capture", "sensor_gate", "policy",
+                             "colour_stats"})
+
     def __init__(
         self,
         model: Model,
@@ -98,11 +107,10 @@ class Pipeline:
         capture: CaptureStore | None = None,
         sensor_gate: SensorGate | None = None,
         policy: Policy | None = None,
+        colour_stats: bool = False,
     ) -> None:
-        self.model = model
+        self.model = model if thresholds is None else model.with_rules(thresholds=thresholds)
         self.info = model.info  # one dict per model: names it in every message
-        if thresholds is not None:
-            model.thresholds = thresholds
         self.max_pixels = max_pixels
         self.min_side = min_side
         self.gate = gate if gate is not None else ImageGate(DEFAULT_LIMITS)
@@ -116,9 +124,22 @@ class Pipeline:
         if second is not None and second.kind != model.kind:
             raise ValueError(f"the escalation model takes {second.kind} input, the first model {model.kind} input")
         self.debouncer = Debouncer(*self.policy.debounce) if self.policy.debounce else None
-        self.colour_stats = False  # per-channel means for the drift monitor (set when its reference has them)
+        self.colour_stats = colour_stats  # per-channel means for the drift monitor (its reference has them)
         self.paths = {"model": 0, "escalated": 0}
         self.actions = {"published": 0, "suppressed": 0, "deferred": 0}
+
+    def replaced(self, **parts: Any) -> Pipeline:
+        """A new pipeline with some parts replaced (see `REPLACEABLE`); counters carry over, and the debounce
+        history unless the debounce rule changed. This one is left as it was: inputs it prepared finish on it."""
+        if unknown := set(parts) - self.REPLACEABLE:
+            raise TypeError(f"not a replaceable part of a pipeline: {', '.join(sorted(unknown))}")
+        new = copy.copy(self)
+        new.__dict__.update(parts)
+        if new.model.info != self.info:  # another model (new rules on the same one keep their name)
+            new.info = new.model.info
+        if "policy" in parts and new.policy.debounce != self.policy.debounce:
+            new.debouncer = Debouncer(*new.policy.debounce) if new.policy.debounce else None
+        return new
 
     def prepare(self, sample: Sample) -> Prepared:
         """Front half: decode gate and preprocessing. Runs in its own thread when pipelined."""

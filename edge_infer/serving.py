@@ -19,20 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from edge_infer.config import Config, ConfigError
-from edge_infer.decide import Debouncer, Thresholds
-from edge_infer.gates.quality import ImageGate, gate_from_config
+from edge_infer.decide import Thresholds
+from edge_infer.gates.quality import gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
 from edge_infer.manifest import Manifest, SensorInputSpec
 from edge_infer.messages import Identity
 from edge_infer.model import Model, model_from_config, threshold_problem
 from edge_infer.monitor import DriftChange, DriftMonitor, monitor_from_config
+from edge_infer.options import freeze
 from edge_infer.pipeline import Outcome, Pipeline, Policy, tensor_for
 from edge_infer.review import CaptureStore
+from edge_infer.sections import DriftConfig, ModelConfig
 from edge_infer.slots import Slots
 from edge_infer.sources import Sample
 from edge_infer.tasks import TaskResult
 from edge_infer.tasks.classification import Classification
-from edge_infer.tasks.zones import Zone
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,14 @@ def sensor_gate_for(cfg: Config, manifest: Manifest) -> SensorGate | None:
         raise ConfigError(f"{cfg.path}: {exc}") from None
 
 
-def model_settings(cfg: Config, overrides: dict[str, Any]) -> dict[str, Any]:
+def model_settings(cfg: Config, overrides: dict[str, Any]) -> ModelConfig:
     """`[model]` with the remote `set-threshold` overrides on top (they persist in the slot state)."""
-    merged = dict(cfg.model)
+    changes: dict[str, Any] = {}
     if "threshold" in overrides:
-        merged["threshold"] = overrides["threshold"]
+        changes["threshold"] = overrides["threshold"]
     if overrides.get("thresholds"):
-        merged["thresholds"] = {**merged["thresholds"], **overrides["thresholds"]}
-    return merged
+        changes["thresholds"] = freeze({**cfg.model.thresholds, **overrides["thresholds"]})
+    return dataclasses.replace(cfg.model, **changes)
 
 
 def threshold_overrides(args: dict[str, Any], current: dict[str, Any], model: Model) -> dict[str, Any]:
@@ -93,13 +94,17 @@ class Serving:
         self.slots = slots
         self.lock = threading.RLock()  # a swap (update, rollback), a reload and set-threshold never interleave
         self.on_swap: list[Callable[[], None]] = []  # told after each `serve` (the sink re-announces the model)
-        self.model = model
+        self.monitor = self.monitor_for(model)
         self.pipeline = self.pipeline_for(model, policy, rejected)
-        self.monitor = self.monitor_for(self.pipeline)
-        self.identity = Identity(device_id=cfg.device["id"], boot_id=str(uuid.uuid4()), model=self.pipeline.info)
+        self.identity = Identity(device_id=cfg.device.id, boot_id=str(uuid.uuid4()), model=self.pipeline.info)
+
+    @property
+    def model(self) -> Model:
+        """The model the pipeline runs (with its rules)."""
+        return self.pipeline.model
 
     # ---- building ----------------------------------------------------------------------------------------------
-    def model_cfg(self, cfg: Config | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    def model_cfg(self, cfg: Config | None = None, overrides: dict[str, Any] | None = None) -> ModelConfig:
         """`[model]` of `cfg` (the running one by default) with the persisted threshold overrides on top."""
         if overrides is None:
             overrides = self.slots.state.overrides if self.slots is not None else {}
@@ -107,23 +112,21 @@ class Serving:
 
     def open_model(self, bundle: Path | str) -> Model:
         """A bundle with this device's `[model]` settings (threads, runtime, thresholds, overrides)."""
-        return model_from_config({**self.model_cfg(), "bundle": str(bundle)})
+        return model_from_config(dataclasses.replace(self.model_cfg(), bundle=str(bundle)))
 
     def pipeline_for(self, model: Model, policy: Policy, rejected: CaptureStore | None) -> Pipeline:
+        """A pipeline for `model` under the running `[gate]` (call `monitor_for(model)` first: the pipeline
+        measures colour when the monitor follows it)."""
         cfg = self.cfg
         try:
-            return Pipeline(model, None, cfg.gate["max_pixels"], cfg.gate["min_side"],
+            return Pipeline(model, None, cfg.gate.max_pixels, cfg.gate.min_side,
                             gate_from_config(cfg.gate, model.manifest.image_quality_reference), rejected,
-                            sensor_gate_for(cfg, model.manifest), policy)
+                            sensor_gate_for(cfg, model.manifest), policy, _wants_colour(self.monitor))
         except ValueError as exc:
             raise ConfigError(f"{cfg.path}: [decide]: {exc}") from None
 
-    def monitor_for(self, pipeline: Pipeline, drift: dict[str, Any] | None = None) -> DriftMonitor:
-        model = pipeline.model
-        monitor = monitor_from_config(drift or self.cfg.drift, model.manifest.drift_reference,
-                                      model.thresholds.default)
-        pipeline.colour_stats = any(s.name.startswith("mean.") for s in monitor.statistics)
-        return monitor
+    def monitor_for(self, model: Model, drift: DriftConfig | None = None) -> DriftMonitor:
+        return monitor_from_config(drift or self.cfg.drift, model.manifest.drift_reference, model.thresholds.default)
 
     # ---- changing ----------------------------------------------------------------------------------------------
     def serve(self, model: Model) -> None:
@@ -132,44 +135,27 @@ class Serving:
         them."""
         with self.lock:
             old = self.pipeline
+            self.monitor = self.monitor_for(model)
             pipeline = self.pipeline_for(model, old.policy, old.capture)
-            pipeline.paths, pipeline.actions = old.paths, old.actions
+            pipeline.paths, pipeline.actions = old.paths, old.actions  # the run's counters (not yet serving)
             pipeline.max_pixels, pipeline.min_side = old.max_pixels, old.min_side
-            self.monitor = self.monitor_for(pipeline)
-            self.model = model
             self.identity = dataclasses.replace(self.identity, model=pipeline.info)
             self.pipeline = pipeline  # last: the front thread picks it up with its next input
         for listener in self.on_swap:
             listener()
 
-    def apply(self, cfg: Config, *, thresholds: Thresholds | None = None, zones: tuple[Zone, ...] | None = None,
-              top_k: int | None = None, policy: Policy | None = None, debounce_changed: bool = False,
-              gate: ImageGate | None = None, sensor_gate: SensorGate | None = None,
-              gate_cfg_changed: bool = False, rejected: CaptureStore | None = None,
-              monitor: DriftMonitor | None = None) -> None:
-        """A reload's live changes, each replacing one object the pipeline reads once per input; `cfg` becomes
-        the running config."""
+    def apply(self, cfg: Config, *, model: Model | None = None, monitor: DriftMonitor | None = None,
+              **parts: Any) -> None:
+        """A reload's live changes: `model` (new rules), `monitor` and pipeline parts (see
+        `Pipeline.REPLACEABLE`) become a new pipeline swapped in between two inputs; `cfg` becomes the running
+        config."""
         with self.lock:
-            model, pipeline = self.model, self.pipeline
-            if thresholds is not None:
-                model.thresholds = thresholds
-            if zones is not None:
-                model.zones = zones
-            if top_k is not None:
-                model.top_k = top_k
-            if policy is not None:
-                pipeline.policy = policy
-                if debounce_changed:
-                    pipeline.debouncer = Debouncer(*policy.debounce) if policy.debounce else None
-            if gate_cfg_changed:
-                if sensor_gate is not None:
-                    pipeline.sensor_gate = sensor_gate
-                elif gate is not None:
-                    pipeline.gate = gate
-                pipeline.max_pixels, pipeline.min_side = cfg.gate["max_pixels"], cfg.gate["min_side"]
-                pipeline.capture = rejected
             if monitor is not None:
                 self.monitor = monitor
+                parts["colour_stats"] = _wants_colour(monitor)
+            if model is not None:
+                parts["model"] = model
+            self.pipeline = self.pipeline.replaced(**parts)
             self.cfg = cfg
 
     def set_threshold(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -180,16 +166,18 @@ class Serving:
         overrides = threshold_overrides(args, self.slots.state.overrides, self.model)
         merged = self.model_cfg(overrides=overrides)
         with self.lock:
-            self.model.thresholds = Thresholds(self.model.manifest, merged["threshold"], merged["thresholds"])
+            model = self.model
+            thresholds = Thresholds(model.manifest, merged.threshold, dict(merged.thresholds))
+            self.pipeline = self.pipeline.replaced(model=model.with_rules(thresholds=thresholds))
             self.slots.state.overrides = overrides
             self.slots.save()
-        log.info("event=threshold_set threshold=%s thresholds=%s", merged["threshold"], merged["thresholds"])
-        return {"threshold": merged["threshold"], "thresholds": merged["thresholds"], "persisted": True}
+        log.info("event=threshold_set threshold=%s thresholds=%s", merged.threshold, dict(merged.thresholds))
+        return {"threshold": merged.threshold, "thresholds": dict(merged.thresholds), "persisted": True}
 
     # ---- reading -----------------------------------------------------------------------------------------------
     def shadow_result(self, model: Model, sample: Sample) -> TaskResult | None:
         """`model`'s result on a live input, prepared its own way (a shadow candidate; inference thread)."""
-        prepared = tensor_for(model, sample, self.cfg.gate["max_pixels"], self.cfg.gate["min_side"])
+        prepared = tensor_for(model, sample, self.cfg.gate.max_pixels, self.cfg.gate.min_side)
         return None if prepared is None else model.run(*prepared)
 
     def observe(self, outcome: Outcome) -> list[DriftChange]:
@@ -205,3 +193,8 @@ class Serving:
             label, confidence = result.label, result.confidence
             uncertain = decision.status == "uncertain" or outcome.first is not None
         return monitor.observe(outcome.stats, label, confidence, uncertain)
+
+
+def _wants_colour(monitor: DriftMonitor) -> bool:
+    """Whether the monitor follows per-channel means (the pipeline then measures them)."""
+    return any(s.name.startswith("mean.") for s in monitor.statistics)

@@ -22,15 +22,15 @@ CAMERA_DMA_HEAPS = ("/dev/dma_heap/linux,cma", "/dev/dma_heap/system")
 def source_devices(cfg: Config) -> tuple[list[str], list[str]]:
     """Device nodes the source needs, and the groups that own them on Raspberry Pi OS."""
     src = cfg.source
-    if src["type"] == "camera":
-        if src.get("backend") == "opencv":  # one V4L2 node
-            return [f"/dev/video{src.get('index', 0)}"], ["video"]
+    if src.type == "camera":
+        if src.backend == "opencv":  # one V4L2 node
+            return [f"/dev/video{src.index}"], ["video"]
         # libcamera (picamera2) opens several video and media nodes and allocates from the DMA heaps;
         # DeviceAllow takes device classes for that (globs are not allowed)
         return ["char-video4linux", "char-media", *CAMERA_DMA_HEAPS], ["video"]
-    if src["type"] == "serial":
-        return [src["port"]], ["dialout"]
-    if src["type"] == "iio":
+    if src.type == "serial":
+        return [src.port], ["dialout"]
+    if src.type == "iio":
         return [], []  # sysfs reads: /sys stays readable under the sandbox
     return [], []
 
@@ -40,37 +40,37 @@ def render_unit(cfg: Config, python: str | None = None) -> str:
     svc = cfg.service
     python = python or sys.executable
     devices, groups = source_devices(cfg)
-    groups = sorted(set(groups) | set(svc["groups"]))
+    groups = sorted(set(groups) | set(svc.groups))
     exec_start = " ".join(shlex.quote(p) for p in (python, "-m", "edge_infer", "run", "--config", str(cfg.path)))
-    state = Path(cfg.device["state_dir"])
+    state = Path(cfg.device.state_dir)
     lines = [
         "# Written by `edge-infer install-service`; rerun it after changing the config's [service] table.",
         "[Unit]",
         "Description=edge-infer: offline inference, results over MQTT",
         "Wants=network-online.target",
         "After=network-online.target time-sync.target",
-        f"StartLimitIntervalSec={svc['start_limit_interval']}",
-        f"StartLimitBurst={svc['start_limit_burst']}",
+        f"StartLimitIntervalSec={svc.start_limit_interval}",
+        f"StartLimitBurst={svc.start_limit_burst}",
         "",
         "[Service]",
         "Type=notify",
         "NotifyAccess=main",
         f"ExecStart={exec_start}",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        f"WatchdogSec={svc['watchdog_sec']}",
+        f"WatchdogSec={svc.watchdog_sec}",
         "Restart=on-failure",
         "RestartSec=5",
-        f"TimeoutStopSec={svc['stop_timeout']}",
-        f"User={svc['user']}",
-        f"Group={svc['user']}",
+        f"TimeoutStopSec={svc.stop_timeout}",
+        f"User={svc.user}",
+        f"Group={svc.user}",
         *([f"SupplementaryGroups={' '.join(groups)}"] if groups else []),
         # the state directory: systemd creates it, owned by the service user, under /var/lib
         *([f"StateDirectory={state.relative_to('/var/lib')}", "StateDirectoryMode=0700"]
           if state.is_relative_to("/var/lib") else [f"ReadWritePaths={state}"]),
         *[f"ReadWritePaths={p}" for p in _extra_writable(cfg)],
-        *([f"LoadCredential=mqtt_password:{cfg.mqtt['password_file']}"] if cfg.mqtt["password_file"] else []),
-        f"MemoryMax={svc['memory_max']}",
-        *([f"CPUQuota={svc['cpu_quota']}"] if svc["cpu_quota"] else []),
+        *([f"LoadCredential=mqtt_password:{cfg.mqtt.password_file}"] if cfg.mqtt.password_file else []),
+        f"MemoryMax={svc.memory_max}",
+        *([f"CPUQuota={svc.cpu_quota}"] if svc.cpu_quota else []),
         "# sandbox",
         "ProtectSystem=strict",
         "ProtectHome=yes",
@@ -111,16 +111,16 @@ def render_unit(cfg: Config, python: str | None = None) -> str:
 def _extra_writable(cfg: Config) -> list[str]:
     """Folders outside the state directory the daemon writes: a directory source that moves or deletes
     processed files, and review folders configured elsewhere."""
-    state = Path(cfg.device["state_dir"])
+    state = Path(cfg.device.state_dir)
     paths = []
-    if cfg.source["type"] == "directory" and cfg.source["processed"] != "keep":
-        source = Path(cfg.source["path"])
+    if cfg.source.type == "directory" and cfg.source.processed != "keep":
+        source = Path(cfg.source.path)
         paths.append(str(source))
-        if cfg.source["processed"] == "move":  # the source's default: a sibling `<folder>.done`
-            paths.append(cfg.source["processed_dir"] or str(source.parent / f"{source.name}.done"))
-    folders = [cfg.decide["uncertain_dir"], cfg.gate["rejected_dir"], str(Path(cfg.outbox["path"]).parent)]
-    if cfg.update["enabled"]:
-        folders += [cfg.update["incoming_dir"], cfg.update["slots_dir"]]
+        if cfg.source.processed == "move":  # the source's default: a sibling `<folder>.done`
+            paths.append(cfg.source.processed_dir or str(source.parent / f"{source.name}.done"))
+    folders = [cfg.decide.uncertain_dir, cfg.gate.rejected_dir, str(Path(cfg.outbox.path).parent)]
+    if cfg.update.enabled:
+        folders += [cfg.update.incoming_dir, cfg.update.slots_dir]
     for folder in folders:
         if folder and not Path(folder).is_relative_to(state):
             paths.append(str(folder))
@@ -137,11 +137,11 @@ def hidden_paths(cfg: Config, python: str | None = None) -> list[str]:
     'not found'): the interpreter, the config, the bundles, the input and every folder it writes."""
     python = python or sys.executable
     needed = {"the Python interpreter (ExecStart)": python, "the config": str(cfg.path),
-              "[model].bundle": cfg.model["bundle"], "[device].state_dir": cfg.device["state_dir"]}
-    if cfg.decide["escalate_to"]:
-        needed["[decide].escalate_to"] = cfg.decide["escalate_to"]
-    if cfg.source.get("path"):
-        needed["[source].path"] = cfg.source["path"]
+              "[model].bundle": cfg.model.bundle, "[device].state_dir": cfg.device.state_dir}
+    if cfg.decide.escalate_to:
+        needed["[decide].escalate_to"] = cfg.decide.escalate_to
+    if source_path := getattr(cfg.source, "path", None):  # the sources that read files
+        needed["[source].path"] = source_path
     needed.update({f"a folder it writes ({p})": p for p in _extra_writable(cfg)})
     problems = []
     for what, value in needed.items():
@@ -161,9 +161,9 @@ def install_commands(cfg: Config, unit_path: Path) -> list[list[str]]:
     """What `install-service` runs as root: the user (no login, no home) in the device groups."""
     svc = cfg.service
     _, groups = source_devices(cfg)
-    groups = sorted(set(groups) | set(svc["groups"]))
+    groups = sorted(set(groups) | set(svc.groups))
     useradd = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
-               "/usr/sbin/nologin", "--user-group", svc["user"]]
+               "/usr/sbin/nologin", "--user-group", svc.user]
     if groups:
         useradd[1:1] = ["--groups", ",".join(groups)]
     return [useradd, ["systemctl", "daemon-reload"]]

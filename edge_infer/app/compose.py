@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from edge_infer import __version__
 from edge_infer.config import Config, ConfigError
 from edge_infer.control import AddEvent
-from edge_infer.decide import Thresholds
 from edge_infer.homeassistant import discovery_messages
 from edge_infer.inbox import Inbox
 from edge_infer.messages import Identity, event_payload, status_payload
@@ -38,15 +37,13 @@ def serving(cfg: Config, model: Model, slots: Slots | None) -> Serving:
     `[gate]` review folder, its drift monitor."""
     d = cfg.decide
     second = None
-    if d["fallback"] == "escalate":
-        second = model_from_config(cfg.model, d["escalate_to"])
-        second.thresholds = Thresholds(second.manifest, d["escalate_threshold"], {})
+    if d.fallback == "escalate":
+        second = model_from_config(cfg.model, d.escalate_to, d.escalate_threshold)
     policy = Policy(
-        fallback=d["fallback"], escalate_to=second, escalate_fallback=d["escalate_fallback"],
-        debounce=tuple(d["debounce"]) if d["debounce"] else None,  # type: ignore[arg-type]
-        uncertain=review_store(d["uncertain_dir"], d["keep_uncertain"], d["keep_uncertain_bytes"]),
+        fallback=d.fallback, escalate_to=second, escalate_fallback=d.escalate_fallback, debounce=d.debounce,
+        uncertain=review_store(d.uncertain_dir, d.keep_uncertain, d.keep_uncertain_bytes),
     )
-    rejected = review_store(cfg.gate["rejected_dir"], cfg.gate["keep_rejected"], cfg.gate["keep_rejected_bytes"])
+    rejected = review_store(cfg.gate.rejected_dir, cfg.gate.keep_rejected, cfg.gate.keep_rejected_bytes)
     return Serving(cfg, model, policy, rejected, slots)
 
 
@@ -60,13 +57,13 @@ def event_builder(port: Serving) -> EventBuilder:
 def outbox_opener(cfg: Config, events: EventBuilder | None = None) -> Callable[[], Outbox]:
     """Opens one connection to the outbox (each thread has its own)."""
     box = cfg.outbox
-    return lambda: Outbox(box["path"], box["durability"], _limits(cfg), event_builder=events)
+    return lambda: Outbox(box.path, box.durability, _limits(cfg), event_builder=events)
 
 
 def primary_outbox(cfg: Config, events: EventBuilder) -> Outbox:
     """The writer's connection, opened first: it checks the file and replaces a corrupt one (and says so)."""
     box = cfg.outbox
-    primary = Outbox(box["path"], box["durability"], _limits(cfg), event_builder=events, primary=True)
+    primary = Outbox(box.path, box.durability, _limits(cfg), event_builder=events, primary=True)
     if primary.replaced is not None:
         log.error("event=outbox_replaced %s", " ".join(f"{k}={v!r}" for k, v in primary.replaced.items()))
         primary.add_event("outbox_replaced", primary.replaced)
@@ -75,28 +72,28 @@ def primary_outbox(cfg: Config, events: EventBuilder) -> Outbox:
 
 def _limits(cfg: Config) -> Limits:
     box = cfg.outbox
-    return Limits(max_rows=box["max_rows"], max_bytes=box["max_bytes"], ttl_s=float(box["ttl"]),
-                  policy=box["policy"])
+    return Limits(max_rows=box.max_rows, max_bytes=box.max_bytes, ttl_s=float(box.ttl),
+                  policy=box.policy)
 
 
 def source(cfg: Config, model: Model) -> Source:
     """The `[source]` plug-in, which must give the input kind the model takes."""
     src = make_source(cfg.source, model.manifest.input)
     if src.kind != model.kind:
-        raise SourceError(f"{cfg.path}: [source].type: a {cfg.source['type']!r} source gives {src.kind} input, but "
+        raise SourceError(f"{cfg.path}: [source].type: a {cfg.source.type!r} source gives {src.kind} input, but "
                           f"the bundle's model takes {model.kind} input")
     return src
 
 
 def uploader(cfg: Config, port: Serving) -> CaptureUploader | None:
     """Kept inputs go out over MQTT when the outbox is empty, if `[decide].upload` asks for it."""
-    if not cfg.decide["upload"]:
+    if not cfg.decide.upload:
         return None
     roots = {}
-    if cfg.decide["keep_uncertain"]:
-        roots["uncertain"] = cfg.decide["uncertain_dir"]
-    if cfg.gate["keep_rejected"]:
-        roots["rejected"] = cfg.gate["rejected_dir"]
+    if cfg.decide.keep_uncertain:
+        roots["uncertain"] = cfg.decide.uncertain_dir
+    if cfg.gate.keep_rejected:
+        roots["rejected"] = cfg.gate.rejected_dir
     if not roots:
         raise ConfigError(f"{cfg.path}: [decide].upload: nothing is kept to upload (set [decide].keep_uncertain "
                           "or [gate].keep_rejected)")
@@ -105,23 +102,23 @@ def uploader(cfg: Config, port: Serving) -> CaptureUploader | None:
         i: Identity = port.identity
         return {"v": 1, "device_id": i.device_id, "boot_id": i.boot_id, "model": i.model}
 
-    return CaptureUploader(roots, envelope, cfg.decide["upload_max_bytes"], cfg.decide["upload_chunk_bytes"])
+    return CaptureUploader(roots, envelope, cfg.decide.upload_max_bytes, cfg.decide.upload_chunk_bytes)
 
 
 def discovery(cfg: Config, port: Serving) -> list[tuple[str, bytes]]:
     """Home Assistant discovery for the model now served (nothing when `[homeassistant].discovery` is off)."""
-    if not cfg.homeassistant["discovery"]:
+    if not cfg.homeassistant.discovery:
         return []
-    return discovery_messages(cfg.homeassistant["prefix"], cfg.mqtt["topic_prefix"], cfg.device["id"],
+    return discovery_messages(cfg.homeassistant.prefix, cfg.mqtt.topic_prefix, cfg.device.id,
                               port.model.task, port.identity.model)
 
 
 def sink(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inbox: Inbox | None) -> Sink:
     """The `[sink]` that drains the outbox: MQTT (the default) or a webhook (imported only when chosen)."""
-    if cfg.sink["type"] == "webhook":
+    if cfg.sink.type == "webhook":
         from edge_infer.sinks.webhook import WebhookSink, settings_from_config
 
-        return WebhookSink(settings_from_config(cfg.sink, cfg.device["id"]), open_outbox)
+        return WebhookSink(settings_from_config(cfg.sink, cfg.device.id), open_outbox)
     return publisher(cfg, port, open_outbox, inbox)
 
 
@@ -129,7 +126,7 @@ def publisher(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inb
     """The MQTT sink: its own outbox connection, the retained status, Home Assistant discovery, kept-input
     uploads and, with `inbox`, the command topics."""
     mqtt_sink = Publisher(
-        settings_from_config(cfg.mqtt, cfg.device["id"], cfg.commands["max_message_bytes"]),
+        settings_from_config(cfg.mqtt, cfg.device.id, cfg.commands.max_message_bytes),
         open_outbox,
         birth=lambda problems: status_payload(port.identity, "online", version=__version__,
                                               runtime=port.model.engine.runtime.to_dict(), problems=problems),
@@ -144,7 +141,7 @@ def publisher(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inb
 def updater(cfg: Config, slots: Slots | None, keys: list, port: Serving, add_event: AddEvent,
             live_latency: Callable[[], dict[str, Any]], previous: Model | None) -> Updater | None:
     """Model updates (imported only when `[update].enabled`): leftovers refused, a watch resumed."""
-    if not cfg.update["enabled"] or slots is None:
+    if not cfg.update.enabled or slots is None:
         return None
     from edge_infer.control.updates import Updater
 
@@ -157,7 +154,7 @@ def updater(cfg: Config, slots: Slots | None, keys: list, port: Serving, add_eve
 def commands(cfg: Config, keys: list, add_event: AddEvent, inbox: Inbox | None, handlers: dict[str, Handler],
              updates: Updater | None) -> Commands | None:
     """Remote commands (when `[commands].enabled`)."""
-    if not cfg.commands["enabled"]:
+    if not cfg.commands.enabled:
         return None
     from edge_infer.control.commands import Commands
 

@@ -88,7 +88,7 @@ class Daemon:
         primary = compose.primary_outbox(cfg, events)
         self.outbox = compose.outbox_opener(cfg)()  # the main thread's own connection
         self.source = source if source is not None else compose.source(cfg, model)
-        self.inbox = Inbox(cfg.commands["max_message_bytes"]) if cfg.commands["enabled"] else None
+        self.inbox = Inbox(cfg.commands.max_message_bytes) if cfg.commands.enabled else None
         opener = compose.outbox_opener(cfg, events)
         self.sink = sink(opener) if sink is not None else compose.sink(cfg, self.serving, opener, self.inbox)
         self.serving.on_swap.append(lambda: self.sink.refresh(compose.discovery(self.cfg, self.serving)))
@@ -96,11 +96,11 @@ class Daemon:
         self.latency = LatencyWindow()
         self.progress = Progress(record=self.latency.add)
         th = cfg.thermal
-        self.governor = ThermalGovernor(th["zone"], th["throttled"], th["max_temp"], th["resume_temp"],
-                                        th["check_interval"], on_change=self.add_event)
+        self.governor = ThermalGovernor(th.zone, th.throttled, th.max_temp, th.resume_temp,
+                                        th.check_interval, on_change=self.add_event)
         self.metrics_server: MetricsServer | None = None
         box = cfg.outbox
-        self.writer = OutboxWriter(primary, window_s=box["commit_window_ms"] / 1000.0, max_batch=box["max_batch"],
+        self.writer = OutboxWriter(primary, window_s=box.commit_window_ms / 1000.0, max_batch=box.max_batch,
                                    on_committed=self.sink.notify,
                                    on_problem=lambda text: self.sink.set_problem("outbox", text),
                                    progress=self.progress)
@@ -180,7 +180,7 @@ class Daemon:
         if result is not None and decision is not None and decision.action == "publish":
             return "results", lambda seq: result_payload(identity, seq, msg_id, sample, result, decision,
                                                          outcome.latency_ms, outcome.state, decided_by)
-        if result is None and self.cfg.gate["publish_rejections"]:
+        if result is None and self.cfg.gate.publish_rejections:
             return "rejections", lambda seq: rejection_payload(identity, seq, msg_id, sample, verdict)
         # suppressed, deferred, or an unpublished rejection: counted and checkpointed, not published
         return ("results" if result is not None else "rejections"), None
@@ -205,7 +205,7 @@ class Daemon:
         if not self.writer.put(Pending(kind, msg_id, build, checkpoint, after, forget), self.stop_event):
             return outcome  # stopping: not committed, so the input is processed again on the next start
         self.summary.count(sample, outcome)
-        if result is not None and pipeline is self.pipeline:  # the drift reference is the current model's
+        if result is not None and pipeline.info is self.pipeline.info:  # the drift reference is the current model's
             for change in self.serving.observe(outcome):
                 log.warning("event=%s statistic=%s psi=%.3f", change.event, change.statistic, change.psi)
                 self.add_event(change.event, change.details)
@@ -232,7 +232,7 @@ class Daemon:
         return doc
 
     def _maybe_health(self, force: bool = False) -> None:
-        interval = self.cfg.health["interval"]
+        interval = self.cfg.health.interval
         now = time.monotonic()
         if interval <= 0 or (not force and now - self._last_health < interval):
             return
@@ -251,14 +251,14 @@ class Daemon:
         """Metrics (first: a port in use is a one-line error before anything runs), writer, sink, watchdog,
         housekeeping; then READY."""
         m = self.cfg.metrics
-        if m["port"]:
+        if m.port:
             try:
-                self.metrics_server = MetricsServer(m["bind"], m["port"], self._scrape)
+                self.metrics_server = MetricsServer(m.bind, m.port, self._scrape)
             except OSError as exc:
-                raise ConfigError(f"{self.cfg.path}: [metrics]: cannot listen on {m['bind']}:{m['port']}: "
+                raise ConfigError(f"{self.cfg.path}: [metrics]: cannot listen on {m.bind}:{m.port}: "
                                   f"{exc.strerror}") from None
             self.metrics_server.start()
-            log.info("event=metrics_listening address=%s:%d", m["bind"], self.metrics_server.port)
+            log.info("event=metrics_listening address=%s:%d", m.bind, self.metrics_server.port)
         self.writer.start()
         for name, details in self._notes:
             self.add_event(name, details)
@@ -275,7 +275,7 @@ class Daemon:
         log_start(self)
         self._start_threads()
         try:
-            if self.cfg.pipeline["mode"] == "pipelined":
+            if self.cfg.pipeline.mode == "pipelined":
                 self._run_pipelined(once)
             else:
                 for sample in self.source.samples(self.stop_event, once, self._done):
@@ -283,7 +283,7 @@ class Daemon:
             self.writer.flush()
             trim()  # the source is done: what the frames used goes back to the system
             if once:
-                self._drain(self.cfg.mqtt["drain_timeout"])
+                self._drain(self.cfg.mqtt.drain_timeout)
             self._maybe_health(force=True)  # the final counts, sent before `offline`
             if self.updater is not None:
                 self.updater.stopped_cleanly()
@@ -313,7 +313,7 @@ class Daemon:
         """Decode and preprocess in one thread while this one runs the interpreter; a bounded queue between
         them (and the writer's behind) makes the slowest stage set the pace instead of a growing backlog.
         Order is preserved: one producer, one consumer."""
-        handoff: queue.Queue[tuple[Pipeline, Prepared] | None] = queue.Queue(maxsize=self.cfg.pipeline["queue_size"])
+        handoff: queue.Queue[tuple[Pipeline, Prepared] | None] = queue.Queue(maxsize=self.cfg.pipeline.queue_size)
         failure: list[BaseException] = []
 
         def decode_stage() -> None:
@@ -363,7 +363,7 @@ class Daemon:
             self._check_threads()
 
     def _housekeeping_turn(self) -> None:
-        if self.reload_requested.wait(min(0.5, max(0.05, self.cfg.health["interval"] or 0.5))):
+        if self.reload_requested.wait(min(0.5, max(0.05, self.cfg.health.interval or 0.5))):
             self.reload_requested.clear()
             self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
             self.reload()
@@ -433,7 +433,7 @@ class Daemon:
         sample, result, decision, identity = last
         picture = snapshot_doc(sample.data if sample.data is not None else sample.image, result, decision)
         self.sink.offer("snapshot", snapshot_payload(identity, sample, result, decision, picture))
-        return {"topic": f"{self.cfg.mqtt['topic_prefix']}/{self.identity.device_id}/snapshot",
+        return {"topic": f"{self.cfg.mqtt.topic_prefix}/{self.identity.device_id}/snapshot",
                 "input": sample.input_id, "image": bool(picture)}
 
     def install_signal_handlers(self) -> None:

@@ -5,6 +5,7 @@ back). Each choice that is worth knowing about is returned as a note, announced 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -29,7 +30,7 @@ def prepare_process(cfg: Config) -> None:
     a writable `[device].state_dir` (a one-line config error otherwise)."""
     limit_arenas()  # see edge_infer.memory
     os.umask(0o027)  # outbox, state and kept inputs are never world-readable
-    folder = Path(cfg.device["state_dir"])
+    folder = Path(cfg.device.state_dir)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".write-test-{os.getpid()}"
@@ -42,24 +43,24 @@ def prepare_process(cfg: Config) -> None:
 
 def fleet_keys(cfg: Config) -> list:
     """`[fleet].keys`, loaded (only when updates or signed commands need them: that imports cryptography)."""
-    if not (cfg.update["enabled"] or (cfg.commands["enabled"] and cfg.commands["auth"] == "signed")):
+    if not (cfg.update.enabled or (cfg.commands.enabled and cfg.commands.auth == "signed")):
         return []
     try:
-        return [load_public_key(k) for k in cfg.fleet["keys"]]
+        return [load_public_key(k) for k in cfg.fleet.keys]
     except ValueError as exc:
         raise ConfigError(f"{cfg.path}: [fleet].keys: {exc}") from None
 
 
 def open_slots(cfg: Config, notes: list[Note]) -> Slots | None:
     """The slot state (None unless updates or commands are on: nothing else needs it)."""
-    if not (cfg.update["enabled"] or cfg.commands["enabled"]):
+    if not (cfg.update.enabled or cfg.commands.enabled):
         return None
-    bundle = Path(cfg.model["bundle"])
+    bundle = Path(cfg.model.bundle)
     try:
         sha = str(read_manifest_doc(bundle)[1]["model"]["sha256"])
     except (BundleError, KeyError, TypeError):
         sha = hashlib.sha256(bundle.read_bytes()).hexdigest() if bundle.is_file() else ""
-    slots = Slots(cfg.update["slots_dir"], bundle, sha)
+    slots = Slots(cfg.update.slots_dir, bundle, sha)
     if slots.reset_reason:
         log.warning("event=model_slots_reset reason=%r", slots.reset_reason)
         notes.append(("model_slots_reset", {"reason": slots.reset_reason}))
@@ -80,9 +81,9 @@ def start_model(cfg: Config, slots: Slots | None, keys: list, notes: list[Note])
         notes.append(("model_rolled_back", {"reason": reason, "from_slot": bad, "slot": state.active}))
     if state.active != CONFIG:
         try:
-            if cfg.update["enabled"]:
+            if cfg.update.enabled:
                 verify_bundle(slots.path(state.active), keys)
-            model = model_from_config({**settings, "bundle": str(slots.path(state.active))})
+            model = model_from_config(dataclasses.replace(settings, bundle=str(slots.path(state.active))))
         except (SignatureError, BundleError, RuntimeUnavailable) as exc:
             reason = f"slot {state.active} cannot run ({exc}); running the config's bundle"
             log.error("event=model_slot_unusable reason=%r", reason)
@@ -93,6 +94,6 @@ def start_model(cfg: Config, slots: Slots | None, keys: list, notes: list[Note])
             previous = None
             if state.probation is not None and state.previous is not None:
                 with contextlib.suppress(BundleError, RuntimeUnavailable):
-                    previous = model_from_config({**settings, "bundle": str(slots.path(state.previous))})
+                    previous = model_from_config(dataclasses.replace(settings, bundle=str(slots.path(state.previous))))
             return model, previous
     return model_from_config(settings), None

@@ -115,11 +115,11 @@ class Commands:
         self.inbox = inbox
         self.handlers = handlers
         self.updater = updater
-        self.auth = cfg.commands["auth"]
+        self.auth = cfg.commands.auth
         self.keys = keys
-        self.device_id = cfg.device["id"]
-        self.prefix = f"{cfg.mqtt['topic_prefix']}/{self.device_id}/cmd/"
-        self.guard = ReplayGuard(Path(cfg.device["state_dir"]) / "commands.json", cfg.commands["max_age"])
+        self.device_id = cfg.device.id
+        self.prefix = f"{cfg.mqtt.topic_prefix}/{self.device_id}/cmd/"
+        self.guard = ReplayGuard(Path(cfg.device.state_dir) / "commands.json", cfg.commands.max_age)
         self.transfer: Transfer | None = None
         self._window_start = time.monotonic()
         self._answered = 0
@@ -235,7 +235,7 @@ class Commands:
     def _update(self, payload: bytes) -> None:
         """A signed transfer header, or a chunk of the transfer it opened (raises `CommandError` to refuse)."""
         update = self.cfg.update
-        if not update["enabled"] or self.updater is None:
+        if not update.enabled or self.updater is None:
             raise CommandError("updates_disabled", "[update].enabled is false here")
         doc = decode_json(payload)
         if "signature" in doc or "body" in doc:
@@ -252,9 +252,9 @@ class Commands:
 
     def _begin(self, doc: dict[str, Any], update: dict[str, Any]) -> None:
         body, signer = self._signed_header(doc)
-        limit = self.cfg.commands["max_message_bytes"] // 2  # base64 and JSON around the raw bytes
+        limit = self.cfg.commands.max_message_bytes // 2  # base64 and JSON around the raw bytes
         try:
-            header = Header.parse(body.get("args"), body.get("issued"), update["max_bundle_bytes"], limit)
+            header = Header.parse(body.get("args"), body.get("issued"), update.max_bundle_bytes, limit)
         except TransferError as exc:
             raise CommandError("bad_transfer", str(exc)) from None
         current = self.transfer
@@ -268,7 +268,7 @@ class Commands:
             current.abandon()
             self.answer(Command("update-model", current.id), ok=False, reason="superseded",
                         detail=f"a newer signed transfer ({header.transfer}) began before this one was complete")
-        self.transfer = Transfer.begin(header, Path(update["slots_dir"]))
+        self.transfer = Transfer.begin(header, Path(update.slots_dir))
         log.info("event=update_transfer_started transfer=%s bytes=%d chunks=%d signed_by=%s", header.transfer,
                  header.size, len(header.chunks), signer)
 
@@ -288,7 +288,7 @@ class Commands:
         assert transfer is not None and self.updater is not None
         command = Command("update-model", transfer.id)
         try:
-            path = transfer.finish(Path(self.cfg.update["incoming_dir"]))
+            path = transfer.finish(Path(self.cfg.update.incoming_dir))
         except TransferError as exc:
             self.answer(command, ok=False, reason="bad_transfer", detail=str(exc))
             return

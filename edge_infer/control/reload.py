@@ -26,8 +26,11 @@ RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "outbox", "pipeline", "s
 RESTART_DECIDE_KEYS = ("escalate_to", "escalate_threshold", "upload", "upload_max_bytes", "upload_chunk_bytes")
 
 
-def _changed(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+def _changed(old: Any, new: Any) -> list[str]:
+    """The keys whose values differ between two tables of one section (a plug-in's table may have changed
+    type: keys only one of them has count as changed)."""
+    a, b = dataclasses.asdict(old), dataclasses.asdict(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def _needs_restart(old: Config, new: Config) -> tuple[list[str], list[str]]:
@@ -36,8 +39,8 @@ def _needs_restart(old: Config, new: Config) -> tuple[list[str], list[str]]:
     for section in RESTART_SECTIONS:
         restart += [f"{section}.{k}" for k in _changed(getattr(old, section), getattr(new, section))]
     restart += [f"model.{k}" for k in _changed(old.model, new.model) if k not in LIVE_MODEL_KEYS]
-    escalation_switch = "escalate" in (old.decide["fallback"], new.decide["fallback"]) and \
-        old.decide["fallback"] != new.decide["fallback"]
+    escalation_switch = "escalate" in (old.decide.fallback, new.decide.fallback) and \
+        old.decide.fallback != new.decide.fallback
     decide_restart = [k for k in _changed(old.decide, new.decide) if k in RESTART_DECIDE_KEYS]
     decide_restart += ["fallback"] if escalation_switch else []
     restart += [f"decide.{k}" for k in decide_restart]
@@ -57,28 +60,25 @@ def _apply(serving: Serving, new: Config) -> tuple[list[str], list[str]]:
     restart, decide_restart = _needs_restart(old, new)
     model, pipeline = serving.model, serving.pipeline
     live_cfg = serving.model_cfg(new)  # the remote set-threshold overrides stay on top of the file's values
-    if problem := threshold_problem(model.task, live_cfg["threshold"]):
+    if problem := threshold_problem(model.task, live_cfg.threshold):
         raise ValueError(problem)
     changes: dict[str, Any] = {}
     applied = [f"model.{k}" for k in _changed(old.model, new.model) if k in LIVE_MODEL_KEYS]
-    if {"model.threshold", "model.thresholds"} & set(applied):
-        changes["thresholds"] = Thresholds(model.manifest, live_cfg["threshold"], dict(live_cfg["thresholds"]))
-    if "model.zones" in applied:
-        changes["zones"] = zones_from_config(new.model["zones"])
-    if "model.top_k" in applied:
-        changes["top_k"] = new.model["top_k"]
+    if applied:
+        changes["model"] = model.with_rules(
+            thresholds=Thresholds(model.manifest, live_cfg.threshold, dict(live_cfg.thresholds)),
+            zones=zones_from_config(new.model.zones), top_k=new.model.top_k)
 
     live_decide = [k for k in _changed(old.decide, new.decide) if k not in decide_restart]
     if live_decide:
         d = new.decide
         uncertain = pipeline.policy.uncertain
         if {"keep_uncertain", "keep_uncertain_bytes", "uncertain_dir"} & set(live_decide):
-            uncertain = review_store(d["uncertain_dir"], d["keep_uncertain"], d["keep_uncertain_bytes"])
-        fallback = old.decide["fallback"] if "fallback" in decide_restart else d["fallback"]
+            uncertain = review_store(d.uncertain_dir, d.keep_uncertain, d.keep_uncertain_bytes)
+        fallback = old.decide.fallback if "fallback" in decide_restart else d.fallback
         changes["policy"] = dataclasses.replace(
-            pipeline.policy, fallback=fallback, escalate_fallback=d["escalate_fallback"],
-            debounce=tuple(d["debounce"]) if d["debounce"] else None, uncertain=uncertain)  # type: ignore[arg-type]
-        changes["debounce_changed"] = "debounce" in live_decide
+            pipeline.policy, fallback=fallback, escalate_fallback=d.escalate_fallback, debounce=d.debounce,
+            uncertain=uncertain)
         applied += [f"decide.{k}" for k in live_decide]
 
     gate_changes = _changed(old.gate, new.gate)
@@ -88,22 +88,22 @@ def _apply(serving: Serving, new: Config) -> tuple[list[str], list[str]]:
             changes["sensor_gate"] = sensor_gate_for(new, model.manifest)
         else:
             changes["gate"] = gate_from_config(g, model.manifest.image_quality_reference)
-        changes["rejected"] = review_store(g["rejected_dir"], g["keep_rejected"], g["keep_rejected_bytes"])
-        changes["gate_cfg_changed"] = True
+        changes["capture"] = review_store(g.rejected_dir, g.keep_rejected, g.keep_rejected_bytes)
+        changes["max_pixels"], changes["min_side"] = g.max_pixels, g.min_side
         applied += [f"gate.{k}" for k in gate_changes]
 
     drift_changes = _changed(old.drift, new.drift)
     if drift_changes:
-        changes["monitor"] = serving.monitor_for(pipeline, new.drift)
+        changes["monitor"] = serving.monitor_for(model, new.drift)
         applied += [f"drift.{k}" for k in drift_changes]
     applied += [f"health.{k}" for k in _changed(old.health, new.health)]
     if old.log != new.log:
-        setup_logging(new.log["level"], new.log["format"])
+        setup_logging(new.log.level, new.log.format)
         applied += [f"log.{k}" for k in _changed(old.log, new.log)]
 
     # the running config: live parts from `new`, the rest as it runs until a restart
     keep = {section: getattr(old, section) for section in RESTART_SECTIONS}
-    model_cfg = {**old.model, **{k: new.model[k] for k in LIVE_MODEL_KEYS}}
-    decide_cfg = {**new.decide, **{k: old.decide[k] for k in decide_restart}}
+    model_cfg = dataclasses.replace(old.model, **{k: getattr(new.model, k) for k in LIVE_MODEL_KEYS})
+    decide_cfg = dataclasses.replace(new.decide, **{k: getattr(old.decide, k) for k in decide_restart})
     serving.apply(dataclasses.replace(new, model=model_cfg, decide=decide_cfg, **keep), **changes)
     return applied, sorted(set(restart))

@@ -32,6 +32,7 @@ from edge_infer.messages import EVENT_SEVERITY
 from edge_infer.model import Model
 from edge_infer.pipeline import Outcome, Pipeline
 from edge_infer.runtime import RuntimeUnavailable
+from edge_infer.sections import UpdateConfig
 from edge_infer.serving import Serving
 from edge_infer.signing import SignatureError, verify_bundle
 from edge_infer.slots import Slots
@@ -66,17 +67,17 @@ class Watch:
                 "p95_ms": _p95(self.times_ms), "baseline_p95_ms": self.baseline_p95_ms}
 
 
-def regression(watch: Watch, cfg: dict[str, Any]) -> str | None:
+def regression(watch: Watch, cfg: UpdateConfig) -> str | None:
     """Why the watched model is worse than the one it replaced, or None: its uncertain rate rose more than
     `max_uncertain_increase`, or its p95 inference time is above `watch_latency_ratio` × before *and* at least
     `MIN_LATENCY_RISE_MS` more (below that, a sub-millisecond model's p95 is scheduling noise)."""
-    rate, allowed = watch.uncertain / watch.results, cfg["max_uncertain_increase"]
+    rate, allowed = watch.uncertain / watch.results, cfg.max_uncertain_increase
     if watch.baseline_uncertain is not None and rate - watch.baseline_uncertain > allowed:
         return (f"uncertain rate rose from {watch.baseline_uncertain:.1%} to {rate:.1%} over {watch.results} "
                 f"results (allowed: +{allowed:.0%})")
     p95, before = _p95(watch.times_ms), watch.baseline_p95_ms
-    if before and p95 and p95 > cfg["watch_latency_ratio"] * before and p95 - before >= MIN_LATENCY_RISE_MS:
-        return f"p95 inference time rose from {before:.2f} ms to {p95:.2f} ms (allowed: ×{cfg['watch_latency_ratio']})"
+    if before and p95 and p95 > cfg.watch_latency_ratio * before and p95 - before >= MIN_LATENCY_RISE_MS:
+        return f"p95 inference time rose from {before:.2f} ms to {p95:.2f} ms (allowed: ×{cfg.watch_latency_ratio})"
     return None
 
 
@@ -97,7 +98,7 @@ class Updater:
     """The update steps on the serving port. `live_latency` gives the running model's inference latency
     summary (`{"inference": {"n", "p95_ms", …}}`), the canary's latency yardstick."""
 
-    def __init__(self, update_cfg: dict[str, Any], slots: Slots, keys: list, serving: Serving,
+    def __init__(self, update_cfg: UpdateConfig, slots: Slots, keys: list, serving: Serving,
                  add_event: AddEvent, live_latency: Callable[[], dict[str, Any]]) -> None:
         self.serving = serving
         self.slots = slots
@@ -106,11 +107,11 @@ class Updater:
         cfg = update_cfg
         self.cfg = cfg
         self.keys = keys
-        self.incoming = Path(cfg["incoming_dir"])
+        self.incoming = Path(cfg.incoming_dir)
         self.previous: Model | None = None  # kept loaded while the promoted model is watched
         self.watch: Watch | None = None
         self.shadow: Shadow | None = None
-        self.recent: deque[tuple[bool, float]] = deque(maxlen=max(cfg["watch"], MIN_WATCHED))
+        self.recent: deque[tuple[bool, float]] = deque(maxlen=max(cfg.watch, MIN_WATCHED))
         self.lock = serving.lock  # promotion, rollback and reload never interleave
         self._sizes: dict[str, tuple[int, float]] = {}
 
@@ -155,9 +156,9 @@ class Updater:
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fh.fileno())
             received: dict[str, Any] = {"source": source, "file": path.name, "bytes": st.st_size}
-            if not stat.S_ISREG(st.st_mode) or st.st_size > self.cfg["max_bundle_bytes"]:
+            if not stat.S_ISREG(st.st_mode) or st.st_size > self.cfg.max_bundle_bytes:
                 what = "not a regular file" if not stat.S_ISREG(st.st_mode) else \
-                    f"{st.st_size} bytes, over [update].max_bundle_bytes ({self.cfg['max_bundle_bytes']})"
+                    f"{st.st_size} bytes, over [update].max_bundle_bytes ({self.cfg.max_bundle_bytes})"
                 return self._refuse(taken, received, "too_large" if stat.S_ISREG(st.st_mode) else "not_a_file",
                                     what)
             received["sha256"] = hashlib.file_digest(fh, "sha256").hexdigest()
@@ -175,7 +176,7 @@ class Updater:
             return self._refuse(path, received, "busy", f"another update is being {what}; send this one after it "
                                                         "is confirmed or rolled back")
         try:
-            signer = verify_bundle(path, self.keys, self.cfg["max_bundle_bytes"])
+            signer = verify_bundle(path, self.keys, self.cfg.max_bundle_bytes)
         except SignatureError as exc:
             return self._refuse(path, received, exc.reason, exc.detail)
         slot = self.slots.candidate()
@@ -203,7 +204,7 @@ class Updater:
             target.unlink(missing_ok=True)
             return self._refuse(path, received, "no_golden", "the bundle carries no golden inputs to run a canary "
                                                              "on (edge-convert adds them; see --golden)")
-        report = canary(candidate, golden, self.cfg["min_agreement"], self._budget_ms())
+        report = canary(candidate, golden, self.cfg.min_agreement, self._budget_ms())
         details = {**received, "slot": slot, "signed_by": signer, "model": candidate.info,
                    "canary": report.to_dict()}
         if not report.passed:
@@ -212,10 +213,10 @@ class Updater:
             return self._refuse(path, received, "canary_failed", report.reason, announce=False)
         self._event("canary_passed", details)
         path.unlink(missing_ok=True)
-        if self.cfg["shadow"] > 0:
+        if self.cfg.shadow > 0:
             with self.lock:
-                self.shadow = Shadow(candidate, slot, self.cfg["shadow"], report.to_dict())
-            self._event("shadow_started", {"slot": slot, "model": candidate.info, "inputs": self.cfg["shadow"]})
+                self.shadow = Shadow(candidate, slot, self.cfg.shadow, report.to_dict())
+            self._event("shadow_started", {"slot": slot, "model": candidate.info, "inputs": self.cfg.shadow})
             return {"ok": True, "step": "shadow", **details}
         self.promote(candidate, slot, report.to_dict())
         return {"ok": True, "step": "promoted", **details}
@@ -224,11 +225,11 @@ class Updater:
         """The canary's latency budget: `max_latency_ms`, and `max_latency_ratio` × the running model's live
         p95 inference time (when there is one) — whichever is tighter."""
         budgets = []
-        if self.cfg["max_latency_ms"] is not None:
-            budgets.append(float(self.cfg["max_latency_ms"]))
+        if self.cfg.max_latency_ms is not None:
+            budgets.append(float(self.cfg.max_latency_ms))
         live = self.live_latency().get("inference")
         if live and live["n"] >= 20:
-            budgets.append(self.cfg["max_latency_ratio"] * live["p95_ms"])
+            budgets.append(self.cfg.max_latency_ratio * live["p95_ms"])
         return min(budgets) if budgets else None
 
     def _refuse(self, path: Path, received: dict[str, Any], reason: str, detail: str,
@@ -261,21 +262,21 @@ class Updater:
             state.previous, state.active = previous_slot, slot
             baseline_doc = {"uncertain_rate": watch.baseline_uncertain, "p95_ms": watch.baseline_p95_ms}
             state.probation = ({"since": time.time(), "clean_stop": False, "baseline": baseline_doc}
-                               if self.cfg["watch"] > 0 else None)
+                               if self.cfg.watch > 0 else None)
             self.slots.save()
             self.recent.clear()
-            if self.cfg["watch"] > 0:
+            if self.cfg.watch > 0:
                 self.previous, self.watch = old, watch
         self._event("model_promoted", {"from": old.info, "to": candidate.info, "slot": slot,
                                        "previous_slot": previous_slot, "canary": canary_report,
-                                       "watch": self.cfg["watch"]})
+                                       "watch": self.cfg.watch})
 
     def observe(self, pipeline: Pipeline, sample: Sample, outcome: Outcome, inference_ms: float) -> None:
         """One finished input (inference thread): shadow comparison, watch-window accounting, baseline."""
         if outcome.result is None or outcome.decision is None:
             return
         uncertain = outcome.decision.status == "uncertain"
-        if pipeline is not self.serving.pipeline:
+        if pipeline.info is not self.serving.pipeline.info:
             return  # an input the previous model prepared before a swap
         self.recent.append((uncertain, inference_ms))
         if self.shadow is not None:
@@ -286,11 +287,11 @@ class Updater:
         watch.results += 1
         watch.uncertain += uncertain
         watch.times_ms.append(inference_ms)
-        if watch.results >= MIN_WATCHED and (watch.results % 25 == 0 or watch.results >= self.cfg["watch"]):
+        if watch.results >= MIN_WATCHED and (watch.results % 25 == 0 or watch.results >= self.cfg.watch):
             problem = self._regression(watch)
             if problem:
                 self.rollback(problem)
-            elif watch.results >= self.cfg["watch"]:
+            elif watch.results >= self.cfg.watch:
                 self._confirm()
 
     def _regression(self, watch: Watch) -> str | None:
@@ -299,7 +300,7 @@ class Updater:
     def failed(self, pipeline: Pipeline, exc: BaseException) -> bool:
         """The promoted model raised on a live input (inference thread): roll back now and tell the caller to run
         the input again on the previous model. False when there is nothing to roll back to."""
-        if self.watch is None or self.previous is None or pipeline is not self.serving.pipeline:
+        if self.watch is None or self.previous is None or pipeline.info is not self.serving.pipeline.info:
             return False
         self.rollback(f"the new model failed on a live input: {type(exc).__name__}: {exc}"[:300])
         return True
@@ -346,9 +347,9 @@ class Updater:
             return
         agreement = shadow.agreed / shadow.seen
         details = {"slot": shadow.slot, "model": shadow.model.info, "inputs": shadow.seen,
-                   "agreement": round(agreement, 4), "required": self.cfg["shadow_min_agreement"]}
+                   "agreement": round(agreement, 4), "required": self.cfg.shadow_min_agreement}
         self.shadow = None
-        if agreement < self.cfg["shadow_min_agreement"]:
+        if agreement < self.cfg.shadow_min_agreement:
             self.slots.path(shadow.slot).unlink(missing_ok=True)
             self._event("shadow_failed", {**details, "reason": f"agreed with the running model on {agreement:.1%} "
                                                                "of live inputs"})
@@ -360,7 +361,7 @@ class Updater:
         """For `health`: the active slot, and a watch or shadow in progress."""
         doc: dict[str, Any] = {"slot": self.slots.state.active}
         if self.watch is not None:
-            doc["watching"] = {**self.watch.to_dict(), "of": self.cfg["watch"]}
+            doc["watching"] = {**self.watch.to_dict(), "of": self.cfg.watch}
         if self.shadow is not None:
             doc["shadow"] = {"slot": self.shadow.slot, "seen": self.shadow.seen, "of": self.shadow.needed,
                              "agreed": self.shadow.agreed}
@@ -388,7 +389,7 @@ class Updater:
     def resume(self, previous: Model | None) -> None:
         """At start: a model on probation gets a new watch window, with the baseline it was promoted against."""
         probation = self.slots.state.probation
-        if probation is None or previous is None or self.cfg["watch"] <= 0:
+        if probation is None or previous is None or self.cfg.watch <= 0:
             return
         base = probation.get("baseline", {})
         self.previous = previous

@@ -20,12 +20,15 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from edge_infer.gates import Verdict
+
+if TYPE_CHECKING:
+    from edge_infer.sections import GateConfig
 
 DARK_LEVEL = 10
 BRIGHT_LEVEL = 245
@@ -298,14 +301,13 @@ class ImageGate:
 LIMIT_KEYS = tuple(f.name for f in fields(QualityLimits) if f.name != "source")
 
 
-def gate_from_config(gate: dict[str, Any], reference: dict[str, Any] | None) -> ImageGate:
+def gate_from_config(gate: GateConfig, reference: dict[str, Any] | None) -> ImageGate:
     """The `[gate]` table (validated) and the bundle's reference statistics → an `ImageGate`."""
-    overrides = {k: float(gate[k]) for k in LIMIT_KEYS if gate.get(k) is not None}
+    overrides = {k: float(v) for k in LIMIT_KEYS if (v := getattr(gate, k)) is not None}
     limits = limits_from_reference(reference).override(overrides)
     if overrides:
         limits = replace(limits, source=f"{limits.source}+config")
-    return ImageGate(limits, gate.get("roi"), gate.get("frozen_frames", 0), gate.get("frozen_max_diff", 0.5),
-                     gate.get("quality", True))
+    return ImageGate(limits, gate.roi, gate.frozen_frames, gate.frozen_max_diff, gate.quality)
 
 
 def validate_reference(reference: Any) -> str | None:

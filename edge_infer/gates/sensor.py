@@ -9,12 +9,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edge_infer.gates import Verdict
 from edge_infer.manifest import SensorInputSpec
+
+if TYPE_CHECKING:
+    from edge_infer.sections import GateConfig
 
 
 def reference_stats(windows: Sequence[np.ndarray], channels: Sequence[str]) -> dict[str, Any]:
@@ -69,7 +72,7 @@ def limits_for(spec: SensorInputSpec, reference: dict[str, Any] | None, override
     for key in ("low", "high", "min_std", "max_step"):
         value = overrides.get(key)
         if value is not None:
-            changes[key] = tuple(float(v) for v in value) if isinstance(value, list) else (float(value),) * n
+            changes[key] = tuple(float(v) for v in value) if isinstance(value, list | tuple) else (float(value),) * n
     if overrides.get("max_gap_factor") is not None:
         changes["max_gap_factor"] = float(overrides["max_gap_factor"]) or None
     if changes:
@@ -142,15 +145,13 @@ class SensorGate:
         )
 
 
-def sensor_gate_from_config(
-    gate: dict[str, Any], spec: SensorInputSpec, reference: dict[str, Any] | None
-) -> SensorGate:
+def sensor_gate_from_config(gate: GateConfig, spec: SensorInputSpec, reference: dict[str, Any] | None) -> SensorGate:
     """The `[gate]` table's sensor keys (validated) and the bundle's reference → a `SensorGate`."""
-    overrides = {"low": gate.get("range_low"), "high": gate.get("range_high"), "min_std": gate.get("min_std"),
-                 "max_step": gate.get("max_step"), "max_gap_factor": gate.get("max_gap_factor")}
+    overrides = {"low": gate.range_low, "high": gate.range_high, "min_std": gate.min_std,
+                 "max_step": gate.max_step, "max_gap_factor": gate.max_gap_factor}
     for key in ("low", "high", "min_std", "max_step"):
         value = overrides[key]
-        if isinstance(value, list) and len(value) != len(spec.channels):
+        if isinstance(value, list | tuple) and len(value) != len(spec.channels):
             raise ValueError(f"[gate].{key if key in ('min_std', 'max_step') else 'range_' + key}: "
                              f"{len(value)} values for {len(spec.channels)} channels {list(spec.channels)}")
     return SensorGate(spec, limits_for(spec, reference, overrides))

@@ -9,9 +9,19 @@ status, Home Assistant discovery, kept-input uploads, and the command topics int
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
+from edge_infer.options import opt
+
 TYPES = ("mqtt", "webhook")  # `[sink].type`: one module each, by name (memory.py is for programs, not configs)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinkConfig:
+    """`[sink]`: the keys every sink has. A sink module's `Options` subclasses it with its own keys."""
+
+    type: str = opt("mqtt", choices=TYPES)
 
 
 class Sink(Protocol):

@@ -29,13 +29,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_infer.config import ConfigError
 from edge_infer.inbox import Inbox
 from edge_infer.outbox import Outbox
+from edge_infer.sections import MqttConfig
+from edge_infer.sinks import SinkConfig
 from edge_infer.sinks.receipts import Counted, Receipts
 from edge_infer.uploader import CaptureFile, CaptureUploader
 
 log = logging.getLogger(__name__)
 PASSWORD_ENV = "EDGE_INFER_MQTT_PASSWORD"
 CREDENTIAL_NAME = "mqtt_password"  # systemd LoadCredential=mqtt_password:/etc/edge-infer/mqtt_password
-OPTIONS: dict = {}  # the `[sink]` keys of type "mqtt": none — the broker is configured in `[mqtt]`
+Options = SinkConfig  # the `[sink]` keys of type "mqtt": none of its own — the broker is in `[mqtt]`
 PUBLISH_OVERHEAD = 64  # fixed header, topic length, packet id, properties: a safe upper bound
 
 
@@ -451,30 +453,30 @@ class Publisher(Counted, threading.Thread):
             log.exception("event=callback_error callback=on_publish")
 
 
-def settings_from_config(mqtt_cfg: dict, device_id: str, max_inbound_bytes: int = 256 * 1024) -> MqttSettings:
+def settings_from_config(mqtt_cfg: MqttConfig, device_id: str, max_inbound_bytes: int = 256 * 1024) -> MqttSettings:
     """Build publisher settings from a validated `[mqtt]` table (reads the password, never logs it)."""
     hosts = []
-    for item in mqtt_cfg["hosts"]:
+    for item in mqtt_cfg.hosts:
         host, _, port = item.rpartition(":")
         hosts.append((host.strip("[]"), int(port)))
     return MqttSettings(
         hosts=hosts,
-        topic_prefix=mqtt_cfg["topic_prefix"],
+        topic_prefix=mqtt_cfg.topic_prefix,
         device_id=device_id,
-        client_id=mqtt_cfg["client_id"],
-        keepalive=mqtt_cfg["keepalive"],
-        qos=mqtt_cfg["qos"],
-        protocol=mqtt_cfg["protocol"],
-        max_inflight=mqtt_cfg["max_inflight"],
-        max_publish_rate=float(mqtt_cfg["max_publish_rate"]),
-        username=mqtt_cfg["username"],
-        password=read_password(mqtt_cfg["password_file"]) if mqtt_cfg["username"] else None,
-        tls=mqtt_cfg["tls"],
-        ca_file=mqtt_cfg["ca_file"],
-        cert_file=mqtt_cfg["cert_file"],
-        key_file=mqtt_cfg["key_file"],
-        tls_insecure=mqtt_cfg["tls_insecure"],
-        reconnect_max_s=float(mqtt_cfg["reconnect_max"]),
+        client_id=mqtt_cfg.client_id,
+        keepalive=mqtt_cfg.keepalive,
+        qos=mqtt_cfg.qos,
+        protocol=mqtt_cfg.protocol,
+        max_inflight=mqtt_cfg.max_inflight,
+        max_publish_rate=float(mqtt_cfg.max_publish_rate),
+        username=mqtt_cfg.username,
+        password=read_password(mqtt_cfg.password_file) if mqtt_cfg.username else None,
+        tls=mqtt_cfg.tls,
+        ca_file=mqtt_cfg.ca_file,
+        cert_file=mqtt_cfg.cert_file,
+        key_file=mqtt_cfg.key_file,
+        tls_insecure=mqtt_cfg.tls_insecure,
+        reconnect_max_s=float(mqtt_cfg.reconnect_max),
         max_inbound_bytes=max_inbound_bytes,
     )
 

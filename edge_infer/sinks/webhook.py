@@ -23,24 +23,28 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edge_infer.config import ConfigError
-from edge_infer.options import Field, between, http_url
+from edge_infer.options import between, http_url, opt
 from edge_infer.outbox import Outbox
 from edge_infer.outbox_items import Row
+from edge_infer.sinks import SinkConfig
 from edge_infer.sinks.receipts import Counted, Receipts
 
 log = logging.getLogger(__name__)
 MESSAGE_REFUSED = frozenset({400, 413, 415, 422})  # this message is wrong: dead letter, move on
 RETRY_LATER = frozenset({408, 425, 429})  # the receiver is busy: keep it, back off
 BATCH = 32  # rows read from the outbox at a time
-OPTIONS = {  # the `[sink]` keys of type "webhook"
-    "url": Field(str, required=True, check=http_url),
-    "timeout": Field((int, float), default=10.0, check=between(0.1, 600)),
-    "reconnect_max": Field((int, float), default=30.0, check=between(0.5, 3600)),
-    "token_file": Field(str, default=None, is_path=True),  # sent as `Authorization: Bearer <token>`
-}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options(SinkConfig):
+    """The `[sink]` keys of type "webhook"."""
+
+    url: str = opt(required=True, check=http_url)
+    timeout: float = opt(10.0, check=between(0.1, 600))
+    reconnect_max: float = opt(30.0, check=between(0.5, 3600))
+    token_file: str | None = opt(None, is_path=True)  # sent as `Authorization: Bearer <token>`
 
 
 @dataclass(frozen=True)
@@ -57,17 +61,16 @@ class WebhookSettings:
         return urllib.parse.urlsplit(self.url)
 
 
-def settings_from_config(webhook_cfg: dict[str, Any], device_id: str) -> WebhookSettings:
+def settings_from_config(options: Options, device_id: str) -> WebhookSettings:
     """`[sink]` of type "webhook" → settings (reads the token file; the token is never logged)."""
     token = None
-    if webhook_cfg["token_file"]:
+    if options.token_file:
         try:
-            token = Path(webhook_cfg["token_file"]).read_text(encoding="utf-8").strip() or None
+            token = Path(options.token_file).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            raise ConfigError(f"[sink].token_file: cannot read {webhook_cfg['token_file']}: {exc.strerror}") \
-                from None
-    return WebhookSettings(url=webhook_cfg["url"], device_id=device_id, timeout_s=float(webhook_cfg["timeout"]),
-                           reconnect_max_s=float(webhook_cfg["reconnect_max"]), token=token)
+            raise ConfigError(f"[sink].token_file: cannot read {options.token_file}: {exc.strerror}") from None
+    return WebhookSettings(url=options.url, device_id=device_id, timeout_s=float(options.timeout),
+                           reconnect_max_s=float(options.reconnect_max), token=token)
 
 
 class Unreachable(Exception):
@@ -88,7 +91,7 @@ class WebhookSink(Counted, threading.Thread):
         self._problems: dict[str, str] = {}
         self.receipts = Receipts()
         self.failures = 0  # consecutive failed deliveries
-        target = settings.target  # the URL's form is checked once, by OPTIONS (options.http_url)
+        target = settings.target  # the URL's form is checked once, by Options (options.http_url)
         if target.scheme == "http" and settings.token and target.hostname not in ("127.0.0.1", "localhost", "::1"):
             log.warning("event=insecure_credentials url=%s (token sent without TLS; use https)", target.hostname)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from edge_infer.options import between, opt
 from edge_infer.registry import Registry
 
 if TYPE_CHECKING:  # annotations only: the config reads TYPES without paying for numpy and Pillow
@@ -15,6 +16,15 @@ if TYPE_CHECKING:  # annotations only: the config reads TYPES without paying for
     from PIL import Image
 
 TYPES = ("directory", "camera", "http", "video", "replay", "stdin", "serial", "iio")  # one module each, by name
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """`[source]`: the keys every source has. A source module's `Options` subclasses it with its own keys."""
+
+    type: str = opt(required=True, choices=TYPES)
+    name: str | None = opt(None)  # what results name as their source (default: the type)
+    max_fps: float = opt(0.0, check=between(0, 10_000))  # live sources: at most this many samples a second (0: all)
 
 
 @dataclass(frozen=True)
@@ -64,17 +74,17 @@ class Source(Protocol):
         ...
 
 
-Factory = Callable[[dict[str, Any], Any], Source]
+Factory = Callable[[Any, Any], Source]  # (the type's validated Options, the model's input spec) → source
 _SOURCES: Registry[Factory] = Registry("edge_infer.sources", TYPES, "source type")
 register = _SOURCES.register
 
 
-def make_source(options: dict[str, Any], spec: Any) -> Source:
+def make_source(options: SourceConfig, spec: Any) -> Source:
     """Build the source a validated `[source]` table describes, for a model whose input is `spec`.
     Live sources come wrapped so that a slow pipeline sees the newest sample, never a growing backlog."""
-    source = _SOURCES.factory(options["type"])(options, spec)
+    source = _SOURCES.factory(options.type)(options, spec)
     if source.live:
         from edge_infer.sources.live import NewestOnly
 
-        return NewestOnly(source, options.get("max_fps", 0.0))
+        return NewestOnly(source, options.max_fps)
     return source

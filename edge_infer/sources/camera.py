@@ -14,34 +14,38 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edge_infer.clock import rfc3339
 from edge_infer.manifest import ImageInputSpec
-from edge_infer.options import Field, between
-from edge_infer.sources import Sample, SourceError, register
+from edge_infer.options import between, opt
+from edge_infer.sources import Sample, SourceConfig, SourceError, register
 from edge_infer.sources.frames import frame_to_image
 
-OPTIONS = {  # the `[source]` keys of type "camera"
-    "backend": Field(str, default="auto", choices=("auto", "picamera2", "opencv")),
-    "index": Field(int, default=0, check=between(0, 64)),
-    "width": Field(int, default=640, check=between(16, 10_000)),
-    "height": Field(int, default=480, check=between(16, 10_000)),
-    "stream": Field(str, default="lores", choices=("lores", "main")),
-}
+
+@dataclass(frozen=True, kw_only=True)
+class Options(SourceConfig):
+    """The `[source]` keys of type "camera"."""
+
+    backend: str = opt("auto", choices=("auto", "picamera2", "opencv"))
+    index: int = opt(0, check=between(0, 64))
+    width: int = opt(640, check=between(16, 10_000))
+    height: int = opt(480, check=between(16, 10_000))
+    stream: str = opt("lores", choices=("lores", "main"))
 
 log = logging.getLogger(__name__)
 Grabber = Callable[[], tuple[np.ndarray, str]]
 
 
-def _open_picamera2(options: dict[str, Any]) -> tuple[Grabber, Callable[[], None]]:
+def _open_picamera2(options: Options) -> tuple[Grabber, Callable[[], None]]:
     from picamera2 import Picamera2  # type: ignore[import-not-found]
 
-    camera = Picamera2(options.get("index", 0))
-    size = (options.get("width", 640), options.get("height", 480))
-    if options.get("stream", "lores") == "lores":
+    camera = Picamera2(options.index)
+    size = (options.width, options.height)
+    if options.stream == "lores":
         config = camera.create_video_configuration(main={"size": size}, lores={"size": size, "format": "YUV420"})
         stream, fmt = "lores", "YUV420"
     else:
@@ -52,20 +56,20 @@ def _open_picamera2(options: dict[str, Any]) -> tuple[Grabber, Callable[[], None
     return (lambda: (camera.capture_array(stream), fmt)), camera.close
 
 
-def _open_opencv(options: dict[str, Any]) -> tuple[Grabber, Callable[[], None]]:
+def _open_opencv(options: Options) -> tuple[Grabber, Callable[[], None]]:
     import cv2  # type: ignore[import-not-found]
 
-    capture = cv2.VideoCapture(options.get("index", 0))
-    capture.set(cv2.CAP_PROP_FRAME_WIDTH, options.get("width", 640))
-    capture.set(cv2.CAP_PROP_FRAME_HEIGHT, options.get("height", 480))
+    capture = cv2.VideoCapture(options.index)
+    capture.set(cv2.CAP_PROP_FRAME_WIDTH, options.width)
+    capture.set(cv2.CAP_PROP_FRAME_HEIGHT, options.height)
     capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a stale queue
     if not capture.isOpened():
-        raise SourceError(f"[source] camera {options.get('index', 0)}: OpenCV could not open it")
+        raise SourceError(f"[source] camera {options.index}: OpenCV could not open it")
 
     def grab() -> tuple[np.ndarray, str]:
         ok, frame = capture.read()
         if not ok:
-            raise SourceError(f"[source] camera {options.get('index', 0)}: no frame (unplugged?)")
+            raise SourceError(f"[source] camera {options.index}: no frame (unplugged?)")
         return frame, "OPENCV_BGR"
 
     return grab, capture.release
@@ -79,9 +83,9 @@ INSTALL = {"picamera2": "apt install python3-picamera2 (Raspberry Pi OS)",
            "opencv": "pip install opencv-python-headless"}
 
 
-def open_backend(options: dict[str, Any]) -> tuple[str, Grabber, Callable[[], None]]:
+def open_backend(options: Options) -> tuple[str, Grabber, Callable[[], None]]:
     """Open the configured backend (`auto`: picamera2, then OpenCV); SourceError naming what to install."""
-    wanted = options.get("backend", "auto")
+    wanted = options.backend
     order = ["picamera2", "opencv"] if wanted == "auto" else [wanted]
     missing = []
     for name in order:
@@ -100,17 +104,17 @@ class CameraSource:
     live = True
     dropped = 0
 
-    def __init__(self, options: dict[str, Any], spec: ImageInputSpec | None,
+    def __init__(self, options: Options, spec: ImageInputSpec | None,
                  opener: Callable[[dict[str, Any]], tuple[str, Grabber, Callable[[], None]]] = open_backend) -> None:
         self.options = options
-        self.name: str = options.get("name") or "camera"
+        self.name = options.name or "camera"
         self.grey = spec is not None and spec.color == "L"
         self.opener = opener
         self.frames = 0
 
     def samples(self, stop: threading.Event, once: bool, done: Callable[[Sample], bool]) -> Iterator[Sample]:
         backend, grab, close = self.opener(self.options)
-        log.info("event=camera_open backend=%s index=%s", backend, self.options.get("index", 0))
+        log.info("event=camera_open backend=%s index=%s", backend, self.options.index)
         try:
             while not stop.is_set():
                 frame, fmt = grab()
@@ -130,5 +134,5 @@ class CameraSource:
 
 
 @register("camera")
-def make_camera_source(options: dict[str, Any], spec: Any = None) -> CameraSource:
+def make_camera_source(options: Options, spec: Any = None) -> CameraSource:
     return CameraSource(options, spec if isinstance(spec, ImageInputSpec) else None)

@@ -24,23 +24,27 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_infer.options import Field, between
-from edge_infer.sources import Sample, register
+from edge_infer.options import between, opt
+from edge_infer.sources import Sample, SourceConfig, register
 
-OPTIONS = {  # the `[source]` keys of type "directory"
-    "path": Field(str, required=True, is_path=True),
-    "patterns": Field(list, default=["*"], check=lambda v: None if v and all(isinstance(p, str) for p in v)
-                      else "expected a list of glob patterns, e.g. [\"*.jpg\", \"**/*.png\"]"),
-    "processed": Field(str, default="keep", choices=("keep", "move", "delete")),
-    "processed_dir": Field(str, default=None, is_path=True),
-    "poll_interval": Field((int, float), default=0.5, check=between(0.01, 3600)),
-    "settle_seconds": Field((int, float), default=1.0, check=between(0.0, 3600)),
-    "max_file_bytes": Field(int, default=50 * 1024 * 1024, check=between(1, 2**40)),
-    "follow_symlinks": Field(bool, default=False),
-}
+
+@dataclass(frozen=True, kw_only=True)
+class Options(SourceConfig):
+    """The `[source]` keys of type "directory"."""
+
+    path: str = opt(required=True, is_path=True)
+    patterns: tuple[str, ...] = opt(["*"], check=lambda v: None if v and all(isinstance(p, str) for p in v)
+                                    else "expected a list of glob patterns, e.g. [\"*.jpg\", \"**/*.png\"]")
+    processed: str = opt("keep", choices=("keep", "move", "delete"))
+    processed_dir: str | None = opt(None, is_path=True)
+    poll_interval: float = opt(0.5, check=between(0.01, 3600))
+    settle_seconds: float = opt(1.0, check=between(0.0, 3600))
+    max_file_bytes: int = opt(50 * 1024 * 1024, check=between(1, 2**40))
+    follow_symlinks: bool = opt(False)
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")
 log = logging.getLogger(__name__)
@@ -51,20 +55,20 @@ class DirectorySource:
     live = False
     dropped = 0
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.path = Path(options["path"])
-        self.name: str = options.get("name") or "directory"
-        self.poll_interval: float = options.get("poll_interval", 0.5)
-        self.settle_seconds: float = options.get("settle_seconds", 1.0)
-        self.max_file_bytes: int = options.get("max_file_bytes", 50 * 1024 * 1024)
-        self.patterns: list[str] = options.get("patterns") or ["*"]
+    def __init__(self, options: Options) -> None:
+        self.path = Path(options.path)
+        self.name = options.name or "directory"
+        self.poll_interval = options.poll_interval
+        self.settle_seconds = options.settle_seconds
+        self.max_file_bytes = options.max_file_bytes
+        self.patterns = options.patterns
         self.recursive = any("/" in p or "**" in p for p in self.patterns)
-        self.processed: str = options.get("processed", "keep")
+        self.processed = options.processed
         # a moved or deleted file cannot be offered again: its checkpoint is dropped once that is done
         self.forgets_committed = self.processed != "keep"
-        processed_dir = options.get("processed_dir")
+        processed_dir = options.processed_dir
         self.processed_dir = Path(processed_dir) if processed_dir else self.path.parent / f"{self.path.name}.done"
-        self.follow_symlinks: bool = options.get("follow_symlinks", False)
+        self.follow_symlinks = options.follow_symlinks
         self.root = Path(os.path.realpath(self.path))
 
     def _matches(self, rel: str) -> bool:
@@ -202,5 +206,5 @@ class DirectorySource:
 
 
 @register("directory")
-def make_directory_source(options: dict[str, Any], spec: Any = None) -> DirectorySource:
+def make_directory_source(options: Options, spec: Any = None) -> DirectorySource:
     return DirectorySource(options)

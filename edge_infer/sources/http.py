@@ -16,18 +16,22 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from edge_infer.clock import rfc3339
-from edge_infer.options import Field, between, http_url
-from edge_infer.sources import Sample, register
+from edge_infer.options import between, http_url, opt
+from edge_infer.sources import Sample, SourceConfig, register
 
-OPTIONS = {  # the `[source]` keys of type "http"
-    "url": Field(str, required=True, check=http_url),
-    "interval": Field((int, float), default=1.0, check=between(0.0, 86400)),
-    "timeout": Field((int, float), default=5.0, check=between(0.1, 600)),
-    "max_bytes": Field(int, default=20 * 1024 * 1024, check=between(1, 2**34)),
-}
+
+@dataclass(frozen=True, kw_only=True)
+class Options(SourceConfig):
+    """The `[source]` keys of type "http"."""
+
+    url: str = opt(required=True, check=http_url)
+    interval: float = opt(1.0, check=between(0.0, 86400))
+    timeout: float = opt(5.0, check=between(0.1, 600))
+    max_bytes: int = opt(20 * 1024 * 1024, check=between(1, 2**34))
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +58,12 @@ class HttpSource:
     live = True
     dropped = 0
 
-    def __init__(self, options: dict[str, Any]) -> None:
-        self.url: str = options["url"]
-        self.name: str = options.get("name") or "http"
-        self.interval: float = options.get("interval", 1.0)
-        self.timeout: float = options.get("timeout", 5.0)
-        self.max_bytes: int = options.get("max_bytes", 20 * 1024 * 1024)
+    def __init__(self, options: Options) -> None:
+        self.url = options.url
+        self.name = options.name or "http"
+        self.interval = options.interval
+        self.timeout = options.timeout
+        self.max_bytes = options.max_bytes
         self.failures = 0
         self.polls = 0
         self._opener = urllib.request.build_opener(SameOriginRedirects(self.url))
@@ -119,5 +123,5 @@ class HttpSource:
 
 
 @register("http")
-def make_http_source(options: dict[str, Any], spec: Any = None) -> HttpSource:
+def make_http_source(options: Options, spec: Any = None) -> HttpSource:
     return HttpSource(options)

@@ -11,29 +11,33 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edge_infer.options import Field
-from edge_infer.sources import SourceError, register
+from edge_infer.options import opt
+from edge_infer.sources import SourceConfig, SourceError, register
 from edge_infer.sources.readings import Reading, SensorStream
 
-OPTIONS = {  # the `[source]` keys of type "iio"
-    "device": Field(str, required=True, is_path=True),
-    "channels": Field(dict, default={}),
-}
+
+@dataclass(frozen=True, kw_only=True)
+class Options(SourceConfig):
+    """The `[source]` keys of type "iio"."""
+
+    device: str = opt(required=True, is_path=True)
+    channels: Mapping[str, str] = opt({})  # model channel → sysfs name, where they differ
 
 
 class IioSource(SensorStream):
     live = True
 
-    def __init__(self, options: dict[str, Any], spec: Any) -> None:
+    def __init__(self, options: Options, spec: Any) -> None:
         super().__init__(options, spec)
-        self.device = Path(options["device"])
-        mapping: dict[str, str] = options.get("channels") or {}
+        self.device = Path(options.device)
+        mapping = options.channels
         self.raw_files: list[Path] = []
         self.scales: list[float] = []
         self.offsets: list[float] = []
@@ -83,5 +87,5 @@ class IioSource(SensorStream):
 
 
 @register("iio")
-def make_iio_source(options: dict[str, Any], spec: Any) -> IioSource:
+def make_iio_source(options: Options, spec: Any) -> IioSource:
     return IioSource(options, spec)

@@ -13,21 +13,25 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edge_infer.clock import rfc3339
 from edge_infer.manifest import SensorInputSpec
-from edge_infer.options import Field
-from edge_infer.sources import Sample
+from edge_infer.options import opt
+from edge_infer.sources import Sample, SourceConfig
 
-LINE_OPTIONS = {  # the `[source]` keys of every source that reads lines of readings (replay, stdin, serial)
-    "format": Field(str, default="auto", choices=("auto", "csv", "jsonl")),
-    "columns": Field(list, default=None, check=lambda v: None if v and all(isinstance(c, str) for c in v)
-                     else "expected a list of column names"),
-    "time_column": Field(str, default=None),
-}
+
+@dataclass(frozen=True, kw_only=True)
+class LineOptions(SourceConfig):
+    """The `[source]` keys of every source that reads lines of readings (replay, stdin, serial)."""
+
+    format: str = opt("auto", choices=("auto", "csv", "jsonl"))
+    columns: tuple[str, ...] | None = opt(None, check=lambda v: None if v and all(isinstance(c, str) for c in v)
+                                          else "expected a list of column names")
+    time_column: str | None = opt(None)
 
 log = logging.getLogger(__name__)
 Reading = tuple[float | None, np.ndarray]
@@ -133,12 +137,11 @@ class SensorStream:
     kind = "sensor"
     live = False
 
-    def __init__(self, options: dict[str, Any], spec: SensorInputSpec) -> None:
-        self.options = options
+    def __init__(self, options: SourceConfig, spec: SensorInputSpec) -> None:
         self.spec = spec
-        self.name: str = options.get("name") or options["type"]
-        self.parser = ReadingParser(spec.channels, options.get("format", "auto"), options.get("columns"),
-                                    options.get("time_column"))
+        self.name = options.name or options.type
+        lines = options if isinstance(options, LineOptions) else LineOptions(type=options.type)
+        self.parser = ReadingParser(spec.channels, lines.format, lines.columns, lines.time_column)
         self.dropped = 0
 
     def readings(self, stop: threading.Event, once: bool) -> Iterator[Reading]:

@@ -10,26 +10,29 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_infer.manifest import SensorInputSpec
-from edge_infer.options import Field, between
+from edge_infer.options import between, opt
 from edge_infer.sources import register
-from edge_infer.sources.readings import LINE_OPTIONS, Reading, SensorStream, lines_to_readings
+from edge_infer.sources.readings import LineOptions, Reading, SensorStream, lines_to_readings
 
-OPTIONS = {  # the `[source]` keys of type "replay"
-    "path": Field(str, required=True, is_path=True),
-    "speed": Field((int, float), default=0.0, check=between(0.0, 1000.0)),
-    **LINE_OPTIONS,
-}
+
+@dataclass(frozen=True, kw_only=True)
+class Options(LineOptions):
+    """The `[source]` keys of type "replay"."""
+
+    path: str = opt(required=True, is_path=True)
+    speed: float = opt(0.0, check=between(0.0, 1000.0))
 
 
 class ReplaySource(SensorStream):
-    def __init__(self, options: dict[str, Any], spec: SensorInputSpec) -> None:
+    def __init__(self, options: Options, spec: SensorInputSpec) -> None:
         super().__init__(options, spec)
-        self.path = Path(options["path"])
-        self.speed: float = options.get("speed", 0.0)
+        self.path = Path(options.path)
+        self.speed = options.speed
 
     def fingerprint(self) -> str:
         st = self.path.stat()
@@ -53,5 +56,5 @@ class ReplaySource(SensorStream):
 
 
 @register("replay")
-def make_replay_source(options: dict[str, Any], spec: Any) -> ReplaySource:
+def make_replay_source(options: Options, spec: Any) -> ReplaySource:
     return ReplaySource(options, spec)

@@ -10,17 +10,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from edge_infer.options import Field, between
+from edge_infer.options import between, opt
 from edge_infer.sources import SourceError, register
-from edge_infer.sources.readings import LINE_OPTIONS, Reading, SensorStream
+from edge_infer.sources.readings import LineOptions, Reading, SensorStream
 
-OPTIONS = {  # the `[source]` keys of type "serial"
-    "port": Field(str, required=True),
-    "baudrate": Field(int, default=115200, check=between(50, 10**8)),
-    **LINE_OPTIONS,
-}
+
+@dataclass(frozen=True, kw_only=True)
+class Options(LineOptions):
+    """The `[source]` keys of type "serial"."""
+
+    port: str = opt(required=True)
+    baudrate: int = opt(115200, check=between(50, 10**8))
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +41,11 @@ def _pyserial() -> Any:
 class SerialSource(SensorStream):
     live = True
 
-    def __init__(self, options: dict[str, Any], spec: Any) -> None:
+    def __init__(self, options: Options, spec: Any) -> None:
         super().__init__(options, spec)
         self.serial = _pyserial()
-        self.port: str = options["port"]
-        self.baudrate: int = options.get("baudrate", 115200)
+        self.port = options.port
+        self.baudrate = options.baudrate
 
     def readings(self, stop: threading.Event, once: bool) -> Iterator[Reading]:
         try:
@@ -70,5 +73,5 @@ class SerialSource(SensorStream):
 
 
 @register("serial")
-def make_serial_source(options: dict[str, Any], spec: Any) -> SerialSource:
+def make_serial_source(options: Options, spec: Any) -> SerialSource:
     return SerialSource(options, spec)

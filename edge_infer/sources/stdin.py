@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from edge_infer.sources import register
-from edge_infer.sources.readings import LINE_OPTIONS, Reading, SensorStream, lines_to_readings
+from edge_infer.sources.readings import LineOptions, Reading, SensorStream, lines_to_readings
 
-OPTIONS = dict(LINE_OPTIONS)  # the `[source]` keys of type "stdin"
+Options = LineOptions  # the `[source]` keys of type "stdin": those of every line-reading source
 
 
 class StdinSource(SensorStream):
@@ -22,5 +22,5 @@ class StdinSource(SensorStream):
 
 
 @register("stdin")
-def make_stdin_source(options: dict[str, Any], spec: Any) -> StdinSource:
+def make_stdin_source(options: Options, spec: Any) -> StdinSource:
     return StdinSource(options, spec)

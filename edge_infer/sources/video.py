@@ -10,18 +10,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge_infer.manifest import ImageInputSpec
-from edge_infer.options import Field
-from edge_infer.sources import Sample, SourceError, register
+from edge_infer.options import opt
+from edge_infer.sources import Sample, SourceConfig, SourceError, register
 from edge_infer.sources.frames import frame_to_image
 
-OPTIONS = {  # the `[source]` keys of type "video"
-    "uri": Field(str, required=True),
-    "loop": Field(bool, default=False),
-}
+
+@dataclass(frozen=True, kw_only=True)
+class Options(SourceConfig):
+    """The `[source]` keys of type "video"."""
+
+    uri: str = opt(required=True)
+    loop: bool = opt(False)
 
 
 def _cv2() -> Any:
@@ -36,11 +40,11 @@ class VideoSource:
     kind = "image"
     dropped = 0
 
-    def __init__(self, options: dict[str, Any], spec: ImageInputSpec | None) -> None:
+    def __init__(self, options: Options, spec: ImageInputSpec | None) -> None:
         self.cv2 = _cv2()
-        self.uri: str = options["uri"]
-        self.name: str = options.get("name") or "video"
-        self.loop: bool = options.get("loop", False)
+        self.uri = options.uri
+        self.name = options.name or "video"
+        self.loop = options.loop
         self.live = "://" in self.uri and not self.uri.startswith("file://")
         self.path = None if self.live else Path(self.uri.removeprefix("file://"))
         if self.path is not None and not self.path.exists():
@@ -77,5 +81,5 @@ class VideoSource:
 
 
 @register("video")
-def make_video_source(options: dict[str, Any], spec: Any = None) -> VideoSource:
+def make_video_source(options: Options, spec: Any = None) -> VideoSource:
     return VideoSource(options, spec if isinstance(spec, ImageInputSpec) else None)

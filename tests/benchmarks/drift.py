@@ -19,11 +19,11 @@ from pathlib import Path
 from PIL import Image, ImageEnhance, ImageFilter
 
 from edge_infer.bundle import load_bundle
-from edge_infer.config import SCHEMA
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.model import Model
 from edge_infer.monitor import monitor_from_config
 from edge_infer.pipeline import Pipeline
+from edge_infer.sections import DriftConfig, GateConfig
 from edge_infer.sources import Sample
 from tests.benchmarks.verdict import figure
 
@@ -57,10 +57,8 @@ def run_stream(name: str, transform: Callable[[Image.Image], Image.Image] | None
     """Feed `clean` then `shifted` inputs through the device pipeline and the drift monitor (daemon defaults)."""
     bundle = load_bundle(BUNDLE)
     model = Model(bundle)
-    gate_cfg = {k: f.default for k, f in SCHEMA["gate"].items()}
-    pipeline = Pipeline(model, None, gate=gate_from_config(gate_cfg, bundle.manifest.image_quality_reference))
-    monitor = monitor_from_config({k: f.default for k, f in SCHEMA["drift"].items()},
-                                  bundle.manifest.drift_reference, model.thresholds.default)
+    pipeline = Pipeline(model, None, gate=gate_from_config(GateConfig(), bundle.manifest.image_quality_reference))
+    monitor = monitor_from_config(DriftConfig(), bundle.manifest.drift_reference, model.thresholds.default)
     files = sorted(HELD_OUT.glob("*/*.png"))
     rng = random.Random(seed)
     false_alarms, delay, alarmed, rejected = 0, None, [], 0

@@ -25,7 +25,7 @@ from edge_infer.model import Model
 from edge_infer.pipeline import Pipeline
 from edge_infer.runtime import Engine
 from edge_infer.signing import generate_keypair, load_public_key, verify_bundle
-from edge_infer.sources.directory import DirectorySource
+from edge_infer.sources.directory import DirectorySource, Options
 from tests.conftest import REPO, run_cli, write_config
 from tests.converter.conftest import DigitsWorkspace
 from tests.device.test_daemon_mqtt import BAD_FILES, make_inputs_from
@@ -187,7 +187,7 @@ def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
     real_run = Engine.run
     monkeypatch.setattr(Engine, "run", lambda self, t: (fed.append(t.copy()), real_run(self, t))[1])
     pipeline = Pipeline(Model(bundle), Thresholds(bundle.manifest, None, {}))
-    source = DirectorySource({"path": str(flat), "name": "d"})
+    source = DirectorySource(Options(type="directory", path=str(flat), name="d"))
     import threading
 
     for sample in source.samples(threading.Event(), True, lambda s: False):

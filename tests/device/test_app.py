@@ -4,6 +4,7 @@ are checked here in well under a second each; the subprocess and broker tests st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from edge_infer.app.daemon import Daemon
 from edge_infer.config import load_config
+from edge_infer.control.reload import apply_reload
 from edge_infer.sinks.memory import MemorySink
 from edge_infer.sources.memory import ListSource, sample_of
 from tests.conftest import DIGITS_FLOAT32, DIGITS_INT8, DIGITS_TEST, write_config
@@ -131,3 +133,34 @@ def test_uncertain_results_follow_the_fallback(tmp_path: Path, fallback: str) ->
     assert (summary.suppressed, summary.deferred) == ((12, 0) if fallback == "suppress" else (0, 12))
     kept = list((tmp_path / "s" / "uncertain").rglob("*.png"))
     assert len(kept) == (12 if fallback == "defer" else 0)
+
+
+def test_a_running_pipeline_is_never_changed_only_replaced(tmp_path: Path) -> None:
+    """`set-threshold` and a reload build new rules, a new `Model` on the same interpreter and a new pipeline;
+    the one an input is already in keeps its model, rules, gate and policy. Config tables are frozen."""
+    cfg = config(tmp_path, '\n[commands]\nenabled = true\nauth = "acl"\n')
+    daemon, _ = build(cfg, DIGITS[:1])
+    before, model = daemon.pipeline, daemon.model
+    default, gate, policy = model.thresholds.default, before.gate, before.policy
+
+    daemon.serving.set_threshold({"threshold": 0.97})
+    cfg.write_text(cfg.read_text().replace("threads = 1", "threads = 1\ntop_k = 2")
+                   + "\n[gate]\nmin_contrast = 3.0\n\n[decide]\ndebounce = [2, 3]\n")
+    applied, restart = apply_reload(daemon.serving, load_config(cfg))
+    assert set(applied) == {"model.top_k", "gate.min_contrast", "decide.debounce"} and restart == []
+
+    now = daemon.pipeline
+    assert now is not before and now.model is not model and now.model.engine is model.engine
+    assert (now.model.thresholds.default, now.model.top_k, now.policy.debounce) == (0.97, 2, (2, 3))
+    assert now.gate.limits.min_contrast == 3.0 and now.paths is before.paths  # the run's counters carry over
+    assert (before.model, model.thresholds.default, model.top_k) == (model, default, 3)
+    assert (before.gate, before.policy, before.debouncer) == (gate, policy, None)
+    assert now.info is before.info  # the same model by name: messages name it as before
+
+    with pytest.raises(AttributeError):
+        model.thresholds = now.model.thresholds
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        daemon.cfg.model.top_k = 5
+    with pytest.raises(TypeError):
+        daemon.cfg.model.thresholds["0"] = 0.5
+    assert isinstance(daemon.cfg.source.patterns, tuple)

@@ -16,15 +16,15 @@ DEVICE_CONFIGS = sorted((REPO / "device_configs").glob("*.toml"))
 @pytest.mark.parametrize("path", DEVICE_CONFIGS, ids=[p.stem for p in DEVICE_CONFIGS])
 def test_every_shipped_device_config_is_valid(path: Path) -> None:
     cfg = load_config(path)
-    assert cfg.mqtt["topic_prefix"] and cfg.model["threads"] >= 1
+    assert cfg.mqtt.topic_prefix and cfg.model.threads >= 1
 
 
 def test_demo_config_resolves_paths_relative_to_itself() -> None:
     cfg = load_config(REPO / "device_configs" / "demo.toml")
-    assert Path(cfg.model["bundle"]) == DIGITS_INT8
-    assert Path(cfg.source["path"]) == REPO / "demo" / "samples"
-    assert cfg.outbox["path"] == str(REPO / ".demo-state" / "outbox.db")
-    assert cfg.mqtt["client_id"] == "edge-infer-demo-pi"
+    assert Path(cfg.model.bundle) == DIGITS_INT8
+    assert Path(cfg.source.path) == REPO / "demo" / "samples"
+    assert cfg.outbox.path == str(REPO / ".demo-state" / "outbox.db")
+    assert cfg.mqtt.client_id == "edge-infer-demo-pi"
 
 
 @pytest.mark.parametrize(

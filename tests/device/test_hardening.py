@@ -22,7 +22,7 @@ from edge_infer.control.transfer import Header, Transfer, TransferError, header_
 from edge_infer.messages import Identity, bounded_details, event_payload
 from edge_infer.outbox import Limits, Outbox, Pending
 from edge_infer.signing import SignatureError, generate_keypair, load_private_key, sign_bundle, verify_bundle
-from edge_infer.sources.directory import DirectorySource
+from edge_infer.sources.directory import DirectorySource, Options
 from edge_infer.writer import OutboxWriter
 from tests.conftest import DIGITS_INT8, write_config
 from tests.device.faults import make_frames, wait_until
@@ -182,18 +182,18 @@ def test_the_watched_folder_never_follows_a_link_out(tmp_path: Path):
     (folder / "real.png").write_bytes(b"png")
     (folder / "inside.png").symlink_to(folder / "real.png")
     os.mkfifo(folder / "fifo.png")
-    strict = DirectorySource({"path": str(folder)})
+    strict = DirectorySource(Options(type="directory", path=str(folder)))
     samples = {s.input_id: s for s in strict.samples(threading.Event(), True, lambda _s: False)}
     assert set(samples) == {"environ.png", "secret.png", "inside.png", "real.png"}  # a FIFO is no input
     assert samples["real.png"].data == b"png" and samples["environ.png"].data is None
     for name in ("environ.png", "secret.png", "inside.png"):
         assert "symbolic link" in (_sample_error(strict, name) or "")
     assert _sample_error(strict, "real.png") is None
-    follow = DirectorySource({"path": str(folder), "follow_symlinks": True})
+    follow = DirectorySource(Options(type="directory", path=str(folder), follow_symlinks=True))
     assert _sample_error(follow, "inside.png") is None
     for name in ("environ.png", "secret.png"):
         assert "outside the watched folder" in (_sample_error(follow, name) or "")
-    capped = DirectorySource({"path": str(folder), "max_file_bytes": 2})
+    capped = DirectorySource(Options(type="directory", path=str(folder), max_file_bytes=2))
     assert "max_file_bytes" in (_sample_error(capped, "real.png") or "")
 
 

@@ -30,6 +30,7 @@ from edge_infer.gates.quality import (
 )
 from edge_infer.model import Model
 from edge_infer.pipeline import Pipeline
+from edge_infer.sections import GateConfig
 from edge_infer.sources import Sample
 from tests.conftest import DEMO, DIGITS_TEST, run_cli, write_config
 from tests.helpers.broker import Mosquitto
@@ -124,7 +125,7 @@ def test_without_reference_only_the_unmistakable_is_rejected() -> None:
 
 def test_config_overrides_a_limit_or_turns_a_check_off() -> None:
     reference = load_bundle(DEMO / "digits-int8-only.tflite").manifest.image_quality_reference
-    gate = gate_from_config({"min_sharpness": 10.0, "max_noise": -1}, reference)
+    gate = gate_from_config(GateConfig(min_sharpness=10.0, max_noise=-1), reference)
     assert gate.limits.min_sharpness == 10.0 and gate.limits.max_noise is None
     assert gate.limits.source == "reference+config"
     assert gate.limits.min_brightness == limits_from_reference(reference).min_brightness
@@ -165,7 +166,7 @@ BASE = encoded(digit().convert("RGB"), "JPEG", quality=90)
 @pytest.fixture(scope="module")
 def pipeline() -> Pipeline:
     bundle = load_bundle(DEMO / "digits-int8-only.tflite")
-    limits_gate = gate_from_config({}, bundle.manifest.image_quality_reference)
+    limits_gate = gate_from_config(GateConfig(), bundle.manifest.image_quality_reference)
     return Pipeline(Model(bundle), Thresholds(bundle.manifest, None, {}), gate=limits_gate)
 
 

@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from edge_infer.bundle import load_bundle
 from edge_infer.gates.sensor import SensorGate, limits_for, reference_stats, sensor_gate_from_config
+from edge_infer.sections import GateConfig
 from edge_infer.sources.readings import ReadingParser
 from tests.conftest import DEMO
 
@@ -28,7 +29,7 @@ def healthy(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def gate() -> SensorGate:
-    return sensor_gate_from_config({}, SPEC, BUNDLE.manifest.sensor_reference)
+    return sensor_gate_from_config(GateConfig(), SPEC, BUNDLE.manifest.sensor_reference)
 
 
 def test_a_healthy_window_passes(gate: SensorGate) -> None:
@@ -65,7 +66,7 @@ def test_limits_come_from_the_manifest_and_the_reference_and_config_overrides_th
     assert custom.max_step == (1.0, 2.0, 3.0) and custom.min_std == (0.5, 0.5, 0.5)
     assert custom.max_gap_factor is None and custom.source.endswith("+config")
     with pytest.raises(ValueError, match="2 values for 3 channels"):
-        sensor_gate_from_config({"min_std": [1.0, 2.0]}, SPEC, ref)
+        sensor_gate_from_config(GateConfig(min_std=(1.0, 2.0)), SPEC, ref)
 
 
 def test_reference_stats_describe_healthy_windows() -> None:

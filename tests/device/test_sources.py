@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from edge_infer.manifest import SensorInputSpec
-from edge_infer.sources import Sample, SourceError, make_source
+from edge_infer.sources import Sample, SourceError, camera, iio, make_source
+from edge_infer.sources import http as http_source
 from edge_infer.sources.camera import CameraSource, open_backend
 from edge_infer.sources.frames import frame_to_image
 from edge_infer.sources.iio import IioSource
@@ -194,14 +195,14 @@ def iio_tree(root: Path, raw: tuple[str, str, str] = ("12", "-30", "1001")) -> P
 
 def test_iio_reads_scaled_channels_from_sysfs(tmp_path: Path) -> None:
     device = iio_tree(tmp_path)
-    source = IioSource({"type": "iio", "device": str(device),
-                        "channels": {"ax": "in_accel_x", "ay": "in_accel_y", "az": "in_accel_z"}}, SPEC)
+    source = IioSource(iio.Options(type="iio", device=str(device),
+                                   channels={"ax": "in_accel_x", "ay": "in_accel_y", "az": "in_accel_z"}), SPEC)
     values = source.read_once()
     assert values == pytest.approx([12 * 0.00980665, -30 * 0.00980665, 1000 * 0.00980665])
     (device / "in_accel_y_raw").write_text("garbage")
     assert np.isnan(source.read_once()[1])
     with pytest.raises(SourceError, match="in_accel_w_raw not found"):
-        IioSource({"type": "iio", "device": str(device), "channels": {"ax": "in_accel_w"}}, SPEC)
+        IioSource(iio.Options(type="iio", device=str(device), channels={"ax": "in_accel_w"}), SPEC)
 
 
 def test_a_stuck_iio_sensor_is_rejected_as_flatline(tmp_path: Path, broker: Mosquitto) -> None:
@@ -279,7 +280,7 @@ def test_camera_without_any_camera_library_names_what_to_install(monkeypatch: py
     monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 → ImportError
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(SourceError) as err:
-        open_backend({"backend": "auto"})
+        open_backend(camera.Options(type="camera"))
     assert "python3-picamera2" in str(err.value) and "opencv-python-headless" in str(err.value)
     config_err = run_cli("check", "--config", str(DEMO / "nonexistent.toml"))
     assert config_err.returncode == 2
@@ -318,7 +319,7 @@ def test_yuv420_frames_from_the_pi_lores_stream() -> None:
 def test_camera_source_turns_grabbed_frames_into_samples() -> None:
     frames = iter([(photo_rgb()[:, :, ::-1], "OPENCV_BGR"), (np.zeros((3,), np.uint8), "OPENCV_BGR")])
     closed = []
-    source = CameraSource({"name": "porch"}, None,
+    source = CameraSource(camera.Options(type="camera", name="porch"), None,
                           opener=lambda o: ("fake", lambda: next(frames), lambda: closed.append(True)))
     stop = threading.Event()
     it = source.samples(stop, False, lambda s: False)
@@ -365,7 +366,7 @@ def test_a_sensor_source_for_an_image_model_is_refused_in_one_line(tmp_path: Pat
 
 
 def test_make_source_wraps_live_sources() -> None:
-    source = make_source({"type": "http", "url": "http://127.0.0.1:9/x.jpg", "name": "cam"}, None)
+    source = make_source(http_source.Options(type="http", url="http://127.0.0.1:9/x.jpg", name="cam"), None)
     assert isinstance(source, NewestOnly) and source.kind == "image"
 
 

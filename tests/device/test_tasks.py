@@ -116,8 +116,8 @@ def test_zones_and_per_label_thresholds() -> None:
     for b in result.boxes:
         assert ("left" in b.zones) == ((b.box[0] + b.box[2]) / 2 < 48)
     label = result.boxes[0].label
-    model.thresholds = Thresholds(model.manifest, None, {label: 1.0})
-    strict = model.run(model.prepare(image), model.geometry(image))
+    strict_model = model.with_rules(thresholds=Thresholds(model.manifest, None, {label: 1.0}))
+    strict = strict_model.run(model.prepare(image), model.geometry(image))
     assert label not in {b.label for b in strict.boxes}
     assert strict.candidates_below_threshold >= 1  # … and the frame is uncertain
 

@@ -20,6 +20,7 @@ from edge_infer.control.updates import Watch, regression
 from edge_infer.golden import GoldenInput, build_golden, canary, read_golden
 from edge_infer.model import Model, open_bundle
 from edge_infer.remote import command_payload
+from edge_infer.sections import UpdateConfig
 from edge_infer.signing import SignatureError, generate_keypair, load_public_key, sign_bundle, verify_bundle
 from tests.conftest import DEMO, DIGITS_INT8, run_cli, write_config
 from tests.device.faults import DaemonProcess, make_frames
@@ -328,7 +329,7 @@ def test_shadow_catches_what_the_canary_cannot(tmp_path: Path, broker: Mosquitto
 
 
 def test_the_watch_judges_uncertainty_and_latency_not_jitter():
-    cfg = {"max_uncertain_increase": 0.15, "watch_latency_ratio": 2.0}
+    cfg = UpdateConfig(max_uncertain_increase=0.15, watch_latency_ratio=2.0)
     steady = Watch(0.05, 0.5, results=50, uncertain=5, times_ms=[0.5] * 50)
     assert regression(steady, cfg) is None
     assert "uncertain rate rose from 5.0% to 30.0%" in regression(Watch(0.05, 0.5, 50, 15, [0.5] * 50), cfg)
