@@ -1,5 +1,6 @@
-"""`snapshot`: the latest result with its input drawn on — boxes and labels for detections, the label for a
-classification — as a JPEG inside one JSON message on `{prefix}/{device_id}/snapshot` (QoS 0, never stored)."""
+"""`snapshot`: the latest result with its input drawn on (each task draws its own: boxes for detections, a
+caption for the others) as a JPEG inside one JSON message on `{prefix}/{device_id}/snapshot` (QoS 0, never
+stored)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ from PIL import Image, ImageDraw
 
 from edge_infer.decide import Decision
 from edge_infer.gates.decode import decode_image
-from edge_infer.tasks import TaskResult
-from edge_infer.tasks.classification import Classification
-from edge_infer.tasks.detection import Detections
+from edge_infer.tasks import TaskResult, task_for
 
 MAX_SIDE = 640  # the picture is for a person glancing at it: at most this many pixels a side
 
@@ -23,15 +22,7 @@ def annotate(source: bytes | Image.Image, result: TaskResult, decision: Decision
     image = (decode_image(source) if isinstance(source, bytes) else source).convert("RGB")
     draw = ImageDraw.Draw(image)
     colour = (0, 200, 0) if decision.status == "ok" else (230, 160, 0)
-    if isinstance(result, Detections):
-        for box in result.boxes:
-            x0, y0, x1, y1 = box.box
-            draw.rectangle((x0, y0, x1, y1), outline=colour, width=max(1, image.width // 200))
-            draw.text((x0 + 2, y0 + 1), f"{box.label} {box.score:.2f}", fill=colour)
-    elif isinstance(result, Classification):
-        text = f"{result.label} {result.confidence:.2f} ({decision.status})"
-        draw.rectangle((0, 0, min(image.width, 8 + 7 * len(text)), 14), fill=(0, 0, 0))
-        draw.text((3, 1), text, fill=colour)
+    task_for(result.task).draw(result, draw, image.size, colour, decision.status)
     if max(image.size) > MAX_SIDE:
         image.thumbnail((MAX_SIDE, MAX_SIDE))
     out = io.BytesIO()

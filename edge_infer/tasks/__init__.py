@@ -69,6 +69,17 @@ class Task(Protocol):
     def entities(self) -> list[Entity]:
         """The Home Assistant entities that show this task's results."""
 
+    def draw(self, result: Any, canvas: Any, size: tuple[int, int], colour: tuple[int, int, int],
+             status: str) -> None:
+        """Mark `result` on its input picture for `snapshot`: `canvas` is a PIL `ImageDraw` on a picture of
+        `size`; `status` is the decision's (`ok` or `uncertain`)."""
+
+
+def caption(canvas: Any, text: str, colour: tuple[int, int, int], width: int) -> None:
+    """One line of text on a dark band across the top of a snapshot picture."""
+    canvas.rectangle((0, 0, min(width, 8 + 7 * len(text)), 14), fill=(0, 0, 0))
+    canvas.text((3, 1), text, fill=colour)
+
 
 _TASKS: Registry[Callable[[], Task]] = Registry("edge_infer.tasks", NAMES, "task")
 register = _TASKS.register

@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_infer.decide import Decision, Thresholds
 from edge_infer.runtime import TensorInfo
-from edge_infer.tasks import Context, Entity, register
+from edge_infer.tasks import Context, Entity, caption, register
 from edge_infer.tasks.outputs import dequantize
 
 
@@ -58,6 +58,11 @@ class AnomalyTask:
 
     def agrees(self, a: AnomalyScore, b: AnomalyScore) -> bool:
         return a.anomalous == b.anomalous
+
+    def draw(self, result: AnomalyScore, canvas: Any, size: tuple[int, int], colour: tuple[int, int, int],
+             status: str) -> None:
+        caption(canvas, f"score {result.score:.4g} ({'anomalous' if result.anomalous else 'normal'})", colour,
+                size[0])
 
     def entities(self) -> list[Entity]:
         return [("binary_sensor", "anomaly", {"name": "Anomaly", "device_class": "problem",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from edge_infer.decide import Decision, Thresholds
 from edge_infer.runtime import TensorInfo
-from edge_infer.tasks import Context, Entity, register
+from edge_infer.tasks import Context, Entity, caption, register
 from edge_infer.tasks.outputs import dequantize, softmax
 
 
@@ -66,6 +67,10 @@ class ClassificationTask:
 
     def agrees(self, a: Classification, b: Classification) -> bool:
         return a.label == b.label
+
+    def draw(self, result: Classification, canvas: Any, size: tuple[int, int], colour: tuple[int, int, int],
+             status: str) -> None:
+        caption(canvas, f"{result.label} {result.confidence:.2f} ({status})", colour, size[0])
 
     def entities(self) -> list[Entity]:
         return [

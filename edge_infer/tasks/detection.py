@@ -228,6 +228,13 @@ class DetectionTask:
     def agrees(self, a: Detections, b: Detections) -> bool:
         return a.event_key == b.event_key
 
+    def draw(self, result: Detections, canvas: Any, size: tuple[int, int], colour: tuple[int, int, int],
+             status: str) -> None:
+        for box in result.boxes:
+            x0, y0, x1, y1 = box.box
+            canvas.rectangle((x0, y0, x1, y1), outline=colour, width=max(1, size[0] // 200))
+            canvas.text((x0 + 2, y0 + 1), f"{box.label} {box.score:.2f}", fill=colour)
+
     def entities(self) -> list[Entity]:
         return [("sensor", "objects", {"name": "Objects", "state_class": "measurement", "icon": "mdi:eye",
                                        "value_template": "{{ value_json.result.detections | length }}"})]

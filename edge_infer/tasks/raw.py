@@ -56,6 +56,10 @@ class RawTask:
     def agrees(self, a: RawOutputs, b: RawOutputs) -> bool:
         return set(a.arrays) == set(b.arrays)
 
+    def draw(self, result: RawOutputs, canvas: Any, size: tuple[int, int], colour: tuple[int, int, int],
+             status: str) -> None:
+        return  # raw outputs have no picture form
+
     def entities(self) -> list[Entity]:
         return [("sensor", "last_result", {"name": "Last result", "value_template": "{{ value_json.ts }}",
                                            "device_class": "timestamp"})]

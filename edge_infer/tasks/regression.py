@@ -13,7 +13,7 @@ import numpy as np
 
 from edge_infer.decide import Decision, Thresholds
 from edge_infer.runtime import TensorInfo
-from edge_infer.tasks import Context, Entity, register
+from edge_infer.tasks import Context, Entity, caption, register
 from edge_infer.tasks.outputs import dequantize
 
 
@@ -59,6 +59,11 @@ class RegressionTask:
 
     def agrees(self, a: Regression, b: Regression) -> bool:
         return a.out_of_band == b.out_of_band
+
+    def draw(self, result: Regression, canvas: Any, size: tuple[int, int], colour: tuple[int, int, int],
+             status: str) -> None:
+        values = ", ".join(f"{k} {v:.4g}" for k, v in list(result.values.items())[:4])
+        caption(canvas, f"{values} ({'out of band' if result.out_of_band else 'in band'})", colour, size[0])
 
     def entities(self) -> list[Entity]:
         return [("sensor", "value", {"name": "Value", "state_class": "measurement",

@@ -29,7 +29,7 @@ import numpy as np
 
 from edge_infer.decide import Decision, Thresholds
 from edge_infer.manifest import ImageInputSpec
-from edge_infer.tasks import Context, Entity, register
+from edge_infer.tasks import Context, Entity, caption, register
 from edge_infer.tasks.outputs import dequantize, softmax
 
 MASK_SIDE = 32
@@ -162,6 +162,10 @@ class SegmentationTask:
         labels = set(a.areas) | set(b.areas)
         apart = sum(abs(a.areas.get(k, 0.0) - b.areas.get(k, 0.0)) for k in labels) / 2
         return a.dominant == b.dominant and apart <= AGREE_AREA
+
+    def draw(self, result: Segmentation, canvas: Any, size: tuple[int, int], colour: tuple[int, int, int],
+             status: str) -> None:
+        caption(canvas, f"{result.dominant}, {result.coverage:.0%} covered ({status})", colour, size[0])
 
     def entities(self) -> list[Entity]:
         return [("sensor", "dominant", {"name": "Dominant class", "icon": "mdi:select-group",

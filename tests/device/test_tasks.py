@@ -187,3 +187,43 @@ def test_output_spec_defaults_match_the_manifest_documentation() -> None:
                "max_detections": float(spec.max_detections)}
     assert len(documented) == 3 and applied == documented
     assert spec.format == "yolo" and "`format` (`yolo` or `ssd`)" in row
+
+
+def test_each_task_draws_its_own_result_on_the_snapshot() -> None:
+    """`snapshot` asks the result's task to draw: a detector's boxes land where the boxes are, the other tasks
+    write a caption across the top, raw outputs leave the picture as it was."""
+    import io
+
+    from edge_infer.decide import Decision
+    from edge_infer.snapshot import annotate
+    from edge_infer.tasks.anomaly import AnomalyScore
+    from edge_infer.tasks.raw import RawOutputs
+    from edge_infer.tasks.regression import Regression
+    from edge_infer.tasks.segmentation import Segmentation
+
+    model = Model(load_bundle(DETECTORS["yolo"]))
+    frame = Image.open(HELD_OUT / "frames" / _frames()[0]["file"]).convert("RGB")
+    detections = model.run(model.prepare(frame), model.geometry(frame))
+    results = {
+        "detection": detections,
+        "regression": Regression({"temperature": 21.5}),
+        "anomaly": AnomalyScore(0.8, 0.5),
+        "segmentation": Segmentation({"sky": 0.6}, "sky", 0.6, 0.9, 0.0, {}),
+        "raw": RawOutputs({"y": np.zeros(3)}),
+    }
+    plain = np.asarray(Image.open(io.BytesIO(annotate(frame, results["raw"], Decision("ok"))[0])), np.float32)
+    for task, result in results.items():
+        jpeg, size = annotate(frame, result, Decision("ok"))
+        drawn = np.abs(np.asarray(Image.open(io.BytesIO(jpeg)), np.float32) - plain).max(axis=2) > 60
+        assert size == frame.size
+        if task == "raw":
+            assert not drawn.any()
+        elif task == "detection":
+            near = np.zeros_like(drawn)  # each box's outline and its label, a few pixels of JPEG ringing around
+            for box in detections.boxes:
+                x0, y0, x1, y1 = (round(v) for v in box.box)
+                near[max(y0 - 4, 0):y1 + 5, max(x0 - 4, 0):x1 + 5] = True
+                near[max(y0 - 4, 0):y0 + 16, max(x0 - 4, 0):x0 + 8 * len(box.label) + 40] = True
+            assert detections.boxes and drawn.any() and not (drawn & ~near).any()
+        else:
+            assert drawn[:15].any() and not drawn[16:].any(), task  # the caption band, nothing else
