@@ -14,7 +14,10 @@ with Keras 3 on TF 2.16+.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -97,27 +100,68 @@ def configure(converter: Any, tf: Any, mode: str, representative: Callable[[], I
     return converter
 
 
-def convert_in_subprocess(saved_model: Path, mode: str, calibration: np.ndarray | None, io_type: str) -> bytes:
-    """`convert` in a fresh Python process: the TF converter leaks memory on every call, so a run that converts
-    several variants gives each its own process. `calibration` holds the representative tensors."""
-    import subprocess
-    import sys
+class ConversionWorker:
+    """Quantized conversions in a child process, one after another: the TF converter leaks memory on every call,
+    so they never run in the caller, and one child (one TensorFlow import) serves a whole run. A child that dies
+    fails only the conversion it was doing; the next one starts a new child. Use as a context manager."""
 
-    with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
-        calib = Path(tmp) / "calibration.npy"
-        out = Path(tmp) / "model.tflite"
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="edge-convert-")
+        self._proc: subprocess.Popen[str] | None = None
+        self._stderr: Any = None
+        self._count = 0
+
+    def __enter__(self) -> ConversionWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._proc is None or self._proc.poll() is not None:
+            self._stderr = open(Path(self._tmp.name) / f"stderr-{self._count}.txt", "w+")  # noqa: SIM115
+            self._proc = subprocess.Popen([sys.executable, "-m", "converter.worker"], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        return self._proc
+
+    def convert(self, saved_model: Path, mode: str, calibration: np.ndarray | None, io_type: str) -> bytes:
+        """`convert` in the child; `calibration` holds the representative tensors."""
+        self._count += 1
+        calib, out = Path(self._tmp.name) / f"calibration-{self._count}.npy", Path(self._tmp.name) / "model.tflite"
         if calibration is not None:
             np.save(calib, calibration)
-        proc = subprocess.run(
-            [sys.executable, "-m", "converter.worker", str(saved_model), mode, io_type,
-             str(calib) if calibration is not None else "-", str(out)],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            lines = [x for x in proc.stderr.splitlines() if x.startswith("edge-convert: error:")]
-            raise ConvertError(lines[-1].removeprefix("edge-convert: error: ") if lines
-                               else f"--mode {mode}: conversion process failed: {proc.stderr.strip()[-300:]}")
+        request = {"saved": str(saved_model), "mode": mode, "io_type": io_type, "out": str(out),
+                   "calibration": str(calib) if calibration is not None else None}
+        proc = self._start()
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write(json.dumps(request) + "\n")
+            proc.stdin.flush()
+            answer = proc.stdout.readline()
+        except BrokenPipeError:
+            answer = ""
+        calib.unlink(missing_ok=True)
+        if not answer:  # the child died (TensorFlow can abort or run out of memory on a model)
+            proc.wait()
+            self._stderr.seek(0)
+            raise ConvertError(f"--mode {mode}: conversion process failed: {self._stderr.read().strip()[-300:]}")
+        reply = json.loads(answer)
+        if "error" in reply:
+            raise ConvertError(reply["error"])
         return out.read_bytes()
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            assert self._proc.stdin is not None
+            self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        if self._stderr is not None:
+            self._stderr.close()
+        self._tmp.cleanup()
 
 
 def convert(

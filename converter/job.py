@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from converter.calibrate_decisions import drift_reference, recommended_thresholds
-from converter.convert import CALIBRATED, MODES, convert, convert_in_subprocess, import_tensorflow, saved_model_dir
+from converter.convert import CALIBRATED, MODES, ConversionWorker, convert, import_tensorflow, saved_model_dir
 from converter.datasets import (
     calibration_tensors,
     list_examples,
@@ -159,7 +159,8 @@ def plan(args: argparse.Namespace) -> Job:
 
 
 def convert_variants(job: Job) -> None:
-    """float32 first (its interpreter tells the input shape), then each quantized mode in its own process."""
+    """float32 first (its interpreter tells the input shape), then each quantized mode in the conversion process
+    (one child for the run: TensorFlow's converter leaks memory per call)."""
     args = job.args
     say("loading TensorFlow")
     job.tf = import_tensorflow()
@@ -175,13 +176,14 @@ def convert_variants(job: Job) -> None:
         job.variants = {"float32": float_bytes}
         if any(m in CALIBRATED for m in job.modes):
             job.tensors = _calibration_array(job.calibration, job.spec, args.calibration_samples)
-        for mode in job.modes[1:]:
-            what = f"{mode} ({args.io_type} I/O)" if mode == "int8-only" else mode
-            calibrated = f", calibrated on {len(job.tensors)} inputs" \
-                if job.tensors is not None and mode in CALIBRATED else ""
-            say(f"converting → {what}{calibrated} (in its own process)")
-            job.variants[mode] = convert_in_subprocess(saved, mode, job.tensors if mode in CALIBRATED else None,
-                                                       args.io_type)
+        with ConversionWorker() as worker:
+            for mode in job.modes[1:]:
+                what = f"{mode} ({args.io_type} I/O)" if mode == "int8-only" else mode
+                calibrated = f", calibrated on {len(job.tensors)} inputs" \
+                    if job.tensors is not None and mode in CALIBRATED else ""
+                say(f"converting → {what}{calibrated} (in a conversion process)")
+                job.variants[mode] = worker.convert(saved, mode, job.tensors if mode in CALIBRATED else None,
+                                                    args.io_type)
 
 
 def measure_reference(job: Job) -> None:

@@ -1,10 +1,13 @@
-"""One conversion in its own process (see `converter.convert.convert_in_subprocess`):
+"""The conversion child process (see `converter.convert.ConversionWorker`): one JSON request per line on stdin
+(`saved`, `mode`, `io_type`, `calibration` .npy path or null, `out`), one JSON answer per line on stdout
+(`{"ok": true}` once `out` is written, or `{"error": "..."}`), until stdin closes.
 
-    python -m converter.worker SAVED_MODEL MODE IO_TYPE CALIBRATION.npy|- OUT.tflite
+    python -m converter.worker
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -14,17 +17,21 @@ from converter.convert import convert
 from converter.errors import ConvertError
 
 
-def main(argv: list[str]) -> int:
-    saved, mode, io_type, calib, out = argv
-    tensors = None if calib == "-" else np.load(calib)
-    representative = None if tensors is None else (lambda: iter(tensors))
-    try:
-        Path(out).write_bytes(convert(Path(saved), mode, representative, io_type))
-    except ConvertError as exc:
-        print(f"edge-convert: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def serve(requests: object, answers: object) -> None:
+    for line in requests:  # type: ignore[attr-defined]
+        job = json.loads(line)
+        tensors = None if job["calibration"] is None else np.load(job["calibration"])
+        representative = None if tensors is None else (lambda t=tensors: iter(t))
+        try:
+            Path(job["out"]).write_bytes(convert(Path(job["saved"]), job["mode"], representative, job["io_type"]))
+            answer = {"ok": True}
+        except ConvertError as exc:
+            answer = {"error": str(exc)}
+        answers.write(json.dumps(answer) + "\n")  # type: ignore[attr-defined]
+        answers.flush()  # type: ignore[attr-defined]
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    out = sys.stdout
+    sys.stdout = sys.stderr  # whatever TensorFlow prints must not break the answer lines
+    serve(sys.stdin, out)

@@ -9,7 +9,8 @@
 #                real brokers, daemon processes, signals — tests delivery and faults, which do not depend on
 #                the runtime, and runs once, in the litert leg)
 #      convert   TensorFlow converter + device code              → tests/converter
-#  - runs pytest in each leg and ends with one line:  tests: N passed, N failed, N skipped
+#  - runs pytest in each leg (the converter leg in the background while the device legs run; pytest-xdist
+#    workers within each leg) and ends with one line:  tests: N passed, N failed, N skipped
 # Extra arguments go to every pytest run (e.g. -x, -k outbox).  LEGS="litert tflrt" picks legs.
 set -uo pipefail
 
@@ -67,9 +68,10 @@ build_convert() { pip_in convert -e ".[convert,test]"; }
 # ---- legs ------------------------------------------------------------------------------------------------
 declare -A PATHS=([litert]=tests/device [tflrt]=tests/device [convert]=tests/converter)
 declare -A EXPECT=([litert]=ai_edge_litert [tflrt]=tflite_runtime [convert]=)
-# The converter leg is TensorFlow conversions in child processes: two workers (one test file each) halve its
-# time on a 2-core machine. The device legs stay serial: their fault tests start and stop brokers and daemons.
-declare -A WORKERS=([litert]="" [tflrt]="" [convert]="-n ${CONVERT_WORKERS:-2} --dist loadfile")
+# Workers per leg (pytest-xdist). The converter leg is TensorFlow work in child processes: two workers, one test
+# file each. The device legs' slow tests mostly wait (outages, reconnects, signals), so they share out by test.
+declare -A WORKERS=([litert]="-n ${DEVICE_WORKERS:-3} --dist load" [tflrt]="-n ${DEVICE_WORKERS:-3} --dist load"
+                    [convert]="-n ${CONVERT_WORKERS:-2} --dist loadfile")
 declare -A TIER=([litert]="" [tflrt]="not system" [convert]="")
 unavailable() {  # why a leg cannot run on this machine (wheels that do not exist), or nothing
   case $1 in
@@ -82,31 +84,58 @@ unavailable() {  # why a leg cannot run on this machine (wheels that do not exis
 
 failed_legs=()
 not_run=()
+ready=()
 legs=${LEGS:-litert tflrt convert}
 if [[ " $legs " != *" litert "* ]] || [ -n "$(unavailable litert)" ]; then
   TIER[tflrt]=""  # no litert leg here (an armv7l Pi, or LEGS without it): tflrt runs the system tier too
 fi
-mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml
-for leg in $legs; do
+mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml "$VENVS"/leg-*.log
+
+prepare() {  # prepare LEG: build its environment; 0 when it can run
+  local leg=$1 why
+  [[ " $legs " == *" $leg "* ]] || return 1
   why=$(unavailable "$leg")
-  if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; not_run+=("leg not run — $leg: $why"); continue; fi
-  if ! make_venv "$leg" "build_$leg"; then failed_legs+=("$leg(install)"); continue; fi
+  if [ -n "$why" ]; then say "leg $leg: not run on this machine — $why"; not_run+=("leg not run — $leg: $why"); return 1; fi
+  if ! make_venv "$leg" "build_$leg"; then failed_legs+=("$leg(install)"); return 1; fi
+  ready+=("$leg")
+}
+
+run_leg() {  # run_leg LEG [pytest args...]: its pytest run; the exit status is pytest's
+  local leg=$1 tier=(); shift
   say "leg $leg: pytest ${PATHS[$leg]} ($("$VENVS/$leg/bin/python" -c 'import numpy; print("numpy", numpy.__version__)'))"
-  # the converter's --target check runs bundles under tflite-runtime 2.14 with the tflrt leg's Python
-  [ -x "$VENVS/tflrt/bin/python" ] && export EDGE_INFER_TARGET_PYTHON="$VENVS/tflrt/bin/python"
+  if [ -n "${TIER[$leg]}" ]; then tier=(-m "${TIER[$leg]}"); fi
   # shellcheck disable=SC2086  # WORKERS holds several words on purpose
-  tier=()
-  if [ -n "${TIER[$leg]}" ]; then
-    tier=(-m "${TIER[$leg]}"); not_run+=("tier not run — $leg: only -m \"${TIER[$leg]}\" (the system tier runs in litert)")
-  fi
   EDGE_INFER_EXPECT_RUNTIME=${EXPECT[$leg]} "$VENVS/$leg/bin/python" -m pytest "${PATHS[$leg]}" "${tier[@]}" \
     -p no:cacheprovider --junitxml="$VENVS/junit-$leg.xml" ${WORKERS[$leg]} "$@"
-  rc=$?
-  case $rc in
+}
+
+judge() {  # judge LEG RC: record a failed leg
+  case $2 in
     0) ;;
-    5) echo "tests/run.sh: leg $leg collected no tests — that is a failure here"; failed_legs+=("$leg(no tests)") ;;
-    *) failed_legs+=("$leg(pytest exit $rc)") ;;
+    5) echo "tests/run.sh: leg $1 collected no tests — that is a failure here"; failed_legs+=("$1(no tests)") ;;
+    *) failed_legs+=("$1(pytest exit $2)") ;;
   esac
+  if [ -n "${TIER[$1]}" ]; then
+    not_run+=("tier not run — $1: only -m \"${TIER[$1]}\" (the system tier runs in litert)")
+  fi
+}
+
+# The converter leg is the longest and mostly computes; the device legs mostly wait. So the converter leg starts
+# first, in the background (its output goes to .venvs/leg-convert.log and is shown when it ends), and the device
+# legs run meanwhile. The tflrt environment is built first: the converter's --target check runs bundles under
+# tflite-runtime 2.14 with the tflrt leg's Python.
+prepare tflrt && export EDGE_INFER_TARGET_PYTHON="$VENVS/tflrt/bin/python"
+convert_pid=
+if prepare convert; then
+  say "leg convert: started in the background (output: .venvs/leg-convert.log, shown when it ends)"
+  ( run_leg convert "$@" > "$VENVS/leg-convert.log" 2>&1; echo $? > "$VENVS/leg-convert.rc" ) &
+  convert_pid=$!
+fi
+prepare litert
+for leg in litert tflrt; do
+  [[ " ${ready[*]} " == *" $leg "* ]] || continue
+  run_leg "$leg" "$@"
+  judge "$leg" $?
   if [ "$leg" = litert ]; then
     say "lint: ruff check, lint-imports (layers in pyproject.toml), module and function sizes"
     "$VENVS/litert/bin/ruff" check --quiet . || failed_legs+=("ruff")
@@ -115,6 +144,12 @@ for leg in $legs; do
     "$VENVS/litert/bin/python" tests/lint_layout.py || failed_legs+=("layout")
   fi
 done
+if [ -n "$convert_pid" ]; then
+  say "leg convert: waiting for it to end"
+  wait "$convert_pid"
+  cat "$VENVS/leg-convert.log"
+  judge convert "$(cat "$VENVS/leg-convert.rc" 2>/dev/null || echo 1)"
+fi
 
 # ---- one closing block over every leg: skips by reason, legs not run, then the count line ---------------------
 "$PYTHON" - "$VENVS" "${not_run[@]}" <<'EOF'

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 import converter.cli
+import converter.convert
 import converter.job
 from converter.datasets import list_examples
 from edge_infer.bundle import load_bundle, read_parts
@@ -153,14 +154,14 @@ def test_calibration_tensors_are_bit_identical_to_what_the_daemon_feeds(
     process), and the tensors the daemon's pipeline hands the interpreter for the same files; after the
     model's input quantization they are equal bit for bit."""
     captured: list[np.ndarray] = []
-    real_convert = converter.job.convert_in_subprocess
+    real_convert = converter.convert.ConversionWorker.convert
 
-    def spy(saved, mode, calibration, io_type):
+    def spy(self, saved, mode, calibration, io_type):
         if calibration is not None:
             captured.extend(x.copy() for x in calibration)
-        return real_convert(saved, mode, calibration, io_type)
+        return real_convert(self, saved, mode, calibration, io_type)
 
-    monkeypatch.setattr(converter.job, "convert_in_subprocess", spy)
+    monkeypatch.setattr(converter.convert.ConversionWorker, "convert", spy)
     calib = tmp_path / "calib"
     for label in ("3", "8"):
         shutil.copytree(digits.train / label, calib / label)
