@@ -150,6 +150,7 @@ class GateConfig:
     max_bright_fraction: float | None = opt(None, check=_limit(1))
     min_contrast: float | None = opt(None, check=_limit(255))
     min_sharpness: float | None = opt(None, check=_limit(1e9))
+    min_focus: float | None = opt(None, check=_limit(10))
     max_noise: float | None = opt(None, check=_limit(255))
     roi: tuple[float, float, float, float] | None = opt(None, check=_roi)
     range_low: float | tuple[float, ...] | None = opt(None, check=_per_channel)

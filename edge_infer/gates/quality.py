@@ -8,7 +8,13 @@ darker than the training data rather than a magic number; the device config can 
 Metrics (greyscale, 0–255):
 - `brightness`: mean level; `dark_fraction` / `bright_fraction`: share of pixels crushed to ≤ 10 / ≥ 245.
 - `contrast`: standard deviation of the levels (RMS contrast).
-- `sharpness`: variance of the 4-neighbour Laplacian (low when blurred).
+- `sharpness`: variance of the 4-neighbour Laplacian (low when blurred, but as high or low as the content is busy:
+  the drift monitor follows it; the blur check uses `focus`).
+- `focus`: mean |second difference| / mean |first difference| along rows and along columns (the lower of the
+  two: motion blur softens one direction) of the frame reduced to a long side of `FOCUS_SIDE` px — how
+  sharp the edges are, whatever their contrast and however many there are: ~0.9–1.3 on photographs in focus,
+  falling as defocus spreads each edge (0.5–0.8 at σ 4–6 px on a 640×480 frame). Measured relative to the
+  frame, not at the model's input size, so a 96×96 model's camera is still caught out of focus.
 - `noise`: Immerkær's fast noise estimate (σ of Gaussian noise, in levels), taken at the frame's own
   resolution on a grid of small patches (the lower quartile of them: noise is everywhere, texture is not) —
   downscaling to the model's size would average the noise away.
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
 DARK_LEVEL = 10
 BRIGHT_LEVEL = 245
 PERCENTILES = (1, 5, 50, 95, 99)
+REFERENCE_VERSION = 2  # 2: `focus` recorded (bundles before it keep their checks and get no focus check)
+FOCUS_SIDE = 160
+FOCUS_MARGIN = 0.85  # the focus limit: this share of the calibration images' 1st percentile
 _NOISE_NORM = math.sqrt(math.pi / 2) / 6
 
 
@@ -44,6 +53,7 @@ class ImageQuality:
     contrast: float
     sharpness: float
     noise: float
+    focus: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return {name: round(getattr(self, name), 4) for name in METRICS}
@@ -83,7 +93,27 @@ def assess(decoded: Image.Image, view: Image.Image, roi: Sequence[float] | None 
 
 def assess_grey(decoded: Image.Image, grey: np.ndarray, roi: Sequence[float] | None = None) -> ImageQuality:
     """`assess` for a caller that already has the view's measured plane (`grey_of`)."""
-    return measure(crop_roi(grey, roi), native_noise(decoded, roi))
+    return replace(measure(crop_roi(grey, roi), native_noise(decoded, roi)), focus=native_focus(decoded, roi))
+
+
+def native_focus(image: Image.Image, roi: Sequence[float] | None = None) -> float:
+    """`focus` (see the module docstring) of the frame's ROI, on its green channel (greyscale frames as they
+    are), box-reduced by an integer factor to a long side of at most `FOCUS_SIDE` px. 0.0 for a flat frame."""
+    plane = image if image.mode == "L" else image.getchannel("G")
+    if roi is not None:
+        w, h = plane.size
+        plane = plane.crop((round(roi[0] * w), round(roi[1] * h), max(round(roi[2] * w), round(roi[0] * w) + 3),
+                            max(round(roi[3] * h), round(roi[1] * h) + 3)))
+    factor = -(-max(plane.size) // FOCUS_SIDE)
+    g = np.asarray(plane.reduce(factor) if factor > 1 else plane, np.int16)
+    if min(g.shape) < 3:
+        return 0.0
+    ratios = []
+    for axis in (0, 1):  # each direction alone: motion blur softens one of them
+        first = np.diff(g, axis=axis)
+        gradient = float(np.abs(first).mean())
+        ratios.append(float(np.abs(np.diff(first, axis=axis)).mean()) / gradient if gradient > 0.05 else 0.0)
+    return min(ratios)
 
 
 def native_noise(image: Image.Image, roi: Sequence[float] | None = None, grid: int = 3, patch: int = 32) -> float:
@@ -144,7 +174,7 @@ def measure(gray: np.ndarray, noise: float) -> ImageQuality:
 def reference_stats(qualities: Sequence[ImageQuality]) -> dict[str, Any]:
     """Percentiles of each metric over good images: what the manifest records as `reference.image_quality`."""
     table = np.array([[getattr(q, m) for m in METRICS] for q in qualities], dtype=np.float64)
-    out: dict[str, Any] = {"samples": len(qualities)}
+    out: dict[str, Any] = {"version": REFERENCE_VERSION, "samples": len(qualities)}
     for i, metric in enumerate(METRICS):
         values = np.percentile(table[:, i], PERCENTILES)
         out[metric] = {f"p{p:02d}": round(float(v), 4) for p, v in zip(PERCENTILES, values, strict=True)}
@@ -162,6 +192,7 @@ class QualityLimits:
     min_contrast: float | None = None
     min_sharpness: float | None = None
     max_noise: float | None = None
+    min_focus: float | None = None
     source: str = "defaults"
 
     def override(self, values: dict[str, float | None]) -> QualityLimits:
@@ -184,12 +215,13 @@ def limits_from_reference(reference: dict[str, Any] | None) -> QualityLimits:
     - brightness: below half the 1st percentile, or above the 99th plus half the remaining headroom;
     - dark/bright fraction: a quarter of the frame more than the 99th percentile;
     - contrast and sharpness: below half the 1st percentile (sharpness is a variance: a quarter);
-    - noise: above twice the 99th percentile.
+    - noise: above twice the 99th percentile;
+    - focus: below `FOCUS_MARGIN` of the 1st percentile (a reference from before `focus`: no focus check).
     """
     if not reference:
         return DEFAULT_LIMITS
     try:
-        p = {m: reference[m] for m in METRICS}
+        p = {m: reference[m] for m in METRICS if m in reference}
         return QualityLimits(
             min_brightness=max(p["brightness"]["p01"] / 2, DEFAULT_LIMITS.min_brightness or 0.0),
             max_brightness=min(p["brightness"]["p99"] + (255 - p["brightness"]["p99"]) / 2,
@@ -201,6 +233,7 @@ def limits_from_reference(reference: dict[str, Any] | None) -> QualityLimits:
             min_contrast=max(p["contrast"]["p01"] / 2, DEFAULT_LIMITS.min_contrast or 0.0),
             min_sharpness=p["sharpness"]["p01"] / 4,
             max_noise=p["noise"]["p99"] * 2 if p["noise"]["p99"] > 0 else None,
+            min_focus=p["focus"]["p01"] * FOCUS_MARGIN if "focus" in p else None,
             source="reference",
         )
     except (KeyError, TypeError):
@@ -215,6 +248,7 @@ def check(q: ImageQuality, limits: QualityLimits) -> Verdict:
         ("overexposed", "brightness", limits.max_brightness, ">"),
         ("overexposed", "bright_fraction", limits.max_bright_fraction, ">"),
         ("low_contrast", "contrast", limits.min_contrast, "<"),
+        ("blurry", "focus", limits.min_focus, "<"),
         ("blurry", "sharpness", limits.min_sharpness, "<"),
         ("noisy", "noise", limits.max_noise, ">"),
     )
@@ -314,7 +348,10 @@ def validate_reference(reference: Any) -> str | None:
     """None when `reference.image_quality` is well formed, else what is wrong with it."""
     if not isinstance(reference, dict):
         return "expected a table"
-    for metric in METRICS:
+    version = reference.get("version", 1)
+    if version not in (1, REFERENCE_VERSION):
+        return f"'version': {version!r} is not a reference version this device reads (1 or {REFERENCE_VERSION})"
+    for metric in METRICS if version >= 2 else [m for m in METRICS if m != "focus"]:
         table = reference.get(metric)
         if not isinstance(table, dict):
             return f"'{metric}': missing or not a table"

@@ -244,3 +244,25 @@ def test_a_stuck_camera_is_caught_as_frozen_through_the_daemon(tmp_path: Path, b
     results = sorted(m.json()["input"]["id"] for m in sub.of_kind("results"))
     assert results == ["frame-0.png", "frame-1.png", "frame-5.png"]
     sub.close()
+
+
+def test_reference_versions_old_bundles_keep_their_checks_and_an_unknown_version_is_refused() -> None:
+    """A bundle converted before `focus` existed (no `version`) keeps the limits it always had and gets no focus
+    check; one with `focus` gets it from its own 1st percentile; a version this device cannot read is refused
+    when the manifest is read, and `[gate].min_focus` overrides either way."""
+    from edge_infer.gates.quality import FOCUS_MARGIN, METRICS, REFERENCE_VERSION, validate_reference
+
+    table = {m: {f"p{p:02d}": v for p in (1, 5, 50, 95, 99)} for m, v in
+             [("brightness", 100.0), ("dark_fraction", 0.0), ("bright_fraction", 0.0), ("contrast", 40.0),
+              ("sharpness", 500.0), ("noise", 3.0), ("focus", 1.2)]}
+    assert set(table) == set(METRICS)
+    old = {k: v for k, v in table.items() if k != "focus"}
+    new = {"version": REFERENCE_VERSION, **table}
+    assert validate_reference(old) is None and validate_reference(new) is None
+    assert "'focus'" in validate_reference({"version": REFERENCE_VERSION, **old})
+    assert "not a reference version" in validate_reference({**new, "version": 99})
+    assert limits_from_reference(old).min_focus is None
+    assert limits_from_reference(new).min_focus == pytest.approx(1.2 * FOCUS_MARGIN)
+    assert limits_from_reference(old).min_sharpness == limits_from_reference(new).min_sharpness == 125.0
+    assert gate_from_config(GateConfig(min_focus=0.5), old).limits.min_focus == 0.5
+    assert gate_from_config(GateConfig(min_focus=-1), new).limits.min_focus is None
