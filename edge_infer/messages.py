@@ -160,6 +160,7 @@ EVENT_SEVERITY = {
     "model_slots_reset": "warning",
     "message_refused": "error",
     "commands_refused": "warning",
+    "source_lost": "error",
 }
 
 

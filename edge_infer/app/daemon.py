@@ -40,6 +40,7 @@ from edge_infer.pipeline import Outcome, Pipeline, Prepared
 from edge_infer.service import Notifier, Progress, Watchdog
 from edge_infer.sinks import Sink
 from edge_infer.sources import Sample, Source
+from edge_infer.sources.health import SourceHealth
 from edge_infer.tasks import TaskResult
 from edge_infer.thermal import ThermalGovernor
 from edge_infer.writer import OutboxWriter
@@ -88,6 +89,9 @@ class Daemon:
         primary = compose.primary_outbox(cfg, events)
         self.outbox = compose.outbox_opener(cfg)()  # the main thread's own connection
         self.source = source if source is not None else compose.source(cfg, model)
+        self.source_health: SourceHealth | None = getattr(self.source, "health", None)
+        if self.source_health is not None:
+            self.source_health.listeners.append(self._source_changed)
         self.inbox = Inbox(cfg.commands.max_message_bytes) if cfg.commands.enabled else None
         opener = compose.outbox_opener(cfg, events)
         self.sink = sink(opener) if sink is not None else compose.sink(cfg, self.serving, opener, self.inbox)
@@ -220,6 +224,18 @@ class Daemon:
 
         self.writer.put(Pending(EVENTS, msg_id, build), self.stop_event)
 
+    def _source_changed(self, up: bool, reason: str | None, held_s: float) -> None:
+        """The source lost its input or got it back (its own thread): an event, a problem, the status line."""
+        name = self.source.name
+        if up:
+            log.warning("event=source_restored source=%s down_s=%.1f", name, held_s)
+            self.add_event("source_restored", {"source": name, "down_s": round(held_s, 1)})
+        else:
+            log.warning("event=source_lost source=%s reason=%r (retrying)", name, reason)
+            self.add_event("source_lost", {"source": name, "reason": reason})
+        self.sink.set_problem("source", None if up else f"{name}: {reason} (retrying)")
+        self.notifier.send(STATUS=self.status_line())
+
     # ---- health --------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """The counters, drift state and scores a `health` message carries."""
@@ -243,7 +259,9 @@ class Daemon:
         """systemd's STATUS=: one line a `systemctl status` reader understands."""
         s = self.summary
         drift = ",".join(sorted(self.monitor.alarmed)) or ("ok" if self.monitor.scores else "warming up")
-        return (f"{s.results} results ({s.uncertain} uncertain), {s.rejected} rejected; "
+        health = self.source_health
+        down = f"SOURCE DOWN ({health.reason}), retrying; " if health is not None and not health.up else ""
+        return (f"{down}{s.results} results ({s.uncertain} uncertain), {s.rejected} rejected; "
                 f"published {self.sink.published}; drift {drift}")
 
     # ---- running ---------------------------------------------------------------------------------------------

@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
-import os
 import random
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,6 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from edge_infer.config import ConfigError
 from edge_infer.inbox import Inbox
 from edge_infer.outbox import Outbox
+from edge_infer.secrets import SecretUnreadable, read_secret
 from edge_infer.sections import MqttConfig
 from edge_infer.sinks import SinkConfig
 from edge_infer.sinks.receipts import Counted, Receipts
@@ -68,21 +67,11 @@ class MqttSettings:
 
 
 def read_password(password_file: str | None) -> str | None:
-    """The broker password: environment, then systemd credential, then `password_file`. Never from TOML."""
-    if os.environ.get(PASSWORD_ENV):
-        return os.environ[PASSWORD_ENV]
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    candidates = [Path(creds) / CREDENTIAL_NAME] if creds else []
-    if password_file:
-        candidates.append(Path(password_file))
-    for path in candidates:
-        try:
-            return path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            continue
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read MQTT password file: {exc.strerror}") from None
-    return None
+    """The broker password (`edge_infer.secrets`: environment, systemd credential, `password_file`)."""
+    try:
+        return read_secret(PASSWORD_ENV, CREDENTIAL_NAME, password_file)
+    except SecretUnreadable as exc:
+        raise ConfigError(f"MQTT password: {exc}") from None
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,15 +1,17 @@
 """`type = "http"`: a JPEG snapshot URL polled every `interval` seconds (IP cameras, ESP32-CAM, go2rtc).
 
-A live source: when the pipeline is behind, only the newest snapshot is kept. A failed poll is logged once
-(and again when the camera comes back), not turned into a stream of rejections; identical snapshots from a
-camera that stopped updating are caught by the gate's frozen-frame check.
+A live source: when the pipeline is behind, only the newest snapshot is kept. A camera that stops answering is
+polled on (`source_lost` once, `source_restored` when it answers again: `edge_infer.sources.health`), not
+turned into a stream of rejections; identical snapshots from a camera that stopped updating are caught by the
+gate's frozen-frame check. Cameras that want a login get HTTP Basic or Digest authentication (whichever the
+camera asks for): `username` (or `http://user@host/…`) and the password from `EDGE_INFER_HTTP_PASSWORD`, the
+systemd credential `http_password` or `password_file` — or, discouraged, from the URL itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import threading
 import time
 import urllib.error
@@ -21,7 +23,12 @@ from typing import Any
 
 from edge_infer.clock import rfc3339
 from edge_infer.options import between, http_url, opt
-from edge_infer.sources import Sample, SourceConfig, register
+from edge_infer.secrets import SecretUnreadable, read_secret
+from edge_infer.sources import Sample, SourceConfig, SourceError, register
+from edge_infer.sources.health import SourceHealth
+
+PASSWORD_ENV = "EDGE_INFER_HTTP_PASSWORD"
+CREDENTIAL_NAME = "http_password"  # systemd LoadCredential=http_password:/etc/edge-infer/http_password
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,8 +39,9 @@ class Options(SourceConfig):
     interval: float = opt(1.0, check=between(0.0, 86400))
     timeout: float = opt(5.0, check=between(0.1, 600))
     max_bytes: int = opt(20 * 1024 * 1024, check=between(1, 2**34))
+    username: str | None = opt(None)  # HTTP Basic or Digest login (also `http://user@host/…`)
+    password_file: str | None = opt(None, is_path=True)
 
-log = logging.getLogger(__name__)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -59,14 +67,25 @@ class HttpSource:
     dropped = 0
 
     def __init__(self, options: Options) -> None:
-        self.url = options.url
+        self.url, login = split_login(options.url)
         self.name = options.name or "http"
         self.interval = options.interval
         self.timeout = options.timeout
         self.max_bytes = options.max_bytes
         self.failures = 0
         self.polls = 0
-        self._opener = urllib.request.build_opener(SameOriginRedirects(self.url))
+        self.health = SourceHealth()
+        handlers: list[Any] = [SameOriginRedirects(self.url)]
+        username = options.username or login[0]
+        if username:
+            try:
+                password = read_secret(PASSWORD_ENV, CREDENTIAL_NAME, options.password_file) or login[1]
+            except SecretUnreadable as exc:
+                raise SourceError(f"[source] password: {exc}") from None
+            logins = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+            logins.add_password(None, self.url, username, password or "")
+            handlers += [urllib.request.HTTPBasicAuthHandler(logins), urllib.request.HTTPDigestAuthHandler(logins)]
+        self._opener = urllib.request.build_opener(*handlers)
 
     def fetch(self) -> bytes:
         """One snapshot within `timeout` seconds overall (connect, redirects and body together), at most
@@ -95,7 +114,6 @@ class HttpSource:
         return b"".join(chunks)
 
     def samples(self, stop: threading.Event, once: bool, done: Callable[[Sample], bool]) -> Iterator[Sample]:
-        down_since: float | None = None
         while not stop.is_set():
             started = time.monotonic()
             self.polls += 1
@@ -103,23 +121,37 @@ class HttpSource:
                 data = self.fetch()
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 self.failures += 1
-                if down_since is None:
-                    down_since = time.monotonic()
-                    log.warning("event=http_source_unreachable url=%s error=%r (retrying every %.3gs)", self.url,
-                                str(getattr(exc, "reason", exc)), self.interval)
+                self.health.lost(_why(exc))
                 if once:
                     return
             else:
-                if down_since is not None:
-                    log.warning("event=http_source_recovered url=%s after_s=%.1f", self.url,
-                                time.monotonic() - down_since)
-                    down_since = None
+                self.health.restored()
                 now = time.time()
                 digest = hashlib.sha1(data, usedforsecurity=False).hexdigest()[:16]
                 yield Sample(self.name, f"{self.name}@{rfc3339(now)}", digest, now, data)
                 if once:
                     return
             stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+
+def split_login(url: str) -> tuple[str, tuple[str | None, str | None]]:
+    """`http://user:pw@host/…` → (`http://host/…`, (user, pw)): urllib cannot open a URL with a login in it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, (None, None)
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    clean = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    return clean, (urllib.parse.unquote(parts.username), None if parts.password is None
+                   else urllib.parse.unquote(parts.password))
+
+
+def _why(exc: BaseException) -> str:
+    """One line for `source_lost`: what the camera said, or why it could not be reached."""
+    if isinstance(exc, urllib.error.HTTPError):
+        hint = " (check username and password)" if exc.code == 401 else ""
+        return f"HTTP {exc.code} {exc.reason}{hint}"
+    return str(getattr(exc, "reason", exc))
 
 
 @register("http")

@@ -21,6 +21,7 @@ class NewestOnly:
         self.min_interval = 1.0 / max_fps if max_fps else 0.0
         self.dropped = 0
         self.delivered = 0
+        self.health = getattr(inner, "health", None)  # a source that reconnects says when it is down
 
     def samples(self, stop: threading.Event, once: bool, done: Callable[[Sample], bool]) -> Iterator[Sample]:
         cond = threading.Condition()

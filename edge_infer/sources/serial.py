@@ -2,7 +2,9 @@
 
 Needs pyserial (`pip install pyserial`, or Debian's python3-serial). A live source: the port is read
 continuously; when the pipeline falls behind, only the newest window is kept and the others are counted as
-dropped. `port` may also be a pyserial URL (`socket://host:port`, `rfc2217://...`).
+dropped. `port` may also be a pyserial URL (`socket://host:port`, `rfc2217://...`). A port that is missing
+or unplugged is reopened for as long as the daemon runs, with back-off up to `reconnect_max` seconds
+(`source_lost` / `source_restored`); name it by `/dev/serial/by-id/…` so it is found again after replugging.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from edge_infer.options import between, opt
 from edge_infer.sources import SourceError, register
+from edge_infer.sources.health import Backoff, SourceHealth
 from edge_infer.sources.readings import LineOptions, Reading, SensorStream
 
 
@@ -24,6 +27,7 @@ class Options(LineOptions):
 
     port: str = opt(required=True)
     baudrate: int = opt(115200, check=between(50, 10**8))
+    reconnect_max: float = opt(30.0, check=between(0.5, 3600))  # the longest wait between attempts to reopen
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +50,49 @@ class SerialSource(SensorStream):
         self.serial = _pyserial()
         self.port = options.port
         self.baudrate = options.baudrate
+        self.reconnect_max = options.reconnect_max
+        self.health = SourceHealth()
 
     def readings(self, stop: threading.Event, once: bool) -> Iterator[Reading]:
-        try:
-            port = self.serial.serial_for_url(self.port, baudrate=self.baudrate, timeout=0.2)
-        except (self.serial.SerialException, OSError, ValueError) as exc:
-            raise SourceError(f"[source] port {self.port!r}: cannot open: {exc}") from None
-        log.info("event=source_open port=%s baudrate=%d", self.port, self.baudrate)  # flushed and reading
-        pending = b""
-        with port:
-            while not stop.is_set():
+        """Lines from the port, reopened after every failure until `stop` (with `once`: a failure ends it)."""
+        backoff = Backoff(self.reconnect_max)
+        errors = (self.serial.SerialException, OSError, ValueError)
+        while not stop.is_set():
+            try:
+                port = self.serial.serial_for_url(self.port, baudrate=self.baudrate, timeout=0.2)
+            except errors as exc:
+                if once:
+                    raise SourceError(f"[source] port {self.port!r}: cannot open: {exc}") from None
+                self.health.lost(f"cannot open {self.port}: {exc}")
+            else:
+                log.info("event=source_open port=%s baudrate=%d", self.port, self.baudrate)  # flushed and reading
                 try:
-                    chunk = port.read(max(1, port.in_waiting))
-                except (self.serial.SerialException, OSError) as exc:
-                    raise SourceError(f"[source] port {self.port!r}: read failed: {exc}") from None
-                if not chunk:
+                    with port:
+                        yield from self._lines(port, stop, once, backoff)
+                    return  # stopped, or `once` read everything
+                except errors as exc:
                     if once:
-                        return
-                    continue
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for raw in lines:
-                    reading = self.parser.parse(raw.decode("utf-8", "replace"))
-                    if reading is not None:
-                        yield reading
+                        raise SourceError(f"[source] port {self.port!r}: read failed: {exc}") from None
+                    self.health.lost(f"{self.port} read failed (unplugged?): {exc}")
+            if backoff.wait(stop):
+                return
+
+    def _lines(self, port: Any, stop: threading.Event, once: bool, backoff: Backoff) -> Iterator[Reading]:
+        pending = b""
+        while not stop.is_set():
+            chunk = port.read(max(1, port.in_waiting))
+            if not chunk:
+                if once:
+                    return
+                continue
+            self.health.restored()
+            backoff.reset()
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                reading = self.parser.parse(raw.decode("utf-8", "replace"))
+                if reading is not None:
+                    yield reading
 
 
 @register("serial")

@@ -256,7 +256,7 @@ def test_http_snapshot_camera(tmp_path: Path, broker: Mosquitto) -> None:
     finally:
         server.shutdown()
     refused = run_cli("run", "--config", str(cfg), "--once")  # the camera is gone: logged, not a crash
-    assert refused.returncode == 0 and "event=http_source_unreachable" in refused.stderr
+    assert refused.returncode == 0 and "event=source_lost source=http" in refused.stderr
 
 
 def test_newest_only_drops_stale_samples_and_counts_them() -> None:
