@@ -21,7 +21,9 @@ class Received:
 
     @property
     def kind(self) -> str:
-        return self.topic.rsplit("/", 1)[-1]
+        """The device topic's last segment (`results`, `events`, …); everything under `/cmd/` — inbound commands,
+        whatever their name ends with (a fuzzer's `cmd/x/events`) — is `cmd`."""
+        return "cmd" if "/cmd/" in self.topic else self.topic.rsplit("/", 1)[-1]
 
     def json(self) -> dict[str, Any]:
         return json.loads(self.payload)
