@@ -161,6 +161,7 @@ EVENT_SEVERITY = {
     "message_refused": "error",
     "commands_refused": "warning",
     "source_lost": "error",
+    "scene_problem": "warning",
 }
 
 

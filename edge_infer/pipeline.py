@@ -16,6 +16,7 @@ from PIL import Image
 
 from edge_infer.decide import DebouncedState, Debouncer, Decision, Thresholds, with_fallback
 from edge_infer.gates import Verdict
+from edge_infer.gates.baseline import SceneBaseline
 from edge_infer.gates.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image, standardize
 from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate
 from edge_infer.gates.sensor import SensorGate, SensorLimits
@@ -95,7 +96,7 @@ class Pipeline:
     and action counters, debounce history) carries over from one to the next."""
 
     REPLACEABLE = frozenset({"model", "max_pixels", "min_side", "gate", "capture", "sensor_gate", "policy",
-                             "colour_stats"})
+                             "colour_stats", "baseline"})
 
     def __init__(
         self,
@@ -108,6 +109,7 @@ class Pipeline:
         sensor_gate: SensorGate | None = None,
         policy: Policy | None = None,
         colour_stats: bool = False,
+        baseline: SceneBaseline | None = None,
     ) -> None:
         self.model = model if thresholds is None else model.with_rules(thresholds=thresholds)
         self.info = model.info  # one dict per model: names it in every message
@@ -125,6 +127,7 @@ class Pipeline:
             raise ValueError(f"the escalation model takes {second.kind} input, the first model {model.kind} input")
         self.debouncer = Debouncer(*self.policy.debounce) if self.policy.debounce else None
         self.colour_stats = colour_stats  # per-channel means for the drift monitor (its reference has them)
+        self.baseline = baseline  # the camera's own normal, learned from accepted frames (one per stream)
         self.paths = {"model": 0, "escalated": 0}
         self.actions = {"published": 0, "suppressed": 0, "deferred": 0}
 
@@ -156,9 +159,12 @@ class Pipeline:
         view = self.model.view(image)
         pixels = np.asarray(view)  # once, for the gate and the tensor
         verdict = self.gate.check(image, view, pixels)
+        quality = verdict.metrics.get("quality")
+        if verdict.ok and quality is not None and self.baseline is not None:
+            departed = self.baseline.check(image, quality.focus)
+            verdict = verdict if departed.ok else departed
         if not verdict.ok:
             return self._rejected(sample, verdict, started)
-        quality = verdict.metrics.get("quality")
         stats = {} if quality is None else {
             "brightness": quality.brightness, "contrast": quality.contrast, "sharpness": quality.sharpness}
         if self.colour_stats and pixels.ndim == 3:

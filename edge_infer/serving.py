@@ -20,6 +20,7 @@ from typing import Any
 
 from edge_infer.config import Config, ConfigError
 from edge_infer.decide import Thresholds
+from edge_infer.gates.baseline import SceneBaseline
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.gates.sensor import SensorGate, sensor_gate_from_config
 from edge_infer.manifest import Manifest, SensorInputSpec
@@ -89,13 +90,13 @@ class Serving:
     """The running model and everything built for it (see the module docstring for who may change what)."""
 
     def __init__(self, cfg: Config, model: Model, policy: Policy, rejected: CaptureStore | None,
-                 slots: Slots | None = None) -> None:
+                 slots: Slots | None = None, baseline: SceneBaseline | None = None) -> None:
         self.cfg = cfg
         self.slots = slots
         self.lock = threading.RLock()  # a swap (update, rollback), a reload and set-threshold never interleave
         self.on_swap: list[Callable[[], None]] = []  # told after each `serve` (the sink re-announces the model)
         self.monitor = self.monitor_for(model)
-        self.pipeline = self.pipeline_for(model, policy, rejected)
+        self.pipeline = self.pipeline_for(model, policy, rejected, baseline)
         self.identity = Identity(device_id=cfg.device.id, boot_id=str(uuid.uuid4()), model=self.pipeline.info)
 
     @property
@@ -114,14 +115,15 @@ class Serving:
         """A bundle with this device's `[model]` settings (threads, runtime, thresholds, overrides)."""
         return model_from_config(dataclasses.replace(self.model_cfg(), bundle=str(bundle)))
 
-    def pipeline_for(self, model: Model, policy: Policy, rejected: CaptureStore | None) -> Pipeline:
+    def pipeline_for(self, model: Model, policy: Policy, rejected: CaptureStore | None,
+                     baseline: SceneBaseline | None = None) -> Pipeline:
         """A pipeline for `model` under the running `[gate]` (call `monitor_for(model)` first: the pipeline
         measures colour when the monitor follows it)."""
         cfg = self.cfg
         try:
             return Pipeline(model, None, cfg.gate.max_pixels, cfg.gate.min_side,
                             gate_from_config(cfg.gate, model.manifest.image_quality_reference), rejected,
-                            sensor_gate_for(cfg, model.manifest), policy, _wants_colour(self.monitor))
+                            sensor_gate_for(cfg, model.manifest), policy, _wants_colour(self.monitor), baseline)
         except ValueError as exc:
             raise ConfigError(f"{cfg.path}: [decide]: {exc}") from None
 
@@ -136,7 +138,7 @@ class Serving:
         with self.lock:
             old = self.pipeline
             self.monitor = self.monitor_for(model)
-            pipeline = self.pipeline_for(model, old.policy, old.capture)
+            pipeline = self.pipeline_for(model, old.policy, old.capture, old.baseline)
             pipeline.paths, pipeline.actions = old.paths, old.actions  # the run's counters (not yet serving)
             pipeline.max_pixels, pipeline.min_side = old.max_pixels, old.min_side
             self.identity = dataclasses.replace(self.identity, model=pipeline.info)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_infer import __version__
 from edge_infer.config import Config, ConfigError
 from edge_infer.control import AddEvent
+from edge_infer.gates.baseline import SceneBaseline
 from edge_infer.homeassistant import discovery_messages
 from edge_infer.inbox import Inbox
 from edge_infer.messages import Identity, event_payload, status_payload
@@ -44,7 +46,9 @@ def serving(cfg: Config, model: Model, slots: Slots | None) -> Serving:
         uncertain=review_store(d.uncertain_dir, d.keep_uncertain, d.keep_uncertain_bytes),
     )
     rejected = review_store(cfg.gate.rejected_dir, cfg.gate.keep_rejected, cfg.gate.keep_rejected_bytes)
-    return Serving(cfg, model, policy, rejected, slots)
+    baseline = SceneBaseline(Path(cfg.device.state_dir) / "baseline.json", cfg.gate.baseline_warmup) \
+        if cfg.gate.baseline and model.kind == "image" else None
+    return Serving(cfg, model, policy, rejected, slots, baseline)
 
 
 def event_builder(port: Serving) -> EventBuilder:

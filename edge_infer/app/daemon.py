@@ -92,6 +92,8 @@ class Daemon:
         self.source_health: SourceHealth | None = getattr(self.source, "health", None)
         if self.source_health is not None:
             self.source_health.listeners.append(self._source_changed)
+        if self.pipeline.baseline is not None:
+            self.pipeline.baseline.listeners.append(self._scene_changed)
         self.inbox = Inbox(cfg.commands.max_message_bytes) if cfg.commands.enabled else None
         opener = compose.outbox_opener(cfg, events)
         self.sink = sink(opener) if sink is not None else compose.sink(cfg, self.serving, opener, self.inbox)
@@ -236,6 +238,14 @@ class Daemon:
         self.sink.set_problem("source", None if up else f"{name}: {reason} (retrying)")
         self.notifier.send(STATUS=self.status_line())
 
+    def _scene_changed(self, condition: str, started: bool, details: dict[str, Any]) -> None:
+        """The camera's baseline says a condition started or ended (the front thread)."""
+        log.warning("event=%s condition=%s", "scene_problem" if started else "scene_problem_cleared", condition)
+        self.add_event("scene_problem" if started else "scene_problem_cleared", details)
+        baseline = self.pipeline.baseline
+        active = baseline.to_dict()["conditions"] if baseline is not None else []
+        self.sink.set_problem("scene", ", ".join(active) or None)
+
     # ---- health --------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """The counters, drift state and scores a `health` message carries."""
@@ -314,6 +324,8 @@ class Daemon:
 
     def _stop_threads(self) -> None:
         self.winding_down = True  # the writer and the sink stop now, on purpose
+        if self.pipeline.baseline is not None:
+            self.pipeline.baseline.save()
         self.notifier.send(STOPPING=1, STATUS="stopping: storing and sending what is in flight")
         if self.watchdog is not None:
             self.watchdog.stopping.set()

@@ -23,6 +23,7 @@ from edge_infer.tasks.zones import zones_from_config
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
 RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "outbox", "pipeline", "service", "metrics",
                     "thermal", "homeassistant", "fleet", "update", "commands")
+RESTART_GATE_KEYS = ("baseline", "baseline_warmup")  # the baseline is built once, with the daemon
 RESTART_DECIDE_KEYS = ("escalate_to", "escalate_threshold", "upload", "upload_max_bytes", "upload_chunk_bytes")
 
 
@@ -39,6 +40,7 @@ def _needs_restart(old: Config, new: Config) -> tuple[list[str], list[str]]:
     for section in RESTART_SECTIONS:
         restart += [f"{section}.{k}" for k in _changed(getattr(old, section), getattr(new, section))]
     restart += [f"model.{k}" for k in _changed(old.model, new.model) if k not in LIVE_MODEL_KEYS]
+    restart += [f"gate.{k}" for k in _changed(old.gate, new.gate) if k in RESTART_GATE_KEYS]
     escalation_switch = "escalate" in (old.decide.fallback, new.decide.fallback) and \
         old.decide.fallback != new.decide.fallback
     decide_restart = [k for k in _changed(old.decide, new.decide) if k in RESTART_DECIDE_KEYS]
@@ -81,7 +83,7 @@ def _apply(serving: Serving, new: Config) -> tuple[list[str], list[str]]:
             uncertain=uncertain)
         applied += [f"decide.{k}" for k in live_decide]
 
-    gate_changes = _changed(old.gate, new.gate)
+    gate_changes = [k for k in _changed(old.gate, new.gate) if k not in RESTART_GATE_KEYS]
     if gate_changes:
         g = new.gate
         if pipeline.sensor_gate is not None:
@@ -105,5 +107,6 @@ def _apply(serving: Serving, new: Config) -> tuple[list[str], list[str]]:
     keep = {section: getattr(old, section) for section in RESTART_SECTIONS}
     model_cfg = dataclasses.replace(old.model, **{k: getattr(new.model, k) for k in LIVE_MODEL_KEYS})
     decide_cfg = dataclasses.replace(new.decide, **{k: getattr(old.decide, k) for k in decide_restart})
-    serving.apply(dataclasses.replace(new, model=model_cfg, decide=decide_cfg, **keep), **changes)
+    gate_cfg = dataclasses.replace(new.gate, **{k: getattr(old.gate, k) for k in RESTART_GATE_KEYS})
+    serving.apply(dataclasses.replace(new, model=model_cfg, decide=decide_cfg, gate=gate_cfg, **keep), **changes)
     return applied, sorted(set(restart))
