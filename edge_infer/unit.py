@@ -69,6 +69,8 @@ def render_unit(cfg: Config, python: str | None = None) -> str:
           if state.is_relative_to("/var/lib") else [f"ReadWritePaths={state}"]),
         *[f"ReadWritePaths={p}" for p in _extra_writable(cfg)],
         *([f"LoadCredential=mqtt_password:{cfg.mqtt.password_file}"] if cfg.mqtt.password_file else []),
+        *([f"LoadCredential=http_password:{http_pw}"] if (http_pw := getattr(cfg.source, "password_file", None))
+          else []),
         f"MemoryMax={svc.memory_max}",
         *([f"CPUQuota={svc.cpu_quota}"] if svc.cpu_quota else []),
         "# sandbox",

@@ -99,3 +99,16 @@ def test_without_dry_run_it_needs_root() -> None:
         argv = [sys.executable, "-m", "edge_infer", *command]
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "run it as root" in proc.stderr, proc.stderr
+
+
+def test_a_camera_password_reaches_the_service_as_a_credential_not_a_path(tmp_path: Path) -> None:
+    """An HTTP camera's `password_file` becomes `LoadCredential=http_password:…` (the service reads it from its
+    credentials directory, like the MQTT password); without one there is no credential line."""
+    cfg = tmp_path / "snap.toml"
+    cfg.write_text(f'[model]\nbundle = "{REPO / "demo" / "digits-int8-only.tflite"}"\n'
+                   '[source]\ntype = "http"\nurl = "http://cam.local/snap.jpg"\nusername = "viewer"\n'
+                   'password_file = "cam-password"\n')
+    unit = settings(dry_run_unit(cfg))
+    assert unit["LoadCredential"] == [f"http_password:{tmp_path / 'cam-password'}"]
+    cfg.write_text(cfg.read_text().replace('password_file = "cam-password"\n', ""))
+    assert "LoadCredential" not in settings(dry_run_unit(cfg))
