@@ -1,5 +1,5 @@
 """A fixed camera's baseline (`[gate] baseline`): a scene from the repo's detector frames, seen by a camera
-(480×320, jitter of ±2 px, sensor noise, brightness drifting ±20 % over 1,000 frames as over a day) — no alarm
+(384×256, jitter of ±2 px, sensor noise, brightness drifting ±20 % over 400 frames as over a day) — no alarm
 over the clean sequence; defocus, a covered lens and a moved camera each raise their own condition within a
 few frames and clear when the scene returns; the baseline survives a restart; the daemon publishes them."""
 
@@ -23,7 +23,7 @@ from tests.helpers.broker import free_port
 from tests.helpers.schemas import validate
 
 SCENE = Image.open(REPO / "demo" / "detector" / "frames" / "frame-0003.png").convert("RGB").resize(
-    (480, 320), Image.Resampling.NEAREST)
+    (384, 256), Image.Resampling.NEAREST)
 DETECTOR = REPO / "demo" / "digit-detector-yolo.tflite"
 
 
@@ -32,7 +32,7 @@ _NOISE = [3 * np.random.default_rng(i).standard_normal(_PADDED[2:-2, 2:-2].shape
           for i in range(16)]  # sensor noise: a new field each frame, drawn from a pool (generating it is slow)
 
 
-def camera(t: int, period: int = 1000) -> Image.Image:
+def camera(t: int, period: int = 400) -> Image.Image:
     """Frame `t` of the fixed camera: the scene shifted by up to 2 px, its brightness drifting, with noise."""
     rng = np.random.default_rng(t)
     dx, dy = (int(v) for v in rng.integers(0, 5, 2))
@@ -43,7 +43,7 @@ def camera(t: int, period: int = 1000) -> Image.Image:
 
 DEGRADED = {
     "defocused": lambda im: im.filter(ImageFilter.GaussianBlur(4)),
-    "obstructed": lambda im: Image.fromarray(np.where(np.arange(480)[None, :, None] < 300, 15,
+    "obstructed": lambda im: Image.fromarray(np.where(np.arange(384)[None, :, None] < 240, 15,
                                                       np.asarray(im)).astype(np.uint8)),  # a hand over 60 %
     "scene_changed": lambda im: im.transpose(Image.Transpose.ROTATE_180),  # the camera turned
 }
@@ -57,9 +57,9 @@ def test_a_clean_day_raises_nothing_and_each_fault_its_own_condition(tmp_path: P
     baseline = SceneBaseline(tmp_path / "baseline.json", warmup=100)
     changes: list[tuple[str, bool]] = []
     baseline.listeners.append(lambda condition, started, details: changes.append((condition, started)))
-    rejected = [t for t in range(1000) if not feed(baseline, camera(t)).ok]  # a whole brightness cycle
+    rejected = [t for t in range(400) if not feed(baseline, camera(t)).ok]  # a whole brightness cycle
     assert rejected == [] and changes == [] and baseline.ready
-    t = 1000
+    t = 400
     for condition, degrade in DEGRADED.items():
         reasons = []
         for _ in range(10):
@@ -77,10 +77,10 @@ def test_a_clean_day_raises_nothing_and_each_fault_its_own_condition(tmp_path: P
 def test_the_baseline_survives_a_restart_and_never_learns_from_rejected_frames(tmp_path: Path) -> None:
     path = tmp_path / "baseline.json"
     first = SceneBaseline(path, warmup=50)
-    for t in range(300):
+    for t in range(120):
         feed(first, camera(t))
     learned = first.learned
-    for t in range(300, 400):  # a long defocus: every frame rejected, none learned
+    for t in range(120, 160):  # a long defocus: every frame rejected, none learned
         assert feed(first, DEGRADED["defocused"](camera(t))).reason == "defocused"
     assert first.learned == learned
     first.save()
