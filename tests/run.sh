@@ -122,11 +122,17 @@ judge() {  # judge LEG RC: record a failed leg
 
 # The converter leg is the longest and mostly computes; the device legs mostly wait. So the converter leg starts
 # first, in the background (its output goes to .venvs/leg-convert.log and is shown when it ends), and the device
-# legs run meanwhile. The tflrt environment is built first: the converter's --target check runs bundles under
-# tflite-runtime 2.14 with the tflrt leg's Python.
+# legs run meanwhile. The tflrt environment is built beside the converter's (both mostly download and unpack):
+# the converter's --target check runs bundles under tflite-runtime 2.14 with the tflrt leg's Python.
+tflrt_build=
+if [[ " $legs " == *" tflrt "* ]] && [[ " $legs " == *" convert "* ]] && [ -z "$(unavailable tflrt)" ]; then
+  ( make_venv tflrt build_tflrt ) & tflrt_build=$!
+fi
+prepare convert; convert_ready=$?
+if [ -n "$tflrt_build" ]; then wait "$tflrt_build"; fi  # then `prepare` finds it built (or builds it, saying why)
 prepare tflrt && export EDGE_INFER_TARGET_PYTHON="$VENVS/tflrt/bin/python"
 convert_pid=
-if prepare convert; then
+if [ "$convert_ready" -eq 0 ]; then
   say "leg convert: started in the background (output: .venvs/leg-convert.log, shown when it ends)"
   ( run_leg convert "$@" > "$VENVS/leg-convert.log" 2>&1; echo $? > "$VENVS/leg-convert.rc" ) &
   convert_pid=$!
