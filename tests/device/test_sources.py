@@ -211,6 +211,9 @@ def test_a_stuck_iio_sensor_is_rejected_as_flatline(tmp_path: Path, broker: Mosq
     cfg = sensor_config(tmp_path / "c.toml", tmp_path / "s", broker.port,
                         f'type = "iio"\ndevice = "{device}"\n'
                         'channels = { ax = "in_accel_x", ay = "in_accel_y", az = "in_accel_z" }')
+    # readings are timed by the clock: on a loaded 2-core CI machine the thread can miss its 10 ms slot and the
+    # window is (rightly) a sample_gap; this test is about the stuck values, so gaps are allowed here
+    cfg.write_text(cfg.read_text() + "[gate]\nmax_gap_factor = 1000\n")
     sub = Subscriber(broker.port, "edge/pump-1/rejections")
     proc = run_cli("run", "--config", str(cfg), "--once")
     assert proc.returncode == 0, proc.stderr
