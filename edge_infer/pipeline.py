@@ -93,7 +93,7 @@ class Policy:
 class Pipeline:
     """The stages for one model. Its parts (model and rules, gates, policy) are fixed once it serves: a change
     is `replaced(...)`, a new pipeline the serving port swaps in between two inputs. Only the run state (path
-    and action counters, debounce history) carries over from one to the next."""
+    and action counters, debounce history, the camera baseline) carries over from one to the next."""
 
     REPLACEABLE = frozenset({"model", "max_pixels", "min_side", "gate", "capture", "sensor_gate", "policy",
                              "colour_stats", "baseline"})

@@ -30,6 +30,7 @@ class Options(LineOptions):
     reconnect_max: float = opt(30.0, check=between(0.5, 3600))  # the longest wait between attempts to reopen
 
 log = logging.getLogger(__name__)
+MAX_LINE = 64 * 1024  # bytes of one reading line held while waiting for its newline
 
 
 def _pyserial() -> Any:
@@ -89,6 +90,9 @@ class SerialSource(SensorStream):
             backoff.reset()
             pending += chunk
             *lines, pending = pending.split(b"\n")
+            if len(pending) > MAX_LINE:  # a device that never ends its line: drop it, bounded (a garbled reading)
+                log.warning("event=serial_line_dropped port=%s bytes=%d (no newline)", self.port, len(pending))
+                pending = b""
             for raw in lines:
                 reading = self.parser.parse(raw.decode("utf-8", "replace"))
                 if reading is not None:
