@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from converter.convert import IO_TYPES, MODES
-from converter.errors import ConvertError
+from converter.errors import ConvertError, ConvertRefused
 from converter.job import run
 from edge_infer.manifest import COLORS, OUTPUT_ACTIVATIONS, TASKS
 
@@ -57,8 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name in the manifest (default: model file stem)")
     p.add_argument("--model-version", default="1.0.0", help="model version in the manifest")
     p.add_argument("--color", choices=COLORS, help="colour order (default: from the input channels)")
-    p.add_argument("--scale", type=float, default=1.0 / 255.0, help="normalise: x = pixel*scale + offset")
-    p.add_argument("--offset", type=float, default=0.0, help="normalise: x = pixel*scale + offset")
+    p.add_argument("--scale", type=float, help="normalise: x = pixel*scale + offset (default: what the model's first "
+                   "layer says — Rescaling/Normalization — else inferred from the labelled images, else asked for)")
+    p.add_argument("--offset", type=float, help="normalise: x = pixel*scale + offset (0 when only --scale is given)")
+    p.add_argument("--force", action="store_true",
+                   help="write the bundle even when the checks say it is wrong (near-chance top-1, far below the "
+                        "source model, a range the eval set contradicts)")
     p.add_argument("--activation", choices=OUTPUT_ACTIVATIONS, default="softmax",
                    help="softmax: the model outputs probabilities; logits: the device applies softmax; argmax: "
                         "a segmentation model that outputs class indices")
@@ -74,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
+    except ConvertRefused as exc:
+        print(f"edge-convert: refused: {exc}", file=sys.stderr)
+        return 3
     except ConvertError as exc:
         print(f"edge-convert: error: {exc}", file=sys.stderr)
         return 2

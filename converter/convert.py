@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,29 +42,6 @@ def import_tensorflow() -> Any:
         ) from None
     tf.get_logger().setLevel("ERROR")
     return tf
-
-
-@contextmanager
-def saved_model_dir(model_path: Path) -> Iterator[Path]:
-    """A SavedModel directory for `model_path`, exporting a .keras/.h5 file to a temporary one."""
-    if not model_path.exists():
-        raise ConvertError(f"{model_path}: model not found")
-    if model_path.is_dir():
-        if not (model_path / "saved_model.pb").exists():
-            raise ConvertError(f"{model_path}: not a SavedModel directory (no saved_model.pb)")
-        yield model_path
-        return
-    if model_path.suffix not in (".keras", ".h5"):
-        raise ConvertError(f"{model_path}: expected a SavedModel directory, a .keras or a .h5 file")
-    tf = import_tensorflow()
-    try:
-        model = tf.keras.models.load_model(model_path, compile=False)
-    except Exception as exc:
-        raise ConvertError(f"{model_path}: cannot load Keras model: {str(exc).splitlines()[0]}") from None
-    with tempfile.TemporaryDirectory(prefix="edge-convert-") as tmp:
-        out = Path(tmp) / "saved_model"
-        model.export(str(out), format="tf_saved_model", verbose=False)
-        yield out
 
 
 def configure(converter: Any, tf: Any, mode: str, representative: Callable[[], Iterator[np.ndarray]] | None,

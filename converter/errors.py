@@ -1,2 +1,6 @@
 class ConvertError(Exception):
-    """A problem the user can fix (missing file, bad data, mismatched labels); printed as one line, exit 2."""
+    """A one-line reason the conversion cannot go on (exit 2); nothing is written."""
+
+
+class ConvertRefused(ConvertError):
+    """The conversion ran but its result would be wrong (exit 3, `--force` overrides); nothing is written."""

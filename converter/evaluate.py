@@ -6,13 +6,16 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from converter.datasets import Example, load_image
+from converter.errors import ConvertError
 from edge_infer.bundle import Bundle
+from edge_infer.manifest import ManifestError, parse_manifest
 from edge_infer.model import Model
 from edge_infer.tasks.outputs import dequantize
 
@@ -130,3 +133,28 @@ def summarize(evaluation: Evaluation, size: int, reference: Evaluation | None, l
         if evaluation.labelled:
             doc["accuracy_drop_points"] = round((reference.accuracy - evaluation.accuracy) * 100.0, 4)
     return doc
+
+
+def in_memory_bundle(out: Path, model_bytes: bytes, doc: dict[str, Any]) -> Bundle:
+    """A bundle that exists only in memory (model bytes + manifest), to evaluate a variant before writing it."""
+    try:
+        return Bundle(path=out, model_bytes=model_bytes, manifest=parse_manifest(doc))
+    except ManifestError as exc:
+        raise ConvertError(f"invalid manifest: {exc}") from None
+
+
+def over_budget(report: dict[str, Any], budget: float | None) -> dict[str, str]:
+    """Variants whose top-1 accuracy drop exceeds `--max-accuracy-drop`, with the numbers."""
+    if budget is None:
+        return {}
+    evaluation = report.get("evaluation", {})
+    if not evaluation.get("labelled"):
+        raise ConvertError("--max-accuracy-drop needs a labelled --eval set (<dir>/<label>/...)")
+    out = {}
+    base = evaluation["variants"]["float32"]["accuracy"] * 100
+    for mode, ev in evaluation["variants"].items():
+        drop = ev.get("accuracy_drop_points", 0.0)
+        if drop > budget:
+            out[mode] = (f"top-1 {base:.2f}% → {ev['accuracy'] * 100:.2f}%, a drop of {drop:.2f} points, over the "
+                         f"budget of {budget:g}")
+    return out

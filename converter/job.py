@@ -19,7 +19,8 @@ import numpy as np
 from tqdm import tqdm
 
 from converter.calibrate_decisions import drift_reference, recommended_thresholds
-from converter.convert import CALIBRATED, MODES, ConversionWorker, convert, import_tensorflow, saved_model_dir
+from converter.contract import Contract, decide, given_contract, with_normalize
+from converter.convert import CALIBRATED, MODES, ConversionWorker, convert
 from converter.datasets import (
     calibration_tensors,
     list_examples,
@@ -31,13 +32,15 @@ from converter.datasets import (
     window_tensors,
 )
 from converter.errors import ConvertError
-from converter.evaluate import Evaluation, evaluate, summarize
-from converter.fallback import layer_errors, with_float_layers
+from converter.evaluate import Evaluation, evaluate, in_memory_bundle, over_budget, summarize
+from converter.fallback import auto_fallback, layer_errors
 from converter.report import print_table, write_markdown
+from converter.source import SourceModel, load_source
 from converter.specs import check_sensor_shape, input_spec, read_labels, say, sensor_spec, spec_output, spec_table
 from converter.target import check_target
+from converter.verify import verify_source
 from edge_infer import __version__
-from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, model_digest, write_bundle
+from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, write_bundle
 from edge_infer.gates.quality import assess
 from edge_infer.golden import GoldenInput, build_golden
 from edge_infer.manifest import LABELLED_TASKS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
@@ -64,7 +67,8 @@ class Job:
     output_table: dict[str, Any]
     signing_key: Any = None
     started: float = field(default_factory=time.monotonic)
-    tf: Any = None
+    source: SourceModel | None = None
+    contract: Contract | None = None
     spec: ImageInputSpec | SensorInputSpec | None = None
     variants: dict[str, bytes] = field(default_factory=dict)
     tensors: np.ndarray | None = None
@@ -80,7 +84,10 @@ class Job:
 
     def manifest(self, mode: str, data: bytes) -> dict[str, Any]:
         assert self.spec is not None
-        return _manifest(self.args, data, self.spec, self.labels, mode, self.tf, self.reference, self.output_table)
+        assert self.source is not None
+        contract = self.contract.to_dict() if self.contract is not None else None
+        return _manifest(self.args, data, self.spec, self.labels, mode, self.source.tf, self.reference,
+                         self.output_table, contract)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,20 +166,21 @@ def plan(args: argparse.Namespace) -> Job:
 
 
 def convert_variants(job: Job) -> None:
-    """float32 first (its interpreter tells the input shape), then each quantized mode in the conversion process
-    (one child for the run: TensorFlow's converter leaks memory per call)."""
+    """float32 first (its interpreter tells the input shape and, tried on the labelled images, the input range when
+    nothing else does), then each quantized mode in the conversion process (one child for the run: TensorFlow's
+    converter leaks memory per call)."""
     args = job.args
-    say("loading TensorFlow")
-    job.tf = import_tensorflow()
-    with saved_model_dir(job.model_path) as saved:
+    say(f"loading TensorFlow and {job.model_path}")
+    job.source = load_source(job.model_path)
+    with job.source.saved_model() as saved:
         say(f"converting {job.model_path} → float32")
         float_bytes = convert(saved, "float32")
         float_engine = Engine(float_bytes)
-        job.spec = input_spec(args, float_engine, job.spec_table) if job.sensor is None \
-            else check_sensor_shape(job.sensor, float_engine)
         outputs = int(np.prod(float_engine.outputs[0].shape))
         if args.task == "classification" and outputs != len(job.labels):
             raise ConvertError(f"model has {outputs} outputs but {len(job.labels)} labels")
+        job.spec = _input_contract(job, float_engine) if job.sensor is None \
+            else check_sensor_shape(job.sensor, float_engine)
         job.variants = {"float32": float_bytes}
         if any(m in CALIBRATED for m in job.modes):
             job.tensors = _calibration_array(job.calibration, job.spec, args.calibration_samples)
@@ -184,6 +192,18 @@ def convert_variants(job: Job) -> None:
                 say(f"converting → {what}{calibrated} (in a conversion process)")
                 job.variants[mode] = worker.convert(saved, mode, job.tensors if mode in CALIBRATED else None,
                                                     args.io_type)
+
+
+def _input_contract(job: Job, float_engine: Engine) -> ImageInputSpec:
+    """The image input spec with the normalisation `converter.contract.decide` settles on (said on stderr)."""
+    args = job.args
+    base = input_spec(args, float_engine, job.spec_table)
+    assert job.source is not None
+    given = given_contract(args.scale, args.offset, job.spec_table, args.spec)
+    job.contract = decide(given, job.source.first_layer(), float_engine, base, job.labels,
+                          (job.eval_examples, job.calibration), args.task == "classification", args.force)
+    say(f"input contract: {job.contract.range} — {job.contract.detail}")
+    return with_normalize(base, job.contract.normalize)
 
 
 def measure_reference(job: Job) -> None:
@@ -209,6 +229,7 @@ def describe_variants(job: Job) -> None:
     except ManifestError as exc:
         raise ConvertError(f"{job.args.spec or 'flags'}: {exc}") from None
     job.report = {"model": str(job.model_path), "mode": job.args.mode, "input": job.spec.to_dict(),
+                  **({"input_contract": job.contract.to_dict()} if job.contract is not None else {}),
                   "labels": job.labels,
                   "variants": {mode: {"size_bytes": len(data)} for mode, data in job.variants.items()}}
     if job.reference:
@@ -227,7 +248,7 @@ def evaluate_variants(job: Job) -> None:
     """Accuracy (labelled) or agreement with float32 on the eval set, per variant; thresholds and drift
     reference from it; which variants are over the accuracy budget."""
     if job.eval_examples is not None:
-        job.evals = {mode: evaluate(_in_memory_bundle(job.out, data, job.docs[mode]), job.eval_examples, mode)
+        job.evals = {mode: evaluate(in_memory_bundle(job.out, data, job.docs[mode]), job.eval_examples, mode)
                      for mode, data in job.variants.items() if mode not in job.unloadable}
         baseline = job.evals["float32"]
         job.report["evaluation"] = {
@@ -236,10 +257,15 @@ def evaluate_variants(job: Job) -> None:
             "variants": {mode: summarize(ev, len(job.variants[mode]), None if mode == "float32" else baseline,
                                          job.labels) for mode, ev in job.evals.items()},
         }
+        if baseline.labelled and job.args.task == "classification" and isinstance(job.spec, ImageInputSpec):
+            assert job.source is not None
+            say("checking the float32 bundle against the source model on the eval set")
+            job.report["evaluation"]["source"] = verify_source(job.source, job.eval_examples, job.spec, job.labels,
+                                                               baseline, job.args.force)
         for mode in job.variants:
             job.docs[mode]["evaluation"] = job.report["evaluation"]
         _decision_reference(job.args, job.evals, job.eval_examples, job.spec, job.labels, job.docs, job.report)
-    job.over = _over_budget(job.report, job.args.max_accuracy_drop)
+    job.over = over_budget(job.report, job.args.max_accuracy_drop)
 
 
 def explain(job: Job) -> None:
@@ -249,14 +275,15 @@ def explain(job: Job) -> None:
     if not (args.explain or args.auto_fallback):
         return
     assert job.tensors is not None
-    with saved_model_dir(job.model_path) as saved:
+    assert job.source is not None
+    with job.source.saved_model() as saved:
         say("measuring per-layer quantization error (QuantizationDebugger)")
         errors = layer_errors(saved, job.tensors)
         job.report["layer_errors"] = [e.to_dict() for e in errors[:20]]
         if not (args.auto_fallback and "int8" in job.over):
             return
         assert job.eval_examples is not None
-        fixed = _auto_fallback(saved, job.tensors, errors, job.eval_examples, job.evals["float32"], job.out,
+        fixed = auto_fallback(saved, job.tensors, errors, job.eval_examples, job.evals["float32"], job.out,
                                job.docs["int8"], args.max_accuracy_drop, job.report)
     if fixed is not None:
         job.variants["int8"] = fixed
@@ -288,7 +315,7 @@ def write_bundles(job: Job) -> None:
                  for m in written}
     golden_source = job.eval_examples if job.eval_examples is not None else job.calibration
     for mode, path in job.paths.items():
-        extra = _golden(args, golden_source, _in_memory_bundle(job.out, job.variants[mode], job.docs[mode]))
+        extra = _golden(args, golden_source, in_memory_bundle(job.out, job.variants[mode], job.docs[mode]))
         try:
             write_bundle(path, job.variants[mode], job.docs[mode], extra)
         except BundleError as exc:
@@ -343,6 +370,7 @@ def _manifest(
     tf: Any,
     reference: dict[str, Any],
     output: dict[str, Any] | None = None,
+    contract: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     model = Path(args.model)
     extra = {"reference": reference} if reference else {}
@@ -357,18 +385,10 @@ def _manifest(
         output={"activation": args.activation, **(output or {})},
         labels=labels,
         thresholds={"default": args.threshold},
-        converter={"tool": "edge-convert", "version": __version__, "tensorflow": tf.__version__},
+        converter={"tool": "edge-convert", "version": __version__, "tensorflow": tf.__version__,
+                   **({"input_contract": contract} if contract else {})},
         **extra,
     )
-
-
-def _in_memory_bundle(out: Path, model_bytes: bytes, doc: dict[str, Any]) -> Bundle:
-    try:
-        return Bundle(path=out, model_bytes=model_bytes, manifest=parse_manifest(doc))
-    except ManifestError as exc:
-        raise ConvertError(f"invalid manifest: {exc}") from None
-
-
 
 
 def _golden(args: argparse.Namespace, examples: list[Any] | None, bundle: Bundle) -> dict[str, bytes]:
@@ -424,49 +444,3 @@ def _decision_reference(args: argparse.Namespace, evals: dict[str, Evaluation], 
                                    for p, c in zip(ev.predictions, confidences, strict=True)]))
         drift = drift_reference(ev.predictions, confidences, labels, inputs, uncertain)
         docs[mode].setdefault("reference", {})["drift"] = drift
-
-
-def _auto_fallback(saved: Path, tensors: np.ndarray, errors: list[Any], examples: list[Any], baseline: Evaluation,
-                   out: Path, doc: dict[str, Any], budget: float, report: dict[str, Any]) -> bytes | None:
-    """Keep the worst layers of the `int8` variant in float, one more per step, until the top-1 drop is within
-    budget. Records every step in the report; returns the repaired model, or None when nothing was enough."""
-    kept: list[str] = []
-    steps = []
-    for layer in errors:
-        kept.append(layer.tensor)
-        data = with_float_layers(saved, tensors, kept)
-        trial = dict(doc, model={**doc["model"], "sha256": model_digest(data), "size": len(data)})
-        ev = evaluate(_in_memory_bundle(out, data, trial), examples, f"int8 + {len(kept)} float layer(s)")
-        drop = (baseline.accuracy - ev.accuracy) * 100.0
-        steps.append({"kept_in_float": layer.tensor, "op": layer.op, "accuracy": round(ev.accuracy, 6),
-                      "accuracy_drop_points": round(drop, 4), "size_bytes": len(data)})
-        say(f"auto-fallback step {len(kept)}: {layer.op} {layer.tensor.split(';')[0]} in float → top-1 "
-             f"{ev.accuracy * 100:.2f}% (drop {drop:.2f} points)")
-        if drop <= budget:
-            summary = summarize(ev, len(data), baseline, report["labels"])
-            report["evaluation"]["variants"]["int8"] = summary
-            report["variants"]["int8"] = {"size_bytes": len(data)}
-            report["fallback"] = {"within_budget": True, "layers_kept_in_float": kept, "steps": steps}
-            say(f"auto-fallback: {len(kept)} layer(s) kept in float — within the budget of {budget:g} points")
-            return data
-    report["fallback"] = {"within_budget": False, "layers_kept_in_float": kept, "steps": steps}
-    say("auto-fallback: no combination of float layers met the budget")
-    return None
-
-
-def _over_budget(report: dict[str, Any], budget: float | None) -> dict[str, str]:
-    """Variants whose top-1 accuracy drop exceeds `--max-accuracy-drop`, with the numbers."""
-    if budget is None:
-        return {}
-    evaluation = report.get("evaluation", {})
-    if not evaluation.get("labelled"):
-        raise ConvertError("--max-accuracy-drop needs a labelled --eval set (<dir>/<label>/...)")
-    out = {}
-    base = evaluation["variants"]["float32"]["accuracy"] * 100
-    for mode, ev in evaluation["variants"].items():
-        drop = ev.get("accuracy_drop_points", 0.0)
-        if drop > budget:
-            out[mode] = (f"top-1 {base:.2f}% → {ev['accuracy'] * 100:.2f}%, a drop of {drop:.2f} points, over the "
-                         f"budget of {budget:g}")
-    return out
-

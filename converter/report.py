@@ -16,11 +16,15 @@ def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
     variants = evaluation.get("variants", {})
     float_size = report["variants"]["float32"]["size_bytes"]
     over = report.get("refused", {})
-    lines = [f"# Conversion report: {Path(report['model']).name}", ""]
+    lines = [f"# Conversion report: {Path(report['model']).name}", "", *_contract_lines(report)]
     if chart in written:
         lines += [f"![accuracy and size per mode]({chart.name})", ""]
     lines += ["| variant | size | × float32 | top-1 | top-3 | drop (pts) | agreement | max abs Δ | RMSE | latency |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    source = evaluation.get("source")
+    if source:
+        lines.append(f"| source model (TensorFlow) | — | — | {source['accuracy']:.2%} | — | — | "
+                     f"{source['top1_agreement_float32']:.2%} | — | — | — |")
     for mode, info in report["variants"].items():
         ev = variants.get(mode, {})
 
@@ -40,14 +44,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
                   f"{evaluation['runtime']} — the device's own decoding, preprocessing and runtime."]
     for mode, why in over.items():
         lines += ["", f"**Refused {mode}:** {why}."]
-    target = report.get("target")
-    if target:
-        lines += ["", f"## Target: {Path(target['profile']).name} ({target['runtime']}"
-                  + (f" {target['runtime_version']}" if target.get("runtime_version") else "") + ")", "",
-                  "| variant | needs runtime ≥ | result |", "|---|---|---|"]
-        lines += [f"| {m} | {v.get('min_runtime_version') or '—'} | "
-                  f"{('runs: ' + v['ran_on']) if v.get('ran_on') else ('ok' if v['ok'] else '✗ ' + v['problem'])} |"
-                  for m, v in target["variants"].items()]
+    lines += _target_lines(report.get("target"))
     labels = report["labels"]
     focus = report["mode"] if report["mode"] != "all" else "int8-only"
     chosen = [focus] if focus in variants else [m for m in variants if m != "float32"][-1:] or ["float32"]
@@ -85,6 +82,31 @@ def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
                   for metric, v in reference.items() if isinstance(v, dict)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return written
+
+
+def _target_lines(target: dict[str, Any] | None) -> list[str]:
+    """`--target`: whether each variant runs on the profile's runtime (Markdown)."""
+    if not target:
+        return []
+    lines = ["", f"## Target: {Path(target['profile']).name} ({target['runtime']}"
+             + (f" {target['runtime_version']}" if target.get("runtime_version") else "") + ")", "",
+             "| variant | needs runtime ≥ | result |", "|---|---|---|"]
+    return lines + [f"| {m} | {v.get('min_runtime_version') or '—'} | "
+                    f"{('runs: ' + v['ran_on']) if v.get('ran_on') else ('ok' if v['ok'] else '✗ ' + v['problem'])} |"
+                    for m, v in target["variants"].items()]
+
+
+def _contract_lines(report: dict[str, Any]) -> list[str]:
+    """The input contract the converter chose and how it knows (Markdown)."""
+    contract = report.get("input_contract")
+    if not contract:
+        return []
+    lines = [f"**Input contract:** {contract['range']} (normalise: `{contract['normalize']}`) — determined by "
+             f"{contract['determined_by']}: {contract['detail']}.", ""]
+    if contract.get("top1_by_range"):
+        lines += ["Float32 top-1 on the labelled sample by input range: " + ", ".join(
+            f"{name} {acc:.1%}" for name, acc in contract["top1_by_range"].items()) + ".", ""]
+    return lines
 
 
 def write_chart(report: dict[str, Any], path: Path) -> bool:
@@ -128,6 +150,10 @@ def print_table(report: dict[str, Any]) -> None:
     over = report.get("refused", {})
     print(f"{'variant':<10} {'size':>11} {'× f32':>6} {'top-1':>8} {'top-3':>8} {'drop':>7} {'agree':>8} "
           f"{'max|Δ|':>7} {'latency':>9}")
+    source = report.get("evaluation", {}).get("source")
+    if source:
+        print(f"{'source':<10} {'—':>11} {'—':>6} {source['accuracy'] * 100:>7.2f}% {'—':>8} {'—':>7} "
+              f"{source['top1_agreement_float32'] * 100:>7.2f}% {'—':>7} {'—':>9}")
     for mode, info in report["variants"].items():
         ev = evaluation.get(mode, {})
 
@@ -142,6 +168,8 @@ def print_table(report: dict[str, Any]) -> None:
               f"{pct('top3_accuracy'):>8} {drop:>7} {pct('agreement_with_float32'):>8} {err:>7} {lat:>9}{flag}")
     if evaluation:
         print(f"(evaluated on {report['evaluation']['examples']} inputs with {report['evaluation']['runtime']}; "
-              "drop in top-1 points vs float32; max|Δ| = largest output difference vs float32)")
+              "drop in top-1 points vs float32; max|Δ| = largest output difference vs float32"
+              + ("; source: the TensorFlow model itself, agree = its top-1 agreement with float32" if source else "")
+              + ")")
 
 

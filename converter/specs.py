@@ -36,12 +36,13 @@ def read_labels(args: argparse.Namespace) -> list[str]:
 
 
 def input_spec(args: argparse.Namespace, engine: Engine, table: dict[str, Any] | None = None) -> ImageInputSpec:
-    """Input size from the model's input tensor; colour, resize mode and normalisation from the spec file's
-    [input] table when given, else from the flags."""
+    """Input size from the model's input tensor; colour and resize mode from the spec file's [input] table or the
+    flags. The normalisation is the spec's when it states one, else a placeholder: `converter.contract` decides."""
     table = table or {}
     shape = engine.inputs[0].shape
     if len(shape) != 4 or shape[3] not in (1, 3):
-        raise ConvertError(f"model input shape {shape} is not an image batch (1, H, W, 1|3)")
+        raise ConvertError(f"model input shape {tuple(shape)} is not an image batch (1, H, W, 1|3); for a sensor "
+                           "model pass a --spec with kind = \"sensor\"")
     color = table.get("color") or args.color or ("L" if shape[3] == 1 else "RGB")
     if (color == "L") != (shape[3] == 1):
         raise ConvertError(f"colour {color} does not fit the model's {shape[3]}-channel input")
@@ -52,7 +53,7 @@ def input_spec(args: argparse.Namespace, engine: Engine, table: dict[str, Any] |
         "kind": "image", "width": shape[2], "height": shape[1], "color": color,
         "resize": table.get("resize", "stretch"), "pad": table.get("pad", 0),
         "normalize": ({"mean": table["mean"], "std": table.get("std")} if "mean" in table else
-                      {"scale": table.get("scale", args.scale), "offset": table.get("offset", args.offset)}),
+                      {"scale": table.get("scale", 1.0 / 255.0), "offset": table.get("offset", 0.0)}),
     }}
     try:
         return parse_image_spec(doc)
