@@ -4,10 +4,18 @@ confidence histogram of the converted model; input-statistic histograms)."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from converter.datasets import load_image
+from converter.evaluate import Evaluation
+from edge_infer.gates.quality import assess
+from edge_infer.manifest import SensorInputSpec
+from edge_infer.monitor import channel_means
+from edge_infer.preprocess import model_view
 
 CONFIDENCE_EDGES = [round(x, 2) for x in np.linspace(0.0, 1.0, 11)]
 THRESHOLD_GRID = [round(x, 2) for x in np.arange(0.30, 1.0, 0.01)]
@@ -64,3 +72,36 @@ def drift_reference(predictions: Sequence[str], confidences: np.ndarray, labels:
         edges = [round(float(e), 6) for e in edges]
         doc["inputs"][name] = {"edges": edges, "fractions": histogram(values, edges)}
     return doc
+
+def decision_reference(args: argparse.Namespace, evals: dict[str, Evaluation], examples: list[Any], spec: Any,
+                        labels: list[str], docs: dict[str, dict[str, Any]], report: dict[str, Any]) -> None:
+    """Per variant: recommended per-label thresholds (labelled eval) and the drift reference, into its manifest."""
+    inputs: dict[str, np.ndarray] = {}
+    if isinstance(spec, SensorInputSpec):
+        windows = np.stack([ex.window for ex in examples])
+        inputs = {f"{c}.mean": windows[:, :, i].mean(axis=1) for i, c in enumerate(spec.channels)}
+        inputs |= {f"{c}.std": windows[:, :, i].std(axis=1) for i, c in enumerate(spec.channels)}
+    else:
+        views = [(img, model_view(img, spec)) for img in
+                 (load_image(ex.path, (spec.width, spec.height)) for ex in examples)]
+        qualities = [assess(img, view) for img, view in views]
+        inputs = {m: np.array([getattr(q, m) for q in qualities]) for m in ("brightness", "contrast", "sharpness")}
+        if spec.channels == 3:  # colour casts: the per-channel means, as `channel_means` measures them live
+            means = np.array([channel_means(np.asarray(view)) for _, view in views])
+            inputs |= {f"mean.{c}": means[:, i] for i, c in enumerate("RGB")}
+    report["thresholds"] = {}
+    for mode, ev in evals.items():
+        if args.task != "classification":  # inputs only: the output statistics the monitor follows are classes
+            docs[mode].setdefault("reference", {})["drift"] = drift_reference([], np.zeros(0), [], inputs)
+            continue
+        confidences = ev.scores.max(axis=1)
+        recommended: dict[str, float] = {}
+        if ev.labelled:
+            recommended = recommended_thresholds(ev.predictions, confidences, ev.labels, labels, args.precision,
+                                                 args.threshold)
+            docs[mode]["thresholds"] = {"default": args.threshold, "labels": recommended}
+            report["thresholds"][mode] = recommended
+        uncertain = float(np.mean([c < recommended.get(p, args.threshold)
+                                   for p, c in zip(ev.predictions, confidences, strict=True)]))
+        drift = drift_reference(ev.predictions, confidences, labels, inputs, uncertain)
+        docs[mode].setdefault("reference", {})["drift"] = drift

@@ -1,8 +1,9 @@
 """`edge-convert`: a trained TensorFlow/Keras model → a TFLite bundle the device can run, with a report.
 
-Example:
+Examples:
   edge-convert model.keras --mode int8 --calibration data/train --eval data/test \\
       --labels labels.txt --out digits.tflite --report report.json
+  edge-convert wrap downloaded.tflite --calibration data/train --eval data/test --out model.tflite
 
 This module is the command line; `converter.job` runs the conversion step by step.
 """
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
-    p.add_argument("model", help="SavedModel directory or .keras file")
+    p.add_argument("model", help="SavedModel directory, .keras file, or a .tflite somebody else made to wrap into a "
+                                 "bundle as it is (also: edge-convert wrap MODEL.tflite ...)")
     p.add_argument("--task", choices=TASKS, default="classification",
                    help="what the model does (default classification); detection, regression and raw read their "
                         "outputs as the spec file's [output] table says (see docs/decisions.md)")
@@ -66,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation", choices=OUTPUT_ACTIVATIONS, default="softmax",
                    help="softmax: the model outputs probabilities; logits: the device applies softmax; argmax: "
                         "a segmentation model that outputs class indices")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="default confidence threshold (labels the eval set gives enough evidence for get their own)")
+    p.add_argument("--threshold", type=float,
+                   help="default confidence threshold (0.5, or a wrapped model's metadata threshold; labels the eval "
+                        "set gives enough evidence for get their own)")
     p.add_argument("--precision", type=float, default=0.97,
                    help="a label whose predictions above --threshold were right less often than this on the "
                         "labelled eval set gets a higher threshold of its own (0.97)")
@@ -75,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wrap = bool(argv) and argv[0] == "wrap"
+    args = build_parser().parse_args(argv[1:] if wrap else argv)
+    args.wrap = wrap
     try:
         return run(args)
     except ConvertRefused as exc:

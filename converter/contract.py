@@ -11,6 +11,7 @@ chance, or far below another convention, is refused (exit 3) unless `--force`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,9 @@ def range_name(normalize: dict[str, Any]) -> str:
                                                for k in conv):
             return name
     if "mean" in normalize:
+        mean, std = np.asarray(normalize["mean"], float), np.asarray(normalize["std"], float)
+        if np.ptp(mean) == 0 and np.ptp(std) == 0:  # one value for every channel: a scale and an offset
+            return range_name({"scale": 1.0 / std[0], "offset": -mean[0] / std[0]})
         return f"(pixel − {normalize['mean']}) / {normalize['std']}"
     return f"pixel × {normalize['scale']:.6g} + {normalize['offset']:.6g}"
 
@@ -204,10 +208,12 @@ def check(contract: Contract, top1: dict[str, float], classes: int, where: str) 
                              f"{where}{fix}; fix the input range, or pass --force")
 
 
-def decide(given: Contract | None, first_layer: Any, engine: Engine, spec: ImageInputSpec, labels: list[str],
-           examples: tuple[list[Example] | None, list[Example] | None], classification: bool,
-           force: bool) -> Contract:
-    """The contract for an image model (see the module docstring); `examples` is (eval, calibration)."""
+def decide(given: Contract | None, says: Callable[[np.ndarray], Contract | None], engine: Engine,
+           spec: ImageInputSpec, labels: list[str], examples: tuple[list[Example] | None, list[Example] | None],
+           classification: bool, force: bool) -> Contract:
+    """The contract for an image model (see the module docstring). `says(pixel_mean)` is what the model itself
+    states (its first layer, its metadata; the sample's mean pixel per channel tells a Normalization layer's
+    range); `examples` is (eval, calibration)."""
     eval_examples, calibration = examples
     eval_labelled = [ex for ex in eval_examples or [] if ex.label] if classification else []
     calib_labelled = [ex for ex in calibration or [] if ex.label] if classification else []
@@ -216,7 +222,7 @@ def decide(given: Contract | None, first_layer: Any, engine: Engine, spec: Image
              if sample else "")
     any_images = sample or eval_examples or calibration or []
     views = Views.of(any_images, spec) if any_images else None
-    layer = layer_contract(first_layer, views.pixel_mean() if views else np.full(3, 115.0))
+    layer = says(views.pixel_mean() if views else np.full(3, 115.0))
     if given is not None and layer is not None and given.range != layer.range and not force:
         raise ConvertError(f"{layer.detail}, but {given.detail}: drop them (or pass --force to use them anyway)")
     contract = given or layer

@@ -151,7 +151,7 @@ def over_budget(report: dict[str, Any], budget: float | None) -> dict[str, str]:
     if not evaluation.get("labelled"):
         raise ConvertError("--max-accuracy-drop needs a labelled --eval set (<dir>/<label>/...)")
     out = {}
-    base = evaluation["variants"]["float32"]["accuracy"] * 100
+    base = next(iter(evaluation["variants"].values()))["accuracy"] * 100  # float32 (the first variant)
     for mode, ev in evaluation["variants"].items():
         drop = ev.get("accuracy_drop_points", 0.0)
         if drop > budget:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,14 +19,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from converter.calibrate_decisions import drift_reference, recommended_thresholds
-from converter.contract import Contract, decide, given_contract, with_normalize
+from converter.calibrate_decisions import decision_reference
+from converter.contract import Contract, decide, given_contract, layer_contract, with_normalize
 from converter.convert import CALIBRATED, MODES, ConversionWorker, convert
 from converter.datasets import (
     calibration_tensors,
     list_examples,
     list_windows,
-    load_image,
     quality_reference,
     sensor_reference,
     stratified_sample,
@@ -39,14 +39,12 @@ from converter.source import SourceModel, load_source
 from converter.specs import check_sensor_shape, input_spec, read_labels, say, sensor_spec, spec_output, spec_table
 from converter.target import check_target
 from converter.verify import verify_source
+from converter.wrap import Wrapped, metadata_contract, wrap_plan
 from edge_infer import __version__
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, write_bundle
-from edge_infer.gates.quality import assess
 from edge_infer.golden import GoldenInput, build_golden
 from edge_infer.manifest import LABELLED_TASKS, ImageInputSpec, ManifestError, SensorInputSpec, parse_manifest
 from edge_infer.model import Model
-from edge_infer.monitor import channel_means
-from edge_infer.preprocess import model_view
 from edge_infer.runtime import Engine, RuntimeUnavailable
 from edge_infer.signing import key_id, load_private_key, sign_bundle
 
@@ -67,6 +65,7 @@ class Job:
     output_table: dict[str, Any]
     signing_key: Any = None
     started: float = field(default_factory=time.monotonic)
+    wrapped: Wrapped | None = None  # `edge-convert wrap`: the third-party model as it is
     source: SourceModel | None = None
     contract: Contract | None = None
     spec: ImageInputSpec | SensorInputSpec | None = None
@@ -82,18 +81,31 @@ class Job:
     target: dict[str, Any] | None = None
     paths: dict[str, Path] = field(default_factory=dict)
 
+    @property
+    def base(self) -> str:
+        """The variant the others are compared with: float32, or a wrapped model as it is."""
+        return self.modes[0]
+
     def manifest(self, mode: str, data: bytes) -> dict[str, Any]:
         assert self.spec is not None
-        assert self.source is not None
-        contract = self.contract.to_dict() if self.contract is not None else None
-        return _manifest(self.args, data, self.spec, self.labels, mode, self.source.tf, self.reference,
-                         self.output_table, contract)
+        made_by: dict[str, Any] = {"tool": "edge-convert", "version": __version__}
+        if self.source is not None:
+            made_by["tensorflow"] = self.source.tf.__version__
+        if self.wrapped is not None:
+            made_by |= {"wrapped": str(self.model_path), **({"metadata": self.wrapped.metadata.describe()}
+                                                             if self.wrapped.metadata is not None else {})}
+        if self.contract is not None:
+            made_by["input_contract"] = self.contract.to_dict()
+        return _manifest(self.args, data, self.spec, self.labels, mode, made_by, self.reference, self.output_table)
 
 
 def run(args: argparse.Namespace) -> int:
     """The whole conversion (raises ConvertError with a one-line reason)."""
     job = plan(args)
-    convert_variants(job)
+    if job.wrapped is not None:
+        wrap_variant(job)
+    else:
+        convert_variants(job)
     measure_reference(job)
     describe_variants(job)
     evaluate_variants(job)
@@ -103,8 +115,9 @@ def run(args: argparse.Namespace) -> int:
     return finish(job)
 
 
-def _examples(args: argparse.Namespace, sensor: SensorInputSpec | None) -> tuple[list[str], Any, Any]:
-    """(labels, calibration examples, eval examples) from the flags."""
+def _examples(args: argparse.Namespace, sensor: SensorInputSpec | None,
+              model_labels: tuple[str, ...] | None = None) -> tuple[list[str], Any, Any]:
+    """(labels, calibration examples, eval examples) from the flags (`model_labels`: a wrapped model's own)."""
     if sensor is not None:
         labels = read_labels(args) if args.labels else None
         calibration = list_windows(Path(args.calibration), sensor, labels, "calibration") if args.calibration else None
@@ -114,7 +127,8 @@ def _examples(args: argparse.Namespace, sensor: SensorInputSpec | None) -> tuple
             if not labels:
                 raise ConvertError("no labels: pass --labels FILE or labelled --calibration windows")
     else:
-        labels = read_labels(args) if args.task in LABELLED_TASKS or args.labels else []
+        labels = list(model_labels) if model_labels and not args.labels else \
+            read_labels(args, wrapping=model_labels is not None) if args.task in LABELLED_TASKS or args.labels else []
         calibration = list_examples(Path(args.calibration), "calibration") if args.calibration else None
         eval_examples = list_examples(Path(args.eval), "eval") if args.eval else None
     for examples, what in ((calibration, "calibration"), (eval_examples, "eval")):
@@ -131,6 +145,8 @@ def _check_flags(args: argparse.Namespace, modes: list[str], calibration: Any, e
     if args.task != "classification" and args.max_accuracy_drop is not None:
         raise ConvertError(f"--max-accuracy-drop measures top-1 accuracy: a {args.task} model has none (the report "
                            "compares its outputs with float32's instead)")
+    if args.max_accuracy_drop is not None and not any(ex.label for ex in eval_examples or []):
+        raise ConvertError("--max-accuracy-drop needs a labelled --eval set (<dir>/<label>/...)")
     if args.auto_fallback:
         if "int8" not in modes:
             raise ConvertError(f"--auto-fallback keeps layers in float, which --mode {args.mode} cannot do; "
@@ -139,7 +155,7 @@ def _check_flags(args: argparse.Namespace, modes: list[str], calibration: Any, e
             raise ConvertError("--auto-fallback needs a budget (--max-accuracy-drop) and a labelled --eval set")
     if args.explain and not any(m in CALIBRATED for m in modes):
         raise ConvertError("--explain measures integer quantization: use --mode int8, int8-only, int16x8 or all")
-    if any(m in CALIBRATED for m in modes) and calibration is None:
+    if any(m in CALIBRATED for m in modes) and calibration is None and not args.wrap:
         raise ConvertError(f"--mode {args.mode} needs --calibration (representative images, or windows as .npz/.csv)")
 
 
@@ -158,11 +174,16 @@ def plan(args: argparse.Namespace) -> Job:
         raise ConvertError(f"{out.parent}: output folder does not exist")
     table = spec_table(Path(args.spec)) if args.spec else None
     sensor = sensor_spec(Path(args.spec)) if table and table["kind"] == "sensor" else None
-    labels, calibration, eval_examples = _examples(args, sensor)
-    modes = list(MODES) if args.mode == "all" else list(dict.fromkeys(["float32", args.mode]))
+    wrapped = wrap_plan(args, model_path) if args.wrap or model_path.suffix == ".tflite" else None
+    args.wrap = wrapped is not None
+    if args.threshold is None:
+        args.threshold = wrapped.threshold if wrapped is not None and wrapped.threshold is not None else 0.5
+    labels, calibration, eval_examples = _examples(args, sensor, wrapped.labels if wrapped is not None else None)
+    modes = [wrapped.mode] if wrapped is not None else \
+        list(MODES) if args.mode == "all" else list(dict.fromkeys(["float32", args.mode]))
     _check_flags(args, modes, calibration, eval_examples)
     return Job(args, model_path, out, modes, labels, calibration, eval_examples, table, sensor,
-               spec_output(Path(args.spec)) if args.spec else {}, signing_key)
+               spec_output(Path(args.spec)) if args.spec else {}, signing_key, wrapped=wrapped)
 
 
 def convert_variants(job: Job) -> None:
@@ -176,11 +197,10 @@ def convert_variants(job: Job) -> None:
         say(f"converting {job.model_path} → float32")
         float_bytes = convert(saved, "float32")
         float_engine = Engine(float_bytes)
-        outputs = int(np.prod(float_engine.outputs[0].shape))
-        if args.task == "classification" and outputs != len(job.labels):
-            raise ConvertError(f"model has {outputs} outputs but {len(job.labels)} labels")
-        job.spec = _input_contract(job, float_engine) if job.sensor is None \
-            else check_sensor_shape(job.sensor, float_engine)
+        _check_outputs(job, float_engine)
+        first = job.source.first_layer()
+        job.spec = _input_contract(job, float_engine, lambda mean: layer_contract(first, mean)) \
+            if job.sensor is None else check_sensor_shape(job.sensor, float_engine)
         job.variants = {"float32": float_bytes}
         if any(m in CALIBRATED for m in job.modes):
             job.tensors = _calibration_array(job.calibration, job.spec, args.calibration_samples)
@@ -194,14 +214,33 @@ def convert_variants(job: Job) -> None:
                                                     args.io_type)
 
 
-def _input_contract(job: Job, float_engine: Engine) -> ImageInputSpec:
-    """The image input spec with the normalisation `converter.contract.decide` settles on (said on stderr)."""
+def wrap_variant(job: Job) -> None:
+    """`edge-convert wrap`: the third-party model is the one variant, as it is."""
+    assert job.wrapped is not None
+    engine = job.wrapped.engine
+    _check_outputs(job, engine)
+    if job.sensor is not None:
+        job.spec = check_sensor_shape(job.sensor, engine)
+    else:
+        channels = engine.inputs[0].shape[-1]
+        job.spec = _input_contract(job, engine, lambda _: metadata_contract(job.wrapped.metadata, channels))
+    job.variants = {job.base: job.wrapped.model}
+
+
+def _check_outputs(job: Job, engine: Engine) -> None:
+    outputs = int(np.prod(engine.outputs[0].shape))
+    if job.args.task == "classification" and outputs != len(job.labels):
+        raise ConvertError(f"model has {outputs} outputs but {len(job.labels)} labels")
+
+
+def _input_contract(job: Job, engine: Engine, says: Callable[[np.ndarray], Contract | None]) -> ImageInputSpec:
+    """The image input spec with the normalisation `converter.contract.decide` settles on (said on stderr);
+    `says(pixel_mean)` is what the model itself states (its first layer, its metadata)."""
     args = job.args
-    base = input_spec(args, float_engine, job.spec_table)
-    assert job.source is not None
+    base = input_spec(args, engine, job.spec_table)
     given = given_contract(args.scale, args.offset, job.spec_table, args.spec)
-    job.contract = decide(given, job.source.first_layer(), float_engine, base, job.labels,
-                          (job.eval_examples, job.calibration), args.task == "classification", args.force)
+    job.contract = decide(given, says, engine, base, job.labels, (job.eval_examples, job.calibration),
+                          args.task == "classification", args.force)
     say(f"input contract: {job.contract.range} — {job.contract.detail}")
     return with_normalize(base, job.contract.normalize)
 
@@ -225,7 +264,7 @@ def describe_variants(job: Job) -> None:
     assert job.spec is not None
     job.docs = {mode: job.manifest(mode, data) for mode, data in job.variants.items()}
     try:
-        parse_manifest(job.docs["float32"])
+        parse_manifest(job.docs[job.base])
     except ManifestError as exc:
         raise ConvertError(f"{job.args.spec or 'flags'}: {exc}") from None
     job.report = {"model": str(job.model_path), "mode": job.args.mode, "input": job.spec.to_dict(),
@@ -240,7 +279,7 @@ def describe_variants(job: Job) -> None:
         except RuntimeUnavailable as exc:
             job.unloadable[mode] = f"the converted model does not load: {str(exc).split(' — ', 1)[-1][:400]}"
             job.report["variants"][mode]["error"] = job.unloadable[mode]
-            if mode == "float32":
+            if mode == job.base:
                 raise ConvertError(f"{job.model_path}: {job.unloadable[mode]}") from None
 
 
@@ -250,21 +289,22 @@ def evaluate_variants(job: Job) -> None:
     if job.eval_examples is not None:
         job.evals = {mode: evaluate(in_memory_bundle(job.out, data, job.docs[mode]), job.eval_examples, mode)
                      for mode, data in job.variants.items() if mode not in job.unloadable}
-        baseline = job.evals["float32"]
+        baseline = job.evals[job.base]
         job.report["evaluation"] = {
             "dataset": str(Path(job.args.eval)), "examples": len(job.eval_examples), "labelled": baseline.labelled,
             "runtime": baseline.runtime,
-            "variants": {mode: summarize(ev, len(job.variants[mode]), None if mode == "float32" else baseline,
+            "variants": {mode: summarize(ev, len(job.variants[mode]), None if mode == job.base else baseline,
                                          job.labels) for mode, ev in job.evals.items()},
         }
         if baseline.labelled and job.args.task == "classification" and isinstance(job.spec, ImageInputSpec):
-            assert job.source is not None
-            say("checking the float32 bundle against the source model on the eval set")
-            job.report["evaluation"]["source"] = verify_source(job.source, job.eval_examples, job.spec, job.labels,
-                                                               baseline, job.args.force)
+            say(f"checking the {job.base} bundle" + (" against the source model" if job.source else "")
+                + " on the eval set")
+            checked = verify_source(job.source, job.eval_examples, job.spec, job.labels, baseline, job.args.force)
+            if checked:
+                job.report["evaluation"]["source"] = checked
         for mode in job.variants:
             job.docs[mode]["evaluation"] = job.report["evaluation"]
-        _decision_reference(job.args, job.evals, job.eval_examples, job.spec, job.labels, job.docs, job.report)
+        decision_reference(job.args, job.evals, job.eval_examples, job.spec, job.labels, job.docs, job.report)
     job.over = over_budget(job.report, job.args.max_accuracy_drop)
 
 
@@ -367,10 +407,9 @@ def _manifest(
     spec: ImageInputSpec | SensorInputSpec,
     labels: list[str],
     mode: str,
-    tf: Any,
+    made_by: dict[str, Any],
     reference: dict[str, Any],
     output: dict[str, Any] | None = None,
-    contract: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     model = Path(args.model)
     extra = {"reference": reference} if reference else {}
@@ -385,8 +424,7 @@ def _manifest(
         output={"activation": args.activation, **(output or {})},
         labels=labels,
         thresholds={"default": args.threshold},
-        converter={"tool": "edge-convert", "version": __version__, "tensorflow": tf.__version__,
-                   **({"input_contract": contract} if contract else {})},
+        converter=made_by,
         **extra,
     )
 
@@ -410,37 +448,3 @@ def _calibration_array(examples: Any, spec: Any, limit: int) -> np.ndarray:
     out = [x for x in tqdm(tensors, total=len(chosen), desc="calibration data", unit="input", file=sys.stderr,
                            leave=False, disable=None)]
     return np.stack(out).astype(np.float32)
-
-
-def _decision_reference(args: argparse.Namespace, evals: dict[str, Evaluation], examples: list[Any], spec: Any,
-                        labels: list[str], docs: dict[str, dict[str, Any]], report: dict[str, Any]) -> None:
-    """Per variant: recommended per-label thresholds (labelled eval) and the drift reference, into its manifest."""
-    inputs: dict[str, np.ndarray] = {}
-    if isinstance(spec, SensorInputSpec):
-        windows = np.stack([ex.window for ex in examples])
-        inputs = {f"{c}.mean": windows[:, :, i].mean(axis=1) for i, c in enumerate(spec.channels)}
-        inputs |= {f"{c}.std": windows[:, :, i].std(axis=1) for i, c in enumerate(spec.channels)}
-    else:
-        views = [(img, model_view(img, spec)) for img in
-                 (load_image(ex.path, (spec.width, spec.height)) for ex in examples)]
-        qualities = [assess(img, view) for img, view in views]
-        inputs = {m: np.array([getattr(q, m) for q in qualities]) for m in ("brightness", "contrast", "sharpness")}
-        if spec.channels == 3:  # colour casts: the per-channel means, as `channel_means` measures them live
-            means = np.array([channel_means(np.asarray(view)) for _, view in views])
-            inputs |= {f"mean.{c}": means[:, i] for i, c in enumerate("RGB")}
-    report["thresholds"] = {}
-    for mode, ev in evals.items():
-        if args.task != "classification":  # inputs only: the output statistics the monitor follows are classes
-            docs[mode].setdefault("reference", {})["drift"] = drift_reference([], np.zeros(0), [], inputs)
-            continue
-        confidences = ev.scores.max(axis=1)
-        recommended: dict[str, float] = {}
-        if ev.labelled:
-            recommended = recommended_thresholds(ev.predictions, confidences, ev.labels, labels, args.precision,
-                                                 args.threshold)
-            docs[mode]["thresholds"] = {"default": args.threshold, "labels": recommended}
-            report["thresholds"][mode] = recommended
-        uncertain = float(np.mean([c < recommended.get(p, args.threshold)
-                                   for p, c in zip(ev.predictions, confidences, strict=True)]))
-        drift = drift_reference(ev.predictions, confidences, labels, inputs, uncertain)
-        docs[mode].setdefault("reference", {})["drift"] = drift

@@ -14,7 +14,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> list[Path]:
         written.append(chart)
     evaluation = report.get("evaluation", {})
     variants = evaluation.get("variants", {})
-    float_size = report["variants"]["float32"]["size_bytes"]
+    float_size = next(iter(report["variants"].values()))["size_bytes"]  # float32, or a wrapped model
     over = report.get("refused", {})
     lines = [f"# Conversion report: {Path(report['model']).name}", "", *_contract_lines(report)]
     if chart in written:
@@ -146,7 +146,7 @@ def write_chart(report: dict[str, Any], path: Path) -> bool:
 def print_table(report: dict[str, Any]) -> None:
     """The comparison table: one line per variant."""
     evaluation = report.get("evaluation", {}).get("variants", {})
-    float_size = report["variants"]["float32"]["size_bytes"]
+    float_size = next(iter(report["variants"].values()))["size_bytes"]  # float32, or a wrapped model
     over = report.get("refused", {})
     print(f"{'variant':<10} {'size':>11} {'× f32':>6} {'top-1':>8} {'top-3':>8} {'drop':>7} {'agree':>8} "
           f"{'max|Δ|':>7} {'latency':>9}")

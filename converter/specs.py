@@ -12,24 +12,30 @@ from converter.datasets import folder_labels
 from converter.errors import ConvertError
 from edge_infer.manifest import ImageInputSpec, ManifestError, SensorInputSpec, parse_image_spec, parse_sensor_spec
 from edge_infer.runtime import Engine
+from edge_infer.tflite_metadata import parse_labels
 
 
 def say(msg: str) -> None:
     print(f"edge-convert: {msg}", file=sys.stderr, flush=True)
 
 
-def read_labels(args: argparse.Namespace) -> list[str]:
+def read_labels(args: argparse.Namespace, wrapping: bool = False) -> list[str]:
+    """`--labels` (one per line, or an index-prefixed labelmap: `0 person`); else the calibration folder names —
+    not for a wrapped model, whose output order only its maker knows."""
     if args.labels:
         path = Path(args.labels)
         try:
-            labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except OSError as exc:
-            raise ConvertError(f"{path}: cannot read labels file: {exc.strerror}") from None
+            labels = [label for label in parse_labels(path.read_text(encoding="utf-8")) if label]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConvertError(f"{path}: cannot read labels file: {getattr(exc, 'strerror', None) or exc}") from None
         if not labels:
             raise ConvertError(f"{path}: labels file is empty")
         if len(set(labels)) != len(labels):
             raise ConvertError(f"{path}: labels file repeats a label")
         return labels
+    if wrapping:
+        raise ConvertError("no labels: the model's metadata has no labels file; pass --labels FILE (one label per "
+                           "line in output order, or a labelmap with `0 name` lines)")
     if args.calibration:
         return folder_labels(Path(args.calibration))
     raise ConvertError("no labels: pass --labels FILE or a --calibration folder laid out by label")

@@ -32,9 +32,16 @@ def source_predictions(source: SourceModel, examples: list[Example], spec: Image
         out.extend(labels[i] for i in scores.reshape(len(batch), -1).argmax(axis=1))
 
 
-def verify_source(source: SourceModel, examples: list[Example], spec: ImageInputSpec, labels: list[str],
+def verify_source(source: SourceModel | None, examples: list[Example], spec: ImageInputSpec, labels: list[str],
                   float32: Evaluation, force: bool) -> dict[str, Any]:
-    """Source-model top-1 and its agreement with the float32 bundle; refuses a bundle that lost the model."""
+    """Source-model top-1 and its agreement with the float32 bundle; refuses a bundle that lost the model, or
+    one near chance. Without a source model (a wrapped .tflite) only the chance check applies."""
+    if source is None:
+        if near_chance(float32.accuracy, len(labels)) and not force:
+            raise ConvertRefused(f"the model is near chance on the labelled eval set ({float32.accuracy * 100:.1f}% "
+                                 "top-1): the labels or the input range may not fit it; pass --force to write it "
+                                 "anyway")
+        return {}
     predicted = source_predictions(source, examples, spec, labels)
     truth = [ex.label for ex in examples]
     accuracy = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))

@@ -145,7 +145,7 @@ def _validate_section(path: Path, name: str, table: Any) -> tuple[type, dict[str
             raise ConfigError(f"{path}: {where}: expected one of {choices}, got {value!r}")
         if spec.check and (problem := spec.check(value)):
             raise ConfigError(f"{path}: {where}: {problem}")
-        if spec.is_path:
+        if spec.is_path and isinstance(value, str):
             value = str((path.parent / Path(value).expanduser()).resolve())
         out[key] = value
     return cls, out

@@ -2,12 +2,12 @@
 
 `Model` is also what the converter evaluates bundles with, so a reported accuracy is the accuracy of the code
 that runs on the device. `open_model` also runs a plain `.tflite` nobody here built: the device config's
-`[model.input]` (and optional `[model.output]`, `labels`, `task`) stand in for the manifest.
+`[model.input]` (and optional `[model.output]`, `labels`, `task`) or the model's TFLite Metadata stand in for the
+manifest.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from edge_infer.bundle import Bundle, BundleError, build_manifest_doc, load_bundle
+from edge_infer.bundle import Bundle, BundleError, load_bundle
 from edge_infer.decide import Decision, Thresholds
 from edge_infer.delegates import EngineSettings
-from edge_infer.manifest import ImageInputSpec, Manifest, ManifestError, SensorInputSpec, parse_manifest
+from edge_infer.manifest import ImageInputSpec, SensorInputSpec
+from edge_infer.plain import labels_file, parse_doc, plain_model
 from edge_infer.preprocess import ViewGeometry, image_tensor, model_view, view_geometry, view_tensor, window_tensor
 from edge_infer.runtime import Engine
 from edge_infer.tasks import Context, Task, TaskResult, task_for
@@ -165,15 +166,17 @@ MODEL_OVERRIDES = ("task", "output", "labels")
 def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None,
                 settings: EngineSettings | None = None) -> tuple[Bundle, Engine | None]:
     """Load a bundle, applying the device config's `[model]` overrides (task, output, labels). A plain
-    `.tflite` (no manifest) needs `input` among them; its input size comes from the model itself, so the
-    interpreter built to read it is returned for reuse."""
-    overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, {}, [])}
+    `.tflite` (no manifest) is described by `input` among them or by its own TFLite Metadata (`edge_infer.plain`);
+    the interpreter built to read it is returned for reuse."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v not in (None, {}, [], ())}
+    if isinstance(overrides.get("labels"), str):  # a labels file: one per line, or a `0 name` labelmap
+        overrides["labels"] = list(labels_file(Path(path), overrides["labels"]))
     try:
         bundle = load_bundle(path)
     except BundleError as exc:
-        if "no manifest archive" not in exc.problem:
+        if "no manifest archive" not in exc.problem and "archive has no manifest" not in exc.problem:
             raise
-        return _plain_model(Path(path), overrides, settings)
+        return plain_model(Path(path), overrides, settings)
     if "input" in overrides:
         raise BundleError(path, "[model.input] is for plain .tflite models; this bundle's manifest already says "
                                 "how to preprocess")
@@ -183,40 +186,7 @@ def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None,
     doc.update({k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
     if "output" in overrides:
         doc["output"] = {**bundle.manifest.raw.get("output", {}), **overrides["output"]}
-    return Bundle(bundle.path, bundle.model_bytes, _parse(path, doc, "[model] overrides")), None
-
-
-def _plain_model(path: Path, overrides: dict[str, Any], settings: EngineSettings | None) -> tuple[Bundle, Engine]:
-    if "input" not in overrides:
-        raise BundleError(path, "a plain .tflite model without a manifest: make a bundle with edge-convert, or "
-                                "describe its input in the config's [model.input] table (see docs/decisions.md)")
-    data = path.read_bytes()
-    engine = Engine(data, settings)
-    table = dict(overrides["input"])
-    shape = engine.inputs[0].shape
-    if table.get("kind", "image") == "image":
-        if len(shape) != 4:
-            raise BundleError(path, f"[model.input] kind = \"image\", but the model's input has shape {shape}")
-        table.setdefault("height", shape[1])
-        table.setdefault("width", shape[2])
-        table.setdefault("color", "L" if shape[3] == 1 else "RGB")
-    doc = build_manifest_doc(
-        data,
-        name=path.stem,
-        version=hashlib.sha256(data).hexdigest()[:8],
-        task=overrides.get("task", "raw"),
-        input={"kind": "image", **table},
-        output=overrides.get("output", {}),
-        labels=overrides.get("labels", []),
-    )
-    return Bundle(path, data, _parse(path, doc, "[model.input]")), engine
-
-
-def _parse(path: Path | str, doc: dict[str, Any], where: str) -> Manifest:
-    try:
-        return parse_manifest(doc)
-    except ManifestError as exc:
-        raise BundleError(path, f"{where}: {exc}") from None
+    return Bundle(bundle.path, bundle.model_bytes, parse_doc(path, doc, "[model] overrides")), None
 
 
 def threshold_problem(task: str, threshold: float | None) -> str | None:

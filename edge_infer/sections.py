@@ -46,6 +46,14 @@ def _roi(v: list[Any]) -> str | None:
     return None
 
 
+def _labels(v: list[str] | str) -> str | None:
+    """A list of label names in output order, or a labels file (one per line, or a `0 name` labelmap)."""
+    if isinstance(v, str):
+        return None if v else "expected a labels file path, or a list of label names in output order"
+    return None if v and all(isinstance(x, str) and x for x in v) else \
+        "expected a list of label names in output order, or a labels file path"
+
+
 def _zones(v: list[Any]) -> str | None:
     for zone in v:
         poly = zone.get("polygon") if isinstance(zone, dict) else None
@@ -96,8 +104,7 @@ class ModelConfig:
     task: str | None = opt(None, choices=TASK_NAMES)
     input: Mapping[str, Any] | None = opt(None)
     output: Mapping[str, Any] | None = opt(None)
-    labels: tuple[str, ...] | None = opt(None, check=lambda v: None if v and all(isinstance(x, str) and x for x in v)
-                                         else "expected a list of label names, in output order")
+    labels: tuple[str, ...] | str | None = opt(None, check=_labels, is_path=True)
     zones: tuple[Mapping[str, Any], ...] = opt([], check=_zones)
 
 

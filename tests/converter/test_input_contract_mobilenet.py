@@ -23,7 +23,8 @@ def mobilenet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("mode, floor", [("float32", 0.99), ("int8-only", 0.97)])
 def test_mobilenet_v3_with_built_in_preprocessing_converts_with_no_flag(
         mobilenet: Path, tmp_path: Path, mode: str, floor: float) -> None:
-    proc, report = convert_without_flags(mobilenet, tmp_path / "m.tflite", "--mode", mode)
+    proc, report = convert_without_flags(mobilenet, tmp_path / "m.tflite", "--mode", mode,
+                                         "--calibration-samples", "100")
     assert proc.returncode == 0, proc.stderr[-2000:]
     contract = report["input_contract"]
     assert (contract["range"], contract["determined_by"]) == ("[0, 255]", "model layer"), contract

@@ -123,7 +123,9 @@ def test_regression_band_and_the_same_bundle_as_an_anomaly_score(tmp_path: Path,
         image.save(buf, "PNG")
         (inputs / f"{i:02d}.png").write_bytes(buf.getvalue())
     spec = tmp_path / "spec.toml"
-    spec.write_text('[input]\nkind = "image"\ncolor = "L"\n\n[output]\nnames = ["ink"]\nband = { ink = [0.12, 1.0] }\n')
+    # a regression model with no labels: nothing but the spec can say its input range (edge-convert asks)
+    spec.write_text('[input]\nkind = "image"\ncolor = "L"\nscale = 0.00392156862745098\n\n'
+                    '[output]\nnames = ["ink"]\nband = { ink = [0.12, 1.0] }\n')
     bundle = tmp_path / "ink.tflite"
     proc = edge_convert(str(tmp_path / "ink.keras"), "--task", "regression", "--mode", "int8-only", "--spec",
                         str(spec), "--calibration", str(calibration), "--out", str(bundle))
