@@ -29,12 +29,15 @@ CONVENTIONS: dict[str, dict[str, Any]] = {
     "[-1, 1]": {"scale": 2 / 255, "offset": -1.0},
     "[0, 255]": {"scale": 1.0, "offset": 0.0},
     "ImageNet mean/std": IMAGENET,
+    # Keras applications' "caffe" preprocess_input (ResNet50, VGG): BGR, ImageNet mean subtracted, not scaled
+    "caffe (BGR, mean-subtracted)": {"mean": [103.939, 116.779, 123.68], "std": [1.0, 1.0, 1.0], "color": "BGR"},
 }
 FLAGS = {
     "[0, 1]": "--scale 0.00392157",
     "[-1, 1]": "--scale 0.00784314 --offset -1",
     "[0, 255]": "--scale 1",
     "ImageNet mean/std": "a --spec with mean = [123.675, 116.28, 103.53] and std = [58.395, 57.12, 57.375]",
+    "caffe (BGR, mean-subtracted)": "--color BGR and a --spec with mean = [103.939, 116.779, 123.68], std = [1, 1, 1]",
 }
 ASK = ("pass --scale/--offset (x = pixel × scale + offset: --scale 0.00392157 for [0, 1], --scale 0.00784314 "
        "--offset -1 for [-1, 1], --scale 1 for [0, 255]) or a --spec file with mean/std")
@@ -67,8 +70,9 @@ class Contract:
 def range_name(normalize: dict[str, Any]) -> str:
     """The convention `normalize` is (within rounding), or its formula."""
     for name, conv in CONVENTIONS.items():
-        if set(conv) == set(normalize) and all(np.allclose(conv[k], normalize[k], rtol=1e-3, atol=1e-4)
-                                               for k in conv):
+        if set(conv) == set(normalize) and all(
+                conv[k] == normalize[k] if isinstance(conv[k], str) else
+                np.allclose(conv[k], normalize[k], rtol=1e-3, atol=1e-4) for k in conv):
             return name
     if "mean" in normalize:
         mean, std = np.asarray(normalize["mean"], float), np.asarray(normalize["std"], float)
@@ -158,6 +162,8 @@ class Views:
 
 
 def with_normalize(spec: ImageInputSpec, normalize: dict[str, Any]) -> ImageInputSpec:
+    """`spec` with this normalisation (and the colour order a convention implies, e.g. caffe's BGR)."""
+    spec = dataclasses.replace(spec, color=normalize.get("color", spec.color))
     if "mean" in normalize:
         return dataclasses.replace(spec, mean=tuple(normalize["mean"]), std=tuple(normalize["std"]))
     return dataclasses.replace(spec, scale=normalize["scale"], offset=normalize["offset"], mean=None, std=None)

@@ -241,8 +241,10 @@ def _input_contract(job: Job, engine: Engine, says: Callable[[np.ndarray], Contr
     given = given_contract(args.scale, args.offset, job.spec_table, args.spec)
     job.contract = decide(given, says, engine, base, job.labels, (job.eval_examples, job.calibration),
                           args.task == "classification", args.force)
-    say(f"input contract: {job.contract.range} — {job.contract.detail}")
-    return with_normalize(base, job.contract.normalize)
+    spec = with_normalize(base, job.contract.normalize)
+    say(f"input contract: {spec.width}×{spec.height} {spec.color} ({spec.resize}), {job.contract.range} — "
+        f"{job.contract.detail}")
+    return spec
 
 
 def measure_reference(job: Job) -> None:

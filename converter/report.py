@@ -101,7 +101,9 @@ def _contract_lines(report: dict[str, Any]) -> list[str]:
     contract = report.get("input_contract")
     if not contract:
         return []
-    lines = [f"**Input contract:** {contract['range']} (normalise: `{contract['normalize']}`) — determined by "
+    spec = report["input"]
+    lines = [f"**Input contract:** {spec['width']}×{spec['height']} {spec['color']} ({spec['resize']} resize), "
+             f"{contract['range']} (normalise: `{contract['normalize']}`) — determined by "
              f"{contract['determined_by']}: {contract['detail']}.", ""]
     if contract.get("top1_by_range"):
         lines += ["Float32 top-1 on the labelled sample by input range: " + ", ".join(

@@ -5,10 +5,12 @@ cannot say are refused with the fix, and nothing is written."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.converter.contract_checks import convert_without_flags, device_top1, edge_convert, last_line, source_top1
 from tests.converter.input_models import TRAINED_ON, build
@@ -33,7 +35,7 @@ def test_a_model_converts_with_no_flag_to_a_bundle_that_does_what_the_source_mod
     assert proc.returncode == 0, proc.stderr[-2000:]
     contract = report["input_contract"]
     assert (contract["range"], contract["determined_by"]) == (TRAINED_ON[kind], HOW[kind]), contract
-    assert f"input contract: {TRAINED_ON[kind]}" in proc.stderr
+    assert f"(stretch), {TRAINED_ON[kind]} — " in proc.stderr  # the contract line on stderr
     source, truth = source_top1(kind, root)
     device = device_top1(tmp_path / "m.tflite", root)  # the int8-only bundle (the default mode)
     agreement = float(np.mean(source == device))
@@ -108,3 +110,34 @@ def test_data_and_models_of_the_wrong_kind_are_one_line_errors(models: dict[str,
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "is not an image batch" in last_line(proc) and 'kind = "sensor"' in last_line(proc)
     assert not out.exists()
+
+
+def test_a_caffe_style_model_is_inferred_with_bgr_and_mean_subtraction(tmp_path: Path) -> None:
+    """Keras applications without built-in preprocessing (ResNet50, VGG) expect `preprocess_input`'s "caffe" input:
+    BGR, ImageNet mean subtracted. A colour classifier that reads its channels in that order (no training: the
+    channel with the largest mean-subtracted value wins) is only right on BGR input; the conversion infers it."""
+    import keras
+
+    model = keras.Sequential([keras.Input((24, 24, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax", kernel_initializer="identity",
+                                                 bias_initializer="zeros")])
+    model.save(tmp_path / "colour.keras")
+    labels = ["blue", "green", "red"]  # output order = the model's channel order, B G R
+    rng = np.random.default_rng(7)
+    for split in ("train", "test"):
+        for i in range(60):
+            name = labels[i % 3]
+            rgb = rng.integers(0, 60, 3)
+            rgb["rgb".index(name[0])] = rng.integers(190, 256)
+            pixels = np.clip(rgb + rng.normal(0, 8, (24, 24, 3)), 0, 255).astype(np.uint8)
+            (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels, "RGB").save(tmp_path / split / name / f"{i}.png")
+    (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
+    proc = edge_convert(tmp_path / "colour.keras", "--mode", "float32", "--calibration", tmp_path / "train", "--eval",
+                        tmp_path / "test", "--labels", tmp_path / "labels.txt", "--out", tmp_path / "c.tflite",
+                        "--report", tmp_path / "r.json", "--golden", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["input_contract"]["range"] == "caffe (BGR, mean-subtracted)", report["input_contract"]
+    assert report["input"]["color"] == "BGR"
+    assert report["evaluation"]["variants"]["float32"]["accuracy"] == 1.0
