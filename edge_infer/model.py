@@ -78,6 +78,10 @@ class Model:
         return Model(self.bundle, top_k=rules.top_k, engine=self.engine, zones=rules.zones,
                      thresholds=rules.thresholds)
 
+    def on_engine(self, engine: Engine) -> Model:
+        """This model (bundle and rules) on another interpreter of the same model (see `Engine.twin`)."""
+        return Model(self.bundle, top_k=self.top_k, engine=engine, zones=self.zones, thresholds=self.thresholds)
+
     @property
     def thresholds(self) -> Thresholds:
         return self.rules.thresholds

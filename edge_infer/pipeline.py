@@ -204,11 +204,13 @@ class Pipeline:
         rows = [",".join(repr(float(v)) for v in (t, *row)) for t, row in zip(times, sample.window, strict=False)]
         return ("\n".join([header, *rows]) + "\n").encode()
 
-    def finish(self, prepared: Prepared) -> Outcome:
-        """Back half: inference, postprocessing, the decision and its fallback (the interpreter's thread)."""
+    def finish(self, prepared: Prepared, result: TaskResult | None = None) -> Outcome:
+        """Back half: inference (unless `result` is this input's, from another interpreter of this pipeline's
+        model), postprocessing, the decision and its fallback. Inputs finish one at a time, in input order."""
         if prepared.tensor is None:
             return Outcome(prepared.verdict)
-        result = self.model.run(prepared.tensor, prepared.geometry)
+        if result is None:
+            result = self.model.run(prepared.tensor, prepared.geometry)
         decision = self.model.decide(result)
         policy = self.policy
         first = None

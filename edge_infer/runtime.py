@@ -126,6 +126,10 @@ class Engine:
             [(t.shape, t.dtype.name) for t in self.outputs],
         )
 
+    def twin(self) -> Engine:
+        """Another interpreter of the same model, built the same way (for another thread)."""
+        return Engine(self._model_content, self.settings)
+
     @property
     def interpreter(self) -> Any:
         """The underlying TFLite Interpreter (for benchmarks that compare against raw use)."""

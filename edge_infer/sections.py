@@ -138,10 +138,13 @@ class DriftConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
-    """`[pipeline]`: pipelined (decode and infer in parallel) or sequential."""
+    """`[pipeline]`: pipelined (decode and inference in parallel, on several interpreters) or sequential."""
 
     mode: str = opt("pipelined", choices=("pipelined", "sequential"))
     queue_size: int = opt(4, check=_between(1, 1024))
+    # pipelined: interpreters working on consecutive inputs at once, results committed in input order
+    interpreters: int | str = opt("auto", check=lambda v: None if v == "auto" or (
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 16) else 'expected "auto" or 1 to 16')
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,10 +11,12 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from edge_infer.app import compose, startup
+from edge_infer.app.interpreters import InterpreterPool, interpreter_count, run_in_order
 from edge_infer.app.summary import RunSummary, health_doc, log_start, log_stop
 from edge_infer.bundle import BundleError
 from edge_infer.config import Config, ConfigError, load_config
@@ -74,7 +76,7 @@ class Daemon:
         self.pulled = 0  # inputs the source offered (read or skipped): what back-pressure bounds
         self._notes: list[startup.Note] = []  # announced once the writer runs
         self._last: tuple[Sample, TaskResult, Decision, Identity] | None = None  # for `snapshot`
-        self._handoff: queue.Queue[tuple[Pipeline, Prepared] | None] | None = None
+        self._handoff: queue.Queue[Any] | None = None  # decode → inference (`_run_pipelined`)
         self._last_health = self._last_scan = 0.0
         self._last_trim = self.started_at = time.monotonic()
 
@@ -151,15 +153,22 @@ class Daemon:
         pipeline = self.pipeline
         return self._finish(pipeline, self._timed("decode", pipeline.prepare, sample))
 
-    def _finish(self, pipeline: Pipeline, prepared: Prepared) -> Outcome:
-        """The back half of one input, on the pipeline (model) that prepared it: inference, commit, pacing."""
+    def _finish(self, pipeline: Pipeline, prepared: Prepared,
+                running: Future[TaskResult | None] | None = None) -> Outcome:
+        """The back half of one input, on the pipeline (model) that prepared it: inference (or its result from
+        the interpreter pool, `running`), commit, pacing."""
         started = time.monotonic()
         try:
-            outcome = self._timed("inference", pipeline.finish, prepared)
+            if running is None:
+                outcome = self._timed("inference", pipeline.finish, prepared)
+            else:
+                outcome = pipeline.finish(prepared, self._timed("inference", Future.result, running))
         except Exception as exc:  # a just-promoted model that fails is rolled back; the input runs again
             if self.updater is None or not self.updater.failed(pipeline, exc):
                 raise
             pipeline = self.pipeline
+            if running is not None:  # the pool may be running this model: the rerun gets its own interpreter
+                pipeline = pipeline.replaced(model=pipeline.model.on_engine(pipeline.model.engine.twin()))
             outcome = self._timed("inference", pipeline.finish, pipeline.prepare(prepared.sample))
         busy = time.monotonic() - started
         if self.updater is not None:
@@ -340,36 +349,27 @@ class Daemon:
         self.writer.outbox.close()
 
     def _run_pipelined(self, once: bool) -> None:
-        """Decode and preprocess in one thread while this one runs the interpreter; a bounded queue between
-        them (and the writer's behind) makes the slowest stage set the pace instead of a growing backlog.
-        Order is preserved: one producer, one consumer."""
-        handoff: queue.Queue[tuple[Pipeline, Prepared] | None] = queue.Queue(maxsize=self.cfg.pipeline.queue_size)
-        failure: list[BaseException] = []
+        """Decode and preprocess in one thread while inference runs — on this thread's interpreter, or on a pool
+        of interpreters (`[pipeline] interpreters`) whose results this thread takes back in input order. A
+        bounded queue between the stages (and the writer's behind) makes the slowest stage set the pace instead
+        of a growing backlog."""
+        size = interpreter_count(self.cfg.pipeline.interpreters, self.cfg.model.threads)
+        depth = max(self.cfg.pipeline.queue_size, 2 * size) if size > 1 else self.cfg.pipeline.queue_size
+        self._handoff = queue.Queue(maxsize=depth)
+        pool = InterpreterPool(size) if size > 1 else None
+        log.info("event=pipeline interpreters=%d threads_each=%d queue=%d", size, self.cfg.model.threads, depth)
 
-        def decode_stage() -> None:
-            try:
-                for sample in self.source.samples(self.stop_event, once, self._done):
-                    pipeline = self.pipeline  # once per input: a model swap takes effect between inputs
-                    prepared = self._timed("decode", pipeline.prepare, sample)
-                    while not self.stop_event.is_set():
-                        try:
-                            handoff.put((pipeline, prepared), timeout=0.2)
-                            break
-                        except queue.Full:
-                            continue
-            except BaseException as exc:  # surfaced in the main thread below
-                failure.append(exc)
-            finally:
-                handoff.put(None)
+        def decoded() -> Iterator[tuple[Pipeline, Prepared, Future[TaskResult | None] | None]]:
+            for sample in self.source.samples(self.stop_event, once, self._done):
+                pipeline = self.pipeline  # once per input: a model swap takes effect between inputs
+                prepared = self._timed("decode", pipeline.prepare, sample)
+                yield pipeline, prepared, pool.submit(pipeline, prepared) if pool is not None else None
 
-        thread = threading.Thread(target=decode_stage, name="decode", daemon=True)
-        thread.start()
-        self._handoff = handoff
-        while (item := handoff.get()) is not None:
-            self._finish(*item)
-        thread.join()
-        if failure:
-            raise failure[0]
+        try:
+            run_in_order(decoded(), self._handoff, self.stop_event, lambda item: self._finish(*item))
+        finally:
+            if pool is not None:
+                pool.close()
 
     def _drain(self, timeout: float) -> None:
         """Wait for the sink to empty the outbox; give up early when the broker is unreachable."""

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {kind} | {TRAINED_ON[kind]} | {contract['range']} ({contract['determined_by']}) | "
                   f"{ev['source']['accuracy']:.2%} | {ev['variants']['float32']['accuracy']:.2%} | "
                   f"{ev['variants']['int8-only']['accuracy']:.2%} | exit {old_rc}"
-                  + (f": {old_last.split(': ', 2)[1]}" if old_rc else "") + " |")
+                  + (f": {old_last.split(': ', 2)[-1]}" if old_rc else "") + " |")
     return 0
 
 

@@ -1,5 +1,6 @@
-"""The pipelined path (decode/preprocess in one thread, inference in another, commits in a third) gives
-exactly the sequential path's results in the same order, and a stalled stage holds the others back."""
+"""The pipelined path (decode/preprocess in one thread, inference on one or several interpreters, commits in input
+order) gives exactly the sequential path's results in the same order, and a stalled stage holds the others
+back."""
 
 from __future__ import annotations
 
@@ -36,16 +37,20 @@ def test_pipelined_equals_sequential(tmp_path: Path) -> None:
     (tmp_path / "in" / "camera.jpg").write_bytes(buf.getvalue())
     port = free_port()
     docs = {}
-    for mode in ("sequential", "pipelined"):
-        cfg = write_config(tmp_path / f"{mode}.toml", bundle=DIGITS_INT8, source=tmp_path / "in",
-                           state=tmp_path / mode, port=port)
-        cfg.write_text(cfg.read_text() + f'\n[pipeline]\nmode = "{mode}"\n')
+    runs = {"sequential": 'mode = "sequential"', **{f"pipelined-{n}": f"interpreters = {n}" for n in (1, 2, 3)}}
+    for name, setting in runs.items():
+        cfg = write_config(tmp_path / f"{name}.toml", bundle=DIGITS_INT8, source=tmp_path / "in",
+                           state=tmp_path / name, port=port)
+        cfg.write_text(cfg.read_text() + f"\n[pipeline]\n{setting}\n")
         proc = run_cli("run", "--config", str(cfg), "--once")
         assert proc.returncode == 0, proc.stderr
-        docs[mode] = outbox_docs(tmp_path / mode / "outbox.db")
-    assert len(docs["pipelined"]) == 454
-    assert [comparable(d) for d in docs["pipelined"]] == [comparable(d) for d in docs["sequential"]]
-    camera = next(d for d in docs["pipelined"] if d["input"]["id"] == "camera.jpg")
+        if name != "sequential":
+            assert f"interpreters={name[-1]} " in proc.stderr  # the pool the run used
+        docs[name] = outbox_docs(tmp_path / name / "outbox.db")
+    for name in runs:  # any number of interpreters: the same results, in the same order
+        assert len(docs[name]) == 454, name
+        assert [comparable(d) for d in docs[name]] == [comparable(d) for d in docs["sequential"]], name
+    camera = next(d for d in docs["pipelined-3"] if d["input"]["id"] == "camera.jpg")
     assert camera["result"]["label"] == "7"
 
 
@@ -55,6 +60,7 @@ def test_a_stalled_outbox_holds_the_pipeline_back(tmp_path: Path) -> None:
     make_frames(tmp_path / "in", 300)
     cfg_path = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
                             port=free_port(), outbox="max_batch = 16")
+    cfg_path.write_text(cfg_path.read_text() + "\n[pipeline]\ninterpreters = 2\n")  # hand-off depth 4 anywhere
     daemon = Daemon(load_config(cfg_path))
     blocker = sqlite3.connect(tmp_path / "s" / "outbox.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # e.g. a long-running backup or a person poking at it with sqlite3

@@ -1,0 +1,117 @@
+"""Several interpreters on consecutive inputs at once: the decode thread hands each prepared input to a pool of
+threads, each with its own interpreter of the running model, and the committing thread takes the results back in
+input order — so the order, the debounce state and every counter are exactly what one interpreter would give,
+while the machine's cores all work. TFLite's `invoke()` releases the GIL, so the interpreters really run in
+parallel with each other and with decoding.
+
+The first pool thread uses the pipeline's own interpreter; each other one builds a twin (`Engine.twin`) the first
+time it meets a model, and again only when the model changes (a reload or an update; new rules on the same
+model reuse it). `size` is `[pipeline] interpreters` (see `interpreter_count`)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+from edge_infer.model import Model
+from edge_infer.pipeline import Pipeline, Prepared
+from edge_infer.tasks import TaskResult
+
+T = TypeVar("T")
+
+
+def run_in_order(produced: Iterator[T], handoff: queue.Queue[T | None], stop: threading.Event,
+                 consume: Callable[[T], object]) -> None:
+    """Iterate `produced` in a thread of its own and `consume` each item here, in order, through the bounded
+    `handoff` queue (the producer waits while it is full, and gives up when `stop` is set). An exception in the
+    producer is raised here once the items before it are consumed."""
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for item in produced:
+                while not stop.is_set():
+                    try:
+                        handoff.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as exc:  # surfaced in the consuming thread below
+            failure.append(exc)
+        finally:
+            handoff.put(None)
+
+    thread = threading.Thread(target=produce, name="decode", daemon=True)
+    thread.start()
+    while (item := handoff.get()) is not None:
+        consume(item)
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. systemd's CPUAffinity=), else the count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def interpreter_count(setting: int | str, threads: int = 1, cores: int | None = None) -> int:
+    """`"auto"`: as many interpreters as the usable cores hold at `threads` each ([model] threads), at most 4
+    (beyond that decoding sets the pace, and each interpreter costs its tensor arena in memory); a number is
+    taken as it is."""
+    if setting == "auto":
+        return max(1, min((cores or usable_cores()) // max(threads, 1), 4))
+    return int(setting)
+
+
+class InterpreterPool:
+    """`size` threads, each running inputs on its own interpreter (use as a context manager)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._numbers = itertools.count()
+        self._local = threading.local()
+        self.twins_built = 0
+        self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="interpreter",
+                                            initializer=self._start)
+
+    def __enter__(self) -> InterpreterPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish what is running, drop what has not started."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _start(self) -> None:
+        self._local.number = next(self._numbers)
+        self._local.engines = (None, None)  # (the model's engine, this thread's twin of it)
+
+    def _model(self, model: Model) -> Model:
+        if self._local.number == 0:
+            return model
+        source, twin = self._local.engines
+        if source is not model.engine:
+            twin = model.engine.twin()
+            self._local.engines = (model.engine, twin)
+            self.twins_built += 1
+        return model.on_engine(twin)
+
+    def submit(self, pipeline: Pipeline, prepared: Prepared) -> Future[TaskResult | None]:
+        """This input's result on one of the pool's interpreters (None: the gate rejected it, nothing to run)."""
+        if prepared.tensor is None:
+            done: Future[TaskResult | None] = Future()
+            done.set_result(None)
+            return done
+        model, tensor, geometry = pipeline.model, prepared.tensor, prepared.geometry
+        return self._executor.submit(lambda: self._model(model).run(tensor, geometry))
