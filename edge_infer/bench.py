@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from edge_infer.app.interpreters import interpreter_count, usable_cores
 from edge_infer.bundle import load_bundle
 from edge_infer.config import Config
 from edge_infer.gates.decode import DecodeRejected, decode_image
@@ -86,10 +87,11 @@ def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path) -> dic
     return _rate(daemon.summary.results + daemon.summary.rejected, elapsed)
 
 
-def _naive_rate(cfg: Config, files: list[Path]) -> dict[str, float]:
-    """The loop from the TFLite examples: no draft decoding, no overlap, a fresh PIL pipeline per frame."""
+def _naive_rate(cfg: Config, files: list[Path], threads: int) -> dict[str, float]:
+    """The loop from the TFLite examples: no draft decoding, no overlap, a fresh PIL pipeline per frame, the
+    interpreter on `threads` threads."""
     bundle = load_bundle(cfg.model.bundle)
-    model = Model(bundle, engine_settings(cfg.model))
+    model = Model(bundle, dataclasses.replace(engine_settings(cfg.model), threads=threads))
     interpreter = model.engine.interpreter
     spec, tensor = bundle.manifest.input, model.engine.inputs[0]
     started = time.perf_counter()
@@ -111,9 +113,15 @@ import sys, numpy, PIL.Image, paho.mqtt.client
 from edge_infer.runtime import Engine
 from edge_infer.delegates import EngineSettings
 from edge_infer.bundle import load_bundle
-b = load_bundle(sys.argv[1]); e = Engine(b.model_bytes, EngineSettings(int(sys.argv[2]), sys.argv[3], sys.argv[4]))
-e.run(numpy.zeros(e.inputs[0].shape, e.inputs[0].dtype))
-print([l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1])
+b = load_bundle(sys.argv[1]); s = EngineSettings(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+def rss(): return [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]
+engines = [Engine(b.model_bytes, s)]
+engines[0].run(numpy.zeros(engines[0].inputs[0].shape, engines[0].inputs[0].dtype))
+print(rss())
+x = numpy.zeros(engines[0].inputs[0].shape, engines[0].inputs[0].dtype)
+for _ in range(2):  # what each further interpreter (the pool's twins) costs
+    engines.append(engines[0].twin()); engines[-1].run(x)
+print(rss())
 """
 CHILD_DAEMON = """
 import sys, time
@@ -148,12 +156,14 @@ def _children(cfg: Config, files: list[Path], root: Path) -> dict[str, Any]:
         [sys.executable, "-c", CHILD_DAEMON, str(cfg.path), str(time.time()), str(root / "child"), str(inputs)],
         capture_output=True, text=True, env=env, timeout=600, check=True,
     ).stdout.split()
-    floor_kb, rss_kb = int(floor.stdout.strip().splitlines()[-1]), int(out[out.index("rss") + 1])
+    lines = floor.stdout.strip().splitlines()
+    floor_kb, three_kb, rss_kb = int(lines[-2]), int(lines[-1]), int(out[out.index("rss") + 1])
     return {
         "startup_to_first_result_s": round(float(out[out.index("first") + 1]), 3),
         "rss_mb": round(rss_kb / 1024, 1),
         "rss_floor_mb": round(floor_kb / 1024, 1),
         "rss_ratio": round(rss_kb / floor_kb, 3),
+        "rss_per_extra_interpreter_mb": round((three_kb - floor_kb) / 2 / 1024, 1),
     }
 
 
@@ -165,6 +175,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
     """Measure every stage `rounds` times, interleaved (so a burst of machine noise hits all stages alike),
     and report each stage's median round."""
     files = _images(cfg, frames)
+    cores = usable_cores()
     blobs = [p.read_bytes() for p in files]
     bundle = load_bundle(cfg.model.bundle)
     model = Model(bundle, engine_settings(cfg.model))
@@ -204,27 +215,34 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
             timed("decode_preprocess", lambda: [front_half(d) for d in blobs])
             samples.setdefault("quality_gate", []).append(_rate(len(files), sum(gate_seconds)))
             timed("invoke", lambda: [model.engine.run(t) for t in tensors])
-            samples.setdefault("naive_loop", []).append(_naive_rate(cfg, files))
+            for threads in sorted({1, cores}):
+                samples.setdefault(f"naive_loop_{threads}", []).append(_naive_rate(cfg, files, threads))
             for mode in ("pipelined", "sequential"):
                 samples.setdefault(f"pipeline_{mode}", []).append(_pipeline_rate(cfg, files, mode, root / str(r)))
         children = _children(cfg, files, root)
     stages = {name: _median(results) for name, results in samples.items()}
     invoke, decode_pre, decode = stages["invoke"], stages["decode_preprocess"], stages["decode_gate"]
+    naive_threads = max((k for k in stages if k.startswith("naive_loop_")), key=lambda k: stages[k]["per_s"])
+    stages["naive_loop"] = {**stages[naive_threads], "threads": int(naive_threads.rsplit("_", 1)[1])}
     pipelined, sequential, naive = stages["pipeline_pipelined"], stages["pipeline_sequential"], stages["naive_loop"]
     slowest = min(invoke["per_s"], decode_pre["per_s"])
+    # every core busy with nothing but decoding and single-thread inference: the rate no schedule can beat
+    limit = cores / ((decode_pre["ms"] + invoke["ms"]) / 1000.0) if cfg.model.threads == 1 else None
     frame = Image.open(files[0])
     return {
         "model": {"name": bundle.manifest.name, "sha256": bundle.sha256[:12], "bytes": bundle.manifest.model_size},
         "runtime": model.engine.runtime.to_dict(),
         "threads": cfg.model.threads,
+        "interpreters": interpreter_count(cfg.pipeline.interpreters, cfg.model.threads, cores),
         "frames": len(files),
         "frame_size": f"{frame.width}x{frame.height} {frame.format}",
-        "machine": {"arch": os.uname().machine, "cpus": os.cpu_count()},
+        "machine": {"arch": os.uname().machine, "cpus": os.cpu_count(), "usable_cores": cores},
         "rounds": rounds,
         "stages": stages,
         "ratios": {
             "pipeline_vs_slowest_stage": round(pipelined["per_s"] / slowest, 3),
             "pipeline_vs_naive": round(pipelined["per_s"] / naive["per_s"], 3),
+            "pipeline_vs_cpu_limit": round(pipelined["per_s"] / limit, 3) if limit else None,
             "pipelined_vs_sequential": round(pipelined["per_s"] / sequential["per_s"], 3),
             "decode_gate_share_of_frame": round(decode["ms"] / pipelined["ms"], 3),
             "quality_gate_share_of_frame": round(stages["quality_gate"]["ms"] / pipelined["ms"], 3),
@@ -248,12 +266,16 @@ def print_report(report: dict[str, Any]) -> None:
         "quality_gate": "  of which: image quality gate",
         "pipeline_pipelined": "full pipeline, pipelined (durable outbox)",
         "pipeline_sequential": "full pipeline, sequential",
-        "naive_loop": "naive loop (open→convert→resize→invoke)",
+        "naive_loop": f"naive loop, best of 1/{report['machine']['usable_cores']} threads "
+                      f"({report['stages']['naive_loop']['threads']})",
     }
     for key, label in labels.items():
         stage = report["stages"][key]
         print(f"{label:<44} {stage['per_s']:>10,.1f} {stage['ms']:>10.3f}")
     r = report["ratios"]
+    if r["pipeline_vs_cpu_limit"]:
+        print(f"pipeline / CPU-bound limit          {r['pipeline_vs_cpu_limit']:.2f}  (cores ÷ (decode+preprocess "
+              f"+ single-thread invoke); {report['interpreters']} interpreter(s))")
     print(f"pipeline / slowest stage            {r['pipeline_vs_slowest_stage']:.2f}")
     print(f"pipeline / naive loop               {r['pipeline_vs_naive']:.2f}")
     print(f"pipelined / sequential              {r['pipelined_vs_sequential']:.2f}")
@@ -263,4 +285,4 @@ def print_report(report: dict[str, Any]) -> None:
           f"{report['quality_gate']['rejected']}/{report['frames']} frames rejected)")
     print(f"start-up to first result            {report['startup_to_first_result_s']:.2f} s")
     print(f"steady RSS / floor                  {report['rss_mb']} MB / {report['rss_floor_mb']} MB "
-          f"= {report['rss_ratio']:.2f}")
+          f"= {report['rss_ratio']:.2f}; each further interpreter +{report['rss_per_extra_interpreter_mb']} MB")

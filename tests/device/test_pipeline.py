@@ -10,6 +10,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from edge_infer.app.daemon import Daemon
@@ -84,8 +85,16 @@ def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
     proc = run_cli("bench", "--config", str(demo), "--frames", "30", "--rounds", "1", "--json", timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
+    cores = report["machine"]["usable_cores"]
     assert set(report["stages"]) == {"invoke", "decode_preprocess", "decode_gate", "quality_gate",
-                                     "pipeline_pipelined", "pipeline_sequential", "naive_loop"}
+                                     "pipeline_pipelined", "pipeline_sequential", "naive_loop",
+                                     *{f"naive_loop_{n}" for n in (1, cores)}}
+    naive = report["stages"]["naive_loop"]  # the faster of the naive loop at 1 thread and at one per core
+    assert naive["per_s"] == max(report["stages"][f"naive_loop_{n}"]["per_s"] for n in (1, cores))
+    limit = cores / ((report["stages"]["decode_preprocess"]["ms"] + report["stages"]["invoke"]["ms"]) / 1000)
+    assert report["ratios"]["pipeline_vs_cpu_limit"] == pytest.approx(
+        report["stages"]["pipeline_pipelined"]["per_s"] / limit, rel=0.01)
+    assert report["interpreters"] == min(cores, 4) and report["rss_per_extra_interpreter_mb"] >= 0
     assert report["quality_gate"]["limits"]["source"] == "reference"  # the demo bundle carries its reference
     # the demo folder holds two frames the gate must refuse: out-of-focus.png and lights-off.png
     assert report["quality_gate"]["rejected"] == 2 and 0 < report["ratios"]["quality_gate_share_of_frame"] < 10
