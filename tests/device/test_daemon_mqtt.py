@@ -156,8 +156,10 @@ def test_watch_mode_survives_a_broker_outage_and_stops_cleanly_on_sigterm(tmp_pa
         broker = Mosquitto(tmp_path / "broker", port=port).start()
         try:
             sub = Subscriber(port, "edge/test-pi/#")
-            for i, image in enumerate(images[10:], start=10):
-                shutil.copy(image, source / f"frame-{i:03d}.png")
+            for i, image in enumerate(images[10:], start=10):  # write-then-rename again: the test config's
+                tmp = source / f".{i}.tmp"                          # settle_seconds = 0 would read a half-copy
+                shutil.copy(image, tmp)
+                tmp.rename(source / f"frame-{i:03d}.png")
             assert sub.wait_for(lambda s: len(s.of_kind("results")) >= 20, timeout=60), proc.stderr
             ids = sorted(m.json()["input"]["id"] for m in sub.of_kind("results"))
             assert ids == [f"frame-{i:03d}.png" for i in range(20)]
