@@ -1,7 +1,8 @@
 """One input through the stages: gate → preprocess → infer → postprocess → decide (→ escalate → debounce).
 
-`prepare` (decode, gate, preprocess) is thread-safe and runs in the front thread when pipelined; `finish`
-(inference, decision, fallback) runs in the interpreter's thread, in input order.
+`prepare` (decode, gate, preprocess) is `measure` (stateless: any thread, several at once) then `judge` (the
+gate's and baseline's state: one input at a time, in input order); `finish` (inference unless its result is
+given, decision, fallback) runs in input order.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from edge_infer.decide import DebouncedState, Debouncer, Decision, Thresholds, w
 from edge_infer.gates import Verdict
 from edge_infer.gates.baseline import SceneBaseline
 from edge_infer.gates.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image, standardize
-from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate
+from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate, ImageQuality
 from edge_infer.gates.sensor import SensorGate, SensorLimits
 from edge_infer.manifest import SensorInputSpec
 from edge_infer.model import Model
@@ -49,6 +50,22 @@ def tensor_for(model: Model, sample: Sample, max_pixels: int = DEFAULT_MAX_PIXEL
         return model.window_tensor(sample.window), None
     image = sample_image(sample, max_pixels, min_side, model.draft_size)
     return None if image is None else model.input_for(image)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A sample after the stateless part of the front half (`Pipeline.measure`): decoded, measured and made
+    into a tensor — or a verdict already (it could not be decoded). `Pipeline.judge` makes it `Prepared`."""
+
+    sample: Sample
+    started: float
+    verdict: Verdict | None = None
+    image: Image.Image | None = None
+    pixels: np.ndarray | None = None
+    gray: np.ndarray | None = None
+    quality: ImageQuality | None = None
+    tensor: np.ndarray | None = None
+    geometry: ViewGeometry | None = None
 
 
 @dataclass(frozen=True)
@@ -145,33 +162,51 @@ class Pipeline:
         return new
 
     def prepare(self, sample: Sample) -> Prepared:
-        """Front half: decode gate and preprocessing. Runs in its own thread when pipelined."""
+        """Front half: decode, gate and preprocessing (`measure`, then `judge`). Its own thread when pipelined."""
+        return self.judge(self.measure(sample))
+
+    def measure(self, sample: Sample) -> Measured:
+        """The stateless part of the front half, safe in any thread: decode, the model's view, the gate's
+        metrics, the input tensor (a sensor window waits for `judge`)."""
         started = time.perf_counter()
         if sample.window is not None:
-            return self._prepare_window(sample, started)
+            return Measured(sample, started)
         try:
             image = sample_image(sample, self.max_pixels, self.min_side, self.model.draft_size)
         except DecodeRejected as rejected:
-            return self._rejected(sample, rejected.verdict, started)
+            return Measured(sample, started, rejected.verdict)
         if image is None:
-            verdict = Verdict.reject("unreadable", sample.read_error or "the input could not be read")
-            return Prepared(sample, verdict, None, started)
+            return Measured(sample, started, Verdict.reject("unreadable", sample.read_error or
+                                                            "the input could not be read"))
         view = self.model.view(image)
         pixels = np.asarray(view)  # once, for the gate and the tensor
-        verdict = self.gate.check(image, view, pixels)
+        gray, quality = self.gate.measure(image, view, pixels)
+        geometry = self.model.geometry(image) if self.model.task_impl.needs_geometry else None  # boxes, masks
+        return Measured(sample, started, None, image, pixels, gray, quality, self.model.view_tensor(pixels),
+                        geometry)
+
+    def judge(self, m: Measured) -> Prepared:
+        """The stateful part, one input at a time in input order: the gate's verdict (a stuck camera, the limits),
+        the camera baseline, the rejection capture, the drift statistics."""
+        sample, started = m.sample, m.started
+        if sample.window is not None:
+            return self._prepare_window(sample, started)
+        if m.verdict is not None:
+            return self._rejected(sample, m.verdict, started)
+        assert m.image is not None and m.pixels is not None and m.gray is not None
+        verdict = self.gate.judge(m.gray, m.quality)
         quality = verdict.metrics.get("quality")
         if verdict.ok and quality is not None and self.baseline is not None:
-            departed = self.baseline.check(image, quality.focus)
+            departed = self.baseline.check(m.image, quality.focus)
             verdict = verdict if departed.ok else departed
         if not verdict.ok:
             return self._rejected(sample, verdict, started)
         stats = {} if quality is None else {
             "brightness": quality.brightness, "contrast": quality.contrast, "sharpness": quality.sharpness}
-        if self.colour_stats and pixels.ndim == 3:
-            stats.update(zip(("mean.R", "mean.G", "mean.B"), channel_means(pixels), strict=True))
-        geometry = self.model.geometry(image) if self.model.task_impl.needs_geometry else None  # boxes, masks
-        return Prepared(sample, verdict, self.model.view_tensor(pixels), started, geometry, stats,
-                        image if self.policy.escalate_to is not None else None)
+        if self.colour_stats and m.pixels.ndim == 3:
+            stats.update(zip(("mean.R", "mean.G", "mean.B"), channel_means(m.pixels), strict=True))
+        return Prepared(sample, verdict, m.tensor, started, m.geometry, stats,
+                        m.image if self.policy.escalate_to is not None else None)
 
     def _prepare_window(self, sample: Sample, started: float) -> Prepared:
         assert sample.window is not None and self.sensor_gate is not None

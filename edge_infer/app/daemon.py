@@ -38,7 +38,7 @@ from edge_infer.metrics import LatencyWindow, MetricsServer
 from edge_infer.model import Model
 from edge_infer.monitor import DriftMonitor
 from edge_infer.outbox import EVENTS, Outbox, Pending
-from edge_infer.pipeline import Outcome, Pipeline, Prepared
+from edge_infer.pipeline import Measured, Outcome, Pipeline, Prepared
 from edge_infer.service import Notifier, Progress, Watchdog
 from edge_infer.sinks import Sink
 from edge_infer.sources import Sample, Source
@@ -153,23 +153,28 @@ class Daemon:
         pipeline = self.pipeline
         return self._finish(pipeline, self._timed("decode", pipeline.prepare, sample))
 
-    def _finish(self, pipeline: Pipeline, prepared: Prepared,
-                running: Future[TaskResult | None] | None = None) -> Outcome:
-        """The back half of one input, on the pipeline (model) that prepared it: inference (or its result from
-        the interpreter pool, `running`), commit, pacing."""
+    def _finish(self, pipeline: Pipeline, prepared: Prepared | Sample,
+                lane: Future[tuple[Measured, TaskResult | None]] | None = None) -> Outcome:
+        """The back half of one input, on the pipeline (model) that took it: inference — or, from the pool's
+        `lane`, the measured input and its result, judged here in input order — then commit and pacing."""
         started = time.monotonic()
         try:
-            if running is None:
+            if lane is None:
+                assert isinstance(prepared, Prepared)
                 outcome = self._timed("inference", pipeline.finish, prepared)
             else:
-                outcome = pipeline.finish(prepared, self._timed("inference", Future.result, running))
+                measured, result = self._timed("inference", Future.result, lane)
+                prepared = pipeline.judge(measured)
+                outcome = pipeline.finish(prepared, result)
         except Exception as exc:  # a just-promoted model that fails is rolled back; the input runs again
             if self.updater is None or not self.updater.failed(pipeline, exc):
                 raise
             pipeline = self.pipeline
-            if running is not None:  # the pool may be running this model: the rerun gets its own interpreter
+            if lane is not None:  # the pool may be running this model: the rerun gets its own interpreter
                 pipeline = pipeline.replaced(model=pipeline.model.on_engine(pipeline.model.engine.twin()))
-            outcome = self._timed("inference", pipeline.finish, pipeline.prepare(prepared.sample))
+            sample = prepared.sample if isinstance(prepared, Prepared) else prepared
+            prepared = pipeline.prepare(sample)
+            outcome = self._timed("inference", pipeline.finish, prepared)
         busy = time.monotonic() - started
         if self.updater is not None:
             self.updater.observe(pipeline, prepared.sample, outcome, busy * 1000.0)
@@ -353,17 +358,20 @@ class Daemon:
         of interpreters (`[pipeline] interpreters`) whose results this thread takes back in input order. A
         bounded queue between the stages (and the writer's behind) makes the slowest stage set the pace instead
         of a growing backlog."""
-        size = interpreter_count(self.cfg.pipeline.interpreters, self.cfg.model.threads)
+        size = interpreter_count(self.cfg.pipeline.interpreters, self.cfg.model.threads) \
+            if self.pipeline.model.kind == "image" else 1  # sensor windows: tiny models, nothing to split
         depth = max(self.cfg.pipeline.queue_size, 2 * size) if size > 1 else self.cfg.pipeline.queue_size
         self._handoff = queue.Queue(maxsize=depth)
         pool = InterpreterPool(size) if size > 1 else None
         log.info("event=pipeline interpreters=%d threads_each=%d queue=%d", size, self.cfg.model.threads, depth)
 
-        def decoded() -> Iterator[tuple[Pipeline, Prepared, Future[TaskResult | None] | None]]:
+        def decoded() -> Iterator[tuple[Pipeline, Prepared | Sample, Future[Any] | None]]:
             for sample in self.source.samples(self.stop_event, once, self._done):
                 pipeline = self.pipeline  # once per input: a model swap takes effect between inputs
-                prepared = self._timed("decode", pipeline.prepare, sample)
-                yield pipeline, prepared, pool.submit(pipeline, prepared) if pool is not None else None
+                if pool is not None:
+                    yield pipeline, sample, pool.submit(pipeline, sample)
+                else:
+                    yield pipeline, self._timed("decode", pipeline.prepare, sample), None
 
         try:
             run_in_order(decoded(), self._handoff, self.stop_event, lambda item: self._finish(*item))

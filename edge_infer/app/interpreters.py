@@ -1,8 +1,10 @@
-"""Several interpreters on consecutive inputs at once: the decode thread hands each prepared input to a pool of
-threads, each with its own interpreter of the running model, and the committing thread takes the results back in
-input order — so the order, the debounce state and every counter are exactly what one interpreter would give,
-while the machine's cores all work. TFLite's `invoke()` releases the GIL, so the interpreters really run in
-parallel with each other and with decoding.
+"""Several lanes on consecutive inputs at once: the reading thread hands each input to a pool of threads, each of
+which decodes and measures it (`Pipeline.measure`, stateless) and runs it on its own interpreter of the running
+model; the committing thread takes them back in input order and judges each (`Pipeline.judge`: the stuck-camera
+check, the limits, the camera baseline — the gate's state) before deciding and committing — so the verdicts, the
+results, their order, the debounce state and every counter are exactly what one thread would give, while the
+machine's cores all work. TFLite's `invoke()` and most of decoding release the GIL, so lanes really run in
+parallel. A frame the ordered verdict rejects was run for nothing: rejections are the rare case.
 
 The first pool thread uses the pipeline's own interpreter; each other one builds a twin (`Engine.twin`) the first
 time it meets a model, and again only when the model changes (a reload or an update; new rules on the same
@@ -19,7 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
 from edge_infer.model import Model
-from edge_infer.pipeline import Pipeline, Prepared
+from edge_infer.pipeline import Measured, Pipeline
+from edge_infer.sources import Sample
 from edge_infer.tasks import TaskResult
 
 T = TypeVar("T")
@@ -107,11 +110,13 @@ class InterpreterPool:
             self.twins_built += 1
         return model.on_engine(twin)
 
-    def submit(self, pipeline: Pipeline, prepared: Prepared) -> Future[TaskResult | None]:
-        """This input's result on one of the pool's interpreters (None: the gate rejected it, nothing to run)."""
-        if prepared.tensor is None:
-            done: Future[TaskResult | None] = Future()
-            done.set_result(None)
-            return done
-        model, tensor, geometry = pipeline.model, prepared.tensor, prepared.geometry
-        return self._executor.submit(lambda: self._model(model).run(tensor, geometry))
+    def submit(self, pipeline: Pipeline, sample: Sample) -> Future[tuple[Measured, TaskResult | None]]:
+        """A lane: `pipeline.measure(sample)` and, when it decoded to a tensor, the model's result on this thread's
+        interpreter — before the gate's ordered verdict (`Pipeline.judge`), which may still reject it."""
+        return self._executor.submit(self._lane, pipeline, sample)
+
+    def _lane(self, pipeline: Pipeline, sample: Sample) -> tuple[Measured, TaskResult | None]:
+        measured = pipeline.measure(sample)
+        if measured.tensor is None:
+            return measured, None
+        return measured, self._model(pipeline.model).run(measured.tensor, measured.geometry)

@@ -319,17 +319,24 @@ class ImageGate:
 
     def check(self, decoded: Image.Image, view: Image.Image, pixels: np.ndarray | None = None) -> Verdict:
         """Quality verdict for a decoded frame and its model view (`pixels`: the view as an array, when the
-        caller has it already); cheap: a few tenths of a millisecond at 224²."""
+        caller has it already); cheap: a few tenths of a millisecond at 224². `measure` then `judge`."""
         if not self.enabled and self.frozen is None:
             return Verdict(ok=True)
+        return self.judge(*self.measure(decoded, view, pixels))
+
+    def measure(self, decoded: Image.Image, view: Image.Image,
+                pixels: np.ndarray | None = None) -> tuple[np.ndarray, ImageQuality | None]:
+        """The stateless half, safe in any thread: the measured plane and (gate on) its quality metrics."""
         gray = grey_of(np.asarray(view) if pixels is None else pixels)
+        return gray, assess_grey(decoded, gray, self.roi) if self.enabled else None
+
+    def judge(self, gray: np.ndarray, quality: ImageQuality | None) -> Verdict:
+        """The stateful half — one stream's frames, in order: a stuck camera, then the limits."""
         if self.frozen is not None:
             stuck = self.frozen.check(gray)
             if not stuck.ok:
                 return stuck
-        if not self.enabled:
-            return Verdict(ok=True)
-        return check(assess_grey(decoded, gray, self.roi), self.limits)
+        return Verdict(ok=True) if quality is None else check(quality, self.limits)
 
 
 LIMIT_KEYS = tuple(f.name for f in fields(QualityLimits) if f.name != "source")
