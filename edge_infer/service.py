@@ -57,23 +57,24 @@ class Notifier:
 
 
 class Progress:
-    """Which stages are busy since when. A stage that stays busy past a limit is hung."""
+    """Which stages are busy since when, per thread (several lanes may decode at once). A stage that stays busy
+    past a limit is hung."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic,
                  record: Callable[[str, float], None] | None = None) -> None:
         self._clock = clock
-        self._busy: dict[str, float] = {}
+        self._busy: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
         self._record = record  # each finished stage's duration (for latency percentiles)
 
     def start(self, stage: str) -> None:
         with self._lock:
-            self._busy[stage] = self._clock()
+            self._busy[(stage, threading.get_ident())] = self._clock()
 
     def done(self, stage: str) -> float:
-        """The stage finished; returns how long it took (0 if it was not started)."""
+        """The stage finished (in the thread that started it); returns how long it took (0 if not started)."""
         with self._lock:
-            started = self._busy.pop(stage, None)
+            started = self._busy.pop((stage, threading.get_ident()), None)
         took = 0.0 if started is None else self._clock() - started
         if started is not None and self._record is not None:
             self._record(stage, took)
@@ -86,7 +87,7 @@ class Progress:
             worst = max(self._busy.items(), key=lambda kv: now - kv[1], default=None)
         if worst is None or now - worst[1] <= limit_s:
             return None
-        return worst[0], now - worst[1]
+        return worst[0][0], now - worst[1]
 
 
 class Watchdog(threading.Thread):

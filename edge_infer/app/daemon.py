@@ -362,7 +362,7 @@ class Daemon:
             if self.pipeline.model.kind == "image" else 1  # sensor windows: tiny models, nothing to split
         depth = max(self.cfg.pipeline.queue_size, 2 * size) if size > 1 else self.cfg.pipeline.queue_size
         self._handoff = queue.Queue(maxsize=depth)
-        pool = InterpreterPool(size) if size > 1 else None
+        pool = InterpreterPool(size, self._timed) if size > 1 else None
         log.info("event=pipeline interpreters=%d threads_each=%d queue=%d", size, self.cfg.model.threads, depth)
 
         def decoded() -> Iterator[tuple[Pipeline, Prepared | Sample, Future[Any] | None]]:

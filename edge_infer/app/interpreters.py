@@ -76,10 +76,12 @@ def interpreter_count(setting: int | str, threads: int = 1, cores: int | None = 
 
 
 class InterpreterPool:
-    """`size` threads, each running inputs on its own interpreter (use as a context manager)."""
+    """`size` threads, each measuring inputs and running them on its own interpreter (use as a context
+    manager)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, timed: Callable[[str, Callable[[Sample], Measured], Sample], Measured]) -> None:
         self.size = size
+        self._timed = timed  # the daemon's stage timer: the watchdog sees a hung decode, the metrics its latency
         self._numbers = itertools.count()
         self._local = threading.local()
         self.twins_built = 0
@@ -116,7 +118,7 @@ class InterpreterPool:
         return self._executor.submit(self._lane, pipeline, sample)
 
     def _lane(self, pipeline: Pipeline, sample: Sample) -> tuple[Measured, TaskResult | None]:
-        measured = pipeline.measure(sample)
+        measured = self._timed("decode", pipeline.measure, sample)
         if measured.tensor is None:
             return measured, None
         return measured, self._model(pipeline.model).run(measured.tensor, measured.geometry)
