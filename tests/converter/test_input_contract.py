@@ -78,6 +78,14 @@ def test_labels_that_do_not_fit_the_outputs_are_refused(models: dict[str, Path],
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert "labels" in last_line(proc) and "chance" in last_line(proc)
     assert not out.exists()
+    shuffled.write_text("\n".join(str(d) for d in range(9)) + "\n")  # nine labels for ten outputs
+    nine = tmp_path / "nine"
+    for f in sorted((root / "test").glob("[0-8]/*.png"))[::5]:
+        (nine / f.parent.name).mkdir(parents=True, exist_ok=True)
+        (nine / f.parent.name / f.name).write_bytes(f.read_bytes())
+    proc = edge_convert(root / "model.keras", "--calibration", nine, "--labels", shuffled, "--out", out)
+    assert proc.returncode == 2 and "model has 10 outputs but 9 labels" in last_line(proc), proc.stderr[-1000:]
+    assert not out.exists()
 
 
 def test_with_nothing_to_tell_the_range_it_is_asked_for(models: dict[str, Path], tmp_path: Path) -> None:
