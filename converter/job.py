@@ -128,7 +128,7 @@ def _examples(args: argparse.Namespace, sensor: SensorInputSpec | None,
                 raise ConvertError("no labels: pass --labels FILE or labelled --calibration windows")
     else:
         labels = list(model_labels) if model_labels and not args.labels else \
-            read_labels(args, wrapping=model_labels is not None) if args.task in LABELLED_TASKS or args.labels else []
+            read_labels(args, wrapping=args.wrap) if args.task in LABELLED_TASKS or args.labels else []
         calibration = list_examples(Path(args.calibration), "calibration") if args.calibration else None
         eval_examples = list_examples(Path(args.eval), "eval") if args.eval else None
     for examples, what in ((calibration, "calibration"), (eval_examples, "eval")):
@@ -174,7 +174,7 @@ def plan(args: argparse.Namespace) -> Job:
         raise ConvertError(f"{out.parent}: output folder does not exist")
     table = spec_table(Path(args.spec)) if args.spec else None
     sensor = sensor_spec(Path(args.spec)) if table and table["kind"] == "sensor" else None
-    wrapped = wrap_plan(args, model_path) if args.wrap or model_path.suffix == ".tflite" else None
+    wrapped = wrap_plan(args, model_path) if getattr(args, "wrap", False) or model_path.suffix == ".tflite" else None
     args.wrap = wrapped is not None
     if args.threshold is None:
         args.threshold = wrapped.threshold if wrapped is not None and wrapped.threshold is not None else 0.5

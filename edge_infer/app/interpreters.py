@@ -84,7 +84,6 @@ class InterpreterPool:
         self._timed = timed  # the daemon's stage timer: the watchdog sees a hung decode, the metrics its latency
         self._numbers = itertools.count()
         self._local = threading.local()
-        self.twins_built = 0
         self._executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix="interpreter",
                                             initializer=self._start)
 
@@ -109,7 +108,6 @@ class InterpreterPool:
         if source is not model.engine:
             twin = model.engine.twin()
             self._local.engines = (model.engine, twin)
-            self.twins_built += 1
         return model.on_engine(twin)
 
     def submit(self, pipeline: Pipeline, sample: Sample) -> Future[tuple[Measured, TaskResult | None]]:
