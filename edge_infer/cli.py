@@ -86,6 +86,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     rt = model.engine.runtime
     print(f"runtime  ok: {rt.name} {rt.version}, {cfg.model.threads} thread(s), delegate "
           f"{model.engine.settings.describe()}")
+    if model.engine.fallback_from is not None:  # the accelerator is missing: the service would run on the CPU
+        wanted, why = model.engine.fallback_from
+        print(f"accel    MISSING: {why} — the CPU ({rt.delegate}) runs the model and {wanted.delegate} is retried "
+              "with back-off (delegate_fallback = false makes this an error)")
     problem = _broker_reachable(cfg)
     where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
     if problem is None:

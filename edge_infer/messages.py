@@ -161,6 +161,7 @@ EVENT_SEVERITY = {
     "message_refused": "error",
     "commands_refused": "warning",
     "source_lost": "error",
+    "accelerator_lost": "warning",
     "scene_problem": "warning",
 }
 

@@ -22,7 +22,7 @@ from edge_infer.delegates import EngineSettings
 from edge_infer.manifest import ImageInputSpec, SensorInputSpec
 from edge_infer.plain import labels_file, parse_doc, plain_model
 from edge_infer.preprocess import ViewGeometry, image_tensor, model_view, view_geometry, view_tensor, window_tensor
-from edge_infer.runtime import Engine
+from edge_infer.runtime import Engine, build_engine
 from edge_infer.tasks import Context, Task, TaskResult, task_for
 from edge_infer.tasks.classification import Classification
 from edge_infer.tasks.zones import Zone, zones_from_config
@@ -167,8 +167,8 @@ class Model:
 MODEL_OVERRIDES = ("task", "output", "labels")
 
 
-def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None,
-                settings: EngineSettings | None = None) -> tuple[Bundle, Engine | None]:
+def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None, settings: EngineSettings | None = None,
+                fallback: bool = True) -> tuple[Bundle, Engine | None]:
     """Load a bundle, applying the device config's `[model]` overrides (task, output, labels). A plain
     `.tflite` (no manifest) is described by `input` among them or by its own TFLite Metadata (`edge_infer.plain`);
     the interpreter built to read it is returned for reuse."""
@@ -180,7 +180,7 @@ def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None,
     except BundleError as exc:
         if "no manifest archive" not in exc.problem and "archive has no manifest" not in exc.problem:
             raise
-        return plain_model(Path(path), overrides, settings)
+        return plain_model(Path(path), overrides, settings, fallback)
     if "input" in overrides:
         raise BundleError(path, "[model.input] is for plain .tflite models; this bundle's manifest already says "
                                 "how to preprocess")
@@ -212,7 +212,9 @@ def model_from_config(model_cfg: ModelConfig, bundle_path: str | None = None,
     model)."""
     overrides = {k: getattr(model_cfg, k) for k in (*MODEL_OVERRIDES, "input")} if bundle_path is None else {}
     settings = engine_settings(model_cfg)
-    bundle, engine = open_bundle(bundle_path or model_cfg.bundle, overrides, settings)
+    bundle, engine = open_bundle(bundle_path or model_cfg.bundle, overrides, settings, model_cfg.delegate_fallback)
+    if engine is None:  # an accelerator that cannot load: the CPU runs the model (`engine.fallback_from` says so)
+        engine = build_engine(bundle.model_bytes, settings, model_cfg.delegate_fallback)
     per_label: dict[str, float] = {}
     if bundle_path is None:
         threshold, per_label = model_cfg.threshold, dict(model_cfg.thresholds)

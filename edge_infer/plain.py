@@ -13,7 +13,7 @@ from typing import Any
 from edge_infer.bundle import Bundle, BundleError, build_manifest_doc
 from edge_infer.delegates import EngineSettings
 from edge_infer.manifest import Manifest, ManifestError, parse_manifest
-from edge_infer.runtime import Engine
+from edge_infer.runtime import Engine, build_engine
 from edge_infer.tflite_metadata import MetadataError, ModelMetadata, parse_labels, read_metadata
 
 WHAT_TO_ADD = ("describe its input in the config's [model.input] table (e.g. normalize = { scale = 0.00392157, "
@@ -40,7 +40,8 @@ def labels_file(path: Path, name: str) -> tuple[str, ...]:
     return labels
 
 
-def plain_model(path: Path, overrides: dict[str, Any], settings: EngineSettings | None) -> tuple[Bundle, Engine]:
+def plain_model(path: Path, overrides: dict[str, Any], settings: EngineSettings | None,
+                fallback: bool = True) -> tuple[Bundle, Engine]:
     """The in-memory bundle of a plain model and the interpreter built to read its input shape."""
     data = path.read_bytes()
     try:
@@ -53,7 +54,7 @@ def plain_model(path: Path, overrides: dict[str, Any], settings: EngineSettings 
         what = "no manifest and no TFLite Metadata" if metadata is None else \
             "TFLite Metadata that does not say how to normalise its input"
         raise BundleError(path, f"a plain .tflite model with {what}: {WHAT_TO_ADD}")
-    engine = Engine(data, settings)
+    engine = build_engine(data, settings or EngineSettings(), fallback)
     if "input" in overrides:
         table, where = _config_input(path, dict(overrides["input"]), engine), "[model.input]"
         task, extra = overrides.get("task", "raw"), {}

@@ -8,6 +8,7 @@ accelerator) is the delegate's business (`edge_infer.delegates`), given in one `
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_infer.delegates import DelegateError, EngineSettings, delegate_for
+from edge_infer.delegates import CPU, DEFAULT, DelegateError, EngineSettings, delegate_for
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ RUNTIMES: dict[str, tuple[str, str, str]] = {
 
 class RuntimeUnavailable(Exception):
     """No runtime in the chain could build an interpreter for the model; the message lists why each failed."""
+
+
+class DelegateUnavailable(RuntimeUnavailable):
+    """The configured delegate (an accelerator) cannot load, or cannot take the model; the CPU could."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,14 @@ def _build(name: str, model_content: bytes, settings: EngineSettings) -> tuple[A
         factory = getattr(factory, attr)
     delegate_module = module.lite.experimental if name == "tensorflow" else module  # load_delegate, OpResolverType
     extra = delegate_for(settings.delegate).interpreter_kwargs(delegate_module, settings.delegate_options)
-    interpreter = factory(model_content=model_content, num_threads=settings.threads, **extra)
-    interpreter.allocate_tensors()
+    try:
+        interpreter = factory(model_content=model_content, num_threads=settings.threads, **extra)
+        interpreter.allocate_tensors()
+    except (RuntimeError, ValueError) as exc:
+        if not extra.get("experimental_delegates"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DelegateError(f"the {settings.delegate} delegate loaded but failed on this model: {first}") from None
     version = getattr(importlib.import_module(version_module), "__version__", "unknown")
     return interpreter, RuntimeInfo(name=name, version=str(version), delegate=settings.delegate)
 
@@ -106,13 +117,14 @@ class Engine:
             except ImportError as exc:
                 failures.append(f"{name}: not installed ({exc.name or exc})")
             except DelegateError as exc:  # the same on every runtime: say it once
-                raise RuntimeUnavailable(str(exc)) from None
+                raise DelegateUnavailable(str(exc)) from None
             except Exception as exc:  # a runtime that cannot build this model: try the next one
                 failures.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
         else:
             raise RuntimeUnavailable("no TFLite runtime could load the model — " + "; ".join(failures))
         self._model_content = model_content  # the interpreter may reference this buffer; keep it alive
         self.settings = settings
+        self.fallback_from: tuple[EngineSettings, str] | None = None  # (the wanted settings, why the CPU runs)
         self.threads = settings.threads
         self.inputs = [_tensor_info(d) for d in self._interpreter.get_input_details()]
         self.outputs = [_tensor_info(d) for d in self._interpreter.get_output_details()]
@@ -140,3 +152,17 @@ class Engine:
         self._interpreter.set_tensor(self.inputs[0].index, tensor)
         self._interpreter.invoke()
         return [self._interpreter.get_tensor(t.index) for t in self.outputs]
+
+
+def build_engine(model_content: bytes, settings: EngineSettings, fallback: bool = True) -> Engine:
+    """An interpreter with `settings`; when its accelerator delegate cannot load or take the model and
+    `fallback` is on, one on the CPU (`xnnpack`) instead, which says what it stands in for (`fallback_from`)."""
+    try:
+        return Engine(model_content, settings)
+    except DelegateUnavailable as exc:
+        if not fallback or settings.delegate in CPU:
+            raise
+        engine = Engine(model_content, dataclasses.replace(settings, delegate=DEFAULT, delegate_options={}))
+        engine.fallback_from = (settings, str(exc))
+        log.info("delegate=%s unavailable, fallback=%s error=%r", settings.delegate, DEFAULT, str(exc))
+        return engine

@@ -98,6 +98,8 @@ class ModelConfig:
     runtime: str = opt("auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"))
     delegate: str = opt(DEFAULT_DELEGATE, choices=DELEGATES)
     delegate_options: Mapping[str, Any] = opt({})
+    # an accelerator delegate that cannot load or take the model: run on the CPU and retry it with back-off
+    delegate_fallback: bool = opt(True)
     top_k: int = opt(3, check=_between(1, 1000))
     threshold: float | None = opt(None, check=_between(0.0, 1e12))
     thresholds: Mapping[str, float] = opt({})

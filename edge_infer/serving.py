@@ -30,6 +30,7 @@ from edge_infer.monitor import DriftChange, DriftMonitor, monitor_from_config
 from edge_infer.options import freeze
 from edge_infer.pipeline import Outcome, Pipeline, Policy, tensor_for
 from edge_infer.review import CaptureStore
+from edge_infer.runtime import Engine
 from edge_infer.sections import DriftConfig, ModelConfig
 from edge_infer.slots import Slots
 from edge_infer.sources import Sample
@@ -159,6 +160,12 @@ class Serving:
                 parts["model"] = model
             self.pipeline = self.pipeline.replaced(**parts)
             self.cfg = cfg
+
+    def use_engine(self, engine: Engine) -> None:
+        """Run the same model (same rules) on another interpreter of it from the next input on — the accelerator
+        back after a CPU fallback. Inputs already under way finish on the interpreter they started on."""
+        with self.lock:
+            self.pipeline = self.pipeline.replaced(model=self.pipeline.model.on_engine(engine))
 
     def set_threshold(self, args: dict[str, Any]) -> dict[str, Any]:
         """`set-threshold`: {"threshold": x} and/or {"thresholds": {label: x}}, or {"reset": true}. Applied to the

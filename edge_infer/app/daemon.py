@@ -17,12 +17,15 @@ from typing import Any, TypeVar
 
 from edge_infer.app import compose, startup
 from edge_infer.app.interpreters import InterpreterPool, interpreter_count, run_in_order
+from edge_infer.app.payloads import payload_for
 from edge_infer.app.summary import RunSummary, health_doc, log_start, log_stop
 from edge_infer.bundle import BundleError
 from edge_infer.config import Config, ConfigError, load_config
+from edge_infer.control.accelerator import AcceleratorWatch
 from edge_infer.control.commands import CommandError
 from edge_infer.control.reload import apply_reload
 from edge_infer.decide import Decision
+from edge_infer.delegates import CPU
 from edge_infer.inbox import Inbox
 from edge_infer.memory import trim
 from edge_infer.messages import (
@@ -30,8 +33,6 @@ from edge_infer.messages import (
     event_payload,
     health_payload,
     message_id,
-    rejection_payload,
-    result_payload,
     snapshot_payload,
 )
 from edge_infer.metrics import LatencyWindow, MetricsServer
@@ -114,6 +115,8 @@ class Daemon:
                                    progress=self.progress)
         self.updater = compose.updater(cfg, slots, keys, self.serving, self.add_event, self.latency.summary,
                                        previous)
+        self.accelerator = AcceleratorWatch(self.serving, self._accelerator_changed) \
+            if cfg.model.delegate not in CPU and cfg.model.delegate_fallback else None
         handlers = {"reload": self._reload_command, "snapshot": self.snapshot,
                     "set-threshold": self.serving.set_threshold}
         self.commands = compose.commands(cfg, keys, self.add_event, self.inbox, handlers, self.updater)
@@ -190,21 +193,6 @@ class Daemon:
         finally:
             self.progress.done(stage)
 
-    def _payload(self, sample: Sample, outcome: Outcome, identity: Identity,
-                 msg_id: str) -> tuple[str, Callable[[int], bytes] | None]:
-        """The outbox kind and payload builder of a finished sample (None: counted, not published). The builder
-        must not pin the bytes, the frame or the window."""
-        sample = dataclasses.replace(sample, data=None, image=None, window=None, times=None)
-        result, decision, verdict = outcome.result, outcome.decision, outcome.verdict
-        decided_by = self.escalated_model if decision is not None and decision.path == "escalated" else None
-        if result is not None and decision is not None and decision.action == "publish":
-            return "results", lambda seq: result_payload(identity, seq, msg_id, sample, result, decision,
-                                                         outcome.latency_ms, outcome.state, decided_by)
-        if result is None and self.cfg.gate.publish_rejections:
-            return "rejections", lambda seq: rejection_payload(identity, seq, msg_id, sample, verdict)
-        # suppressed, deferred, or an unpublished rejection: counted and checkpointed, not published
-        return ("results" if result is not None else "rejections"), None
-
     def commit(self, sample: Sample, outcome: Outcome, pipeline: Pipeline | None = None) -> Outcome:
         """Hand a finished sample to the group-commit writer (blocks while its queue is full). Its message names
         the model of the pipeline that produced it (which differs from the current one only around a swap)."""
@@ -218,7 +206,8 @@ class Daemon:
         result, decision = outcome.result, outcome.decision
         if result is not None and decision is not None and self.commands is not None:
             self._last = (sample, result, decision, identity)  # one input kept, for `snapshot`
-        kind, build = self._payload(sample, outcome, identity, msg_id)
+        kind, build = payload_for(sample, outcome, identity, msg_id, self.escalated_model,
+                                  self.cfg.gate.publish_rejections)
         # a live frame is never offered again: no checkpoint (the table would grow by every frame, forever)
         checkpoint = None if self.source.live else (sample.source, sample.key)
         forget = getattr(self.source, "forgets_committed", False)
@@ -251,6 +240,14 @@ class Daemon:
             self.add_event("source_lost", {"source": name, "reason": reason})
         self.sink.set_problem("source", None if up else f"{name}: {reason} (retrying)")
         self.notifier.send(STATUS=self.status_line())
+
+    def _accelerator_changed(self, name: str, details: dict[str, Any]) -> None:
+        """The accelerator went away (the CPU runs the model) or came back: an event, a problem, the status."""
+        log.warning("event=%s %s", name, " ".join(f"{k}={v!r}" for k, v in details.items()))
+        self.add_event(name, details)
+        lost = name == "accelerator_lost"
+        self.sink.set_problem("accelerator", f"{details['delegate']}: {details['error']} (running on the CPU, "
+                                             "retrying)" if lost else None)
 
     def _scene_changed(self, condition: str, started: bool, details: dict[str, Any]) -> None:
         """The camera's baseline says a condition started or ended (the front thread)."""
@@ -358,8 +355,9 @@ class Daemon:
         of interpreters (`[pipeline] interpreters`) whose results this thread takes back in input order. A
         bounded queue between the stages (and the writer's behind) makes the slowest stage set the pace instead
         of a growing backlog."""
+        # sensor windows are tiny models, nothing to split; an accelerator is one device, shared by one interpreter
         size = interpreter_count(self.cfg.pipeline.interpreters, self.cfg.model.threads) \
-            if self.pipeline.model.kind == "image" else 1  # sensor windows: tiny models, nothing to split
+            if self.pipeline.model.kind == "image" and self.cfg.model.delegate in CPU else 1
         depth = max(self.cfg.pipeline.queue_size, 2 * size) if size > 1 else self.cfg.pipeline.queue_size
         self._handoff = queue.Queue(maxsize=depth)
         pool = InterpreterPool(size, self._timed) if size > 1 else None
@@ -408,6 +406,8 @@ class Daemon:
             self.notifier.send(READY=1, STATUS=self.status_line())
         try:
             self._control()
+            if self.accelerator is not None:
+                self.accelerator.turn()
         except Exception:  # commands and updates must never stop health, reloads and the thermal check
             log.exception("event=control_error")
         if time.monotonic() - self._last_trim >= TRIM_INTERVAL_S:

@@ -96,6 +96,7 @@ def health_doc(d: Running, queues: dict[str, int]) -> dict[str, Any]:
         "dropped": getattr(d.source, "dropped", 0),
         **({"source": health.to_dict()} if (health := getattr(d.source, "health", None)) is not None else {}),
         **({"baseline": d.pipeline.baseline.to_dict()} if d.pipeline.baseline is not None else {}),
+        **({"accelerator": watch.to_dict()} if (watch := getattr(d, "accelerator", None)) is not None else {}),
         "published": d.sink.published,
         "backlog": stored_count(d.outbox.path),
         "queues": queues,

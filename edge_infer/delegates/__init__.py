@@ -24,6 +24,7 @@ from edge_infer.registry import Registry
 
 DEFAULT = "xnnpack"
 NAMES = ("xnnpack", "builtin", "reference", "external", "edgetpu")
+CPU = ("xnnpack", "builtin", "reference")  # the rest are accelerators: they can go away, the CPU takes over
 
 
 class DelegateError(ValueError):

@@ -63,9 +63,13 @@ class Backoff:
 
     def wait(self, stop: threading.Event) -> bool:
         """Sleep the next step; True when `stop` was set meanwhile (give up now)."""
+        return stop.wait(self.next_delay())
+
+    def next_delay(self) -> float:
+        """The next wait (for a caller that schedules instead of sleeping), and the step after it doubled."""
         delay = self.step * random.uniform(0.5, 1.0)
         self.step = min(self.step * 2, self.most)
-        return stop.wait(delay)
+        return delay
 
     def reset(self) -> None:
         self.step = self.first

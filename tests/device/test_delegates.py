@@ -73,6 +73,11 @@ def test_check_names_the_delegate_and_refuses_one_that_cannot_load(tmp_path: Pat
     assert ok.returncode == 0, ok.stderr
     assert "delegate builtin" in ok.stdout
     missing = config_with(tmp_path, 'delegate = "edgetpu"')
+    fallback = run_cli("check", "--config", str(missing))  # the service would run: on the CPU, and say so
+    assert fallback.returncode == 0, fallback.stderr
+    assert "accel    MISSING: no Edge TPU: libedgetpu.so.1 cannot be loaded" in fallback.stdout
+    missing.write_text(missing.read_text().replace('delegate = "edgetpu"', 'delegate = "edgetpu"\n'
+                                                   'delegate_fallback = false'))
     bad = run_cli("check", "--config", str(missing))
     assert bad.returncode == 2
     assert "no Edge TPU: libedgetpu.so.1 cannot be loaded" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -1,0 +1,75 @@
+"""An accelerator that is not there: the model runs on the CPU meanwhile (`edge_infer.runtime.build_engine`
+falls back when the configured delegate cannot load or cannot take the model), the delegate is tried again with
+back-off from the housekeeping thread, and when it loads the serving port gets an interpreter on it back.
+Events: `accelerator_lost` (delegate, error, fallback) and `accelerator_restored` (delegate, lost_s); the health
+document's `accelerator` says which one runs now."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from edge_infer.runtime import DelegateUnavailable, Engine
+from edge_infer.serving import Serving
+from edge_infer.sources.health import Backoff
+
+log = logging.getLogger(__name__)
+
+
+class AcceleratorWatch:
+    """Follows the running model's interpreter: lost (CPU fallback) until the delegate loads again."""
+
+    def __init__(self, serving: Serving, event: Callable[[str, dict[str, Any]], None],
+                 clock: Callable[[], float] = time.monotonic, most_s: float = 300.0, first_s: float = 1.0) -> None:
+        self.serving, self._event, self._clock = serving, event, clock
+        self._backoff = Backoff(most_s, first_s)
+        self.lost_since: float | None = None
+        self.error: str | None = None
+        self._next_try = 0.0
+        self.attempts = 0
+        self.check()
+
+    def check(self) -> None:
+        """Notice a fallback in the running model's interpreter (at start, or after a model swap)."""
+        fallback = self.serving.model.engine.fallback_from
+        if fallback is None or self.lost_since is not None:
+            return
+        settings, self.error = fallback
+        self.lost_since = self._clock()
+        self._next_try = self.lost_since + self._backoff.next_delay()
+        self._event("accelerator_lost", {"delegate": settings.delegate, "error": self.error,
+                                         "fallback": self.serving.model.engine.settings.delegate})
+
+    def turn(self) -> None:
+        """Housekeeping: when the next retry is due, try the delegate again; on success swap it in."""
+        self.check()
+        engine = self.serving.model.engine
+        if self.lost_since is None or engine.fallback_from is None or self._clock() < self._next_try:
+            return
+        wanted = engine.fallback_from[0]
+        self.attempts += 1
+        try:
+            restored = Engine(self.serving.model.bundle.model_bytes, wanted)
+        except DelegateUnavailable as exc:
+            self.error = str(exc)
+            self._next_try = self._clock() + self._backoff.next_delay()
+            log.info("event=accelerator_retry delegate=%s attempts=%d error=%r", wanted.delegate, self.attempts,
+                     self.error)
+            return
+        lost_s = self._clock() - self.lost_since
+        self.serving.use_engine(restored)
+        self.lost_since, self.error = None, None
+        self._backoff.reset()
+        self._event("accelerator_restored", {"delegate": wanted.delegate, "lost_s": round(lost_s, 1),
+                                             "attempts": self.attempts})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The health document's `accelerator`: the delegate running now and, while lost, why and since when."""
+        engine = self.serving.model.engine
+        doc: dict[str, Any] = {"delegate": engine.settings.delegate, "lost": self.lost_since is not None}
+        if self.lost_since is not None and engine.fallback_from is not None:
+            doc.update(wanted=engine.fallback_from[0].delegate, error=self.error,
+                       since_s=round(self._clock() - self.lost_since, 1), attempts=self.attempts)
+        return doc
