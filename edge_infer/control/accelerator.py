@@ -46,6 +46,9 @@ class AcceleratorWatch:
         """Housekeeping: when the next retry is due, try the delegate again; on success swap it in."""
         self.check()
         engine = self.serving.model.engine
+        if self.lost_since is not None and engine.fallback_from is None:  # a reload or update brought it back
+            self._restored(engine.settings.delegate)
+            return
         if self.lost_since is None or engine.fallback_from is None or self._clock() < self._next_try:
             return
         wanted = engine.fallback_from[0]
@@ -58,12 +61,17 @@ class AcceleratorWatch:
             log.info("event=accelerator_retry delegate=%s attempts=%d error=%r", wanted.delegate, self.attempts,
                      self.error)
             return
-        lost_s = self._clock() - self.lost_since
         self.serving.use_engine(restored)
+        self._restored(wanted.delegate)
+
+    def _restored(self, delegate: str) -> None:
+        assert self.lost_since is not None
+        lost_s = self._clock() - self.lost_since
         self.lost_since, self.error = None, None
         self._backoff.reset()
-        self._event("accelerator_restored", {"delegate": wanted.delegate, "lost_s": round(lost_s, 1),
+        self._event("accelerator_restored", {"delegate": delegate, "lost_s": round(lost_s, 1),
                                              "attempts": self.attempts})
+        self.attempts = 0
 
     def to_dict(self) -> dict[str, Any]:
         """The health document's `accelerator`: the delegate running now and, while lost, why and since when."""
