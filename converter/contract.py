@@ -42,6 +42,7 @@ FLAGS = {
 ASK = ("pass --scale/--offset (x = pixel × scale + offset: --scale 0.00392157 for [0, 1], --scale 0.00784314 "
        "--offset -1 for [-1, 1], --scale 1 for [0, 255]) or a --spec file with mean/std")
 SAMPLE = 200  # labelled images the conventions are tried on
+TYPICAL_PIXEL_MEAN = np.full(3, 115.0)  # when there are no images to measure: a photograph's usual mean pixel
 WORSE_BY = 0.15  # a given contract this far below another convention's top-1 is refused
 
 
@@ -147,7 +148,7 @@ class Views:
 
     def pixel_mean(self) -> np.ndarray:
         if not self.images:
-            return np.full(3, 115.0)
+            return TYPICAL_PIXEL_MEAN
         stack = np.stack(self.images).astype(np.float64)
         return stack.reshape(-1, 1 if stack.ndim == 3 else stack.shape[-1]).mean(axis=0)
 
@@ -228,7 +229,7 @@ def decide(given: Contract | None, says: Callable[[np.ndarray], Contract | None]
              if sample else "")
     any_images = sample or eval_examples or calibration or []
     views = Views.of(any_images, spec) if any_images else None
-    layer = says(views.pixel_mean() if views else np.full(3, 115.0))
+    layer = says(views.pixel_mean() if views else TYPICAL_PIXEL_MEAN)
     if given is not None and layer is not None and given.range != layer.range and not force:
         raise ConvertError(f"{layer.detail}, but {given.detail}: drop them (or pass --force to use them anyway)")
     contract = given or layer

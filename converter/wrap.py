@@ -7,8 +7,6 @@ thresholds, drift reference, golden inputs, signing — is `converter.job`'s, ex
 from __future__ import annotations
 
 import argparse
-import io
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from converter.errors import ConvertError
 from converter.specs import say
 from edge_infer.bundle import MANIFEST_NAME, TFLITE_IDENTIFIER
 from edge_infer.runtime import Engine, RuntimeUnavailable
-from edge_infer.tflite_metadata import MetadataError, ModelMetadata, read_metadata
+from edge_infer.tflite_metadata import MetadataError, ModelMetadata, appended_archive, read_metadata
 
 
 def read_model(path: Path) -> tuple[bytes, ModelMetadata | None]:
@@ -31,17 +29,13 @@ def read_model(path: Path) -> tuple[bytes, ModelMetadata | None]:
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
         raise ConvertError(f"{path}: not a TFLite model (no TFL3 identifier)")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            if MANIFEST_NAME in zf.namelist():
-                raise ConvertError(f"{path}: already an edge-infer bundle (it has a {MANIFEST_NAME}); the device "
-                                   "runs it as it is")
-            start = min((info.header_offset for info in zf.infolist()), default=len(data))
-    except (zipfile.BadZipFile, OSError, EOFError):
-        start = len(data)
-    try:
+        start, members = appended_archive(data)
         metadata = read_metadata(data)
     except MetadataError as exc:
         raise ConvertError(f"{path}: {exc}; fix or strip the metadata, or pass --spec") from None
+    if MANIFEST_NAME in members:
+        raise ConvertError(f"{path}: already an edge-infer bundle (it has a {MANIFEST_NAME}); the device runs it "
+                           "as it is")
     return data[:start], metadata
 
 

@@ -7,7 +7,8 @@ fields of the two schemas that matter here.
   colour space (`ImageProperties`) and normalisation (`NormalizationOptions`: x = (pixel − mean) / std on 0–255
   pixels); its first output tensor — its labels file (`TENSOR_AXIS_LABELS`) and a recommended score threshold
   (`ScoreThresholdingOptions`);
-- the associated files themselves: a zip archive appended to the model.
+- the associated files themselves: a zip archive appended to the model, held to the bundle format's archive
+  limits (`edge_infer.bundle.check_archive`) before any member is read.
 
 Damaged or hostile metadata is a `MetadataError` with a one-line reason, never a crash.
 """
@@ -19,8 +20,9 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 
+from edge_infer.bundle import BundleError, check_archive
+
 METADATA_NAME = "TFLITE_METADATA"
-MAX_LABELS_BYTES = 4 * 1024 * 1024
 # Union tags and enum values from metadata_schema.fbs
 IMAGE_PROPERTIES = 2
 NORMALIZATION_OPTIONS, SCORE_THRESHOLDING_OPTIONS = 1, 3
@@ -189,7 +191,7 @@ def _model_metadata(model: bytes, root: _Table) -> ModelMetadata:
             options = unit.table(1)
             if unit.scalar(0, "<B", 0) == SCORE_THRESHOLDING_OPTIONS and options is not None:
                 threshold = round(float(options.scalar(0, "<f", 0.0)), 6)
-    files = packed_files(model)
+    _, files = appended_archive(model)
     labels = read_labels_member(model, labels_file) if labels_file and labels_file in files else None
     return ModelMetadata(root.string(0), root.string(2), root.string(4), root.string(5), image, color, mean, std,
                          labels_file, labels, threshold, tuple(files))
@@ -208,23 +210,25 @@ def _normalization(tensor: _Table) -> tuple[tuple[float, ...] | None, tuple[floa
     return None, None
 
 
-def packed_files(model: bytes) -> list[str]:
-    """Names of the files in the zip archive appended to the model (none when it has no archive)."""
+def appended_archive(model: bytes) -> tuple[int, list[str]]:
+    """Where the zip archive appended to the model starts (`len(model)` when there is none) and its members'
+    names; an archive over the bundle format's limits is a `MetadataError`."""
     try:
         with zipfile.ZipFile(io.BytesIO(model)) as zf:
-            return zf.namelist()
+            check_archive(zf, "the model's archive")
+            infos = zf.infolist()
+    except BundleError as exc:
+        raise MetadataError(exc.problem) from None
     except (zipfile.BadZipFile, OSError, EOFError):
-        return []
+        return len(model), []
+    return min((info.header_offset for info in infos), default=len(model)), [info.filename for info in infos]
 
 
 def read_labels_member(model: bytes, name: str) -> tuple[str, ...]:
-    """A labels file packed in the model: one label per line, in output order."""
+    """A labels file packed in the model (see `appended_archive`): one label per line, in output order."""
     try:
         with zipfile.ZipFile(io.BytesIO(model)) as zf:
-            info = zf.getinfo(name)
-            if info.file_size > MAX_LABELS_BYTES:
-                raise MetadataError(f"labels file {name} is {info.file_size} bytes (at most {MAX_LABELS_BYTES})")
-            text = zf.read(info).decode("utf-8")
+            text = zf.read(name).decode("utf-8")
     except (zipfile.BadZipFile, KeyError, OSError, EOFError, UnicodeDecodeError) as exc:
         raise MetadataError(f"labels file {name} cannot be read from the model: {exc}") from None
     return parse_labels(text)
