@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.datasets import load_image
+from converter.datasets import load_region
 from converter.evaluate import Evaluation
 from edge_infer.gates.quality import assess
 from edge_infer.manifest import SensorInputSpec
@@ -83,7 +83,7 @@ def decision_reference(args: argparse.Namespace, evals: dict[str, Evaluation], e
         inputs |= {f"{c}.std": windows[:, :, i].std(axis=1) for i, c in enumerate(spec.channels)}
     else:
         views = [(img, model_view(img, spec)) for img in
-                 (load_image(ex.path, (spec.width, spec.height)) for ex in examples)]
+                 (load_region(ex.path, spec) for ex in examples)]
         qualities = [assess(img, view) for img, view in views]
         inputs = {m: np.array([getattr(q, m) for q in qualities]) for m in ("brightness", "contrast", "sharpness")}
         if spec.channels == 3:  # colour casts: the per-channel means, as `channel_means` measures them live

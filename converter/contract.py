@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from converter.datasets import Example, load_image, stratified_sample
+from converter.datasets import Example, load_region, stratified_sample
 from converter.errors import ConvertError, ConvertRefused
 from edge_infer.manifest import ImageInputSpec
 from edge_infer.preprocess import model_view, normalized_view, to_input_tensor
@@ -143,7 +143,7 @@ class Views:
     @classmethod
     def of(cls, examples: list[Example], spec: ImageInputSpec) -> Views:
         chosen = stratified_sample(examples, SAMPLE)
-        images = [np.asarray(model_view(load_image(ex.path, (spec.width, spec.height)), spec)) for ex in chosen]
+        images = [np.asarray(model_view(load_region(ex.path, spec), spec)) for ex in chosen]
         return cls(spec, images, [ex.label for ex in chosen])
 
     def pixel_mean(self) -> np.ndarray:

@@ -15,7 +15,7 @@ from edge_infer.gates import sensor as sensor_gate
 from edge_infer.gates.decode import DecodeRejected, decode_image
 from edge_infer.gates.quality import assess, reference_stats
 from edge_infer.manifest import ImageInputSpec, SensorInputSpec
-from edge_infer.preprocess import model_view, normalized_image, normalized_window
+from edge_infer.preprocess import draft_size, model_view, normalized_image, normalized_window, region
 from edge_infer.sources.readings import ReadingParser, Windower
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -84,10 +84,20 @@ def load_image(path: Path, draft_size: tuple[int, int] | None = None) -> Image.I
         raise ConvertError(f"{path}: cannot read: {exc.strerror}") from None
 
 
+def load_region(path: Path, spec: ImageInputSpec) -> Image.Image:
+    """`load_image` as the device decodes a frame for this input, then the part the model works on (its
+    `crop`, else the whole image) — what the gate, the view and the tensor are made from."""
+    image = load_image(path, draft_size(spec))
+    try:
+        return region(image, spec)
+    except ValueError as exc:
+        raise ConvertError(f"{path}: {exc}") from None
+
+
 def calibration_tensors(examples: list[Example], spec: ImageInputSpec) -> Iterator[np.ndarray]:
     """The exact float tensors (H, W, C) the device computes from these files."""
     for ex in examples:
-        yield normalized_image(load_image(ex.path, (spec.width, spec.height)), spec)
+        yield normalized_image(load_region(ex.path, spec), spec)
 
 
 def quality_reference(examples: list[Example], spec: ImageInputSpec) -> dict[str, object]:
@@ -95,7 +105,7 @@ def quality_reference(examples: list[Example], spec: ImageInputSpec) -> dict[str
     measured by the gate's own code on the same decoded view (`reference.image_quality` in the manifest)."""
     qualities = []
     for ex in examples:
-        image = load_image(ex.path, (spec.width, spec.height))
+        image = load_region(ex.path, spec)
         qualities.append(assess(image, model_view(image, spec)))
     return reference_stats(qualities)
 

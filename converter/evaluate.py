@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from converter.datasets import Example, load_image
+from converter.datasets import Example, load_region
 from converter.errors import ConvertError
 from edge_infer.bundle import Bundle
 from edge_infer.manifest import ManifestError, parse_manifest
@@ -82,7 +82,7 @@ def evaluate(bundle: Bundle, examples: list[Example], variant: str) -> Evaluatio
         if ex.window is not None:
             tensor = model.window_tensor(ex.window)
         else:
-            tensor = model.prepare(load_image(ex.path, model.draft_size))
+            tensor = model.view_tensor(model.view(load_region(ex.path, model.manifest.input)))  # type: ignore[arg-type]
         started = time.perf_counter()
         if not classification:  # other tasks: compare the dequantized outputs themselves with float32
             outputs = model.engine.run(tensor)

@@ -58,6 +58,7 @@ def input_spec(args: argparse.Namespace, engine: Engine, table: dict[str, Any] |
     doc: dict[str, Any] = {"input": {
         "kind": "image", "width": shape[2], "height": shape[1], "color": color,
         "resize": table.get("resize", "stretch"), "pad": table.get("pad", 0),
+        **({"crop": table["crop"]} if "crop" in table else {}),
         "normalize": ({"mean": table["mean"], "std": table.get("std")} if "mean" in table else
                       {"scale": table.get("scale", 1.0 / 255.0), "offset": table.get("offset", 0.0)}),
     }}
@@ -67,7 +68,7 @@ def input_spec(args: argparse.Namespace, engine: Engine, table: dict[str, Any] |
         raise ConvertError(f"{args.spec or 'flags'}: [input]: {exc}") from None
 
 
-IMAGE_SPEC_KEYS = {"kind", "width", "height", "color", "resize", "pad", "scale", "offset", "mean", "std"}
+IMAGE_SPEC_KEYS = {"kind", "width", "height", "color", "resize", "pad", "crop", "scale", "offset", "mean", "std"}
 SENSOR_SPEC_KEYS = {"kind", "channels", "window", "hop", "sample_rate", "mean", "std", "range_low", "range_high"}
 
 

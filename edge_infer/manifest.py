@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_infer.crop import crop_problem
 from edge_infer.gates.quality import validate_reference
 from edge_infer.tasks.names import LABELLED, NAMES
 
@@ -37,6 +38,7 @@ class ImageInputSpec:
     mean: tuple[float, ...] | None = None  # when set (with std): x = (pixel - mean) / std, per channel
     std: tuple[float, ...] | None = None
     pad: int = 0  # letterbox fill level (0–255)
+    crop: tuple[float, float, float, float] | None = None  # the region cut first (`crop_problem` says how)
 
     @property
     def channels(self) -> int:
@@ -50,6 +52,7 @@ class ImageInputSpec:
             "color": self.color,
             "resize": self.resize,
             **({"pad": self.pad} if self.resize == "letterbox" else {}),
+            **({"crop": list(self.crop)} if self.crop is not None else {}),
             "normalize": ({"mean": list(self.mean), "std": list(self.std or ())} if self.mean is not None
                           else {"scale": self.scale, "offset": self.offset}),
         }
@@ -202,6 +205,9 @@ def parse_image_spec(doc: dict[str, Any]) -> ImageInputSpec:
     height = _get(doc, "input.height", int)
     if width <= 0 or height <= 0:
         raise ManifestError("'input.width'/'input.height': expected positive integers")
+    crop = _get(doc, "input.crop", list, None)
+    if crop is not None and (problem := crop_problem(crop)):
+        raise ManifestError(f"'input.crop': {problem}")
     return ImageInputSpec(
         width=width,
         height=height,
@@ -212,6 +218,7 @@ def parse_image_spec(doc: dict[str, Any]) -> ImageInputSpec:
         mean=mean,
         std=std,
         pad=pad,
+        crop=None if crop is None else tuple(crop),
     )
 
 

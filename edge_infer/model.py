@@ -21,7 +21,16 @@ from edge_infer.decide import Decision, Thresholds
 from edge_infer.delegates import EngineSettings
 from edge_infer.manifest import ImageInputSpec, SensorInputSpec
 from edge_infer.plain import labels_file, parse_doc, plain_model
-from edge_infer.preprocess import ViewGeometry, image_tensor, model_view, view_geometry, view_tensor, window_tensor
+from edge_infer.preprocess import (
+    ViewGeometry,
+    draft_size,
+    image_tensor,
+    model_view,
+    region,
+    view_geometry,
+    view_tensor,
+    window_tensor,
+)
 from edge_infer.runtime import Engine, build_engine
 from edge_infer.tasks import Context, Task, TaskResult, task_for
 from edge_infer.tasks.classification import Classification
@@ -112,33 +121,44 @@ class Model:
     def draft_size(self) -> tuple[int, int] | None:
         """What JPEG draft decoding may reduce a frame to (see `decode_image`)."""
         spec = self.manifest.input
-        return (spec.width, spec.height) if isinstance(spec, ImageInputSpec) else None
+        return draft_size(spec) if isinstance(spec, ImageInputSpec) else None
 
     def window_tensor(self, window: np.ndarray) -> np.ndarray:
         """Sensor window → input tensor (thread-safe)."""
         assert isinstance(self.manifest.input, SensorInputSpec)
         return window_tensor(window, self.manifest.input, self.engine.inputs[0])
 
-    def prepare(self, image: Image.Image) -> np.ndarray:
-        """Decoded image → input tensor (thread-safe: touches no interpreter state)."""
-        return image_tensor(image, self.manifest.input, self.engine.inputs[0])  # type: ignore[arg-type]
+    def region(self, frame: Image.Image) -> Image.Image:
+        """The part of a decoded frame this model works on (its input's `crop`, else the frame); ValueError
+        when the frame does not contain the crop. `view`, `view_tensor` and `geometry` take the region;
+        `prepare`, `input_for` and `classify` take the whole frame."""
+        return region(frame, self.manifest.input)  # type: ignore[arg-type]
+
+    def prepare(self, frame: Image.Image) -> np.ndarray:
+        """Decoded frame → input tensor (thread-safe: touches no interpreter state)."""
+        return image_tensor(self.region(frame), self.manifest.input, self.engine.inputs[0])  # type: ignore[arg-type]
 
     def view(self, image: Image.Image) -> Image.Image:
-        """The decoded image at the model's size and colour (what the quality gate measures)."""
+        """The region at the model's size and colour (what the quality gate measures)."""
         return model_view(image, self.manifest.input)  # type: ignore[arg-type]
 
     def view_tensor(self, view: Image.Image | np.ndarray) -> np.ndarray:
         return view_tensor(view, self.manifest.input, self.engine.inputs[0])  # type: ignore[arg-type]
 
-    def input_for(self, image: Image.Image) -> tuple[np.ndarray, ViewGeometry | None]:
-        """A decoded image → its input tensor and, for detection, where the frame lands in it (thread-safe)."""
-        return self.prepare(image), self.geometry(image) if self.task_impl.needs_geometry else None
+    def input_for(self, frame: Image.Image) -> tuple[np.ndarray, ViewGeometry | None]:
+        """A decoded frame → its input tensor and, for detection, where the frame lands in it (thread-safe)."""
+        image = self.region(frame)
+        tensor = image_tensor(image, self.manifest.input, self.engine.inputs[0])  # type: ignore[arg-type]
+        return tensor, self.geometry(image) if self.task_impl.needs_geometry else None
 
     def geometry(self, image: Image.Image) -> ViewGeometry | None:
-        """Where the frame lands in the model input (detection undoes it); None for sensor models."""
+        """Where the region lands in the model input, and where the region lies in the frame (detection undoes
+        both); None for sensor models."""
         if not isinstance(self.manifest.input, ImageInputSpec):
             return None
-        return view_geometry(image.size, self.manifest.input, image.info.get("source_scale", (1.0, 1.0)))
+        info = image.info
+        return view_geometry(image.size, self.manifest.input, info.get("source_scale", (1.0, 1.0)),
+                             info.get("crop_origin", (0.0, 0.0)), info.get("frame_size"))
 
     def run(self, tensor: np.ndarray, geometry: ViewGeometry | None = None) -> TaskResult:
         """Input tensor → the task's result (call from one thread: the interpreter is not thread-safe)."""
@@ -193,6 +213,15 @@ def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None, setti
     return Bundle(bundle.path, bundle.model_bytes, parse_doc(path, doc, "[model] overrides")), None
 
 
+def with_crop(bundle: Bundle, crop: Sequence[float]) -> Bundle:
+    """The bundle with `[model] crop` in place of its input's own (image models only)."""
+    spec = bundle.manifest.input
+    if not isinstance(spec, ImageInputSpec):
+        raise BundleError(bundle.path, "[model].crop is for image models; this one reads sensor windows")
+    manifest = replace(bundle.manifest, input=replace(spec, crop=tuple(crop)))
+    return Bundle(bundle.path, bundle.model_bytes, manifest)
+
+
 def threshold_problem(task: str, threshold: float | None) -> str | None:
     """Why `[model].threshold` does not fit the task (only anomaly scores have a scale of their own)."""
     if threshold is not None and threshold > 1.0 and task != "anomaly":
@@ -216,6 +245,8 @@ def model_from_config(model_cfg: ModelConfig, bundle_path: str | None = None,
     if engine is None:  # an accelerator that cannot load: the CPU runs the model (`engine.fallback_from` says so)
         engine = build_engine(bundle.model_bytes, settings, model_cfg.delegate_fallback)
     per_label: dict[str, float] = {}
+    if bundle_path is None and model_cfg.crop is not None:
+        bundle = with_crop(bundle, model_cfg.crop)
     if bundle_path is None:
         threshold, per_label = model_cfg.threshold, dict(model_cfg.thresholds)
         if problem := threshold_problem(bundle.manifest.task, threshold):

@@ -17,7 +17,7 @@ from PIL import Image
 
 from edge_infer.decide import DebouncedState, Debouncer, Decision, Thresholds, with_fallback
 from edge_infer.gates import Verdict
-from edge_infer.gates.baseline import SceneBaseline
+from edge_infer.gates.baseline import Features, SceneBaseline, features
 from edge_infer.gates.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, DecodeRejected, decode_image, standardize
 from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate, ImageQuality
 from edge_infer.gates.sensor import SensorGate, SensorLimits
@@ -66,6 +66,8 @@ class Measured:
     quality: ImageQuality | None = None
     tensor: np.ndarray | None = None
     geometry: ViewGeometry | None = None
+    scene: Features | None = None  # what the camera baseline compares (baseline on, gate on)
+    frame: Image.Image | None = None  # the whole decoded frame (`image` is the model's region of it)
 
 
 @dataclass(frozen=True)
@@ -172,18 +174,23 @@ class Pipeline:
         if sample.window is not None:
             return Measured(sample, started)
         try:
-            image = sample_image(sample, self.max_pixels, self.min_side, self.model.draft_size)
+            frame = sample_image(sample, self.max_pixels, self.min_side, self.model.draft_size)
         except DecodeRejected as rejected:
             return Measured(sample, started, rejected.verdict)
-        if image is None:
+        if frame is None:
             return Measured(sample, started, Verdict.reject("unreadable", sample.read_error or
                                                             "the input could not be read"))
+        try:
+            image = self.model.region(frame)  # `crop`: the gate, the view and the baseline see only the region
+        except ValueError as exc:
+            return Measured(sample, started, Verdict.reject("too_small", str(exc)))
         view = self.model.view(image)
         pixels = np.asarray(view)  # once, for the gate and the tensor
-        gray, quality = self.gate.measure(image, view, pixels)
+        gray, quality, plane = self.gate.measure(image, view, pixels)
+        scene = features(image, quality.focus, plane) if self.baseline is not None and quality is not None else None
         geometry = self.model.geometry(image) if self.model.task_impl.needs_geometry else None  # boxes, masks
         return Measured(sample, started, None, image, pixels, gray, quality, self.model.view_tensor(pixels),
-                        geometry)
+                        geometry, scene, frame)
 
     def judge(self, m: Measured) -> Prepared:
         """The stateful part, one input at a time in input order: the gate's verdict (a stuck camera, the limits),
@@ -196,8 +203,8 @@ class Pipeline:
         assert m.image is not None and m.pixels is not None and m.gray is not None
         verdict = self.gate.judge(m.gray, m.quality)
         quality = verdict.metrics.get("quality")
-        if verdict.ok and quality is not None and self.baseline is not None:
-            departed = self.baseline.check(m.image, quality.focus)
+        if verdict.ok and m.scene is not None and self.baseline is not None:
+            departed = self.baseline.judge(m.scene)
             verdict = verdict if departed.ok else departed
         if not verdict.ok:
             return self._rejected(sample, verdict, started)
@@ -206,7 +213,7 @@ class Pipeline:
         if self.colour_stats and m.pixels.ndim == 3:
             stats.update(zip(("mean.R", "mean.G", "mean.B"), channel_means(m.pixels), strict=True))
         return Prepared(sample, verdict, m.tensor, started, m.geometry, stats,
-                        m.image if self.policy.escalate_to is not None else None)
+                        m.frame if self.policy.escalate_to is not None else None)
 
     def _prepare_window(self, sample: Sample, started: float) -> Prepared:
         assert sample.window is not None and self.sensor_gate is not None

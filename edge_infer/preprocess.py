@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from edge_infer.crop import crop_box
 from edge_infer.manifest import ImageInputSpec, SensorInputSpec
 from edge_infer.runtime import TensorInfo
 
@@ -23,17 +24,45 @@ class ViewGeometry:
     offset_y: float
     width: int  # source frame size, in original pixels
     height: int
+    origin_x: float = 0.0  # where the region the model saw starts in the source frame (`[model] crop`)
+    origin_y: float = 0.0
 
     def to_source(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Model-input pixel coordinates → source-frame pixel coordinates (clipped to the frame)."""
-        return (np.clip((x - self.offset_x) / self.scale_x, 0, self.width),
-                np.clip((y - self.offset_y) / self.scale_y, 0, self.height))
+        return (np.clip((x - self.offset_x) / self.scale_x + self.origin_x, 0, self.width),
+                np.clip((y - self.offset_y) / self.scale_y + self.origin_y, 0, self.height))
 
 
-def view_geometry(size: tuple[int, int], spec: ImageInputSpec,
-                  source_scale: tuple[float, float] = (1.0, 1.0)) -> ViewGeometry:
-    """The placement `model_view` gives a decoded frame of `size` (w, h): the single source of truth for both
-    the resize and undoing it (detection boxes in source coordinates)."""
+def region(image: Image.Image, spec: ImageInputSpec) -> Image.Image:
+    """The part of a decoded frame the model works on: the whole frame, or its `crop` — which then carries
+    where it lies in the frame (`crop_origin`, original pixels) and the frame's size (`frame_size`), for
+    `view_geometry`. Everything downstream (the gate, the view, the tensor, the baseline) sees only the region."""
+    if spec.crop is None:
+        return image
+    scale = image.info.get("source_scale", (1.0, 1.0))
+    box = crop_box(image.size, spec.crop, scale)
+    cut = image.crop(box)
+    cut.info.update(source_scale=scale, crop_origin=(box[0] * scale[0], box[1] * scale[1]),
+                    frame_size=(round(image.width * scale[0]), round(image.height * scale[1])))
+    return cut
+
+
+def draft_size(spec: ImageInputSpec) -> tuple[int, int] | None:
+    """What JPEG draft decoding may reduce a frame to for this model (see `decode_image`): its input size, or
+    what keeps a fractional crop at least that large; None (full decode) for a crop in pixels."""
+    if spec.crop is None:
+        return spec.width, spec.height
+    if all(isinstance(v, int) for v in spec.crop):
+        return None
+    x0, y0, x1, y1 = spec.crop
+    return round(spec.width / (x1 - x0)), round(spec.height / (y1 - y0))
+
+
+def view_geometry(size: tuple[int, int], spec: ImageInputSpec, source_scale: tuple[float, float] = (1.0, 1.0),
+                  origin: tuple[float, float] = (0.0, 0.0), frame_size: tuple[int, int] | None = None) -> ViewGeometry:
+    """The placement `model_view` gives a decoded frame (or `region`) of `size` (w, h): the single source of
+    truth for both the resize and undoing it (detection boxes in source coordinates). A region says where it
+    lies in the frame (`origin`, original pixels) and the frame's size."""
     w, h = size
     sx, sy = source_scale
     if spec.resize == "stretch" or (w, h) == (spec.width, spec.height):
@@ -47,7 +76,8 @@ def view_geometry(size: tuple[int, int], spec: ImageInputSpec,
         inner_w, inner_h = max(1, round(w * k)), max(1, round(h * k))
         kx, ky = inner_w / w, inner_h / h
         ox, oy = float((spec.width - inner_w) // 2), float((spec.height - inner_h) // 2)
-    return ViewGeometry(kx / sx, ky / sy, ox, oy, round(w * sx), round(h * sy))
+    fw, fh = frame_size or (round(w * sx), round(h * sy))
+    return ViewGeometry(kx / sx, ky / sy, ox, oy, fw, fh, *origin)
 
 
 def model_view(image: Image.Image, spec: ImageInputSpec) -> Image.Image:

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from edge_infer.crop import crop_problem
 from edge_infer.delegates import DEFAULT as DEFAULT_DELEGATE
 from edge_infer.delegates import NAMES as DELEGATES
 from edge_infer.options import Check, opt
@@ -108,6 +109,9 @@ class ModelConfig:
     output: Mapping[str, Any] | None = opt(None)
     labels: tuple[str, ...] | str | None = opt(None, check=_labels, is_path=True)
     zones: tuple[Mapping[str, Any], ...] = opt([], check=_zones)
+    # the region of the frame the model works on, cut before the gate and preprocessing: [x0, y0, x1, y1] as
+    # fractions (0.0–1.0) or pixels (whole numbers); the bundle's own `input.crop` when not set
+    crop: tuple[float, float, float, float] | None = opt(None, check=crop_problem)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,10 +36,11 @@ import numpy as np
 from PIL import Image
 
 from edge_infer.gates import Verdict
+from edge_infer.gates.quality import FOCUS_SIDE, focus_plane
 
 log = logging.getLogger(__name__)
 VERSION = 1
-SIDE = 160  # the frame is looked at box-reduced to this long side (as `focus` is)
+SIDE = FOCUS_SIDE  # the frame is looked at box-reduced to this long side: the plane `focus` is measured on
 THUMB = (32, 24)
 BLOCK = 8
 FLAT_STD = 2.0  # a block flatter than this (grey levels) is featureless
@@ -58,15 +59,16 @@ class Features:
     signature: np.ndarray  # THUMB, zero mean, unit norm
 
 
-def features(decoded: Image.Image, focus: float) -> Features:
-    """What the baseline compares, from the decoded frame (and its `focus`, measured by the quality gate)."""
-    plane = decoded if decoded.mode == "L" else decoded.getchannel("G")
-    factor = -(-max(plane.size) // SIDE)
-    small = plane.reduce(factor) if factor > 1 else plane
-    g = np.asarray(small, np.float32)
+def features(decoded: Image.Image, focus: float, plane: np.ndarray | None = None) -> Features:
+    """What the baseline compares, from the decoded frame (and its `focus`, measured by the quality gate;
+    `plane`: the whole frame's `focus_plane` when the gate has it already). Stateless: any thread."""
+    small = focus_plane(decoded) if plane is None else plane
+    g = small.astype(np.float32)
     h, w = (g.shape[0] // BLOCK) * BLOCK, (g.shape[1] // BLOCK) * BLOCK
-    blocks = g[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).std(axis=(1, 3))
-    thumb = np.asarray(small.resize(THUMB, Image.Resampling.BOX), np.float32).ravel()
+    tiles = g[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).transpose(0, 2, 1, 3)
+    tiles = tiles.reshape(h // BLOCK, w // BLOCK, BLOCK * BLOCK)
+    blocks = np.sqrt(np.square(tiles - tiles.mean(axis=2, keepdims=True)).mean(axis=2))
+    thumb = np.asarray(Image.fromarray(small).resize(THUMB, Image.Resampling.BOX), np.float32).ravel()
     thumb -= thumb.mean()
     norm = float(np.linalg.norm(thumb))
     return Features(focus, float(g.std()), float(g.mean()), blocks, thumb / norm if norm > 1e-6 else thumb)
@@ -94,7 +96,10 @@ class SceneBaseline:
 
     def check(self, decoded: Image.Image, focus: float) -> Verdict:
         """The verdict on a frame the quality checks accepted; learns from it when it is accepted here too."""
-        f = features(decoded, focus)
+        return self.judge(features(decoded, focus))
+
+    def judge(self, f: Features) -> Verdict:
+        """`check` for a frame whose `features` were taken already (in a lane: that part is stateless)."""
         if not self.ready:
             self._learn(f)
             return Verdict(ok=True)

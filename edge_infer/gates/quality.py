@@ -91,29 +91,46 @@ def assess(decoded: Image.Image, view: Image.Image, roi: Sequence[float] | None 
     return assess_grey(decoded, grey_of(np.asarray(view)), roi)
 
 
-def assess_grey(decoded: Image.Image, grey: np.ndarray, roi: Sequence[float] | None = None) -> ImageQuality:
-    """`assess` for a caller that already has the view's measured plane (`grey_of`)."""
-    return replace(measure(crop_roi(grey, roi), native_noise(decoded, roi)), focus=native_focus(decoded, roi))
+def assess_grey(decoded: Image.Image, grey: np.ndarray, roi: Sequence[float] | None = None,
+                plane: np.ndarray | None = None) -> ImageQuality:
+    """`assess` for a caller that already has the view's measured plane (`grey_of`) and, optionally, the
+    frame's `focus_plane` for this ROI."""
+    plane = focus_plane(decoded, roi) if plane is None else plane
+    return replace(measure(crop_roi(grey, roi), native_noise(decoded, roi)), focus=focus_of(plane))
 
 
-def native_focus(image: Image.Image, roi: Sequence[float] | None = None) -> float:
-    """`focus` (see the module docstring) of the frame's ROI, on its green channel (greyscale frames as they
-    are), box-reduced by an integer factor to a long side of at most `FOCUS_SIDE` px. 0.0 for a flat frame."""
+def focus_plane(image: Image.Image, roi: Sequence[float] | None = None) -> np.ndarray:
+    """The plane `focus` is measured on (the camera baseline reads it too): the ROI of the frame's green
+    channel (greyscale frames as they are), box-reduced by an integer factor to a long side of at most
+    `FOCUS_SIDE` px, as uint8."""
     plane = image if image.mode == "L" else image.getchannel("G")
     if roi is not None:
         w, h = plane.size
         plane = plane.crop((round(roi[0] * w), round(roi[1] * h), max(round(roi[2] * w), round(roi[0] * w) + 3),
                             max(round(roi[3] * h), round(roi[1] * h) + 3)))
     factor = -(-max(plane.size) // FOCUS_SIDE)
-    g = np.asarray(plane.reduce(factor) if factor > 1 else plane, np.int16)
+    return np.asarray(plane.reduce(factor) if factor > 1 else plane)
+
+
+def focus_of(plane: np.ndarray) -> float:
+    """`focus` (see the module docstring) of a `focus_plane`. 0.0 for a flat frame."""
+    g = plane.astype(np.int16)
     if min(g.shape) < 3:
         return 0.0
     ratios = []
     for axis in (0, 1):  # each direction alone: motion blur softens one of them
         first = np.diff(g, axis=axis)
-        gradient = float(np.abs(first).mean())
-        ratios.append(float(np.abs(np.diff(first, axis=axis)).mean()) / gradient if gradient > 0.05 else 0.0)
+        second = np.diff(first, axis=axis)
+        np.abs(first, out=first)  # int16 in place, summed in int32: exact, and twice as fast as float means
+        np.abs(second, out=second)
+        gradient = int(first.sum(dtype=np.int32)) / first.size
+        ratios.append(int(second.sum(dtype=np.int32)) / second.size / gradient if gradient > 0.05 else 0.0)
     return min(ratios)
+
+
+def native_focus(image: Image.Image, roi: Sequence[float] | None = None) -> float:
+    """`focus` of the frame's ROI (see `focus_plane`)."""
+    return focus_of(focus_plane(image, roi))
 
 
 def native_noise(image: Image.Image, roi: Sequence[float] | None = None, grid: int = 3, patch: int = 32) -> float:
@@ -322,13 +339,18 @@ class ImageGate:
         caller has it already); cheap: a few tenths of a millisecond at 224². `measure` then `judge`."""
         if not self.enabled and self.frozen is None:
             return Verdict(ok=True)
-        return self.judge(*self.measure(decoded, view, pixels))
+        gray, quality, _ = self.measure(decoded, view, pixels)
+        return self.judge(gray, quality)
 
     def measure(self, decoded: Image.Image, view: Image.Image,
-                pixels: np.ndarray | None = None) -> tuple[np.ndarray, ImageQuality | None]:
-        """The stateless half, safe in any thread: the measured plane and (gate on) its quality metrics."""
+                pixels: np.ndarray | None = None) -> tuple[np.ndarray, ImageQuality | None, np.ndarray | None]:
+        """The stateless half, safe in any thread: the measured plane, (gate on) its quality metrics, and (no
+        ROI) the whole frame's `focus_plane`, for the camera baseline to reuse."""
         gray = grey_of(np.asarray(view) if pixels is None else pixels)
-        return gray, assess_grey(decoded, gray, self.roi) if self.enabled else None
+        if not self.enabled:
+            return gray, None, None
+        plane = focus_plane(decoded, self.roi)
+        return gray, assess_grey(decoded, gray, self.roi, plane), plane if self.roi is None else None
 
     def judge(self, gray: np.ndarray, quality: ImageQuality | None) -> Verdict:
         """The stateful half — one stream's frames, in order: a stuck camera, then the limits."""

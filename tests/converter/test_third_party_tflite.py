@@ -169,3 +169,45 @@ def test_a_model_without_metadata_is_wrapped_from_flags_or_the_labelled_images(
     # the device reads the same labelmap file for a plain model (`labels = "labelmap.txt"` in [model])
     cfg = config_for(tmp_path, third_party["float"], f'labels = "{labelmap}"')
     assert model_from_config(load_config(cfg).model).manifest.labels == tuple(names)
+
+
+def _beside_noise(folder: Path, out: Path) -> Path:
+    """Each labelled image on the right half of a frame twice as wide, the left half random texture."""
+    rng = np.random.default_rng(5)
+    for f in sorted(folder.glob("*/*.png")):
+        digit = Image.open(f).convert("L")
+        frame = Image.fromarray(rng.integers(0, 256, (digit.height, 2 * digit.width), dtype=np.uint8))
+        frame.paste(digit, (digit.width, 0))
+        (out / f.parent.name).mkdir(parents=True, exist_ok=True)
+        frame.save(out / f.parent.name / f.name)
+    return out
+
+
+def test_a_spec_crop_is_calibrated_evaluated_and_kept_in_the_bundle(
+        third_party: dict[str, Path], digits: DigitsWorkspace, tmp_path: Path) -> None:
+    """The spec's `crop`: calibration, evaluation, the gate's reference and the golden inputs all see the right
+    half only, the manifest keeps it, and the device then decides on the whole frames exactly as the plain model
+    decides on the digits alone (another route: no crop, no frame)."""
+    calibration = _beside_noise(digits.train, tmp_path / "cal")
+    evaluation = _beside_noise(digits.test, tmp_path / "eval")
+    spec = tmp_path / "spec.toml"
+    spec.write_text('[input]\nkind = "image"\ncolor = "L"\ncrop = [0.5, 0.0, 1.0, 1.0]\nscale = 0.00392156862745098\n')
+    out, report = tmp_path / "w.tflite", tmp_path / "r.json"
+    (tmp_path / "labels.txt").write_bytes(LABELS)
+    proc = edge_convert("wrap", third_party["float-plain"], "--spec", spec, "--labels", tmp_path / "labels.txt",
+                        "--calibration", calibration, "--eval", evaluation, "--out", out, "--report", report)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bundle = load_bundle(out)
+    assert bundle.manifest.input.crop == (0.5, 0.0, 1.0, 1.0)
+    on_frames = np.array([int(Model(bundle).classify(decode_image(f.read_bytes())).label)
+                          for f in sorted(evaluation.glob("*/*.png"))])
+    alone = device_top1(model_from_config(load_config(config_for(tmp_path, third_party["float"])).model), digits.test)
+    assert np.array_equal(on_frames, alone)
+    truth = np.array([int(f.parent.name) for f in sorted(digits.test.glob("*/*.png"))])
+    doc = json.loads(report.read_text())
+    assert doc["evaluation"]["variants"]["float32"]["accuracy"] == pytest.approx(np.mean(alone == truth), abs=1e-9)
+    # the gate's reference describes the digits, not the noise beside them (whose mean level is 127)
+    brightness = bundle.manifest.raw["reference"]["image_quality"]["brightness"]["p50"]
+    means = [np.asarray(Image.open(f).convert("L").resize((16, 16), Image.BILINEAR), float).mean()
+             for f in sorted(digits.train.glob("*/*.png"))]
+    assert brightness == pytest.approx(float(np.median(means)), abs=3.0)
