@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from edge_infer import __version__
 from edge_infer.bundle import BundleError
+from edge_infer.cli_setup import add_parsers
 from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.outbox import OutboxError
 from edge_infer.runtime import RuntimeUnavailable
@@ -90,6 +91,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         wanted, why = model.engine.fallback_from
         print(f"accel    MISSING: {why} — the CPU ({rt.delegate}) runs the model and {wanted.delegate} is retried "
               "with back-off (delegate_fallback = false makes this an error)")
+    if cfg.source.type == "camera":
+        print(_camera_line(cfg.source.backend))
     problem = _broker_reachable(cfg)
     where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
     if problem is None:
@@ -97,6 +100,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(f"broker   unreachable: {where} ({problem}); results will queue in {cfg.outbox.path}")
     return 0
+
+
+def _camera_line(backend: str) -> str:
+    """`check`'s line on the camera library the configured backend needs."""
+    import importlib.util
+
+    from edge_infer.sources.camera import picamera2_problem
+
+    problem = None if backend == "opencv" else picamera2_problem()
+    if backend != "opencv" and problem is None:
+        return "camera   ok: picamera2"
+    opencv = importlib.util.find_spec("cv2") is not None
+    if backend != "picamera2" and opencv:
+        return "camera   ok: OpenCV" + (f" (picamera2 not usable: {problem})" if problem else "")
+    return f"camera   MISSING: {problem or 'OpenCV is not installed: pip install opencv-python-headless'}"
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -231,48 +249,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"edge-infer: exported {total} {args.what} inputs from {root} to {args.to} ({detail})")
     if args.what == "uncertain" and total:
         print("edge-infer: folders are the model's guesses: check and move files before training on them")
-    return 0
-
-
-def cmd_install_service(args: argparse.Namespace) -> int:
-    import pwd
-    import subprocess
-
-    from edge_infer.unit import hidden_paths, install_commands, next_steps, render_unit
-
-    cfg = load_config(args.config)
-    unit = render_unit(cfg, args.python)
-    path = Path(args.unit_dir) / "edge-infer.service"
-    if not args.dry_run and os.geteuid() != 0:
-        raise ConfigError(f"{cfg.path}: install-service writes {path} and creates a system user: run it as root "
-                          "(or with --dry-run to see what it would do)")
-    problems = hidden_paths(cfg, args.python)
-    if problems and not args.dry_run:
-        raise ConfigError(f"{cfg.path}: {problems[0]}" + (f" (and {len(problems) - 1} more: see --dry-run)"
-                                                          if len(problems) > 1 else ""))
-    for problem in problems:
-        print(f"edge-infer: warning: {problem}", file=sys.stderr)
-    commands = install_commands(cfg, path)
-    try:
-        pwd.getpwnam(cfg.service.user)
-        commands = [c for c in commands if c[0] != "useradd"]
-    except KeyError:
-        pass
-    if args.dry_run:
-        print(f"# would write {path}:\n{unit}")
-        for command in commands:
-            print("# would run: " + " ".join(command))
-    else:
-        path.write_text(unit, encoding="utf-8")
-        print(f"edge-infer: wrote {path}")
-        for command in commands:
-            done = subprocess.run(command, capture_output=True, text=True)
-            status = "ok" if done.returncode == 0 else f"failed: {done.stderr.strip()}"
-            print(f"edge-infer: {' '.join(command)} — {status}")
-    print(f"edge-infer: the service user '{cfg.service.user}' must be able to read {cfg.path} and "
-          f"{cfg.model.bundle}. Then:")
-    for step in next_steps(path):
-        print(f"  {step}")
     return 0
 
 
@@ -417,12 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--no-schema", action="store_true", help="skip JSON Schema validation")
     audit.add_argument("--json", action="store_true")
     audit.set_defaults(func=cmd_audit)
-    svc = sub.add_parser("install-service", help="write the hardened systemd unit and create the service user")
-    svc.add_argument("--config", required=True, help="device config (TOML); its [service] table sets the limits")
-    svc.add_argument("--dry-run", action="store_true", help="print the unit and the commands instead")
-    svc.add_argument("--unit-dir", default="/etc/systemd/system")
-    svc.add_argument("--python", default=None, help="the Python that runs edge-infer (default: this one)")
-    svc.set_defaults(func=cmd_install_service)
+    add_parsers(sub.add_parser)
     exp = sub.add_parser("export", help="copy kept inputs into the folder layout edge-convert reads")
     exp.add_argument("what", choices=("uncertain", "rejected"), help="which review folder")
     exp.add_argument("--config", required=True, help="device config (TOML)")

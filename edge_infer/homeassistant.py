@@ -38,9 +38,31 @@ DIAGNOSTICS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+def _problem(name: str) -> str:
+    """A template: ON while the retained status lists a `name: …` problem (plain Jinja: no HA-only tests)."""
+    return ("{% for p in value_json.problems | default([]) if p.startswith('" + name + ": ') %}ON{% else %}OFF"
+            "{% endfor %}")
+
+
+# what users automate on: a condition the daemon raises in the retained status, changed the moment it changes
+CONDITIONS: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "source": ("binary_sensor", "source_problem", {"name": "Input lost", "device_class": "problem",
+                                                   "value_template": _problem("source")}),
+    "scene": ("binary_sensor", "scene_problem", {"name": "Camera view problem", "device_class": "problem",
+                                                 "value_template": _problem("scene")}),
+    "accelerator": ("binary_sensor", "accelerator_problem", {"name": "Accelerator lost", "device_class": "problem",
+                                                             "value_template": _problem("accelerator")}),
+}
+SCENE_CONDITION = ("sensor", "scene_condition", {
+    "name": "Camera view", "icon": "mdi:cctv",
+    "value_template": "{% for p in value_json.problems | default([]) if p.startswith('scene: ') %}{{ p[7:] }}"
+                      "{% else %}ok{% endfor %}"})
+
+
 def discovery_messages(discovery_prefix: str, topic_prefix: str, device_id: str, task: str,
-                       model: dict[str, str]) -> list[tuple[str, bytes]]:
-    """(topic, payload) for every entity; publish retained."""
+                       model: dict[str, str], conditions: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
+    """(topic, payload) for every entity; publish retained. `conditions`: which of `CONDITIONS` this daemon
+    can raise (a live source that reconnects, the camera baseline, an accelerator with a CPU fallback)."""
     base = f"{topic_prefix}/{device_id}"
     node = "".join(c if c.isalnum() or c in "_-" else "_" for c in device_id)
     device = {"identifiers": [f"edge_infer_{node}"], "name": f"edge-infer {device_id}", "manufacturer": "edge-infer",
@@ -48,8 +70,10 @@ def discovery_messages(discovery_prefix: str, topic_prefix: str, device_id: str,
     availability = {"availability_topic": f"{base}/status", "availability_template": "{{ value_json.state }}",
                     "payload_available": "online", "payload_not_available": "offline"}
     out = []
+    watched = [CONDITIONS[c] for c in conditions] + ([SCENE_CONDITION] if "scene" in conditions else [])
     for entities, state_topic, category in ((_result_entities(task), f"{base}/results", None),
-                                            (DIAGNOSTICS, f"{base}/health", "diagnostic")):
+                                            (DIAGNOSTICS, f"{base}/health", "diagnostic"),
+                                            (watched, f"{base}/status", None)):
         for component, object_id, fields in entities:
             doc = {**fields, "unique_id": f"edge_infer_{node}_{object_id}",
                    "state_topic": state_topic, **availability, "device": device}

@@ -9,6 +9,7 @@ caps come from the device profile's `[service]` table.
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -35,31 +36,62 @@ def source_devices(cfg: Config) -> tuple[list[str], list[str]]:
     return [], []
 
 
-def render_unit(cfg: Config, python: str | None = None) -> str:
-    """The unit file text for this config (paths absolute, as systemd wants them)."""
+SANDBOX = [
+    "# sandbox",
+    "ProtectSystem=strict",
+    "ProtectHome=yes",
+    "PrivateTmp=yes",
+    "NoNewPrivileges=yes",
+    "CapabilityBoundingSet=",
+    "AmbientCapabilities=",
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    "SystemCallFilter=@system-service",
+    "SystemCallFilter=~@privileged @resources",
+    "SystemCallArchitectures=native",
+    "ProtectKernelTunables=yes",
+    "ProtectKernelModules=yes",
+    "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes",
+    "ProtectClock=yes",
+    "ProtectHostname=yes",
+    "ProtectProc=invisible",
+    "ProcSubset=pid",
+    "RestrictNamespaces=yes",
+    "RestrictRealtime=yes",
+    "RestrictSUIDSGID=yes",
+    "LockPersonality=yes",
+    "MemoryDenyWriteExecute=yes",
+    "RemoveIPC=yes",
+    "KeyringMode=private",
+    "UMask=0077",
+]
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _exec_start(python: str, config: str) -> str:
+    return " ".join(shlex.quote(p) for p in (python, "-m", "edge_infer", "run", "--config")) + f" {config}"
+
+
+def _unit_head(description: str) -> list[str]:
+    return ["[Unit]", f"Description={description}", "Wants=network-online.target",
+            "After=network-online.target time-sync.target"]
+
+
+def _service_head(exec_start: str) -> list[str]:
+    return ["Type=notify", "NotifyAccess=main", f"ExecStart={exec_start}", "ExecReload=/bin/kill -HUP $MAINPID",
+            "Restart=on-failure", "RestartSec=5"]
+
+
+def _config_lines(cfg: Config) -> tuple[list[str], list[str]]:
+    """What this config decides: ([Unit] start limits, [Service] watchdog, user, groups, state and writable
+    folders, credentials, memory and CPU caps, and the devices its source opens)."""
     svc = cfg.service
-    python = python or sys.executable
     devices, groups = source_devices(cfg)
     groups = sorted(set(groups) | set(svc.groups))
-    exec_start = " ".join(shlex.quote(p) for p in (python, "-m", "edge_infer", "run", "--config", str(cfg.path)))
     state = Path(cfg.device.state_dir)
-    lines = [
-        "# Written by `edge-infer install-service`; rerun it after changing the config's [service] table.",
-        "[Unit]",
-        "Description=edge-infer: offline inference, results over MQTT",
-        "Wants=network-online.target",
-        "After=network-online.target time-sync.target",
-        f"StartLimitIntervalSec={svc.start_limit_interval}",
-        f"StartLimitBurst={svc.start_limit_burst}",
-        "",
-        "[Service]",
-        "Type=notify",
-        "NotifyAccess=main",
-        f"ExecStart={exec_start}",
-        "ExecReload=/bin/kill -HUP $MAINPID",
+    http_pw = getattr(cfg.source, "password_file", None)
+    service = [
         f"WatchdogSec={svc.watchdog_sec}",
-        "Restart=on-failure",
-        "RestartSec=5",
         f"TimeoutStopSec={svc.stop_timeout}",
         f"User={svc.user}",
         f"Group={svc.user}",
@@ -69,45 +101,67 @@ def render_unit(cfg: Config, python: str | None = None) -> str:
           if state.is_relative_to("/var/lib") else [f"ReadWritePaths={state}"]),
         *[f"ReadWritePaths={p}" for p in _extra_writable(cfg)],
         *([f"LoadCredential=mqtt_password:{cfg.mqtt.password_file}"] if cfg.mqtt.password_file else []),
-        *([f"LoadCredential=http_password:{http_pw}"] if (http_pw := getattr(cfg.source, "password_file", None))
-          else []),
+        *([f"LoadCredential=http_password:{http_pw}"] if http_pw else []),
         f"MemoryMax={svc.memory_max}",
         *([f"CPUQuota={svc.cpu_quota}"] if svc.cpu_quota else []),
-        "# sandbox",
-        "ProtectSystem=strict",
-        "ProtectHome=yes",
-        "PrivateTmp=yes",
-        "NoNewPrivileges=yes",
-        "CapabilityBoundingSet=",
-        "AmbientCapabilities=",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
-        "SystemCallFilter=@system-service",
-        "SystemCallFilter=~@privileged @resources",
-        "SystemCallArchitectures=native",
-        "ProtectKernelTunables=yes",
-        "ProtectKernelModules=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectControlGroups=yes",
-        "ProtectClock=yes",
-        "ProtectHostname=yes",
-        "ProtectProc=invisible",
-        "ProcSubset=pid",
-        "RestrictNamespaces=yes",
-        "RestrictRealtime=yes",
-        "RestrictSUIDSGID=yes",
-        "LockPersonality=yes",
-        "MemoryDenyWriteExecute=yes",
-        "RemoveIPC=yes",
-        "KeyringMode=private",
-        "UMask=0077",
         *(["PrivateDevices=yes"] if not devices else
           ["DevicePolicy=closed", *[f"DeviceAllow={d} rw" for d in devices]]),
-        "",
-        "[Install]",
-        "WantedBy=multi-user.target",
-        "",
     ]
-    return "\n".join(lines)
+    return [f"StartLimitIntervalSec={svc.start_limit_interval}", f"StartLimitBurst={svc.start_limit_burst}"], service
+
+
+def render_unit(cfg: Config, python: str | None = None) -> str:
+    """The unit file text for this config (paths absolute, as systemd wants them)."""
+    unit, service = _config_lines(cfg)
+    return "\n".join([
+        "# Written by `edge-infer install-service`; rerun it after changing the config's [service] table.",
+        *_unit_head("edge-infer: offline inference, results over MQTT"), *unit, "",
+        "[Service]", *_service_head(_exec_start(python or sys.executable, shlex.quote(str(cfg.path)))),
+        *service, *SANDBOX, "", "[Install]", "WantedBy=multi-user.target", ""])
+
+
+def instance_name(cfg: Config) -> str:
+    """The instance a config runs as under the template (`edge-infer@NAME` reads `DIR/NAME.toml`); ValueError
+    (one line) when its file name cannot be one."""
+    name = cfg.path.stem
+    if cfg.path.suffix != ".toml" or not INSTANCE_NAME.match(name):
+        raise ValueError(f"{cfg.path}: one daemon per camera runs as edge-infer@NAME with the config NAME.toml; "
+                         "name it with letters, digits, '-', '_' or '.' and the .toml suffix")
+    return name
+
+
+def render_template(cfg: Config, python: str | None = None) -> tuple[str, str]:
+    """(`edge-infer@.service`, this config's drop-in `edge-infer@NAME.service.d/config.conf`): the template
+    holds what every instance shares (the command — `DIR/%i.toml` — and the sandbox), the drop-in what this
+    config decides (user, state, devices, limits), so cameras with different devices each get only theirs."""
+    instance_name(cfg)
+    folder = str(cfg.path.parent.absolute())
+    if any(c in folder for c in " \t\"'\\%$"):
+        raise ValueError(f"{folder}: the template names its configs by this folder; move them to one whose path "
+                         "has no spaces, quotes, '%' or '$' (e.g. /etc/edge-infer)")
+    config = f"{folder}/%i.toml"
+    template = "\n".join([
+        "# Written by `edge-infer install-service --instance`: one daemon per config in "
+        f"{cfg.path.parent}/NAME.toml. Each instance's own settings are in edge-infer@NAME.service.d/.",
+        *_unit_head("edge-infer %i: offline inference, results over MQTT"), "",
+        "[Service]", *_service_head(_exec_start(python or sys.executable, config)), *SANDBOX, "",
+        "[Install]", "WantedBy=multi-user.target", ""])
+    unit, service = _config_lines(cfg)
+    dropin = "\n".join([f"# Written by `edge-infer install-service --instance` from {cfg.path}; rerun it after "
+                         "changing the config's [service] table or its source.", "[Unit]", *unit, "",
+                         "[Service]", *service, ""])
+    return template, dropin
+
+
+def shared_state_dir(cfg: Config, others: list[Config]) -> str | None:
+    """One line when another instance's config in the same folder keeps its state in the same place (two
+    daemons would share one outbox and baseline), else None."""
+    mine = Path(cfg.device.state_dir).absolute()
+    for other in others:
+        if other.path.absolute() != cfg.path.absolute() and Path(other.device.state_dir).absolute() == mine:
+            return (f"{cfg.path} and {other.path} both keep their state in {mine}: give each daemon its own "
+                    f"[device].state_dir (e.g. \"/var/lib/edge-infer/{cfg.path.stem}\")")
+    return None
 
 
 def _extra_writable(cfg: Config) -> list[str]:
@@ -159,7 +213,7 @@ def hidden_paths(cfg: Config, python: str | None = None) -> list[str]:
     return problems
 
 
-def install_commands(cfg: Config, unit_path: Path) -> list[list[str]]:
+def install_commands(cfg: Config) -> list[list[str]]:
     """What `install-service` runs as root: the user (no login, no home) in the device groups."""
     svc = cfg.service
     _, groups = source_devices(cfg)
@@ -171,8 +225,9 @@ def install_commands(cfg: Config, unit_path: Path) -> list[list[str]]:
     return [useradd, ["systemctl", "daemon-reload"]]
 
 
-def next_steps(unit_path: Path) -> list[str]:
-    return [f"sudo systemctl enable --now {unit_path.name}",
-            f"systemctl status {unit_path.name}        # STATUS line: results, rejections, drift",
-            f"journalctl -u {unit_path.name} -f         # one key=value line per event",
-            f"sudo systemctl reload {unit_path.name}   # after editing the config (SIGHUP)"]
+def next_steps(unit: str) -> list[str]:
+    """What to run after installing `unit` (`edge-infer.service`, or `edge-infer@NAME.service`)."""
+    return [f"sudo systemctl enable --now {unit}",
+            f"systemctl status {unit}        # STATUS line: results, rejections, drift",
+            f"journalctl -u {unit} -f         # one key=value line per event",
+            f"sudo systemctl reload {unit}   # after editing the config (SIGHUP)"]

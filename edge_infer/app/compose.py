@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from edge_infer import __version__
 from edge_infer.config import Config, ConfigError
 from edge_infer.control import AddEvent
+from edge_infer.delegates import CPU
 from edge_infer.gates.baseline import SceneBaseline
 from edge_infer.homeassistant import discovery_messages
 from edge_infer.inbox import Inbox
@@ -109,24 +110,40 @@ def uploader(cfg: Config, port: Serving) -> CaptureUploader | None:
     return CaptureUploader(roots, envelope, cfg.decide.upload_max_bytes, cfg.decide.upload_chunk_bytes)
 
 
-def discovery(cfg: Config, port: Serving) -> list[tuple[str, bytes]]:
+def accelerator_watched(cfg: Config) -> bool:
+    """An accelerator delegate with a CPU fallback: the daemon watches for it to go away and come back."""
+    return cfg.model.delegate not in CPU and cfg.model.delegate_fallback
+
+
+def watched_conditions(cfg: Config, source: Any, port: Serving) -> tuple[str, ...]:
+    """The problems this daemon can raise that Home Assistant shows as their own entities: a live source that
+    reconnects (`health`), the camera baseline, an accelerator with a CPU fallback."""
+    return tuple(name for name, on in (
+        ("source", getattr(source, "health", None) is not None),
+        ("scene", port.pipeline.baseline is not None),
+        ("accelerator", accelerator_watched(cfg))) if on)
+
+
+def discovery(cfg: Config, port: Serving, conditions: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
     """Home Assistant discovery for the model now served (nothing when `[homeassistant].discovery` is off)."""
     if not cfg.homeassistant.discovery:
         return []
     return discovery_messages(cfg.homeassistant.prefix, cfg.mqtt.topic_prefix, cfg.device.id,
-                              port.model.task, port.identity.model)
+                              port.model.task, port.identity.model, conditions)
 
 
-def sink(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inbox: Inbox | None) -> Sink:
+def sink(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inbox: Inbox | None,
+         conditions: tuple[str, ...] = ()) -> Sink:
     """The `[sink]` that drains the outbox: MQTT (the default) or a webhook (imported only when chosen)."""
     if cfg.sink.type == "webhook":
         from edge_infer.sinks.webhook import WebhookSink, settings_from_config
 
         return WebhookSink(settings_from_config(cfg.sink, cfg.device.id), open_outbox)
-    return publisher(cfg, port, open_outbox, inbox)
+    return publisher(cfg, port, open_outbox, inbox, conditions)
 
 
-def publisher(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inbox: Inbox | None) -> Publisher:
+def publisher(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inbox: Inbox | None,
+              conditions: tuple[str, ...] = ()) -> Publisher:
     """The MQTT sink: its own outbox connection, the retained status, Home Assistant discovery, kept-input
     uploads and, with `inbox`, the command topics."""
     mqtt_sink = Publisher(
@@ -138,7 +155,7 @@ def publisher(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inb
         uploader=uploader(cfg, port),
         commands=inbox,
     )
-    mqtt_sink.discovery = discovery(cfg, port)
+    mqtt_sink.discovery = discovery(cfg, port, conditions)
     return mqtt_sink
 
 

@@ -99,8 +99,10 @@ class Daemon:
             self.pipeline.baseline.listeners.append(self._scene_changed)
         self.inbox = Inbox(cfg.commands.max_message_bytes) if cfg.commands.enabled else None
         opener = compose.outbox_opener(cfg, events)
-        self.sink = sink(opener) if sink is not None else compose.sink(cfg, self.serving, opener, self.inbox)
-        self.serving.on_swap.append(lambda: self.sink.refresh(compose.discovery(self.cfg, self.serving)))
+        watched = compose.watched_conditions(cfg, self.source, self.serving)
+        self.sink = sink(opener) if sink is not None else compose.sink(cfg, self.serving, opener, self.inbox,
+                                                                       watched)
+        self.serving.on_swap.append(lambda: self.sink.refresh(compose.discovery(self.cfg, self.serving, watched)))
         self.notifier = Notifier()
         self.latency = LatencyWindow()
         self.progress = Progress(record=self.latency.add)
@@ -116,7 +118,7 @@ class Daemon:
         self.updater = compose.updater(cfg, slots, keys, self.serving, self.add_event, self.latency.summary,
                                        previous)
         self.accelerator = AcceleratorWatch(self.serving, self._accelerator_changed) \
-            if cfg.model.delegate not in CPU and cfg.model.delegate_fallback else None
+            if compose.accelerator_watched(cfg) else None
         handlers = {"reload": self._reload_command, "snapshot": self.snapshot,
                     "set-threshold": self.serving.set_threshold}
         self.commands = compose.commands(cfg, keys, self.add_event, self.inbox, handlers, self.updater)

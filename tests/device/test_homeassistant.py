@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,82 @@ def test_every_task_has_result_entities(task: str) -> None:
     assert results
     for topic, payload in messages:
         check_discovery(topic, json.loads(payload))
+
+
+def test_the_conditions_users_automate_on_have_their_own_entities(tmp_path: Path, broker: Mosquitto) -> None:
+    """A snapshot camera that goes away and comes back, with the camera baseline on: discovery announces
+    `Input lost`, `Camera view problem` and `Camera view`, read from the retained status; rendered against the
+    real status messages, `Input lost` turns ON while the camera is down and OFF when it is back."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from edge_infer.app.daemon import Daemon
+    from edge_infer.config import load_config
+    from tests.device.test_source_reconnect import jpeg
+    from tests.helpers.broker import free_port
+
+    class Snapshot(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = jpeg(int(time.time() * 10))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    port = free_port()
+
+    def serve() -> ThreadingHTTPServer:
+        server = ThreadingHTTPServer(("127.0.0.1", port), Snapshot)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+    server = serve()
+    cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path, state=tmp_path / "s",
+                       port=broker.port)
+    text = cfg.read_text()
+    start, end = text.index("[source]"), text.index("[mqtt]")
+    cfg.write_text(text[:start] + f'[source]\ntype = "http"\nname = "gate-cam"\nurl = "http://127.0.0.1:{port}/s.jpg"'
+                   '\ninterval = 0.1\ntimeout = 1\n\n[gate]\nbaseline = true\nbaseline_warmup = 10\n\n'
+                   '[homeassistant]\ndiscovery = true\n\n' + text[end:])
+    sub = Subscriber(broker.port, "#")
+    daemon = Daemon(load_config(cfg))
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+
+    def statuses() -> list[dict]:
+        return [m.json() for m in sub.messages if m.topic == "edge/test-pi/status"]
+
+    def entity(object_id: str, component: str = "binary_sensor") -> dict:
+        topic = f"homeassistant/{component}/test-pi/{object_id}/config"
+        return json.loads(next(m.payload for m in sub.messages if m.topic == topic))
+
+    try:
+        assert wait_until(lambda: len(sub.of_kind("results")) >= 3, 60)
+        lost, scene = entity("source_problem"), entity("scene_problem")
+        view = entity("scene_condition", "sensor")
+        check_discovery("homeassistant/binary_sensor/test-pi/source_problem/config", lost)
+        check_discovery("homeassistant/binary_sensor/test-pi/scene_problem/config", scene)
+        check_discovery("homeassistant/sensor/test-pi/scene_condition/config", view)
+        assert {d["state_topic"] for d in (lost, scene, view)} == {"edge/test-pi/status"}
+        now = statuses()[-1]
+        assert (render(lost["value_template"], now), render(scene["value_template"], now),
+                render(view["value_template"], now)) == ("OFF", "OFF", "ok")
+        server.shutdown()
+        server.server_close()
+        assert wait_until(lambda: render(lost["value_template"], statuses()[-1]) == "ON", 30)
+        assert any(p.startswith("source: gate-cam") for p in statuses()[-1]["problems"])
+        server = serve()
+        assert wait_until(lambda: render(lost["value_template"], statuses()[-1]) == "OFF", 30)
+    finally:
+        daemon.stop_event.set()
+        runner.join(30)
+        server.shutdown()
+        server.server_close()
+    fogged = {"problems": ["outbox: the disk is full", "scene: fogged, obstructed"]}
+    assert render(scene["value_template"], fogged) == "ON" and render(view["value_template"], fogged) == \
+        "fogged, obstructed"
+    assert render(lost["value_template"], fogged) == "OFF"

@@ -337,6 +337,52 @@ def test_camera_source_turns_grabbed_frames_into_samples() -> None:
     assert closed == [True]
 
 
+def test_a_camera_that_is_missing_or_unplugged_is_reopened_forever() -> None:
+    """The camera is not there at start (two failed opens), delivers, is unplugged mid-stream (its grab fails),
+    and comes back: frames resume each time; health says lost/restored once per outage, in order; every
+    opened camera is closed; the source never raises."""
+    opens = {"n": 0}
+    closed: list[int] = []
+
+    def opener(_options: camera.Options) -> tuple[str, object, object]:
+        opens["n"] += 1
+        n = opens["n"]
+        if n <= 2:
+            raise SourceError("picamera2: Camera __init__ sequence did not complete.")
+        grabs = iter(range(3))
+
+        def grab() -> tuple[np.ndarray, str]:
+            if next(grabs, None) is None:
+                raise SourceError("no frame for 0.5 s")
+            return photo_rgb()[:, :, ::-1], "OPENCV_BGR"
+
+        return "fake", grab, lambda: closed.append(n)
+
+    source = CameraSource(camera.Options(type="camera", reconnect_max=0.5), None, opener=opener)
+    changes: list[tuple[bool, str | None]] = []
+    source.health.listeners.append(lambda up, reason, _held: changes.append((up, reason)))
+    stop = threading.Event()
+    taken = []
+    for sample in source.samples(stop, False, lambda s: False):
+        taken.append(sample)
+        if len(taken) == 6:
+            stop.set()
+    assert len(taken) == 6 and all(s.image is not None for s in taken)
+    assert opens["n"] == 4 and closed == [3, 4]
+    assert changes == [(False, "cannot open the camera: picamera2: Camera __init__ sequence did not complete."),
+                       (True, None), (False, "the camera stopped: no frame for 0.5 s"), (True, None)]
+    assert source.health.losses == 2 and source.health.up
+
+
+def test_a_camera_library_that_is_missing_is_not_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", None)
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    source = CameraSource(camera.Options(type="camera"), None)
+    with pytest.raises(camera.MissingLibrary, match="python3-picamera2"):
+        next(source.samples(threading.Event(), False, lambda s: False))
+    assert source.health.up  # an installation problem, not a lost camera
+
+
 def test_video_file_frames_are_all_processed_and_a_restart_skips_them(tmp_path: Path, broker: Mosquitto) -> None:
     cv2 = pytest.importorskip("cv2", reason="OpenCV is not installed in this leg (PyPI has no armv7l wheel)")
     video = tmp_path / "clip.avi"

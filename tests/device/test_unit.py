@@ -112,3 +112,61 @@ def test_a_camera_password_reaches_the_service_as_a_credential_not_a_path(tmp_pa
     assert unit["LoadCredential"] == [f"http_password:{tmp_path / 'cam-password'}"]
     cfg.write_text(cfg.read_text().replace('password_file = "cam-password"\n', ""))
     assert "LoadCredential" not in settings(dry_run_unit(cfg))
+
+
+def _instance_config(folder: Path, name: str, source: str, state: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.toml"
+    bundle = REPO / "demo" / "digits-int8-only.tflite"
+    path.write_text(f'[device]\nstate_dir = "{state}"\n[model]\nbundle = "{bundle}"\n'
+                    f'{source}\n[service]\nmemory_max = "{100 + len(name)}M"\n')
+    return path
+
+
+def dry_run_files(config: Path) -> dict[str, str]:
+    proc = run_cli("install-service", "--config", str(config), "--instance", "--dry-run", "--unit-dir", "/u")
+    assert proc.returncode == 0, proc.stderr
+    files = re.findall(r"# would write (\S+):\n(.*?)(?=\n# would write |\n# would run:)", proc.stdout, re.S)
+    assert "sudo systemctl enable --now edge-infer@" + config.stem + ".service" in proc.stdout
+    return dict(files)
+
+
+def test_one_daemon_per_camera_shares_the_template_and_keeps_its_own_devices(tmp_path: Path) -> None:
+    """Two cameras' configs in one folder: the same `edge-infer@.service` (the command reads DIR/%i.toml,
+    the sandbox), and a drop-in each with only its own device, group, state directory and limits."""
+    etc = tmp_path / "etc"
+    porch = _instance_config(etc, "porch", '[source]\ntype = "camera"\nbackend = "opencv"\nindex = 0',
+                             "/var/lib/edge-infer/porch")
+    pump = _instance_config(etc, "pump", '[source]\ntype = "serial"\nport = "/dev/ttyUSB0"',
+                            "/var/lib/edge-infer/pump")
+    a, b = dry_run_files(porch), dry_run_files(pump)
+    assert a["/u/edge-infer@.service"] == b["/u/edge-infer@.service"]
+    template = settings(a["/u/edge-infer@.service"])
+    assert template["ExecStart"][0].endswith(f"-m edge_infer run --config {etc}/%i.toml")
+    assert "DeviceAllow" not in template and "User" not in template and template["ProtectSystem"] == ["strict"]
+    porch_in, pump_in = settings(a["/u/edge-infer@porch.service.d/config.conf"]), \
+        settings(b["/u/edge-infer@pump.service.d/config.conf"])
+    assert porch_in["DeviceAllow"] == ["/dev/video0 rw"] and porch_in["SupplementaryGroups"] == ["video"]
+    assert pump_in["DeviceAllow"] == ["/dev/ttyUSB0 rw"] and pump_in["SupplementaryGroups"] == ["dialout"]
+    assert porch_in["StateDirectory"] == ["edge-infer/porch"] and pump_in["StateDirectory"] == ["edge-infer/pump"]
+    assert porch_in["MemoryMax"] == ["105M"] and pump_in["MemoryMax"] == ["104M"]
+    if shutil.which("systemd-analyze") is not None:  # the instance as systemd merges it: template + drop-in
+        merged = tmp_path / "edge-infer@porch.service"
+        merged.write_text(a["/u/edge-infer@.service"].replace("[Install]", a[
+            "/u/edge-infer@porch.service.d/config.conf"].split("[Service]", 1)[1] + "\n[Install]"))
+        proc = subprocess.run(["systemd-analyze", "security", "--offline=true", str(merged)], capture_output=True,
+                              text=True, timeout=60)
+        level = re.search(r"Overall exposure level for edge-infer@porch.service: ([0-9.]+)", proc.stdout)
+        assert level and float(level.group(1)) <= 2.0, proc.stdout[-2000:] + proc.stderr
+
+
+def test_two_instances_never_share_a_state_directory_and_names_must_fit(tmp_path: Path) -> None:
+    etc = tmp_path / "etc"
+    _instance_config(etc, "front", '[source]\ntype = "directory"\npath = "/srv/a"', "/var/lib/edge-infer")
+    back = _instance_config(etc, "back", '[source]\ntype = "directory"\npath = "/srv/b"', "/var/lib/edge-infer")
+    proc = run_cli("install-service", "--config", str(back), "--instance", "--dry-run")
+    assert proc.returncode == 2 and "both keep their state in /var/lib/edge-infer" in proc.stderr
+    assert '"/var/lib/edge-infer/back"' in proc.stderr and proc.stderr.count("\n") == 1
+    odd = _instance_config(tmp_path / "x", "front door", '[source]\ntype = "directory"\npath = "/srv/c"', "/v/c")
+    proc = run_cli("install-service", "--config", str(odd), "--instance", "--dry-run")
+    assert proc.returncode == 2 and "edge-infer@NAME" in proc.stderr
