@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -174,6 +174,26 @@ class SensorStream:
             yield sample
             if stop.is_set():
                 return
+
+
+MAX_LINE = 64 * 1024  # characters of one reading line: a longer one is dropped (a garbled or hostile input)
+
+
+def bounded_lines(stream: TextIO, source: str, limit: int = MAX_LINE) -> Iterator[str]:
+    """The lines of a file or pipe, each held to `limit` characters: a longer line is skipped to its end
+    without ever being held whole, with one log line (memory stays bounded whatever arrives)."""
+    while True:
+        line = stream.readline(limit + 1)
+        if not line:
+            return
+        if len(line) <= limit or (line.endswith("\n") and len(line) == limit + 1):
+            yield line
+            continue
+        dropped = len(line)
+        while line and not line.endswith("\n"):  # the rest of the long line, a piece at a time
+            line = stream.readline(limit)
+            dropped += len(line)
+        log.warning("event=line_dropped source=%s chars=%d (longer than %d)", source, dropped, limit)
 
 
 def lines_to_readings(lines: Iterable[str], parser: ReadingParser, stop: threading.Event) -> Iterator[Reading]:

@@ -17,7 +17,7 @@ from typing import Any
 from edge_infer.manifest import SensorInputSpec
 from edge_infer.options import between, opt
 from edge_infer.sources import register
-from edge_infer.sources.readings import LineOptions, Reading, SensorStream, lines_to_readings
+from edge_infer.sources.readings import LineOptions, Reading, SensorStream, bounded_lines, lines_to_readings
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +45,7 @@ class ReplaySource(SensorStream):
         first: tuple[float, float] | None = None  # (wall clock, data clock) at the first reading
         period = 1.0 / self.spec.sample_rate
         with self.path.open(encoding="utf-8", errors="replace") as lines:
-            for i, (t, values) in enumerate(lines_to_readings(lines, self.parser, stop)):
+            for i, (t, values) in enumerate(lines_to_readings(bounded_lines(lines, self.path.name), self.parser, stop)):
                 if self.speed > 0:
                     data_t = t if t is not None else i * period
                     first = first or (time.monotonic(), data_t)

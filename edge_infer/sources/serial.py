@@ -18,7 +18,7 @@ from typing import Any
 from edge_infer.options import between, opt
 from edge_infer.sources import SourceError, register
 from edge_infer.sources.health import Backoff, SourceHealth
-from edge_infer.sources.readings import LineOptions, Reading, SensorStream
+from edge_infer.sources.readings import MAX_LINE, LineOptions, Reading, SensorStream
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +30,6 @@ class Options(LineOptions):
     reconnect_max: float = opt(30.0, check=between(0.5, 3600))  # the longest wait between attempts to reopen
 
 log = logging.getLogger(__name__)
-MAX_LINE = 64 * 1024  # bytes of one reading line held while waiting for its newline
 
 
 def _pyserial() -> Any:

@@ -5,6 +5,7 @@ here with OpenCV), and the camera's frame handling with no camera library presen
 from __future__ import annotations
 
 import http.server
+import io
 import os
 import re
 import subprocess
@@ -114,6 +115,44 @@ def test_reading_parser_understands_headers_json_and_garbage() -> None:
     assert np.isnan(v[1]) and parser.malformed == 1
     bare = ReadingParser(("ax", "ay", "az"))
     assert bare.parse("0.1,0.2,9.8")[1].tolist() == [0.1, 0.2, 9.8]  # no header, no time column
+
+
+class EndlessLine(io.TextIOBase):
+    """A pipe that sends one good line, then a line of `size` characters with no end in sight, then one more
+    good line — produced as it is read, so a reader that held the long line whole would need `size` bytes."""
+
+    def __init__(self, size: int) -> None:
+        self.parts = ["0.1,0.2,9.8\n"]
+        self.left = size
+        self.after = ["0.3,0.4,9.7\n"]
+        self.largest_read = 0
+
+    def readline(self, size: int = -1) -> str:  # type: ignore[override]
+        assert size > 0, "an unbounded readline"
+        self.largest_read = max(self.largest_read, size)
+        if self.parts:
+            return self.parts.pop(0)
+        if self.left > 0:
+            n = min(size, self.left)
+            self.left -= n
+            return "7" * n if self.left else "7" * (n - 1) + "\n"
+        return self.after.pop(0) if self.after else ""
+
+
+def test_a_line_that_never_ends_is_skipped_without_being_held(caplog: pytest.LogCaptureFixture) -> None:
+    """1 GiB without a newline between two readings (stdin and replay read through `bounded_lines`): both
+    readings arrive, the long line is dropped with one log line, and no read ever asked for more than 64 Ki."""
+    from edge_infer.sources.readings import MAX_LINE, bounded_lines
+
+    stream = EndlessLine(2**30)
+    with caplog.at_level("WARNING"):
+        lines = list(bounded_lines(stream, "stdin"))
+    assert lines == ["0.1,0.2,9.8\n", "0.3,0.4,9.7\n"]
+    assert stream.largest_read <= MAX_LINE + 1
+    assert [r.message for r in caplog.records if "line_dropped" in r.message] == [
+        f"event=line_dropped source=stdin chars={2**30} (longer than {MAX_LINE})"]
+    exact = io.StringIO("x" * MAX_LINE + "\n" + "y" * (MAX_LINE + 1) + "\nz\n")
+    assert [len(x) for x in bounded_lines(exact, "f")] == [MAX_LINE + 1, 2]  # a line of exactly the limit is kept
 
 
 def test_windower_cuts_windows_with_hop() -> None:
