@@ -59,19 +59,34 @@ class Features:
     signature: np.ndarray  # THUMB, zero mean, unit norm
 
 
+def _box_sums(g: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Sums over `rows`×`cols` boxes of a plane whose sides are multiples of them (two reshaped sums: several
+    times faster than one 4-d reduction)."""
+    h, w = g.shape
+    return g.reshape(h // rows, rows, w).sum(axis=1).reshape(h // rows, w // cols, cols).sum(axis=2)
+
+
 def features(decoded: Image.Image, focus: float, plane: np.ndarray | None = None) -> Features:
     """What the baseline compares, from the decoded frame (and its `focus`, measured by the quality gate;
     `plane`: the whole frame's `focus_plane` when the gate has it already). Stateless: any thread."""
     small = focus_plane(decoded) if plane is None else plane
     g = small.astype(np.float32)
     h, w = (g.shape[0] // BLOCK) * BLOCK, (g.shape[1] // BLOCK) * BLOCK
-    tiles = g[:h, :w].reshape(h // BLOCK, BLOCK, w // BLOCK, BLOCK).transpose(0, 2, 1, 3)
-    tiles = tiles.reshape(h // BLOCK, w // BLOCK, BLOCK * BLOCK)
-    blocks = np.sqrt(np.square(tiles - tiles.mean(axis=2, keepdims=True)).mean(axis=2))
-    thumb = np.asarray(Image.fromarray(small).resize(THUMB, Image.Resampling.BOX), np.float32).ravel()
+    tiled = g[:h, :w]
+    n = BLOCK * BLOCK
+    block_mean = _box_sums(tiled, BLOCK, BLOCK) / n  # each block's standard deviation, from two box sums
+    blocks = np.sqrt(np.maximum(_box_sums(tiled * tiled, BLOCK, BLOCK) / n - np.square(block_mean), 0.0))
+    tw, th = THUMB
+    if g.shape[0] % th == 0 and g.shape[1] % tw == 0:
+        thumb = (_box_sums(g, g.shape[0] // th, g.shape[1] // tw) / (g.size / (tw * th))).ravel()
+    else:
+        thumb = np.asarray(Image.fromarray(small).resize(THUMB, Image.Resampling.BOX), np.float32).ravel()
     thumb -= thumb.mean()
     norm = float(np.linalg.norm(thumb))
-    return Features(focus, float(g.std()), float(g.mean()), blocks, thumb / norm if norm > 1e-6 else thumb)
+    flat = g.ravel()
+    mean = float(flat.sum()) / flat.size
+    contrast = math.sqrt(max(float(flat @ flat) / flat.size - mean * mean, 0.0))
+    return Features(focus, contrast, mean, blocks, thumb / norm if norm > 1e-6 else thumb)
 
 
 class SceneBaseline:
