@@ -7,6 +7,7 @@ Published on every connect (retained, so Home Assistant finds them after its own
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from edge_infer import __version__
@@ -28,7 +29,8 @@ DIAGNOSTICS: list[tuple[str, str, dict[str, Any]]] = [
     ("sensor", "temperature", {"name": "SoC temperature", "device_class": "temperature", "unit_of_measurement": "°C",
                                "state_class": "measurement",
                                "value_template": "{{ value_json.thermal.temperature_c }}"}),
-    ("sensor", "memory", {"name": "Memory (RSS)", "unit_of_measurement": "MB", "state_class": "measurement",
+    ("sensor", "memory", {"name": "Memory (RSS)", "device_class": "data_size", "unit_of_measurement": "MiB",
+                          "state_class": "measurement",
                           "value_template": "{{ (value_json.rss_bytes / 1048576) | round(1) }}"}),
     ("binary_sensor", "drift", {"name": "Input drift", "device_class": "problem",
                                 "value_template": "{{ 'ON' if value_json.drift.state == 'drift' else 'OFF' }}"}),
@@ -59,10 +61,15 @@ SCENE_CONDITION = ("sensor", "scene_condition", {
                       "{% else %}ok{% endfor %}"})
 
 
+ORIGIN = {"name": "edge-infer", "sw_version": __version__}
+
+
 def discovery_messages(discovery_prefix: str, topic_prefix: str, device_id: str, task: str,
-                       model: dict[str, str], conditions: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
+                       model: dict[str, str], conditions: tuple[str, ...] = (),
+                       health_interval: float = 0.0) -> list[tuple[str, bytes]]:
     """(topic, payload) for every entity; publish retained. `conditions`: which of `CONDITIONS` this daemon
-    can raise (a live source that reconnects, the camera baseline, an accelerator with a CPU fallback)."""
+    can raise (a live source that reconnects, the camera baseline, an accelerator with a CPU fallback). The
+    diagnostics expire (shown unavailable) after three missed `health` messages."""
     base = f"{topic_prefix}/{device_id}"
     node = "".join(c if c.isalnum() or c in "_-" else "_" for c in device_id)
     device = {"identifiers": [f"edge_infer_{node}"], "name": f"edge-infer {device_id}", "manufacturer": "edge-infer",
@@ -76,9 +83,11 @@ def discovery_messages(discovery_prefix: str, topic_prefix: str, device_id: str,
                                             (watched, f"{base}/status", None)):
         for component, object_id, fields in entities:
             doc = {**fields, "unique_id": f"edge_infer_{node}_{object_id}",
-                   "state_topic": state_topic, **availability, "device": device}
+                   "state_topic": state_topic, **availability, "device": device, "origin": ORIGIN}
             if category:
                 doc["entity_category"] = category
+            if state_topic.endswith("/health") and health_interval > 0:
+                doc["expire_after"] = max(1, math.ceil(3 * health_interval))
             out.append((f"{discovery_prefix}/{component}/{node}/{object_id}/config",
                         json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()))
     return out

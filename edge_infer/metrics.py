@@ -1,12 +1,16 @@
 """Health and metrics: stage latencies and memory for the `health` message, and an optional Prometheus endpoint
-(text format 0.0.4, bound to loopback unless configured otherwise). Thermal back-off is `edge_infer.thermal`."""
+(prometheus_client's exposition, bound to loopback unless configured otherwise). Thermal back-off is
+`edge_infer.thermal`."""
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -16,18 +20,33 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
+# stage-time histogram buckets (seconds): a Pi Zero's MobileNet invoke (~0.3 s) to a commit batch (~1 ms)
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 class LatencyWindow:
-    """The last `size` durations of each stage; p50 / p95 on demand (thread-safe appends)."""
+    """Each stage's durations: the last `size` for p50 / p95 on demand (the `health` message), and cumulative
+    histogram buckets over the whole run (Prometheus). Thread-safe; an `add` costs a bisect and two adds."""
 
     def __init__(self, size: int = 1000) -> None:
         self._windows: dict[str, deque[float]] = {}
         self._size = size
+        self._counts: dict[str, list[int]] = {}  # per bucket (not cumulative), the last one is +Inf
+        self._sums: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def add(self, stage: str, seconds: float) -> None:
         window = self._windows.get(stage)
         if window is None:
             window = self._windows.setdefault(stage, deque(maxlen=self._size))
         window.append(seconds)
+        slot = bisect.bisect_left(BUCKETS, seconds)
+        with self._lock:
+            counts = self._counts.get(stage)
+            if counts is None:
+                counts = self._counts[stage] = [0] * (len(BUCKETS) + 1)
+            counts[slot] += 1
+            self._sums[stage] = self._sums.get(stage, 0.0) + seconds
 
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -37,6 +56,17 @@ class LatencyWindow:
                 p50, p95 = np.percentile(values, [50, 95])
                 out[stage] = {"p50_ms": round(float(p50) * 1000, 3), "p95_ms": round(float(p95) * 1000, 3),
                               "n": int(values.size)}
+        return out
+
+    def histograms(self) -> dict[str, tuple[list[tuple[str, int]], float]]:
+        """Per stage: cumulative (upper bound, count) pairs ending with "+Inf", and the sum of all durations."""
+        with self._lock:
+            snapshot = {stage: (list(counts), self._sums[stage]) for stage, counts in self._counts.items()}
+        out = {}
+        for stage, (counts, total) in snapshot.items():
+            running = list(itertools.accumulate(counts))
+            out[stage] = ([(repr(b), c) for b, c in zip(BUCKETS, running, strict=False)] + [("+Inf", running[-1])],
+                          total)
         return out
 
 
@@ -50,62 +80,84 @@ def rss_bytes() -> int:
     return 0
 
 
-def _labels(**labels: Any) -> str:
-    def esc(v: Any) -> str:
-        return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _family(kind: Any, name: str, doc: str, values: dict[str, float] | float, label: str | None = None) -> Any:
+    """A counter or gauge family `edge_infer_<name>`: one value, or one per `label` value."""
+    family = kind(f"edge_infer_{name}", doc, labels=[label] if label else None)
+    for key, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+        family.add_metric([key] if label else [], value)
+    return family
 
-    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}" if labels else ""
+
+class HealthCollector:
+    """A prometheus_client collector over the daemon's own counters: each scrape reads the `health` snapshot
+    and the stage histograms, so the counts have one source (the run's summary) and cost nothing between
+    scrapes. Names follow Prometheus's conventions: `_total` counters with labels, `_seconds` histograms."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]], latency: LatencyWindow) -> None:
+        self.snapshot, self.latency = snapshot, latency
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        h = self.snapshot()
+        counter, gauge = functools.partial(_family, CounterMetricFamily), functools.partial(_family, GaugeMetricFamily)
+        model = h.get("model_info", {})
+        info = GaugeMetricFamily("edge_infer_model_info", "The model and runtime serving (always 1).",
+                                 labels=["model", "version", "sha256", "runtime"])
+        info.add_metric([model.get("name", ""), model.get("version", ""), model.get("sha256", "")[:12],
+                         h.get("runtime", "")], 1)
+        yield info
+        yield counter("results", "Results decided, by the model that decided them (path).", h.get("paths", {}),
+                      "path")
+        yield counter("uncertain_results", "Results below their label's threshold.", h["uncertain"])
+        yield counter("result_actions", "Results published, suppressed or deferred.", h.get("actions", {}), "action")
+        yield counter("rejections", "Inputs rejected, by reason.", h.get("rejections", {}), "reason")
+        yield counter("dropped_frames", "Live frames dropped because the pipeline was busy.", h.get("dropped", 0))
+        yield counter("published_messages", "Messages the broker acknowledged.", h.get("published", 0))
+        yield gauge("outbox_backlog_messages", "Messages stored, not yet acknowledged.", h.get("backlog", 0))
+        yield gauge("queue_depth", "Items waiting between stages.", h.get("queues", {}), "queue")
+        stages = HistogramMetricFamily("edge_infer_stage_duration_seconds", "Time each input spent in each stage.",
+                                       labels=["stage"])
+        for stage, (buckets, total) in sorted(self.latency.histograms().items()):
+            stages.add_metric([stage], buckets, total)
+        yield stages
+        yield from self._conditions(h, gauge, counter)
+
+    @staticmethod
+    def _conditions(h: dict[str, Any], gauge: Callable[..., Any], counter: Callable[..., Any]) -> Iterator[Any]:
+        drift = h.get("drift", {})
+        scores = drift.get("scores", {})
+        yield gauge("drift_psi", "Population stability index of each monitored statistic.", scores, "statistic")
+        yield gauge("drift_alarm", "1 while a statistic is in drift alarm.",
+                    {k: 1.0 if k in drift.get("alarmed", []) else 0.0 for k in scores}, "statistic")
+        thermal = h.get("thermal", {})
+        if thermal.get("temperature_c") is not None:
+            yield gauge("temperature_celsius", "SoC temperature.", thermal["temperature_c"])
+        yield gauge("thermal_backoff_level", "0: full speed; each level halves the duty cycle.",
+                    thermal.get("level", 0))
+        source = h.get("source") or {"up": True, "losses": 0}  # a folder or a pipe is never "lost"
+        yield gauge("source_up", "1 while the source delivers; 0 while a live source is lost and retried.",
+                    1.0 if source["up"] else 0.0)
+        yield counter("source_losses", "Times the live source was lost.", source["losses"])
+        if (baseline := h.get("baseline")) is not None:
+            active = set(baseline.get("conditions", []))
+            yield gauge("scene_condition", "1 while the camera's baseline holds this condition.",
+                        {c: 1.0 if c in active else 0.0 for c in ("fogged", "obstructed", "defocused",
+                                                                   "scene_changed")}, "condition")
+        yield gauge("accelerator_lost", "1 while a configured accelerator is lost and the CPU runs the model.",
+                    1.0 if (h.get("accelerator") or {}).get("lost") else 0.0)
 
 
-def render_prometheus(health: dict[str, Any]) -> str:
-    """The `health` snapshot in Prometheus text format."""
-    lines: list[str] = []
+def render_prometheus(collector: HealthCollector) -> tuple[bytes, str]:
+    """The scrape body and its content type: the collector plus the standard `process_*` and `python_info`."""
+    from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, Any], float]]) -> None:
-        lines.append(f"# HELP edge_infer_{name} {help_text}")
-        lines.append(f"# TYPE edge_infer_{name} {kind}")
-        for labels, value in samples:
-            lines.append(f"edge_infer_{name}{_labels(**labels)} {float(value)!r}")
-
-    model = health.get("model_info", {})
-    metric("info", "gauge", "Model and runtime of the running daemon.",
-           [({"model": model.get("name", ""), "version": model.get("version", ""),
-              "sha256": model.get("sha256", "")[:12], "runtime": health.get("runtime", "")}, 1)])
-    metric("uptime_seconds", "gauge", "Seconds since the daemon started.", [({}, health["uptime_s"])])
-    metric("results_total", "counter", "Results decided.", [({}, health["results"])])
-    metric("uncertain_total", "counter", "Results below their label's threshold.", [({}, health["uncertain"])])
-    metric("results_by_path_total", "counter", "Results by the model that decided them.",
-           [({"path": k}, v) for k, v in health.get("paths", {}).items()])
-    metric("results_by_action_total", "counter", "Results published, suppressed or deferred.",
-           [({"action": k}, v) for k, v in health.get("actions", {}).items()])
-    metric("rejections_total", "counter", "Inputs rejected, by reason.",
-           [({"reason": k}, v) for k, v in health.get("rejections", {}).items()])
-    metric("dropped_total", "counter", "Live frames dropped because the pipeline was busy.",
-           [({}, health.get("dropped", 0))])
-    metric("published_total", "counter", "Messages acknowledged by the broker.", [({}, health.get("published", 0))])
-    metric("outbox_backlog", "gauge", "Messages stored, not yet acknowledged.", [({}, health.get("backlog", 0))])
-    metric("queue_depth", "gauge", "Items waiting between stages.",
-           [({"queue": k}, v) for k, v in health.get("queues", {}).items()])
-    latency = health.get("latency", {})
-    lines.append("# HELP edge_infer_stage_latency_seconds Per-stage time over the last 1000 inputs.")
-    lines.append("# TYPE edge_infer_stage_latency_seconds summary")
-    for stage, q in latency.items():
-        for quantile, key in (("0.5", "p50_ms"), ("0.95", "p95_ms")):
-            lines.append(f"edge_infer_stage_latency_seconds{_labels(stage=stage, quantile=quantile)} "
-                         f"{float(q[key]) / 1000.0!r}")
-        lines.append(f"edge_infer_stage_latency_seconds_count{_labels(stage=stage)} {float(q['n'])!r}")
-    drift = health.get("drift", {})
-    metric("drift_psi", "gauge", "Population stability index of each monitored statistic.",
-           [({"statistic": k}, v) for k, v in drift.get("scores", {}).items()])
-    metric("drift_alarm", "gauge", "1 while a statistic is in drift alarm.",
-           [({"statistic": k}, 1.0 if k in drift.get("alarmed", []) else 0.0) for k in drift.get("scores", {})])
-    thermal = health.get("thermal", {})
-    if thermal.get("temperature_c") is not None:
-        metric("temperature_celsius", "gauge", "SoC temperature.", [({}, thermal["temperature_c"])])
-    metric("thermal_backoff_level", "gauge", "0: full speed; each level halves the duty cycle.",
-           [({}, thermal.get("level", 0))])
-    metric("resident_memory_bytes", "gauge", "Resident set size.", [({}, health.get("rss_bytes", 0))])
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    registry.register(collector)
+    return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 CONNECTION_TIMEOUT_S = 10.0
@@ -139,17 +191,18 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
 
 class MetricsServer:
-    """`GET /metrics` on `host:port` in its own thread; `snapshot` builds the health dict on each scrape."""
+    """`GET /metrics` on `host:port` in its own thread; `collector` reads the daemon's counters on each scrape
+    (prometheus_client is imported only when metrics are on)."""
 
-    def __init__(self, host: str, port: int, snapshot: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, host: str, port: int, collector: HealthCollector) -> None:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 if self.path.split("?", 1)[0] != "/metrics":
                     self.send_error(404, "only /metrics here")
                     return
-                body = render_prometheus(snapshot()).encode()
+                body, content_type = render_prometheus(collector)
                 self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -129,7 +129,7 @@ def discovery(cfg: Config, port: Serving, conditions: tuple[str, ...] = ()) -> l
     if not cfg.homeassistant.discovery:
         return []
     return discovery_messages(cfg.homeassistant.prefix, cfg.mqtt.topic_prefix, cfg.device.id,
-                              port.model.task, port.identity.model, conditions)
+                              port.model.task, port.identity.model, conditions, cfg.health.interval)
 
 
 def sink(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inbox: Inbox | None,

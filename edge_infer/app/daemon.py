@@ -35,7 +35,7 @@ from edge_infer.messages import (
     message_id,
     snapshot_payload,
 )
-from edge_infer.metrics import LatencyWindow, MetricsServer
+from edge_infer.metrics import HealthCollector, LatencyWindow, MetricsServer
 from edge_infer.model import Model
 from edge_infer.monitor import DriftMonitor
 from edge_infer.outbox import EVENTS, Outbox, Pending
@@ -294,7 +294,7 @@ class Daemon:
         m = self.cfg.metrics
         if m.port:
             try:
-                self.metrics_server = MetricsServer(m.bind, m.port, self._scrape)
+                self.metrics_server = MetricsServer(m.bind, m.port, HealthCollector(self._scrape, self.latency))
             except OSError as exc:
                 raise ConfigError(f"{self.cfg.path}: [metrics]: cannot listen on {m.bind}:{m.port}: "
                                   f"{exc.strerror}") from None

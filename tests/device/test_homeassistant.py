@@ -20,10 +20,13 @@ from tests.helpers.broker import Mosquitto
 from tests.helpers.subscriber import Subscriber
 
 TOPIC = re.compile(r"^homeassistant/(sensor|binary_sensor)/[A-Za-z0-9_-]+/[A-Za-z0-9_-]+/config$")
-DEVICE_CLASSES = {"sensor": {"temperature", "timestamp", None}, "binary_sensor": {"problem", "heat", None}}
+DEVICE_CLASSES = {"sensor": {"temperature", "timestamp", "data_size", None},
+                  "binary_sensor": {"problem", "heat", None}}
+# units Home Assistant accepts for a device class (MB and MiB differ: RSS is counted in MiB)
+UNITS = {"temperature": {"°C", "°F"}, "data_size": {"B", "kB", "KiB", "MB", "MiB", "GB", "GiB"}}
 KNOWN_KEYS = {"name", "icon", "value_template", "unit_of_measurement", "state_class", "device_class", "unique_id",
               "state_topic", "availability_topic", "availability_template", "payload_available",
-              "payload_not_available", "device", "entity_category"}
+              "payload_not_available", "device", "entity_category", "origin", "expire_after"}
 
 
 def check_discovery(topic: str, doc: dict) -> str:
@@ -41,8 +44,10 @@ def check_discovery(topic: str, doc: dict) -> str:
     assert doc.get("entity_category") in (None, "diagnostic", "config")
     assert doc.get("device_class") in DEVICE_CLASSES[component]
     assert doc.get("state_class") in (None, "measurement", "total", "total_increasing")
-    if doc.get("device_class") == "temperature":
-        assert doc["unit_of_measurement"] in ("°C", "°F")
+    if doc.get("device_class") in UNITS:
+        assert doc["unit_of_measurement"] in UNITS[doc["device_class"]]
+    assert doc["origin"]["name"] == "edge-infer" and doc["origin"]["sw_version"]
+    assert doc.get("expire_after") is None or (doc["state_topic"].endswith("/health") and doc["expire_after"] >= 1)
     return component
 
 
@@ -85,6 +90,9 @@ def test_discovery_makes_valid_entities_whose_templates_read_real_messages(tmp_p
         else:
             assert state, topic
     assert len(unique_ids) == len(configs)
+    memory = json.loads(configs["homeassistant/sensor/test-pi/memory/config"].payload)
+    assert memory["unit_of_measurement"] == "MiB" and memory["expire_after"] == 1  # 3 × the 0.3 s interval
+    assert float(render(memory["value_template"], health)) == round(health["rss_bytes"] / 2**20, 1)
     label = json.loads(configs["homeassistant/sensor/test-pi/label/config"].payload)
     assert render(label["value_template"], result) == result["result"]["label"]
 

@@ -28,12 +28,14 @@ def _daemon(tmp_path: Path, broker: Mosquitto, extra: str) -> tuple[Path, subpro
     return cfg, proc
 
 
-def _scrape(port: int) -> dict[str, list]:
+def _scrape(port: int) -> dict:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {f.name: f.samples for f in text_string_to_metric_families(body)}
+    return {f.name: f for f in text_string_to_metric_families(body)}
 
 
 def test_prometheus_scrape_parses_and_counts_what_happened(tmp_path: Path, broker: Mosquitto) -> None:
+    """Parsed by prometheus_client's own parser: `_total` counters with labels, stage histograms whose `_count`
+    grows by exactly the inputs that went through, the standard `process_*` metrics, no hand-made duplicates."""
     zone = tmp_path / "temp"
     zone.write_text("51234\n")
     port = free_port()
@@ -44,25 +46,39 @@ def test_prometheus_scrape_parses_and_counts_what_happened(tmp_path: Path, broke
         (tmp_path / "in" / "empty.png").write_bytes(b"")
         assert wait_until(lambda: _results(port) >= 30, 60), proc.stderr
         families = _scrape(port)
-        value = {name: samples[0].value for name, samples in families.items() if samples}
-        assert value["edge_infer_results"] == 30  # the parser strips _total from counters' family names
-        rejections = {s.labels["reason"]: s.value for s in families["edge_infer_rejections"]}
+        value = {name: f.samples[0].value for name, f in families.items() if f.samples}
+        assert families["edge_infer_results"].type == "counter"
+        assert sum(s.value for s in families["edge_infer_results"].samples if s.name.endswith("_total")) == 30
+        rejections = {s.labels["reason"]: s.value for s in families["edge_infer_rejections"].samples
+                      if s.name.endswith("_total")}
         assert rejections == {"empty_file": 1.0}
-        stages = {s.labels["stage"] for s in families["edge_infer_stage_latency_seconds"]}
-        assert {"decode", "inference", "commit"} <= stages
+        inference = _count(families, "inference")
+        assert inference >= 30 and families["edge_infer_stage_duration_seconds"].type == "histogram"
+        assert {"decode", "inference", "commit"} <= {s.labels["stage"] for s in
+                                                      families["edge_infer_stage_duration_seconds"].samples}
+        make_frames(tmp_path / "in", 7, start=30)
+        assert wait_until(lambda: _results(port) >= 37, 60)
+        assert _count(_scrape(port), "inference") == inference + 7  # every input, not a sliding window
         assert value["edge_infer_temperature_celsius"] == 51.234
         assert value["edge_infer_thermal_backoff_level"] == 0
-        assert value["edge_infer_resident_memory_bytes"] > 10_000_000
-        info = families["edge_infer_info"][0].labels
+        assert value["process_resident_memory_bytes"] > 10_000_000 and value["process_start_time_seconds"] > 0
+        assert not {"edge_infer_resident_memory_bytes", "edge_infer_uptime_seconds",
+                    "edge_infer_results_by_path", "edge_infer_stage_latency_seconds"} & set(families)
+        info = families["edge_infer_model_info"].samples[0].labels
         assert info["model"] == "digits" and info["runtime"]
     finally:
         proc.terminate()
         proc.wait(30)
 
 
+def _count(families: dict, stage: str) -> float:
+    return next(s.value for s in families["edge_infer_stage_duration_seconds"].samples
+                if s.name.endswith("_count") and s.labels["stage"] == stage)
+
+
 def _results(port: int) -> float:
     try:
-        return _scrape(port)["edge_infer_results"][0].value
+        return sum(s.value for s in _scrape(port)["edge_infer_results"].samples if s.name.endswith("_total"))
     except (OSError, KeyError, IndexError):
         return 0.0
 
