@@ -1,6 +1,8 @@
 """`edge-infer`: run the daemon, or check a config before you trust it to systemd.
 
-Exit codes: 0 ok; 2 a problem the user can fix (config, bundle, runtime, outbox), printed as one line.
+Exit codes: 0 ok; 2 a problem only the user can fix (config, bundle, runtime, source), printed as one line — the
+systemd unit does not restart on it; 1 anything else (`run`: an outbox that cannot be opened too) — the unit
+restarts, backing off, for as long as it takes.
 """
 
 from __future__ import annotations
@@ -441,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except USER_ERRORS as exc:
         print(f"edge-infer: error: {exc}", file=sys.stderr)
-        return 2
+        # the outbox's disk may come back (full, remounted): worth a restart; the rest needs the user
+        return 1 if isinstance(exc, OutboxError) and args.command == "run" else 2
     except KeyboardInterrupt:
         return 130
 

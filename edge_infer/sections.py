@@ -197,7 +197,9 @@ class ServiceConfig:
     stop_timeout: int = opt(45, check=_between(5, 3600))
     memory_max: str = opt("300M")
     cpu_quota: str = opt("")
-    start_limit_interval: int = opt(300, check=_between(1, 86400))
+    # 0: restart for as long as it takes (a broker, camera or disk that comes back later); N: give up after
+    # start_limit_burst failed starts within N seconds
+    start_limit_interval: int = opt(0, check=_between(0, 86400))
     start_limit_burst: int = opt(5, check=_between(1, 1000))
 
 

@@ -77,9 +77,32 @@ def _unit_head(description: str) -> list[str]:
             "After=network-online.target time-sync.target"]
 
 
-def _service_head(exec_start: str) -> list[str]:
+CONFIG_ERROR_EXIT = 2  # `edge-infer run` exits 2 on a problem only the user can fix: restarting cannot help
+
+
+def systemd_version() -> int:
+    """The installed systemd's version (`systemctl --version`), or 252 (Debian bookworm's) when unknown."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["systemctl", "--version"], capture_output=True, text=True, timeout=10).stdout
+        return int(out.split()[1])
+    except (OSError, subprocess.SubprocessError, IndexError, ValueError):
+        return 252
+
+
+def restart_lines(version: int) -> list[str]:
+    """Restart on failure, never on a config error; back off from 5 s to 5 min where systemd can (254+),
+    else every 15 s. With `StartLimitIntervalSec=0` (the default) it never gives up."""
+    lines = ["Restart=on-failure", f"RestartPreventExitStatus={CONFIG_ERROR_EXIT}"]
+    if version >= 254:
+        return [*lines, "RestartSec=5", "RestartSteps=6", "RestartMaxDelaySec=300"]
+    return [*lines, "RestartSec=15"]
+
+
+def _service_head(exec_start: str, version: int) -> list[str]:
     return ["Type=notify", "NotifyAccess=main", f"ExecStart={exec_start}", "ExecReload=/bin/kill -HUP $MAINPID",
-            "Restart=on-failure", "RestartSec=5"]
+            *restart_lines(version)]
 
 
 def _config_lines(cfg: Config) -> tuple[list[str], list[str]]:
@@ -110,13 +133,15 @@ def _config_lines(cfg: Config) -> tuple[list[str], list[str]]:
     return [f"StartLimitIntervalSec={svc.start_limit_interval}", f"StartLimitBurst={svc.start_limit_burst}"], service
 
 
-def render_unit(cfg: Config, python: str | None = None) -> str:
-    """The unit file text for this config (paths absolute, as systemd wants them)."""
+def render_unit(cfg: Config, python: str | None = None, version: int | None = None) -> str:
+    """The unit file text for this config (paths absolute, as systemd wants them) for systemd `version`
+    (default: the installed one)."""
     unit, service = _config_lines(cfg)
     return "\n".join([
         "# Written by `edge-infer install-service`; rerun it after changing the config's [service] table.",
         *_unit_head("edge-infer: offline inference, results over MQTT"), *unit, "",
-        "[Service]", *_service_head(_exec_start(python or sys.executable, shlex.quote(str(cfg.path)))),
+        "[Service]", *_service_head(_exec_start(python or sys.executable, shlex.quote(str(cfg.path))),
+                                    version or systemd_version()),
         *service, *SANDBOX, "", "[Install]", "WantedBy=multi-user.target", ""])
 
 
@@ -130,7 +155,7 @@ def instance_name(cfg: Config) -> str:
     return name
 
 
-def render_template(cfg: Config, python: str | None = None) -> tuple[str, str]:
+def render_template(cfg: Config, python: str | None = None, version: int | None = None) -> tuple[str, str]:
     """(`edge-infer@.service`, this config's drop-in `edge-infer@NAME.service.d/config.conf`): the template
     holds what every instance shares (the command — `DIR/%i.toml` — and the sandbox), the drop-in what this
     config decides (user, state, devices, limits), so cameras with different devices each get only theirs."""
@@ -144,7 +169,8 @@ def render_template(cfg: Config, python: str | None = None) -> tuple[str, str]:
         "# Written by `edge-infer install-service --instance`: one daemon per config in "
         f"{cfg.path.parent}/NAME.toml. Each instance's own settings are in edge-infer@NAME.service.d/.",
         *_unit_head("edge-infer %i: offline inference, results over MQTT"), "",
-        "[Service]", *_service_head(_exec_start(python or sys.executable, config)), *SANDBOX, "",
+        "[Service]", *_service_head(_exec_start(python or sys.executable, config), version or systemd_version()),
+        *SANDBOX, "",
         "[Install]", "WantedBy=multi-user.target", ""])
     unit, service = _config_lines(cfg)
     dropin = "\n".join([f"# Written by `edge-infer install-service --instance` from {cfg.path}; rerun it after "

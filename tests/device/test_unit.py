@@ -40,6 +40,8 @@ def test_every_profile_gets_a_notify_unit_with_its_limits(profile: Path) -> None
     unit = settings(dry_run_unit(profile))
     service = tomllib.loads(profile.read_text()).get("service", {})
     assert unit["Type"] == ["notify"] and unit["Restart"] == ["on-failure"]
+    assert unit["RestartPreventExitStatus"] == ["2"]  # a config error: restarting cannot help
+    assert unit["StartLimitIntervalSec"] == [str(service.get("start_limit_interval", 0))]  # 0: never give up
     assert unit["WatchdogSec"] == [str(service.get("watchdog_sec", 30))]
     assert unit["MemoryMax"] == [service.get("memory_max", "300M")]
     assert unit["User"] == ["edge-infer"] and "StartLimitBurst" in unit
@@ -71,6 +73,32 @@ def test_systemd_rates_the_unit_exposure_at_most_2(profile: str, tmp_path: Path)
     level = re.search(r"Overall exposure level for edge-infer.service: ([0-9.]+)", proc.stdout)
     assert level, proc.stdout[-2000:] + proc.stderr
     assert float(level.group(1)) <= 2.0, proc.stdout
+
+
+def test_restarts_back_off_where_systemd_can_and_never_give_up() -> None:
+    from edge_infer.config import load_config
+    from edge_infer.unit import render_unit
+
+    cfg = load_config(REPO / "device_configs" / "pi-4.toml")
+    new, old = settings(render_unit(cfg, version=256)), settings(render_unit(cfg, version=252))
+    assert (new["RestartSec"], new["RestartSteps"], new["RestartMaxDelaySec"]) == (["5"], ["6"], ["300"])
+    assert old["RestartSec"] == ["15"] and "RestartSteps" not in old  # bookworm's 252 does not know the keys
+    assert new["StartLimitIntervalSec"] == ["0"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+    """The installed systemd parses the unit, the template and its drop-in without a warning."""
+    (tmp_path / "edge-infer.service").write_text(dry_run_unit(REPO / "device_configs" / "pi-zero-2w.toml"))
+    etc = tmp_path / "etc"
+    files = dry_run_files(_instance_config(etc, "porch", '[source]\ntype = "camera"\nbackend = "opencv"',
+                                           "/var/lib/edge-infer/porch"))
+    (tmp_path / "edge-infer@porch.service").write_text(files["/u/edge-infer@.service"].replace("[Install]", files[
+        "/u/edge-infer@porch.service.d/config.conf"].split("[Service]", 1)[1] + "\n[Install]"))
+    for unit in ("edge-infer.service", "edge-infer@porch.service"):
+        proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit)], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
 
 
 UNPRIVILEGED = "edge-infer-test"
