@@ -50,13 +50,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     _setup_logging(args.log_level or cfg.log.level, cfg.log.format)
-    daemon = Daemon(cfg)
-    daemon.install_signal_handlers()
+    from edge_infer.logs import capture_stray_output
+
+    restore = capture_stray_output()  # the runtime's own stderr lines (XNNPACK's INFO) in the same format
     try:
+        daemon = Daemon(cfg)
+        daemon.install_signal_handlers()
         summary = daemon.run(once=args.once)
     except DaemonFailed as exc:
+        restore()
         print(f"edge-infer: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        restore()  # a one-line error from main() reaches stderr as it is
     if args.once:
         reasons = ", ".join(f"{k}={v}" for k, v in sorted(summary.rejections.items())) or "none"
         paths = "".join(f", {n} {what}" for n, what in ((summary.escalated, "escalated"),

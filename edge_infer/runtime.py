@@ -129,7 +129,7 @@ class Engine:
         self.inputs = [_tensor_info(d) for d in self._interpreter.get_input_details()]
         self.outputs = [_tensor_info(d) for d in self._interpreter.get_output_details()]
         log.info(
-            "runtime=%s version=%s threads=%d delegate=%s inputs=%s outputs=%s",
+            "event=interpreter runtime=%s version=%s threads=%d delegate=%s inputs=%s outputs=%s",
             self.runtime.name,
             self.runtime.version,
             settings.threads,
@@ -164,5 +164,5 @@ def build_engine(model_content: bytes, settings: EngineSettings, fallback: bool 
             raise
         engine = Engine(model_content, dataclasses.replace(settings, delegate=DEFAULT, delegate_options={}))
         engine.fallback_from = (settings, str(exc))
-        log.info("delegate=%s unavailable, fallback=%s error=%r", settings.delegate, DEFAULT, str(exc))
+        log.info("event=delegate_unavailable delegate=%s fallback=%s error=%r", settings.delegate, DEFAULT, str(exc))
         return engine

@@ -4,6 +4,7 @@ watchdog withheld while inference hangs, SIGTERM under load losing nothing, SIGH
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,15 +194,39 @@ def test_json_logs_one_object_per_line_with_the_event_fields_and_no_secrets(tmp_
     cfg.write_text(text)
     make_frames(tmp_path / "in", 3)
     (tmp_path / "in" / "empty.png").write_bytes(b"")
-    proc = subprocess.run([sys.executable, "-m", "edge_infer", "run", "--config", str(cfg), "--once"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "JOURNAL_STREAM": "8:1"})
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.startswith("{")]
-    ours = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith("INFO: Created TensorFlow Lite")]
-    assert lines and len(lines) == len(ours), "every line is JSON (but the TFLite runtime's own C++ notice)"
+    log = tmp_path / "journal"  # stands in for journald's stream: JOURNAL_STREAM names this very file
+    with log.open("w") as err:
+        st = os.fstat(err.fileno())
+        proc = subprocess.run([sys.executable, "-m", "edge_infer", "run", "--config", str(cfg), "--once"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, timeout=120,
+                              env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    stderr = log.read_text()
+    assert proc.returncode == 0, stderr
+    raw = [line for line in stderr.splitlines() if line.strip()]
+    assert all(re.match(r"^<[2-7]>\{", line) for line in raw), "every line: a journal priority, then JSON"
+    lines = [json.loads(line[3:]) for line in raw]
+    priority = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>"}
+    assert all(line.startswith(priority[doc["level"]]) for line, doc in zip(raw, lines, strict=True))
     events = {doc.get("event") for doc in lines}
-    assert {"start", "rejected", "stop"} <= events
+    assert {"start", "rejected", "stop", "stderr"} <= events  # "stderr": the runtime's own notice, captured
+    native = next(doc for doc in lines if doc.get("event") == "stderr")
+    assert native["logger"] == "native" and "XNNPACK" in native["text"] and native["level"] == "info"
     rejected = next(doc for doc in lines if doc.get("event") == "rejected")
     assert rejected["reason"] == "empty_file" and rejected["input"] == "empty.png"
     assert all("ts" not in doc for doc in lines), "under systemd, journald stamps the time"
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout, stderr)
     assert "hunter2" not in proc.stderr
+
+
+def test_key_value_logs_are_logfmt_with_ts_and_lower_case_levels(tmp_path: Path, broker: Mosquitto) -> None:
+    """Outside the journal every stderr line is `ts=… level=… logger=…` — the runtime's own C++ notice too."""
+    cfg = _config(tmp_path, broker, "")
+    make_frames(tmp_path / "in", 3)
+    proc = subprocess.run([sys.executable, "-m", "edge_infer", "run", "--config", str(cfg), "--once"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"})
+    assert proc.returncode == 0, proc.stderr
+    logfmt = re.compile(r"^ts=\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z level=(debug|info|warning|error) logger=\S+ \S")
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("edge-infer: ")]
+    assert lines and [line for line in lines if not logfmt.match(line)] == []
+    assert any(" event=stop " in line for line in lines)
