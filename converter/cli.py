@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from converter.convert import IO_TYPES, MODES
 from converter.errors import ConvertError, ConvertRefused
 from converter.job import run
+from edge_infer import __version__
 from edge_infer.manifest import COLORS, OUTPUT_ACTIVATIONS, TASKS
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
+    p.add_argument("--version", action="version", version=f"edge-convert {__version__}")
     p.add_argument("model", help="SavedModel directory, .keras file, or a .tflite somebody else made to wrap into a "
                                  "bundle as it is (also: edge-convert wrap MODEL.tflite ...)")
     p.add_argument("--task", choices=TASKS, default="classification",

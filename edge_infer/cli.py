@@ -10,22 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_infer import __version__
 from edge_infer.bundle import BundleError
-from edge_infer.cli_setup import add_parsers
+from edge_infer.cli_common import LOG_LEVELS, subcommand
+from edge_infer.cli_fleet import add_parsers as add_fleet_parsers
+from edge_infer.cli_setup import add_parsers as add_setup_parsers
 from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.outbox import OutboxError
 from edge_infer.runtime import RuntimeUnavailable
 from edge_infer.sources import SourceError
 
 if TYPE_CHECKING:
-    from edge_infer.remote import Remote
+    pass
 
 USER_ERRORS = (ConfigError, BundleError, RuntimeUnavailable, OutboxError, SourceError)
 
@@ -34,15 +34,6 @@ def _setup_logging(level: str, fmt: str = "kv") -> None:
     from edge_infer.logs import setup_logging
 
     setup_logging(level, fmt)
-
-
-def _broker_reachable(cfg: Config, timeout: float = 2.0) -> str | None:
-    """None when a TCP connection to the broker opens, else why not."""
-    try:
-        with socket.create_connection((cfg.mqtt.host, cfg.mqtt.port), timeout=timeout):
-            return None
-    except OSError as exc:
-        return exc.strerror or str(exc)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -81,48 +72,63 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _check_findings(cfg: Config) -> list[tuple[str, str, str]]:
+    """(what, status, detail) for the config, bundle(s), runtime, accelerator, camera and every broker. Raises
+    the one-line errors (bad config or bundle, no runtime) on the way."""
     from edge_infer.model import describe, model_from_config
+    from edge_infer.sinks.mqtt import probe, settings_from_config
 
-    cfg = load_config(args.config)
-    _setup_logging(args.log_level or "warning")
-    print(f"config   ok: {cfg.path} (device {cfg.device.id})")
+    found = [("config", "ok", f"{cfg.path} (device {cfg.device.id})")]
     model = model_from_config(cfg.model)
-    print(f"bundle   ok: {model.bundle.path} — {describe(model)}")
+    found.append(("bundle", "ok", f"{model.bundle.path} — {describe(model)}"))
     if cfg.decide.escalate_to:
         second = model_from_config(cfg.model, cfg.decide.escalate_to)
-        print(f"escalate ok: {second.bundle.path} — {describe(second)}")
+        found.append(("escalate", "ok", f"{second.bundle.path} — {describe(second)}"))
     rt = model.engine.runtime
-    print(f"runtime  ok: {rt.name} {rt.version}, {cfg.model.threads} thread(s), delegate "
-          f"{model.engine.settings.describe()}")
+    found.append(("runtime", "ok", f"{rt.name} {rt.version}, {cfg.model.threads} thread(s), delegate "
+                                   f"{model.engine.settings.describe()}"))
     if model.engine.fallback_from is not None:  # the accelerator is missing: the service would run on the CPU
         wanted, why = model.engine.fallback_from
-        print(f"accel    MISSING: {why} — the CPU ({rt.delegate}) runs the model and {wanted.delegate} is retried "
-              "with back-off (delegate_fallback = false makes this an error)")
+        found.append(("accel", "MISSING", f"{why} — the CPU ({rt.delegate}) runs the model and {wanted.delegate} "
+                                          "is retried with back-off (delegate_fallback = false makes this an error)"))
     if cfg.source.type == "camera":
-        print(_camera_line(cfg.source.backend))
-    problem = _broker_reachable(cfg)
-    where = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
-    if problem is None:
-        print(f"broker   ok: {where} reachable")
+        found.append(_camera_line(cfg.source.backend))
+    if cfg.sink.type == "mqtt":
+        settings = settings_from_config(cfg.mqtt, cfg.device.id or "check")
+        for host, port in settings.hosts:  # every broker the daemon would try, with its login and TLS
+            problem = probe(settings, host, port)
+            found.append(("broker", "ok", f"{host}:{port} accepted the device's login") if problem is None else
+                         ("broker", "unreachable", f"{host}:{port} ({problem}); results will queue in "
+                                                   f"{cfg.outbox.path}"))
+    return found
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    _setup_logging(args.log_level or "warning")
+    found = _check_findings(cfg)
+    if args.json:
+        print(json.dumps({"config": str(cfg.path), "checks": [{"check": what, "status": status, "detail": detail}
+                                                              for what, status, detail in found]}, indent=2))
     else:
-        print(f"broker   unreachable: {where} ({problem}); results will queue in {cfg.outbox.path}")
+        for what, status, detail in found:
+            print(f"{what:<8} {status}: {detail}")
     return 0
 
 
-def _camera_line(backend: str) -> str:
-    """`check`'s line on the camera library the configured backend needs."""
+def _camera_line(backend: str) -> tuple[str, str, str]:
+    """`check`'s finding on the camera library the configured backend needs."""
     import importlib.util
 
     from edge_infer.sources.camera import picamera2_problem
 
     problem = None if backend == "opencv" else picamera2_problem()
     if backend != "opencv" and problem is None:
-        return "camera   ok: picamera2"
+        return "camera", "ok", "picamera2"
     opencv = importlib.util.find_spec("cv2") is not None
     if backend != "picamera2" and opencv:
-        return "camera   ok: OpenCV" + (f" (picamera2 not usable: {problem})" if problem else "")
-    return f"camera   MISSING: {problem or 'OpenCV is not installed: pip install opencv-python-headless'}"
+        return "camera", "ok", "OpenCV" + (f" (picamera2 not usable: {problem})" if problem else "")
+    return "camera", "MISSING", problem or "OpenCV is not installed: pip install opencv-python-headless"
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -173,59 +179,6 @@ def _show(doc: dict, as_json: bool) -> None:
         print(f"{key:<18} {value}")
 
 
-def cmd_audit(args: argparse.Namespace) -> int:
-    import threading
-    import time
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from edge_infer.audit import Auditor
-
-    auditor = Auditor(validate=not args.no_schema)
-    lock = threading.Lock()
-    last = [time.monotonic()]
-
-    def on_message(_c, _u, msg: mqtt.MQTTMessage) -> None:
-        with lock:
-            auditor.feed(msg.topic, msg.payload)
-            last[0] = time.monotonic()
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.on_connect = lambda c, *_: c.subscribe(args.topic, qos=1)
-    client.on_message = on_message
-    try:
-        client.connect(args.host, args.port)
-    except OSError as exc:
-        print(f"edge-infer: error: cannot reach broker {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 2
-    client.loop_start()
-    started = time.monotonic()
-    try:
-        while time.monotonic() - started < args.duration:
-            if args.idle and time.monotonic() - last[0] > args.idle and auditor.messages:
-                break
-            time.sleep(0.1)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    with lock:
-        report = auditor.report()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        if not report["schema_validation"]:
-            print("schema validation skipped: pip install jsonschema")
-        for device, d in report["devices"].items():
-            print(f"{device}: {d['received']} unique messages (seq {d['seq_first']}..{d['seq_last']}), "
-                  f"{d['duplicates_dropped']} duplicates dropped, {d['explained_drops']} explained drops, "
-                  f"{d['dead_letters']} dead letters, {d['missing']} missing {d['unexplained_gaps'][:5]}")
-        for problem in report["invalid"][:10]:
-            print(f"invalid: {problem}")
-        print("complete" if report["complete"] else "INCOMPLETE")
-    return 0 if report["complete"] else 1
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge_infer.bench import BenchError, print_report, run_bench
 
@@ -260,186 +213,50 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keygen(args: argparse.Namespace) -> int:
-    from edge_infer.signing import generate_keypair, key_id, load_private_key
-
-    try:
-        private, public = generate_keypair(args.out)
-    except FileExistsError as exc:
-        raise ConfigError(str(exc)) from None
-    print(f"edge-infer: wrote {private} (private: keep it on the signing machine, mode 0600) and {public} "
-          f"(public: list it in each device's [fleet].keys); key id {key_id(load_private_key(private))}")
-    return 0
-
-
-def cmd_sign(args: argparse.Namespace) -> int:
-    from edge_infer.signing import load_private_key, sign_bundle
-
-    try:
-        key = load_private_key(args.key)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    for bundle in args.bundle:
-        print(f"edge-infer: signed {bundle} with key {sign_bundle(bundle, key)}")
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from edge_infer.golden import read_golden
-    from edge_infer.signing import SignatureError, load_public_key, read_parts, verify_bundle
-
-    try:
-        keys = [load_public_key(k) for k in args.key]
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    failed = 0
-    for bundle in args.bundle:
-        try:
-            signer = verify_bundle(bundle, keys)
-        except SignatureError as exc:
-            print(f"edge-infer: {bundle}: REFUSED ({exc.reason}): {exc.detail}")
-            failed += 1
-            continue
-        golden = read_golden(read_parts(bundle).members)
-        print(f"edge-infer: {bundle}: signed by {signer}; {len(golden) if golden else 'no'} golden inputs")
-    return 1 if failed else 0
-
-
-def _remote(args: argparse.Namespace) -> Remote:
-    from edge_infer.remote import Broker, Remote
-
-    host, _, port = args.broker.rpartition(":")
-    password = Path(args.password_file).read_text().strip() if args.password_file else None
-    broker = Broker(host or args.broker, int(port) if port.isdigit() else 1883, args.username, password, args.tls,
-                    args.ca_file)
-    try:
-        return Remote(broker, args.prefix, args.device)
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(f"{args.broker}: cannot reach the broker: {exc}") from None
-
-
-def _print_answer(events: list[dict], timeout: float) -> int:
-    if not events:
-        print(f"edge-infer: no answer within {timeout:.0f} s (is the device online, and [commands] enabled?)",
-              file=sys.stderr)
-        return 2
-    for event in events:
-        print(json.dumps({"event": event.get("event"), **event.get("details", {})}))
-    return 1 if any(e.get("event") in ("command_failed", "model_rolled_back") for e in events) else 0
-
-
-def cmd_command(args: argparse.Namespace) -> int:
-    from edge_infer.remote import command_payload
-
-    try:
-        command_args = json.loads(args.args) if args.args else {}
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--args: not JSON: {exc}") from None
-    command_id, payload = command_payload(args.name, args.device, command_args, Path(args.key) if args.key else None)
-    remote = _remote(args)
-    try:
-        remote.publish(f"cmd/{args.name}", payload)
-        return _print_answer(remote.wait(command_id, args.timeout), args.timeout)
-    finally:
-        remote.close()
-
-
-def cmd_push_model(args: argparse.Namespace) -> int:
-    from edge_infer.remote import bundle_chunks
-
-    transfer, chunks = bundle_chunks(Path(args.bundle), args.chunk_bytes, Path(args.key), args.device)
-    remote = _remote(args)
-    try:
-        for i, chunk in enumerate(chunks, 1):
-            remote.publish("cmd/update-model", chunk)
-            print(f"\redge-infer: sent {i}/{len(chunks)} messages", end="", file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-        also = ("model_confirmed", "model_rolled_back") if args.wait_watch else ()
-        return _print_answer(remote.wait(transfer, args.timeout, also), args.timeout)
-    finally:
-        remote.close()
-
-
-def _remote_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", required=True, help="the device's id ([device].id)")
-    p.add_argument("--broker", default="127.0.0.1:1883", help="host:port (127.0.0.1:1883)")
-    p.add_argument("--prefix", default="edge", help="the devices' [mqtt].topic_prefix (edge)")
-    p.add_argument("--username")
-    p.add_argument("--password-file")
-    p.add_argument("--tls", action="store_true")
-    p.add_argument("--ca-file")
-    p.add_argument("--timeout", type=float, default=60.0, help="wait this long for the answer (s)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-infer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="edge-infer", description=__doc__.splitlines()[0],
+                                     epilog="every command: edge-infer COMMAND --help")
     parser.add_argument("--version", action="version", version=f"edge-infer {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the inference daemon")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
+    run = subcommand(sub.add_parser, "run", "run the inference daemon",
+                     "edge-infer run --config /etc/edge-infer/config.toml\n"
+                     "edge-infer run --config config.toml --once   # what the source holds now, then exit")
     run.add_argument("--config", required=True, help="device config (TOML)")
     run.add_argument("--once", action="store_true", help="process what the source holds, drain, exit")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--log-level", choices=LOG_LEVELS, help="overrides [log] level")
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check", help="validate config, bundle and runtime; probe the broker")
+    check = subcommand(sub.add_parser, "check", "validate config, bundle and runtime; probe every broker",
+                       "edge-infer check --config /etc/edge-infer/config.toml --json")
     check.add_argument("--config", required=True, help="device config (TOML)")
-    check.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    check.add_argument("--json", action="store_true", help="print the findings as one JSON document")
+    check.add_argument("--log-level", choices=LOG_LEVELS, help="log level while checking (warning)")
     check.set_defaults(func=cmd_check)
-    box = sub.add_parser("outbox", help="inspect or manage the outbox")
-    box.add_argument("action", choices=("stats", "list", "dead-letters", "purge"))
+    box = subcommand(sub.add_parser, "outbox", "inspect or manage the outbox",
+                     "edge-infer outbox stats --config config.toml\n"
+                     "edge-infer outbox purge --what dead-letters --yes --config config.toml")
+    box.add_argument("action", choices=("stats", "list", "dead-letters", "purge"), help="what to do")
     box.add_argument("--config", required=True, help="device config (TOML)")
-    box.add_argument("--json", action="store_true")
-    box.add_argument("--limit", type=int, default=50)
+    box.add_argument("--json", action="store_true", help="print JSON")
+    box.add_argument("--limit", type=int, default=50, help="list / dead-letters: at most this many rows (50)")
     box.add_argument("--what", choices=("queue", "dead-letters"), default="dead-letters", help="purge: which")
     box.add_argument("--yes", action="store_true", help="purge: really delete")
     box.set_defaults(func=cmd_outbox)
-    audit = sub.add_parser("audit", help="subscribe and check streams are complete (for subscribers)")
-    audit.add_argument("--host", default="127.0.0.1")
-    audit.add_argument("--port", type=int, default=1883)
-    audit.add_argument("--topic", default="edge/#")
-    audit.add_argument("--duration", type=float, default=60.0, help="listen at most this long (s)")
-    audit.add_argument("--idle", type=float, default=0.0, help="stop after this many quiet seconds (s)")
-    audit.add_argument("--no-schema", action="store_true", help="skip JSON Schema validation")
-    audit.add_argument("--json", action="store_true")
-    audit.set_defaults(func=cmd_audit)
-    add_parsers(sub.add_parser)
-    exp = sub.add_parser("export", help="copy kept inputs into the folder layout edge-convert reads")
+    add_setup_parsers(sub.add_parser)
+    exp = subcommand(sub.add_parser, "export", "copy kept inputs into the folder layout edge-convert reads",
+                     "edge-infer export uncertain --config config.toml --to review/")
     exp.add_argument("what", choices=("uncertain", "rejected"), help="which review folder")
     exp.add_argument("--config", required=True, help="device config (TOML)")
     exp.add_argument("--to", required=True, help="destination folder (<to>/<label-or-reason>/...)")
     exp.add_argument("--group", action="append", help="only this label / reason (repeatable)")
     exp.set_defaults(func=cmd_export)
-    bench = sub.add_parser("bench", help="measure every stage on the configured model and inputs")
+    bench = subcommand(sub.add_parser, "bench", "measure every stage on the configured model and inputs",
+                       "edge-infer bench --config config.toml --frames 300")
     bench.add_argument("--config", required=True, help="device config (TOML); inputs from [source].path")
     bench.add_argument("--frames", type=int, default=200, help="frames per measurement (200)")
     bench.add_argument("--rounds", type=int, default=3, help="repeat every measurement; report medians (3)")
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(func=cmd_bench)
-    keygen = sub.add_parser("keygen", help="make a fleet signing key pair (<out>.key, <out>.pub)")
-    keygen.add_argument("--out", required=True, help="path stem, e.g. fleet")
-    keygen.set_defaults(func=cmd_keygen)
-    sign = sub.add_parser("sign", help="sign bundles with the fleet's private key")
-    sign.add_argument("bundle", nargs="+")
-    sign.add_argument("--key", required=True, help="private key (PEM)")
-    sign.set_defaults(func=cmd_sign)
-    verify = sub.add_parser("verify", help="check bundles' signatures as a device would")
-    verify.add_argument("bundle", nargs="+")
-    verify.add_argument("--key", required=True, action="append", help="public key (PEM file or base64); repeatable")
-    verify.set_defaults(func=cmd_verify)
-    command = sub.add_parser("command", help="send a command to a device and print its answer")
-    command.add_argument("name", help="reload, snapshot, set-threshold or update-model")
-    command.add_argument("--args", help='JSON object, e.g. \'{"threshold": 0.8}\'')
-    command.add_argument("--key", help="fleet private key to sign with (devices with [commands] auth = \"signed\")")
-    _remote_args(command)
-    command.set_defaults(func=cmd_command)
-    push = sub.add_parser("push-model", help="send a signed bundle to a device over MQTT and print what it did")
-    push.add_argument("bundle")
-    push.add_argument("--chunk-bytes", type=int, default=96 * 1024,
-                      help="raw bytes per chunk message (96 KiB: about 128 KiB on the wire)")
-    push.add_argument("--key", required=True,
-                      help="fleet private key: signs the transfer header that the device checks before it writes")
-    push.add_argument("--wait-watch", action="store_true", help="also wait for the watch window's verdict")
-    _remote_args(push)
-    push.set_defaults(func=cmd_push_model)
+    add_fleet_parsers(sub.add_parser)
     return parser
 
 

@@ -8,9 +8,9 @@ import os
 import pwd
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from edge_infer.cli_common import AddParser, subcommand
 from edge_infer.config import Config, ConfigError, load_config
 
 
@@ -133,13 +133,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parsers(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
+def add_parsers(add_parser: AddParser) -> None:
     """The `init` and `install-service` subcommands (`add_parser`: the subparsers' `add_parser`)."""
-    init = add_parser(
-        "init", help="find the camera and write a starter config for it",
-        description="Find the camera (a Raspberry Pi camera through picamera2, else a USB camera) and write a "
-                    "starter config for it. Example: edge-infer init --camera --bundle /var/lib/edge-infer/"
-                    "models/model.tflite --broker 192.168.1.10:1883 --out /etc/edge-infer/porch.toml")
+    init = subcommand(add_parser, "init", "find the camera and write a starter config for it",
+                      "edge-infer init --camera --bundle /var/lib/edge-infer/models/model.tflite \\\n"
+                      "    --broker 192.168.1.10:1883 --out /etc/edge-infer/porch.toml",
+                      "A Raspberry Pi camera through picamera2 comes first, else a USB camera; it never "
+                      "replaces a file.")
     init.add_argument("--camera", type=int, nargs="?", const=0, default=0,
                       help="which of the cameras found (0: the first; a Pi camera comes before USB ones)")
     init.add_argument("--out", default="/etc/edge-infer/config.toml", help="where to write it (refuses to replace)")
@@ -150,12 +150,11 @@ def add_parsers(add_parser: Callable[..., argparse.ArgumentParser]) -> None:
     init.add_argument("--device-id", default=None, help="[device].id (default: the host name)")
     init.add_argument("--sys-root", default="/sys", help=argparse.SUPPRESS)  # tests: a sysfs-shaped tree
     init.set_defaults(func=cmd_init)
-    svc = add_parser(
-        "install-service", help="write the hardened systemd unit and create the service user",
-        description="Write the hardened systemd unit for a config and create its user. With --instance, one "
-                    "daemon per camera: the edge-infer@.service template plus this config's drop-in; the config "
-                    "must be DIR/NAME.toml and runs as edge-infer@NAME. Example: sudo edge-infer install-service "
-                    "--config /etc/edge-infer/porch.toml --instance")
+    svc = subcommand(add_parser, "install-service", "write the hardened systemd unit and create the service user",
+                     "sudo edge-infer install-service --config /etc/edge-infer/config.toml --dry-run\n"
+                     "sudo edge-infer install-service --config /etc/edge-infer/porch.toml --instance",
+                     "With --instance, one daemon per camera: the edge-infer@.service template plus this "
+                     "config's drop-in; the config must be DIR/NAME.toml and runs as edge-infer@NAME.")
     svc.add_argument("--config", required=True, help="device config (TOML); its [service] table sets the limits")
     svc.add_argument("--instance", action="store_true",
                      help="install as edge-infer@NAME (NAME: the config's file name without .toml)")

@@ -32,6 +32,17 @@ class Broker:
     ca_file: str | None = None
 
 
+def client_for(broker: Broker, role: str) -> mqtt.Client:
+    """An MQTT v5 client with the broker's login and TLS (not yet connected): one way for every command."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-infer-{role}-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5)
+    if broker.username:
+        client.username_pw_set(broker.username, broker.password)
+    if broker.tls:
+        client.tls_set(ca_certs=broker.ca_file)
+    return client
+
+
 class Remote:
     """One connection to the broker, subscribed to a device's events."""
 
@@ -39,12 +50,7 @@ class Remote:
         self.base = f"{prefix}/{device}"
         self.device = device
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-infer-remote-{uuid.uuid4().hex[:8]}",
-                                  protocol=mqtt.MQTTv5)
-        if broker.username:
-            self.client.username_pw_set(broker.username, broker.password)
-        if broker.tls:
-            self.client.tls_set(ca_certs=broker.ca_file)
+        self.client = client_for(broker, "remote")
         subscribed = queue.Queue[int]()
         self.client.on_subscribe = lambda *_a: subscribed.put(1)
         self.client.on_message = self._on_message

@@ -239,13 +239,7 @@ class Publisher(Counted, threading.Thread):
         )
         client.suppress_exceptions = True
         client.connect_timeout = 5.0
-        if s.tls:
-            client.tls_set(
-                ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file, cert_reqs=ssl.CERT_REQUIRED
-            )
-            client.tls_insecure_set(s.tls_insecure)
-        if s.username:
-            client.username_pw_set(s.username, s.password)
+        login(client, s)
         client.will_set(s.topic("status"), self._will(), qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
@@ -440,6 +434,48 @@ class Publisher(Counted, threading.Thread):
                 self.receipts.taken.append(seq)
         except Exception:
             log.exception("event=callback_error callback=on_publish")
+
+
+def login(client: mqtt.Client, s: MqttSettings) -> None:
+    """The device's TLS and credentials on a client (the daemon's connection, and `check`'s probe)."""
+    if s.tls:
+        client.tls_set(ca_certs=s.ca_file, certfile=s.cert_file, keyfile=s.key_file, cert_reqs=ssl.CERT_REQUIRED)
+        client.tls_insecure_set(s.tls_insecure)
+    if s.username:
+        client.username_pw_set(s.username, s.password)
+
+
+def probe(s: MqttSettings, host: str, port: int, timeout: float = 5.0) -> str | None:
+    """Log in to one broker as the device would (its protocol, TLS and credentials, under a client id of its
+    own so a running daemon is not disconnected) and leave: None when the broker accepted, else why not."""
+    import threading
+    import uuid
+
+    v5 = s.protocol == "5"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"edge-infer-check-{uuid.uuid4().hex[:8]}",
+                         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+    answered = threading.Event()
+    outcome: list[Any] = []
+
+    def on_connect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
+        outcome.append(reason)
+        answered.set()
+
+    client.on_connect = on_connect
+    try:
+        login(client, s)
+        client.connect(host, port, keepalive=10)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    client.loop_start()
+    try:
+        if not answered.wait(timeout):
+            return f"no MQTT answer within {timeout:g} s"
+        reason = outcome[0]
+        return f"refused: {reason}" if getattr(reason, "is_failure", False) else None
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def settings_from_config(mqtt_cfg: MqttConfig, device_id: str, max_inbound_bytes: int = 256 * 1024) -> MqttSettings:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -126,9 +129,42 @@ def test_check_reports_bundle_runtime_and_broker(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         assert "bundle   ok:" in proc.stdout and "digits 1.0.0" in proc.stdout
         assert "runtime  ok:" in proc.stdout
-        assert f"broker   ok: 127.0.0.1:{broker.port} reachable" in proc.stdout
+        assert f"broker   ok: 127.0.0.1:{broker.port} accepted the device's login" in proc.stdout
     finally:
         broker.stop()
     proc = run_cli("check", "--config", str(cfg))
     assert proc.returncode == 0
     assert "broker   unreachable" in proc.stdout and "results will queue" in proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd is not installed")
+def test_check_logs_in_to_every_configured_broker_and_says_so_as_json(tmp_path: Path) -> None:
+    """`[mqtt] hosts` lists a broker that wants a login and one that is down: `check --json` reports each
+    (never the `host` key it does not use); a wrong password is a refusal, not "reachable"."""
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "pi", "right-one"], check=True,
+                   capture_output=True)
+    passwords.chmod(0o600)
+    port, down = free_port(), free_port()
+    broker = Mosquitto(tmp_path / "b", port=port, listener=f"listener {port} 127.0.0.1\nallow_anonymous false\n"
+                                                           f"password_file {passwords}\n").start()
+    secret = tmp_path / "secret"
+    try:
+        cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path, state=tmp_path / "s",
+                           port=1)  # `host`/`port` say 127.0.0.1:1; `hosts` wins
+        cfg.write_text(cfg.read_text().replace(
+            "[mqtt]\n", f'[mqtt]\nhosts = ["127.0.0.1:{port}", "127.0.0.1:{down}"]\nusername = "pi"\n'
+                        f'password_file = "{secret}"\n', 1))
+        for password, accepted in (("right-one", True), ("wrong", False)):
+            secret.write_text(password + "\n")
+            proc = run_cli("check", "--config", str(cfg), "--json")
+            assert proc.returncode == 0, proc.stderr
+            brokers = [c for c in json.loads(proc.stdout)["checks"] if c["check"] == "broker"]
+            assert [c["detail"].split(" ")[0] for c in brokers] == [f"127.0.0.1:{port}", f"127.0.0.1:{down}"]
+            assert brokers[0]["status"] == ("ok" if accepted else "unreachable"), brokers
+            assert accepted or "refused" in brokers[0]["detail"]
+            assert brokers[1]["status"] == "unreachable" and "127.0.0.1:1 " not in proc.stdout
+    finally:
+        broker.stop()
+
+

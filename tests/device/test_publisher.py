@@ -33,7 +33,8 @@ def test_audit_command_reports_a_complete_stream(tmp_path: Path, broker: Mosquit
     cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
                        port=broker.port)
     auditor = subprocess.Popen(
-        [sys.executable, "-m", "edge_infer", "audit", "--port", str(broker.port), "--idle", "2", "--duration", "60"],
+        [sys.executable, "-m", "edge_infer", "audit", "--broker", f"127.0.0.1:{broker.port}", "--idle", "2",
+         "--duration", "60"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
