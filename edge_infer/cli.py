@@ -76,7 +76,7 @@ def _check_findings(cfg: Config) -> list[tuple[str, str, str]]:
     """(what, status, detail) for the config, bundle(s), runtime, accelerator, camera and every broker. Raises
     the one-line errors (bad config or bundle, no runtime) on the way."""
     from edge_infer.model import describe, model_from_config
-    from edge_infer.sinks.mqtt import probe, settings_from_config
+    from edge_infer.sinks.mqtt_settings import probe, settings_from_config
 
     found = [("config", "ok", f"{cfg.path} (device {cfg.device.id})")]
     model = model_from_config(cfg.model)
@@ -266,8 +266,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except USER_ERRORS as exc:
         print(f"edge-infer: error: {exc}", file=sys.stderr)
-        # the outbox's disk may come back (full, remounted): worth a restart; the rest needs the user
-        return 1 if isinstance(exc, OutboxError) and args.command == "run" else 2
+        # the outbox's disk may come back (full, not yet mounted): worth a restart; the rest needs the user
+        return 1 if isinstance(exc, OutboxError) and exc.transient and args.command == "run" else 2
     except KeyboardInterrupt:
         return 130
 

@@ -25,48 +25,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from edge_infer.outbox_items import Limits, Pending, Row
+from edge_infer.outbox_items import SCHEMA, SCHEMA_VERSION, Limits, Pending, Row
 
 __all__ = ["EVENTS", "Limits", "Outbox", "OutboxError", "OutboxFull", "Pending", "Row"]
-SCHEMA_VERSION = 1
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS messages (
-    seq INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    msg_id TEXT NOT NULL,
-    created REAL NOT NULL,
-    size INTEGER NOT NULL,
-    payload BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
-CREATE TABLE IF NOT EXISTS processed (
-    source TEXT NOT NULL,
-    input_key TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (source, input_key)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS dead_letters (
-    seq INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    msg_id TEXT NOT NULL,
-    created REAL NOT NULL,
-    payload BLOB NOT NULL,
-    reason TEXT NOT NULL,
-    failed_at REAL NOT NULL
-);
-INSERT OR IGNORE INTO meta (key, value) VALUES
-    ('schema_version', 1), ('last_seq', 0), ('rows', 0), ('bytes', 0), ('event_rows', 0),
-    ('dropped_max_rows', 0), ('dropped_max_bytes', 0), ('dropped_ttl', 0), ('dropped_purged', 0),
-    ('dropped_events', 0),
-    ('dead_letters', 0), ('dead_letters_dropped', 0);
--- added later: counted from what is there when an older database is opened
-INSERT OR IGNORE INTO meta (key, value)
-    SELECT 'event_bytes', COALESCE(SUM(size), 0) FROM messages WHERE kind = 'events';
-INSERT OR IGNORE INTO meta (key, value)
-    SELECT 'dead_letter_bytes', COALESCE(SUM(length(payload)), 0) FROM dead_letters;
-"""
 WAL_LIMIT_BYTES = 4 * 1024 * 1024  # the WAL is truncated to this after a checkpoint
 CACHE_KIB = 512  # page cache per connection (SQLite's default is 2 MiB): appends and head reads need little
 DURABILITY = {"full": "FULL", "normal": "NORMAL"}
@@ -78,7 +39,12 @@ EventBuilder = Callable[[int, str, str, dict[str, Any]], bytes]
 
 
 class OutboxError(Exception):
-    """The outbox cannot be opened or used; the message names the file."""
+    """The outbox cannot be opened or used; the message names the file. `transient`: the disk may come back
+    (a directory or database that cannot be opened or created) — a restart may succeed."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class OutboxFull(OutboxError):
@@ -120,14 +86,15 @@ class Outbox:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise OutboxError(f"{self.path.parent}: cannot create outbox directory: {exc.strerror}") from None
+            raise OutboxError(f"{self.path.parent}: cannot create outbox directory: {exc.strerror}",
+                              transient=True) from None
         if primary:
             self._take_lock()
         try:
             self._db = self._connect(durability, busy_timeout_s, check=primary)
         except sqlite3.DatabaseError as exc:
             if not primary:
-                raise OutboxError(f"{self.path}: cannot open outbox database: {exc}") from None
+                raise OutboxError(f"{self.path}: cannot open outbox database: {exc}", transient=True) from None
             self._db = self._replace_corrupt(str(exc), durability, busy_timeout_s)
         version = self._meta("schema_version")
         if version > SCHEMA_VERSION:
@@ -181,7 +148,7 @@ class Outbox:
         try:
             return self._connect(durability, busy_timeout_s, check=False)
         except sqlite3.DatabaseError as exc:
-            raise OutboxError(f"{self.path}: cannot create a fresh outbox database: {exc}") from None
+            raise OutboxError(f"{self.path}: cannot create a fresh outbox database: {exc}", transient=True) from None
 
     def _apply_seq_floor(self) -> None:
         """A fresh database (first start, deleted, or a corrupt one moved aside) continues above every seq

@@ -1,5 +1,5 @@
-"""What goes into and comes out of the outbox (`edge_infer.outbox`): its limits, a message waiting to be
-committed, a stored row; and a count any thread may read."""
+"""What goes into and comes out of the outbox (`edge_infer.outbox`): its tables, its limits, a message waiting
+to be committed, a stored row; and a count any thread may read."""
 
 from __future__ import annotations
 
@@ -8,6 +8,46 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    size INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_created ON messages (created);
+CREATE TABLE IF NOT EXISTS processed (
+    source TEXT NOT NULL,
+    input_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (source, input_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    payload BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    failed_at REAL NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES
+    ('schema_version', 1), ('last_seq', 0), ('rows', 0), ('bytes', 0), ('event_rows', 0),
+    ('dropped_max_rows', 0), ('dropped_max_bytes', 0), ('dropped_ttl', 0), ('dropped_purged', 0),
+    ('dropped_events', 0),
+    ('dead_letters', 0), ('dead_letters_dropped', 0);
+-- added later: counted from what is there when an older database is opened
+INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'event_bytes', COALESCE(SUM(size), 0) FROM messages WHERE kind = 'events';
+INSERT OR IGNORE INTO meta (key, value)
+    SELECT 'dead_letter_bytes', COALESCE(SUM(length(payload)), 0) FROM dead_letters;
+"""
 
 
 @dataclass(frozen=True)

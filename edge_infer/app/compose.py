@@ -22,7 +22,8 @@ from edge_infer.pipeline import Policy
 from edge_infer.review import review_store
 from edge_infer.serving import Serving
 from edge_infer.sinks import Sink
-from edge_infer.sinks.mqtt import Publisher, settings_from_config
+from edge_infer.sinks.mqtt import Publisher
+from edge_infer.sinks.mqtt_settings import settings_from_config
 from edge_infer.slots import Slots
 from edge_infer.sources import Source, SourceError, make_source
 from edge_infer.uploader import CaptureUploader

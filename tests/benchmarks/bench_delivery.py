@@ -25,7 +25,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_infer.outbox import Outbox, Pending
-from edge_infer.sinks.mqtt import MqttSettings, Publisher
+from edge_infer.sinks.mqtt import Publisher
+from edge_infer.sinks.mqtt_settings import MqttSettings
 from edge_infer.writer import OutboxWriter
 from tests.benchmarks.verdict import figure
 from tests.helpers.broker import Mosquitto

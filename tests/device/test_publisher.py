@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_infer.sinks.mqtt import CREDENTIAL_NAME, PASSWORD_ENV, MqttSettings, Publisher, read_password
+from edge_infer.sinks.mqtt import Publisher
+from edge_infer.sinks.mqtt_settings import CREDENTIAL_NAME, PASSWORD_ENV, MqttSettings, read_password
 from tests.conftest import DIGITS_INT8, REPO, run_cli, write_config
 from tests.device.faults import make_frames, wait_until
 from tests.helpers.broker import Mosquitto
