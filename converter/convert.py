@@ -38,7 +38,8 @@ def import_tensorflow() -> Any:
         import tensorflow as tf
     except ImportError:
         raise ConvertError(
-            "TensorFlow is not installed: install the converter extra (pip install 'edge-infer[convert]')"
+            "TensorFlow is not installed: install the converter extra from your checkout "
+            "(pip install '/path/to/edge-infer[convert]', or pip install -e '.[convert]' inside it)"
         ) from None
     tf.get_logger().setLevel("ERROR")
     return tf

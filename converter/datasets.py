@@ -3,6 +3,7 @@ code — the single source of truth that makes calibration and serving identical
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,10 +145,10 @@ def list_windows(path: Path, spec: SensorInputSpec, labels: list[str] | None, wh
 
 
 def _csv_windows(path: Path, spec: SensorInputSpec) -> list[Example]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    if not lines or "label" not in [c.strip() for c in lines[0].split(",")]:
+    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    header = [c.strip() for c in rows[0]] if rows else []
+    if "label" not in header:
         raise ConvertError(f"{path}: expected a header line with the channels {list(spec.channels)} and 'label'")
-    header = [c.strip() for c in lines[0].split(",")]
     missing = [c for c in spec.channels if c not in header]
     if missing:
         raise ConvertError(f"{path}: header lacks the model's channels {missing}")
@@ -155,14 +156,13 @@ def _csv_windows(path: Path, spec: SensorInputSpec) -> list[Example]:
     at = header.index("label")
     examples: list[Example] = []
     current, windower = None, None
-    for line in lines[1:]:
-        fields = line.split(",")
+    for fields in rows[1:]:
         if len(fields) != len(header):
             continue
         label = fields[at].strip()
         if label != current:
             current, windower = label, Windower(spec.window, spec.hop, len(spec.channels))
-        reading = parser.parse(line)
+        reading = parser.fields(fields)
         if reading is None or windower is None:
             continue
         done = windower.push(0.0, reading[1])

@@ -7,6 +7,7 @@ line naming the columns, or `columns` from the config) or JSON objects (`{"t": 1
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -72,7 +73,11 @@ class ReadingParser:
         return (_number(doc.get(key)) if key else None), values
 
     def _csv(self, text: str) -> Reading | None:
-        fields = [f.strip() for f in text.split(",")]
+        return self.fields(next(csv.reader([text]), []))  # the csv module: a quoted "a,b" stays one field
+
+    def fields(self, row: list[str]) -> Reading | None:
+        """One CSV row already split into fields (a header row sets the columns and gives None)."""
+        fields = [f.strip() for f in row]
         if self.columns is None:
             if not all(_is_number(f) or f == "" for f in fields):
                 self.columns = fields  # a header line

@@ -115,6 +115,10 @@ def test_reading_parser_understands_headers_json_and_garbage() -> None:
     assert np.isnan(v[1]) and parser.malformed == 1
     bare = ReadingParser(("ax", "ay", "az"))
     assert bare.parse("0.1,0.2,9.8")[1].tolist() == [0.1, 0.2, 9.8]  # no header, no time column
+    noted = ReadingParser(("ax", "ay", "az"))
+    assert noted.parse("t,note,ax,ay,az") is None
+    t, v = noted.parse('4.0,"pump on, valve 2 open",0.5,0.6,9.7')  # a quoted comma is not a separator
+    assert t == 4.0 and v.tolist() == [0.5, 0.6, 9.7] and noted.malformed == 0
 
 
 class EndlessLine(io.TextIOBase):
