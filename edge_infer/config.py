@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_infer.options import build, fields_of
+from edge_infer.options import EXAMPLES, build, fields_of, quantity
 from edge_infer.sections import (
     CommandsConfig,
     DecideConfig,
@@ -87,10 +87,12 @@ class Config:
     log: LogConfig
 
 
-def _type_name(kind: type | tuple[type, ...]) -> str:
+def _type_name(kind: type | tuple[type, ...], unit: str | None = None) -> str:
     names = {str: "a string", int: "an integer", float: "a number", dict: "a table", bool: "true or false",
              list: "a list"}
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if unit:
+        return EXAMPLES[unit].replace(" (or ", ", or ").rstrip(")")
     if kinds == (int, float):
         return "a number"
     return " or ".join(names.get(k, k.__name__) for k in kinds)
@@ -139,7 +141,12 @@ def _validate_section(path: Path, name: str, table: Any) -> tuple[type, dict[str
         value = table[key]
         kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
-            raise ConfigError(f"{path}: {where}: expected {_type_name(spec.kind)}, got {value!r}")
+            raise ConfigError(f"{path}: {where}: expected {_type_name(spec.kind, spec.unit)}, got {value!r}")
+        if spec.unit and isinstance(value, str):
+            try:
+                value = quantity(value, spec.unit, whole=float not in kinds)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {where}: {exc}") from None
         if spec.choices and value not in spec.choices:
             choices = ", ".join(repr(c) for c in spec.choices)
             raise ConfigError(f"{path}: {where}: expected one of {choices}, got {value!r}")

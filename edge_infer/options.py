@@ -5,12 +5,18 @@ with `fields_of`: the annotation gives the accepted TOML types, `opt` the rest.
 
 Values are frozen when built (`build`): lists become tuples and tables `FrozenDict`s, so no part of a running
 config can be changed in place — a reload builds a new one.
+
+A key with a `unit` ("s", "ms" or "bytes") also takes a string with its unit written out — durations `"250ms"`,
+`"30s"`, `"5m"`, `"2h"`, `"7d"`; sizes `"512B"`, `"64KiB"`, `"64MiB"`, `"1GiB"` (K/M/G alone are the same binary
+units, as in systemd; kB/MB/GB are decimal) — and `quantity` turns it into the key's unit. A bare number is
+still that unit (seconds, milliseconds or bytes, as the key says).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -31,6 +37,33 @@ class Field:
     choices: tuple[Any, ...] = ()
     check: Check | None = None
     is_path: bool = False
+    unit: str | None = None  # "s", "ms" or "bytes": a string with a unit is accepted too (`quantity`)
+
+
+SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+BYTES = {"b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3,
+         "t": 1024**4, "tib": 1024**4, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4}
+_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]+)\s*$")
+EXAMPLES = {"s": '"30s", "5m", "2h" (or a number of seconds)', "ms": '"250ms", "2s" (or a number of milliseconds)',
+            "bytes": '"64MiB", "512KiB", "1GiB" (or a number of bytes)'}
+
+
+def quantity(text: str, unit: str, whole: bool = False) -> float | int:
+    """`"5m"` → 300.0 for a key in seconds, `"64MiB"` → 67108864 for one in bytes; ValueError (what is expected)
+    for anything else. `whole`: the key holds an integer (a fraction of its unit is refused)."""
+    match = _QUANTITY.match(text)
+    scale = None
+    if match:
+        suffix = match.group(2) if unit != "bytes" else match.group(2).lower()
+        scale = (SECONDS.get(suffix) if unit != "bytes" else BYTES.get(suffix))
+    if match is None or scale is None:
+        raise ValueError(f"expected {EXAMPLES[unit]}, got {text!r}")
+    value = float(match.group(1)) * scale / (SECONDS["ms"] if unit == "ms" else 1.0)
+    if whole or unit == "bytes":
+        if abs(value - round(value)) > 1e-9 * max(1.0, value):
+            raise ValueError(f"{text!r} is not a whole number of {'bytes' if unit == 'bytes' else 'seconds'}")
+        return int(round(value))
+    return value
 
 
 class FrozenDict(dict):  # type: ignore[type-arg]
@@ -47,9 +80,9 @@ class FrozenDict(dict):  # type: ignore[type-arg]
 
 
 def opt(default: Any = dataclasses.MISSING, *, required: bool = False, choices: tuple[Any, ...] = (),
-        check: Check | None = None, is_path: bool = False) -> Any:
+        check: Check | None = None, is_path: bool = False, unit: str | None = None) -> Any:
     """Declare one key of a config table (see the module docstring); list and dict defaults are frozen."""
-    meta = {"opt": (required, choices, check, is_path)}
+    meta = {"opt": (required, choices, check, is_path, unit)}
     if required:
         return dataclasses.field(metadata=meta)
     return dataclasses.field(default=freeze(default), metadata=meta)
@@ -89,11 +122,12 @@ def fields_of(cls: type) -> dict[str, Field]:
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
-        required, choices, check, is_path = f.metadata.get("opt", (False, (), None, False))
-        kinds = _kinds(hints[f.name])
+        required, choices, check, is_path, unit = f.metadata.get("opt", (False, (), None, False, None))
+        kinds = _kinds(hints[f.name]) + ((str,) if unit else ())
         default = None if required else (f.default_factory() if f.default is dataclasses.MISSING  # type: ignore[misc]
                                          else f.default)
-        out[f.name] = Field(kinds[0] if len(kinds) == 1 else kinds, default, required, choices, check, is_path)
+        out[f.name] = Field(kinds[0] if len(kinds) == 1 else kinds, default, required, choices, check, is_path,
+                            unit)
     return out
 
 

@@ -124,11 +124,11 @@ class DecideConfig:
     escalate_threshold: float | None = opt(None, check=_between(0.0, 1.0))
     debounce: tuple[int, int] | None = opt(None, check=_debounce)
     keep_uncertain: int | None = opt(None, check=_between(0, 10_000_000))
-    keep_uncertain_bytes: int = opt(64 * 1024 * 1024, check=_between(1, 2**40))
+    keep_uncertain_bytes: int = opt(64 * 1024 * 1024, check=_between(1, 2**40), unit="bytes")
     uncertain_dir: str | None = opt(None, is_path=True)
     upload: bool = opt(False)
-    upload_max_bytes: int = opt(256 * 1024, check=_between(1, 64 * 1024 * 1024))
-    upload_chunk_bytes: int = opt(64 * 1024, check=_between(1024, 16 * 1024 * 1024))
+    upload_max_bytes: int = opt(256 * 1024, check=_between(1, 64 * 1024 * 1024), unit="bytes")
+    upload_chunk_bytes: int = opt(64 * 1024, check=_between(1024, 16 * 1024 * 1024), unit="bytes")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +181,7 @@ class GateConfig:
     baseline: bool = opt(False)
     baseline_warmup: int = opt(100, check=_between(10, 1_000_000))
     keep_rejected: int = opt(0, check=_between(0, 10_000_000))
-    keep_rejected_bytes: int = opt(64 * 1024 * 1024, check=_between(1, 2**40))
+    keep_rejected_bytes: int = opt(64 * 1024 * 1024, check=_between(1, 2**40), unit="bytes")
     rejected_dir: str | None = opt(None, is_path=True)
 
 
@@ -193,13 +193,13 @@ class ServiceConfig:
                     else "expected a plain user name (letters, digits, '-', '_')")
     groups: tuple[str, ...] = opt([], check=lambda v: None if all(isinstance(g, str) and g for g in v)
                                   else "expected a list of group names")
-    watchdog_sec: int = opt(30, check=_between(2, 3600))
-    stop_timeout: int = opt(45, check=_between(5, 3600))
+    watchdog_sec: int = opt(30, check=_between(2, 3600), unit="s")
+    stop_timeout: int = opt(45, check=_between(5, 3600), unit="s")
     memory_max: str = opt("300M")
     cpu_quota: str = opt("")
     # 0: restart for as long as it takes (a broker, camera or disk that comes back later); N: give up after
     # start_limit_burst failed starts within N seconds
-    start_limit_interval: int = opt(0, check=_between(0, 86400))
+    start_limit_interval: int = opt(0, check=_between(0, 86400), unit="s")
     start_limit_burst: int = opt(5, check=_between(1, 1000))
 
 
@@ -219,7 +219,7 @@ class ThermalConfig:
     throttled: str = opt("/sys/devices/platform/soc/soc:firmware/get_throttled")
     max_temp: float = opt(80.0, check=_between(20, 120))
     resume_temp: float = opt(70.0, check=_between(0, 120))
-    check_interval: float = opt(5.0, check=_between(0.05, 3600))
+    check_interval: float = opt(5.0, check=_between(0.05, 3600), unit="s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,7 +234,7 @@ class HomeAssistantConfig:
 class HealthConfig:
     """`[health]`: how often a health message is published."""
 
-    interval: float = opt(60.0, check=_between(0, 86400))
+    interval: float = opt(60.0, check=_between(0, 86400), unit="s")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,13 +245,13 @@ class MqttConfig:
     port: int = opt(1883, check=_between(1, 65535))
     topic_prefix: str = opt("edge", check=_topic_segment)
     client_id: str | None = opt(None)
-    keepalive: int = opt(30, check=_between(5, 3600))
+    keepalive: int = opt(30, check=_between(5, 3600), unit="s")
     qos: int = opt(1, choices=(0, 1))
     protocol: str = opt("5", choices=("5", "3.1.1"))
     max_inflight: int = opt(32, check=_between(1, 1000))
     max_publish_rate: float = opt(0, check=_between(0, 1_000_000))
-    drain_timeout: float = opt(30.0, check=_between(0.0, 86400))
-    reconnect_max: float = opt(30.0, check=_between(0.5, 3600))
+    drain_timeout: float = opt(30.0, check=_between(0.0, 86400), unit="s")
+    reconnect_max: float = opt(30.0, check=_between(0.5, 3600), unit="s")
     hosts: tuple[str, ...] = opt([], check=_host_list)
     username: str | None = opt(None)
     password_file: str | None = opt(None, is_path=True)
@@ -269,10 +269,10 @@ class OutboxConfig:
     path: str | None = opt(None, is_path=True)
     durability: str = opt("full", choices=("full", "normal"))
     max_rows: int = opt(100_000, check=_between(10, 100_000_000))
-    max_bytes: int = opt(64 * 1024 * 1024, check=_between(64 * 1024, 2**40))
-    ttl: float = opt(7 * 24 * 3600, check=_between(1, 10 * 365 * 24 * 3600))
+    max_bytes: int = opt(64 * 1024 * 1024, check=_between(64 * 1024, 2**40), unit="bytes")
+    ttl: float = opt(7 * 24 * 3600, check=_between(1, 10 * 365 * 24 * 3600), unit="s")
     policy: str = opt("drop-oldest", choices=("drop-oldest", "reject-new"))
-    commit_window_ms: float = opt(20, check=_between(0, 10_000))
+    commit_window_ms: float = opt(20, check=_between(0, 10_000), unit="ms")
     max_batch: int = opt(256, check=_between(1, 100_000))
 
 
@@ -291,9 +291,9 @@ class UpdateConfig:
     enabled: bool = opt(False)
     incoming_dir: str | None = opt(None, is_path=True)
     slots_dir: str | None = opt(None, is_path=True)
-    max_bundle_bytes: int = opt(64 * 1024 * 1024, check=_between(1024, 2**34))
+    max_bundle_bytes: int = opt(64 * 1024 * 1024, check=_between(1024, 2**34), unit="bytes")
     min_agreement: float | None = opt(None, check=_between(0.0, 1.0))
-    max_latency_ms: float | None = opt(None, check=_between(0.0, 1e6))
+    max_latency_ms: float | None = opt(None, check=_between(0.0, 1e6), unit="ms")
     max_latency_ratio: float = opt(2.0, check=_between(1.0, 1000.0))
     shadow: int = opt(0, check=_between(0, 1_000_000))
     shadow_min_agreement: float = opt(0.9, check=_between(0.0, 1.0))
@@ -308,8 +308,8 @@ class CommandsConfig:
 
     enabled: bool = opt(False)
     auth: str = opt("signed", choices=("signed", "acl"))
-    max_age: int = opt(600, check=_between(1, 10 * 365 * 24 * 3600))
-    max_message_bytes: int = opt(256 * 1024, check=_between(1024, 64 * 1024 * 1024))
+    max_age: int = opt(600, check=_between(1, 10 * 365 * 24 * 3600), unit="s")
+    max_message_bytes: int = opt(256 * 1024, check=_between(1024, 64 * 1024 * 1024), unit="bytes")
 
 
 @dataclass(frozen=True, kw_only=True)

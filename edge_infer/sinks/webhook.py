@@ -42,8 +42,8 @@ class Options(SinkConfig):
     """The `[sink]` keys of type "webhook"."""
 
     url: str = opt(required=True, check=http_url)
-    timeout: float = opt(10.0, check=between(0.1, 600))
-    reconnect_max: float = opt(30.0, check=between(0.5, 3600))
+    timeout: float = opt(10.0, check=between(0.1, 600), unit="s")
+    reconnect_max: float = opt(30.0, check=between(0.5, 3600), unit="s")
     token_file: str | None = opt(None, is_path=True)  # sent as `Authorization: Bearer <token>`
 
 

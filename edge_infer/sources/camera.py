@@ -44,8 +44,8 @@ class Options(SourceConfig):
     width: int = opt(640, check=between(16, 10_000))
     height: int = opt(480, check=between(16, 10_000))
     stream: str = opt("lores", choices=("lores", "main"))
-    timeout: float = opt(5.0, check=between(0.5, 600))  # no frame for this long: the camera is lost
-    reconnect_max: float = opt(30.0, check=between(0.5, 3600))  # the longest wait between attempts to reopen
+    timeout: float = opt(5.0, check=between(0.5, 600), unit="s")  # no frame for this long: the camera is lost
+    reconnect_max: float = opt(30.0, check=between(0.5, 3600), unit="s")  # the longest wait between attempts to reopen
 
 log = logging.getLogger(__name__)
 Grabber = Callable[[], tuple[np.ndarray, str]]

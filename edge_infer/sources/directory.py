@@ -41,9 +41,9 @@ class Options(SourceConfig):
                                     else "expected a list of glob patterns, e.g. [\"*.jpg\", \"**/*.png\"]")
     processed: str = opt("keep", choices=("keep", "move", "delete"))
     processed_dir: str | None = opt(None, is_path=True)
-    poll_interval: float = opt(0.5, check=between(0.01, 3600))
-    settle_seconds: float = opt(1.0, check=between(0.0, 3600))
-    max_file_bytes: int = opt(50 * 1024 * 1024, check=between(1, 2**40))
+    poll_interval: float = opt(0.5, check=between(0.01, 3600), unit="s")
+    settle_seconds: float = opt(1.0, check=between(0.0, 3600), unit="s")
+    max_file_bytes: int = opt(50 * 1024 * 1024, check=between(1, 2**40), unit="bytes")
     follow_symlinks: bool = opt(False)
 
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload")

@@ -36,9 +36,9 @@ class Options(SourceConfig):
     """The `[source]` keys of type "http"."""
 
     url: str = opt(required=True, check=http_url)
-    interval: float = opt(1.0, check=between(0.0, 86400))
-    timeout: float = opt(5.0, check=between(0.1, 600))
-    max_bytes: int = opt(20 * 1024 * 1024, check=between(1, 2**34))
+    interval: float = opt(1.0, check=between(0.0, 86400), unit="s")
+    timeout: float = opt(5.0, check=between(0.1, 600), unit="s")
+    max_bytes: int = opt(20 * 1024 * 1024, check=between(1, 2**34), unit="bytes")
     username: str | None = opt(None)  # HTTP Basic or Digest login (also `http://user@host/…`)
     password_file: str | None = opt(None, is_path=True)
 

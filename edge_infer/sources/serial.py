@@ -27,7 +27,7 @@ class Options(LineOptions):
 
     port: str = opt(required=True)
     baudrate: int = opt(115200, check=between(50, 10**8))
-    reconnect_max: float = opt(30.0, check=between(0.5, 3600))  # the longest wait between attempts to reopen
+    reconnect_max: float = opt(30.0, check=between(0.5, 3600), unit="s")  # the longest wait between attempts to reopen
 
 log = logging.getLogger(__name__)
 

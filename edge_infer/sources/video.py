@@ -29,8 +29,8 @@ class Options(SourceConfig):
 
     uri: str = opt(required=True)
     loop: bool = opt(False)
-    timeout: float = opt(10.0, check=between(0.5, 600))  # a stream: opening it, or waiting for a frame
-    reconnect_max: float = opt(30.0, check=between(0.5, 3600))  # a stream: the longest wait between attempts
+    timeout: float = opt(10.0, check=between(0.5, 600), unit="s")  # a stream: opening it, or waiting for a frame
+    reconnect_max: float = opt(30.0, check=between(0.5, 3600), unit="s")  # a stream: the longest wait between attempts
 
 
 def _cv2() -> Any:

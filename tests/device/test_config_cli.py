@@ -168,3 +168,30 @@ def test_check_logs_in_to_every_configured_broker_and_says_so_as_json(tmp_path: 
         broker.stop()
 
 
+
+
+def test_durations_and_sizes_take_their_unit_everywhere(tmp_path: Path) -> None:
+    """"250ms", "30s", "5m", "7d", "64MiB" wherever a key is a duration or a size — in the core tables and in a
+    plug-in's own keys; plain numbers keep their documented unit; anything else is one line naming examples."""
+    def config(outbox: str, extra: str = "") -> Path:
+        cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path, state=tmp_path / "s",
+                           port=1883, outbox=outbox)
+        cfg.write_text(cfg.read_text().replace("poll_interval = 0.05",
+                                               'poll_interval = "250ms"\nmax_file_bytes = "20MiB"') + extra)
+        return cfg
+
+    loaded = load_config(config('ttl = "7d"\nmax_bytes = "64MiB"\ncommit_window_ms = "0.5s"',
+                                '\n[health]\ninterval = "5m"\n\n[service]\nwatchdog_sec = "1m"\n'))
+    assert loaded.source.poll_interval == 0.25 and loaded.source.max_file_bytes == 20 * 2**20
+    assert loaded.outbox.ttl == 7 * 86400 and loaded.outbox.max_bytes == 64 * 2**20
+    assert loaded.outbox.commit_window_ms == 500 and loaded.health.interval == 300 and loaded.service.watchdog_sec == 60
+    assert isinstance(loaded.service.watchdog_sec, int) and isinstance(loaded.outbox.max_bytes, int)
+    assert load_config(config("ttl = 3600\nmax_bytes = 1048576")).outbox.ttl == 3600  # plain numbers: as before
+    for bad, expected in (('ttl = "7 days"', '[outbox].ttl: expected "30s", "5m", "2h"'),
+                          ('max_bytes = "64 mebibytes"', '[outbox].max_bytes: expected "64MiB"'),
+                          ('ttl = true', '[outbox].ttl: expected "30s"')):
+        with pytest.raises(ConfigError) as caught:
+            load_config(config(bad))
+        assert expected in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+    with pytest.raises(ConfigError, match="not a whole number of seconds"):
+        load_config(config("", '\n[service]\nwatchdog_sec = "1500ms"\n'))
