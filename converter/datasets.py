@@ -145,7 +145,10 @@ def list_windows(path: Path, spec: SensorInputSpec, labels: list[str] | None, wh
 
 
 def _csv_windows(path: Path, spec: SensorInputSpec) -> list[Example]:
-    rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise ConvertError(f"{path}: not a readable CSV file: {exc}") from None
     header = [c.strip() for c in rows[0]] if rows else []
     if "label" not in header:
         raise ConvertError(f"{path}: expected a header line with the channels {list(spec.channels)} and 'label'")

@@ -62,7 +62,7 @@ def quantity(text: str, unit: str, whole: bool = False) -> float | int:
     if whole or unit == "bytes":
         if abs(value - round(value)) > 1e-9 * max(1.0, value):
             raise ValueError(f"{text!r} is not a whole number of {'bytes' if unit == 'bytes' else 'seconds'}")
-        return int(round(value))
+        return round(value)
     return value
 
 

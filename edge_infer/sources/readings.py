@@ -73,7 +73,12 @@ class ReadingParser:
         return (_number(doc.get(key)) if key else None), values
 
     def _csv(self, text: str) -> Reading | None:
-        return self.fields(next(csv.reader([text]), []))  # the csv module: a quoted "a,b" stays one field
+        try:
+            row = next(csv.reader([text]), [])  # the csv module: a quoted "a,b" stays one field
+        except csv.Error:  # a stray newline or NUL inside the line: malformed, like any unreadable line
+            self.malformed += 1
+            return None, np.full(len(self.channels), np.nan)
+        return self.fields(row)
 
     def fields(self, row: list[str]) -> Reading | None:
         """One CSV row already split into fields (a header row sets the columns and gives None)."""
