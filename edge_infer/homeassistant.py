@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from edge_infer import __version__
+from edge_infer.messages import state_kind
 from edge_infer.tasks import task_for
 
 
@@ -62,14 +64,42 @@ SCENE_CONDITION = ("sensor", "scene_condition", {
 
 
 ORIGIN = {"name": "edge-infer", "sw_version": __version__}
+BUTTONS = {"reload": ("Reload config", "config"), "snapshot": ("Publish a snapshot", None)}
+
+
+@dataclass(frozen=True)
+class Announce:
+    """What a device has beyond its results and diagnostics: the conditions it can raise (`CONDITIONS`), the
+    labels whose debounced state it publishes (`state/<label>`), the picture (`image`), the commands a button may
+    send unsigned (`[commands] auth = "acl"`), and its health interval (diagnostics expire after three)."""
+
+    conditions: tuple[str, ...] = ()
+    state_labels: tuple[str, ...] = ()
+    image: bool = False
+    buttons: tuple[str, ...] = ()
+    health_interval: float = 0.0
+
+
+def _extras(base: str, announce: Announce) -> list[tuple[str, str, dict[str, Any]]]:
+    """The entities without a JSON state: per-label states, the picture, the command buttons."""
+    out: list[tuple[str, str, dict[str, Any]]] = [
+        ("binary_sensor", f"state_{state_kind(label)[6:]}", {
+            "name": label, "state_topic": f"{base}/{state_kind(label)}", "payload_on": "ON", "payload_off": "OFF"})
+        for label in announce.state_labels]
+    if announce.image:
+        out.append(("image", "image", {"name": "Latest frame", "image_topic": f"{base}/image",
+                                       "content_type": "image/jpeg"}))
+    for command in announce.buttons:
+        name, category = BUTTONS[command]
+        out.append(("button", f"cmd_{command}", {"name": name, "command_topic": f"{base}/cmd/{command}",
+                                                  "payload_press": '{"args": {}}',
+                                                  **({"entity_category": category} if category else {})}))
+    return out
 
 
 def discovery_messages(discovery_prefix: str, topic_prefix: str, device_id: str, task: str,
-                       model: dict[str, str], conditions: tuple[str, ...] = (),
-                       health_interval: float = 0.0) -> list[tuple[str, bytes]]:
-    """(topic, payload) for every entity; publish retained. `conditions`: which of `CONDITIONS` this daemon
-    can raise (a live source that reconnects, the camera baseline, an accelerator with a CPU fallback). The
-    diagnostics expire (shown unavailable) after three missed `health` messages."""
+                       model: dict[str, str], announce: Announce = Announce()) -> list[tuple[str, bytes]]:
+    """(topic, payload) for every entity; publish retained."""
     base = f"{topic_prefix}/{device_id}"
     node = "".join(c if c.isalnum() or c in "_-" else "_" for c in device_id)
     device = {"identifiers": [f"edge_infer_{node}"], "name": f"edge-infer {device_id}", "manufacturer": "edge-infer",
@@ -77,17 +107,21 @@ def discovery_messages(discovery_prefix: str, topic_prefix: str, device_id: str,
     availability = {"availability_topic": f"{base}/status", "availability_template": "{{ value_json.state }}",
                     "payload_available": "online", "payload_not_available": "offline"}
     out = []
+    conditions = announce.conditions
     watched = [CONDITIONS[c] for c in conditions] + ([SCENE_CONDITION] if "scene" in conditions else [])
     for entities, state_topic, category in ((_result_entities(task), f"{base}/results", None),
                                             (DIAGNOSTICS, f"{base}/health", "diagnostic"),
-                                            (watched, f"{base}/status", None)):
+                                            (watched, f"{base}/status", None),
+                                            (_extras(base, announce), None, None)):
         for component, object_id, fields in entities:
-            doc = {**fields, "unique_id": f"edge_infer_{node}_{object_id}",
-                   "state_topic": state_topic, **availability, "device": device, "origin": ORIGIN}
+            doc = {**fields, "unique_id": f"edge_infer_{node}_{object_id}", **availability, "device": device,
+                   "origin": ORIGIN}
+            if state_topic:
+                doc["state_topic"] = state_topic
             if category:
                 doc["entity_category"] = category
-            if state_topic.endswith("/health") and health_interval > 0:
-                doc["expire_after"] = max(1, math.ceil(3 * health_interval))
+            if state_topic and state_topic.endswith("/health") and announce.health_interval > 0:
+                doc["expire_after"] = max(1, math.ceil(3 * announce.health_interval))
             out.append((f"{discovery_prefix}/{component}/{node}/{object_id}/config",
                         json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()))
     return out

@@ -27,6 +27,12 @@ class Identity:
     model: dict[str, str]  # name, version, sha256
 
 
+def state_kind(label: str) -> str:
+    """The topic kind of a label's debounced state: `state/<label>` with what MQTT topics must not hold (`/`,
+    `+`, `#`, spaces, control characters) replaced by `_` (the daemon and Home Assistant discovery agree)."""
+    return "state/" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:64]
+
+
 def message_id(sample: Sample, model_sha256: str) -> str:
     """Stable across restarts: the same input through the same model always yields the same msg_id."""
     h = hashlib.sha256()

@@ -260,6 +260,11 @@ class MqttConfig:
     cert_file: str | None = opt(None, is_path=True)
     key_file: str | None = opt(None, is_path=True)
     tls_insecure: bool = opt(False)
+    # the latest annotated frame as a raw JPEG on `image` (retained; Home Assistant's image entity): every
+    # `image_interval` (0: never) and, with `image_on_change`, whenever the debounced state changes
+    image_interval: float = opt(0.0, check=_between(0, 86400), unit="s")
+    image_on_change: bool = opt(False)
+    image_max_bytes: int = opt(150 * 1024, check=_between(4096, 4 * 1024 * 1024), unit="bytes")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -13,7 +13,7 @@ from edge_infer.config import Config, ConfigError
 from edge_infer.control import AddEvent
 from edge_infer.delegates import CPU
 from edge_infer.gates.baseline import SceneBaseline
-from edge_infer.homeassistant import discovery_messages
+from edge_infer.homeassistant import Announce, discovery_messages
 from edge_infer.inbox import Inbox
 from edge_infer.messages import Identity, event_payload, status_payload
 from edge_infer.model import Model, model_from_config
@@ -126,11 +126,18 @@ def watched_conditions(cfg: Config, source: Any, port: Serving) -> tuple[str, ..
 
 
 def discovery(cfg: Config, port: Serving, conditions: tuple[str, ...] = ()) -> list[tuple[str, bytes]]:
-    """Home Assistant discovery for the model now served (nothing when `[homeassistant].discovery` is off)."""
+    """Home Assistant discovery for the model now served (nothing when `[homeassistant].discovery` is off):
+    its results and diagnostics, the `conditions` it can raise, its labels' debounced states (with `[decide]
+    debounce`), the picture (with `[mqtt] image_*`) and buttons for the commands Home Assistant may send
+    (`[commands] auth = "acl"`: it cannot sign)."""
     if not cfg.homeassistant.discovery:
         return []
+    image = port.model.kind == "image" and (cfg.mqtt.image_interval > 0 or cfg.mqtt.image_on_change)
+    buttons = ("reload", "snapshot") if cfg.commands.enabled and cfg.commands.auth == "acl" else ()
+    announce = Announce(conditions, port.model.manifest.labels if cfg.decide.debounce else (), image, buttons,
+                        cfg.health.interval)
     return discovery_messages(cfg.homeassistant.prefix, cfg.mqtt.topic_prefix, cfg.device.id,
-                              port.model.task, port.identity.model, conditions, cfg.health.interval)
+                              port.model.task, port.identity.model, announce)
 
 
 def sink(cfg: Config, port: Serving, open_outbox: Callable[[], Outbox], inbox: Inbox | None,

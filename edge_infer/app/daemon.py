@@ -16,6 +16,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from edge_infer.app import compose, startup
+from edge_infer.app.dashboard import Dashboard
 from edge_infer.app.interpreters import InterpreterPool, interpreter_count, run_in_order
 from edge_infer.app.payloads import payload_for
 from edge_infer.app.summary import RunSummary, health_doc, log_start, log_stop
@@ -103,6 +104,7 @@ class Daemon:
         self.sink = sink(opener) if sink is not None else compose.sink(cfg, self.serving, opener, self.inbox,
                                                                        watched)
         self.serving.on_swap.append(lambda: self.sink.refresh(compose.discovery(self.cfg, self.serving, watched)))
+        self.dashboard = Dashboard(cfg.mqtt, self.sink, lambda: self.model.manifest.labels)
         self.notifier = Notifier()
         self.latency = LatencyWindow()
         self.progress = Progress(record=self.latency.add)
@@ -208,6 +210,7 @@ class Daemon:
         result, decision = outcome.result, outcome.decision
         if result is not None and decision is not None and self.commands is not None:
             self._last = (sample, result, decision, identity)  # one input kept, for `snapshot`
+        self.dashboard.observe(sample, outcome)  # label states and the picture, when they are due
         kind, build = payload_for(sample, outcome, identity, msg_id, self.escalated_model,
                                   self.cfg.gate.publish_rejections)
         # a live frame is never offered again: no checkpoint (the table would grow by every frame, forever)

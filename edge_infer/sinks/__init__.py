@@ -44,6 +44,10 @@ class Sink(Protocol):
     def offer(self, kind: str, payload: bytes) -> None:
         """A snapshot (`health`, `snapshot`): sent once when possible, never stored; a newer one replaces it."""
 
+    def retain(self, kind: str, payload: bytes) -> None:
+        """The latest value of a state-like topic (`image`, `state/<label>`): shown where the transport keeps
+        latest values (MQTT: retained, sent again on every connect); never stored in the outbox."""
+
     def set_problem(self, name: str, text: str | None) -> None:
         """Raise (text) or clear (None) a condition the sink shows where its transport can (MQTT: the retained
         status)."""

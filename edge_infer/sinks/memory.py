@@ -24,6 +24,7 @@ class MemorySink(Counted, threading.Thread):
         self._lock = threading.Lock()
         self.delivered: list[tuple[str, bytes]] = []
         self.snapshots: list[tuple[str, bytes]] = []
+        self.retained: dict[str, bytes] = {}  # kind → latest value (`retain`)
         self.announced = 0  # model swaps announced (`refresh`)
         self.receipts = Receipts()
         self._problems: dict[str, str] = {}
@@ -34,6 +35,10 @@ class MemorySink(Counted, threading.Thread):
     def offer(self, kind: str, payload: bytes) -> None:
         with self._lock:
             self.snapshots.append((kind, payload))
+
+    def retain(self, kind: str, payload: bytes) -> None:
+        with self._lock:
+            self.retained[kind] = payload
 
     def set_problem(self, name: str, text: str | None) -> None:
         if text is None:

@@ -72,6 +72,9 @@ class Publisher(Counted, threading.Thread):
         self._problems: dict[str, str] = {}
         self._status_dirty = threading.Event()
         self._snapshots: dict[str, bytes] = {}  # kind → newest unsent snapshot (health)
+        self._retained: dict[str, bytes] = {}  # kind → latest value (image, state/<label>), re-sent on connect
+        self._retained_dirty: set[str] = set()
+        self._retained_lock = threading.Lock()
         self._uploader = uploader
         self._commands = commands
         self.discovery: list[tuple[str, bytes]] = []  # (topic, payload) published retained on every connect
@@ -116,6 +119,21 @@ class Publisher(Counted, threading.Thread):
         """A snapshot (`health`): sent once at QoS 0 when connected, never stored — a newer one replaces it."""
         self._snapshots[kind] = payload
         self._wake.set()
+
+    def retain(self, kind: str, payload: bytes) -> None:
+        """The latest value of a retained topic (`image`, `state/<label>`): published retained at QoS 1 when
+        connected and again after every reconnect, never stored; a newer value replaces one not yet sent."""
+        with self._retained_lock:
+            self._retained[kind] = payload
+            self._retained_dirty.add(kind)
+        self._wake.set()
+
+    def _send_retained(self, client: mqtt.Client) -> None:
+        with self._retained_lock:
+            due = [(kind, self._retained[kind]) for kind in sorted(self._retained_dirty)]
+            self._retained_dirty.clear()
+        for kind, payload in due:
+            client.publish(self.settings.topic(kind), payload, qos=1, retain=True)
 
     def uploading(self) -> bool:
         """Kept inputs are waiting to be uploaded or have chunks in flight."""
@@ -239,6 +257,7 @@ class Publisher(Counted, threading.Thread):
                     for topic, payload in self.discovery:
                         client.publish(topic, payload, qos=1, retain=True)
             self._send_snapshots(client)
+            self._send_retained(client)
             now = time.monotonic()
             if self._wake.is_set() or (len(self._inflight) < self.settings.max_inflight and now - last_poll > 1.0):
                 self._wake.clear()
@@ -351,6 +370,8 @@ class Publisher(Counted, threading.Thread):
             client.publish(self.settings.topic("status"), self._birth(self.problems()), qos=1, retain=True)
             for topic, payload in self.discovery:  # Home Assistant: retained, so it finds us after its restarts
                 client.publish(topic, payload, qos=1, retain=True)
+            with self._retained_lock:
+                self._retained_dirty.update(self._retained)  # the latest values again: the broker may be new
             if self._commands is not None:  # a fresh session each connection: subscribe every time
                 client.subscribe(self.settings.topic("cmd/#"), qos=1)
             self.connected.set()

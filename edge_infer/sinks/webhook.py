@@ -105,6 +105,10 @@ class WebhookSink(Counted, threading.Thread):
         self._snapshots[kind] = payload
         self._wake.set()
 
+    def retain(self, kind: str, payload: bytes) -> None:
+        """A latest value (`image`, `state/<label>`): MQTT's retained topics; a webhook has no place for one (its
+        receiver sees every result and its `state` already)."""
+
     def set_problem(self, name: str, text: str | None) -> None:
         """Raise (text) or clear (None) a condition; logged, and listed by `problems()`."""
         if text is None:
