@@ -32,6 +32,7 @@ from edge_infer.sections import (
     ServiceConfig,
     ThermalConfig,
     UpdateConfig,
+    WebConfig,
 )
 from edge_infer.sinks import TYPES as SINK_TYPES
 from edge_infer.sinks import SinkConfig
@@ -52,7 +53,7 @@ def plugin_options(family: str, kind: str) -> type:
 SECTIONS: dict[str, type] = {  # [table] → its keys; [source] and [sink] grow by their plug-in's `Options`
     "device": DeviceConfig, "model": ModelConfig, "decide": DecideConfig, "drift": DriftConfig,
     "source": SourceConfig, "pipeline": PipelineConfig, "gate": GateConfig, "service": ServiceConfig,
-    "metrics": MetricsConfig, "thermal": ThermalConfig, "homeassistant": HomeAssistantConfig,
+    "metrics": MetricsConfig, "web": WebConfig, "thermal": ThermalConfig, "homeassistant": HomeAssistantConfig,
     "health": HealthConfig, "mqtt": MqttConfig, "sink": SinkConfig, "outbox": OutboxConfig, "fleet": FleetConfig,
     "update": UpdateConfig, "commands": CommandsConfig, "log": LogConfig,
 }
@@ -75,6 +76,7 @@ class Config:
     drift: DriftConfig
     service: ServiceConfig
     metrics: MetricsConfig
+    web: WebConfig
     thermal: ThermalConfig
     homeassistant: HomeAssistantConfig
     health: HealthConfig

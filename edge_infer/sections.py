@@ -204,6 +204,16 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WebConfig:
+    """`[web]`: the live view — the latest frame, results, rejections, health (off by default)."""
+
+    enabled: bool = opt(False)
+    bind: str = opt("127.0.0.1")  # any other address needs a token (EDGE_INFER_WEB_TOKEN, web_token, token_file)
+    port: int = opt(8080, check=_between(0, 65535))
+    token_file: str | None = opt(None, is_path=True)
+
+
+@dataclass(frozen=True, kw_only=True)
 class MetricsConfig:
     """`[metrics]`: the HTTP metrics and health endpoint (port 0: off)."""
 

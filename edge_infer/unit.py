@@ -125,6 +125,7 @@ def _config_lines(cfg: Config) -> tuple[list[str], list[str]]:
         *[f"ReadWritePaths={p}" for p in _extra_writable(cfg)],
         *([f"LoadCredential=mqtt_password:{cfg.mqtt.password_file}"] if cfg.mqtt.password_file else []),
         *([f"LoadCredential=http_password:{http_pw}"] if http_pw else []),
+        *([f"LoadCredential=web_token:{cfg.web.token_file}"] if cfg.web.enabled and cfg.web.token_file else []),
         f"MemoryMax={svc.memory_max}",
         *([f"CPUQuota={svc.cpu_quota}"] if svc.cpu_quota else []),
         *(["PrivateDevices=yes"] if not devices else

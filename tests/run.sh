@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it, on a fresh Debian / Raspberry Pi OS machine:  bash tests/run.sh
 #
-#  - installs mosquitto with apt when it is missing (tests start their own brokers on free ports);
+#  - installs mosquitto with apt when it is missing (tests start their own brokers on free ports), and chromium
+#    for the live view's browser test;
 #  - builds one virtual environment per leg under .venvs/ (reused while setup.cfg is unchanged):
 #      litert    device side on ai-edge-litert, numpy 2          → tests/device
 #      tflrt     device side on tflite-runtime 2.14, numpy < 2   → tests/device -m "not system" (what a 32-bit
@@ -37,6 +38,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null || die "apt-get install $* failed"
 }
 if ! command -v mosquitto >/dev/null && [ ! -x /usr/sbin/mosquitto ]; then apt_install mosquitto; fi
+# the live view's test opens the page in a real headless browser (Playwright drives Debian's chromium)
+if [[ " ${LEGS:-litert} " == *" litert "* ]] && ! command -v chromium >/dev/null; then apt_install chromium; fi
 if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepip' 2>/dev/null; then
   apt_install "python${PYVER}-venv"
 fi

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from edge_infer.app import compose, startup
 from edge_infer.app.dashboard import Dashboard
+from edge_infer.app.endpoints import Endpoints
 from edge_infer.app.interpreters import InterpreterPool, interpreter_count, run_in_order
 from edge_infer.app.payloads import payload_for
 from edge_infer.app.summary import RunSummary, health_doc, log_start, log_stop
@@ -36,7 +37,7 @@ from edge_infer.messages import (
     message_id,
     snapshot_payload,
 )
-from edge_infer.metrics import HealthCollector, LatencyWindow, MetricsServer
+from edge_infer.metrics import LatencyWindow
 from edge_infer.model import Model
 from edge_infer.monitor import DriftMonitor
 from edge_infer.outbox import EVENTS, Outbox, Pending
@@ -111,7 +112,7 @@ class Daemon:
         th = cfg.thermal
         self.governor = ThermalGovernor(th.zone, th.throttled, th.max_temp, th.resume_temp,
                                         th.check_interval, on_change=self.add_event)
-        self.metrics_server: MetricsServer | None = None
+        self.endpoints = Endpoints(cfg, self._scrape, self.latency, self._view_status)
         box = cfg.outbox
         self.writer = OutboxWriter(primary, window_s=box.commit_window_ms / 1000.0, max_batch=box.max_batch,
                                    on_committed=self.sink.notify,
@@ -211,6 +212,7 @@ class Daemon:
         if result is not None and decision is not None and self.commands is not None:
             self._last = (sample, result, decision, identity)  # one input kept, for `snapshot`
         self.dashboard.observe(sample, outcome)  # label states and the picture, when they are due
+        self.endpoints.observe(sample, outcome)
         kind, build = payload_for(sample, outcome, identity, msg_id, self.escalated_model,
                                   self.cfg.gate.publish_rejections)
         # a live frame is never offered again: no checkpoint (the table would grow by every frame, forever)
@@ -268,6 +270,11 @@ class Daemon:
         queues = {"handoff": self._handoff.qsize() if self._handoff is not None else 0, "writer": self.writer.queued}
         return health_doc(self, queues)
 
+    def _view_status(self) -> dict[str, Any]:
+        """What the live view shows beside its own state (each push, while someone watches)."""
+        return {"device": self.identity.device_id, "model": self.identity.model, "health": self.health(),
+                "broker": getattr(self.sink, "broker", None) or "not connected", "line": self.status_line()}
+
     def _scrape(self) -> dict[str, Any]:
         doc = self.health()
         doc["model_info"] = self.identity.model
@@ -292,17 +299,9 @@ class Daemon:
 
     # ---- running ---------------------------------------------------------------------------------------------
     def _start_threads(self) -> None:
-        """Metrics (first: a port in use is a one-line error before anything runs), writer, sink, watchdog,
-        housekeeping; then READY."""
-        m = self.cfg.metrics
-        if m.port:
-            try:
-                self.metrics_server = MetricsServer(m.bind, m.port, HealthCollector(self._scrape, self.latency))
-            except OSError as exc:
-                raise ConfigError(f"{self.cfg.path}: [metrics]: cannot listen on {m.bind}:{m.port}: "
-                                  f"{exc.strerror}") from None
-            self.metrics_server.start()
-            log.info("event=metrics_listening address=%s:%d", m.bind, self.metrics_server.port)
+        """Metrics and the live view (first: a port in use is a one-line error before anything runs), writer,
+        sink, watchdog, housekeeping; then READY."""
+        self.endpoints.start()
         self.writer.start()
         for name, details in self._notes:
             self.add_event(name, details)
@@ -345,8 +344,7 @@ class Daemon:
         self.notifier.send(STOPPING=1, STATUS="stopping: storing and sending what is in flight")
         if self.watchdog is not None:
             self.watchdog.stopping.set()
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
+        self.endpoints.stop()
         self.writer.stop()
         self.sink.stop()
         self.summary.published = self.sink.published

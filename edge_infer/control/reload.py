@@ -21,7 +21,7 @@ from edge_infer.serving import Serving, sensor_gate_for
 from edge_infer.tasks.zones import zones_from_config
 
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
-RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "outbox", "pipeline", "service", "metrics",
+RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "outbox", "pipeline", "service", "metrics", "web",
                     "thermal", "homeassistant", "fleet", "update", "commands")
 RESTART_GATE_KEYS = ("baseline", "baseline_warmup")  # the baseline is built once, with the daemon
 RESTART_DECIDE_KEYS = ("escalate_to", "escalate_threshold", "upload", "upload_max_bytes", "upload_chunk_bytes")
