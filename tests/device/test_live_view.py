@@ -27,7 +27,8 @@ SAMPLES = REPO / "demo" / "samples"
 def config(tmp_path: Path, web: str) -> Path:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[device]\nid = "porch"\nstate_dir = "{tmp_path / "s"}"\n[model]\nbundle = "{DIGITS_INT8}"\n'
-                   f'[source]\ntype = "directory"\npath = "{tmp_path / "in"}"\nsettle_seconds = 0\npoll_interval = 0.05\n'
+                   f'[source]\ntype = "directory"\npath = "{tmp_path / "in"}"\nsettle_seconds = 0\n'
+                   'poll_interval = 0.05\n'
                    f'[mqtt]\nhost = "127.0.0.1"\nport = {free_port()}\nreconnect_max = 1\n[web]\n{web}\n')
     (tmp_path / "in").mkdir(exist_ok=True)
     return cfg
@@ -99,7 +100,8 @@ def test_the_mjpeg_stream_sends_frames_as_they_come(tmp_path: Path) -> None:
     port = free_port()
     proc = daemon(config(tmp_path, f"enabled = true\nport = {port}"))
     try:
-        assert wait_until(lambda: get(f"http://127.0.0.1:{port}/state.json")[0] == 200, 30), (tmp_path / "daemon.log").read_text()
+        assert wait_until(lambda: get(f"http://127.0.0.1:{port}/state.json")[0] == 200, 30), \
+            (tmp_path / "daemon.log").read_text()
         for sample in sorted(SAMPLES.glob("digit-*.png"))[:3]:
             shutil.copy(sample, tmp_path / "in" / sample.name)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/stream.mjpg", timeout=10) as stream:
