@@ -16,7 +16,6 @@ from collections.abc import Sequence
 
 from converter.convert import IO_TYPES, MODES
 from converter.errors import ConvertError, ConvertRefused
-from converter.job import run
 from edge_infer import __version__
 from edge_infer.manifest import COLORS, OUTPUT_ACTIVATIONS, TASKS
 
@@ -84,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrap = bool(argv) and argv[0] == "wrap"
     args = build_parser().parse_args(argv[1:] if wrap else argv)
     args.wrap = wrap
+    from converter.job import run  # the conversion's own imports: only when converting, not for --help
+
     try:
         return run(args)
     except ConvertRefused as exc:
