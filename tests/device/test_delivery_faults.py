@@ -134,10 +134,16 @@ def test_outbox_cap_during_a_long_outage_drops_oldest_and_says_so(tmp_path: Path
         try:
             assert wait_until(lambda: outbox_count(db) == 0, 60)
             assert wait_until(lambda: len(sub.of_kind("results")) == 100, 10)
+
+            def dropped() -> int:  # the drop events come in beside the results: wait for them, not for luck
+                return sum(m.json()["details"]["count"] for m in sub.of_kind("events")
+                           if m.json()["event"] == "outbox_dropped")
+
+            assert wait_until(lambda: dropped() >= 200, 10), dropped()
             events = [m.json() for m in sub.of_kind("events")]
             for doc in events:
                 validate("events", doc)
-            assert sum(e["details"]["count"] for e in events if e["event"] == "outbox_dropped") == 200
+            assert dropped() == 200
             report = audit(sub)
             assert report["complete"], report  # every missing seq is explained by a drop event
             assert report["devices"]["test-pi"]["explained_drops"] == 200
