@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edge_infer.config import Config, ConfigError
+from edge_infer.hosts import is_loopback
 from edge_infer.metrics import HealthCollector, LatencyWindow, MetricsServer
 from edge_infer.pipeline import Outcome
 from edge_infer.secrets import SecretUnreadable, read_secret
@@ -26,8 +27,6 @@ TOKEN_CREDENTIAL = "web_token"  # systemd LoadCredential=web_token:/etc/edge-inf
 def web_token(cfg: Config) -> str | None:
     """The live view's token (environment, systemd credential, `token_file`); ConfigError when the view listens
     beyond loopback without one."""
-    from edge_infer.web.server import is_loopback
-
     try:
         token = read_secret(TOKEN_ENV, TOKEN_CREDENTIAL, cfg.web.token_file)
     except SecretUnreadable as exc:

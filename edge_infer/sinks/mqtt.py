@@ -11,7 +11,6 @@ reconnect the outbox, not paho, decides what is sent again (at-least-once; subsc
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import random
 import threading
@@ -22,6 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
+from edge_infer.hosts import is_loopback
 from edge_infer.inbox import Inbox
 from edge_infer.outbox import Outbox
 from edge_infer.sinks import SinkConfig
@@ -32,15 +32,6 @@ from edge_infer.uploader import CaptureFile, CaptureUploader
 log = logging.getLogger(__name__)
 Options = SinkConfig  # the `[sink]` keys of type "mqtt": none of its own — the broker is in `[mqtt]`
 PUBLISH_OVERHEAD = 64  # fixed header, topic length, packet id, properties: a safe upper bound
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Publisher(Counted, threading.Thread):
@@ -89,7 +80,7 @@ class Publisher(Counted, threading.Thread):
         self._tokens = 0.0
         self._tokens_at = time.monotonic()
         for host, _port in settings.hosts:
-            if settings.username and not settings.tls and not _is_loopback(host):
+            if settings.username and not settings.tls and not is_loopback(host):
                 log.warning("event=insecure_credentials broker=%s (password sent without TLS; set mqtt.tls)", host)
         if settings.tls_insecure:
             log.warning("event=tls_insecure (broker certificate hostname is NOT verified: mqtt.tls_insecure)")

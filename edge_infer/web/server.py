@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import threading
@@ -32,15 +31,6 @@ PUSH_S = 0.5
 IDLE_S = 5.0
 MJPEG_FPS = 5.0
 BOUNDARY = "edge-infer-frame"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class WebServer:
