@@ -26,6 +26,8 @@ class ViewGeometry:
     height: int
     origin_x: float = 0.0  # where the region the model saw starts in the source frame (`[model] crop`)
     origin_y: float = 0.0
+    region_width: int = 0  # the region's size in original pixels (0: the whole frame)
+    region_height: int = 0
 
     def to_source(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Model-input pixel coordinates → source-frame pixel coordinates (clipped to the frame)."""
@@ -76,8 +78,9 @@ def view_geometry(size: tuple[int, int], spec: ImageInputSpec, source_scale: tup
         inner_w, inner_h = max(1, round(w * k)), max(1, round(h * k))
         kx, ky = inner_w / w, inner_h / h
         ox, oy = float((spec.width - inner_w) // 2), float((spec.height - inner_h) // 2)
-    fw, fh = frame_size or (round(w * sx), round(h * sy))
-    return ViewGeometry(kx / sx, ky / sy, ox, oy, fw, fh, *origin)
+    rw, rh = round(w * sx), round(h * sy)
+    fw, fh = frame_size or (rw, rh)
+    return ViewGeometry(kx / sx, ky / sy, ox, oy, fw, fh, *origin, rw, rh)
 
 
 def model_view(image: Image.Image, spec: ImageInputSpec) -> Image.Image:

@@ -90,12 +90,13 @@ def _source_positions(shape: tuple[int, int], ctx: Context) -> tuple[np.ndarray,
     y = (np.arange(h) + 0.5) * in_h / h
     g = ctx.geometry
     if g is None:
-        sx, sy, width, height = x, y, float(in_w), float(in_h)
-    else:
-        sx, sy = (x - g.offset_x) / g.scale_x, (y - g.offset_y) / g.scale_y
-        width, height = float(g.width), float(g.height)
-    fx, fy = np.meshgrid(sx / width, sy / height)
-    return fx, fy, (fx >= 0) & (fx < 1) & (fy >= 0) & (fy < 1)
+        fx, fy = np.meshgrid(x / in_w, y / in_h)
+        return fx, fy, (fx >= 0) & (fx < 1) & (fy >= 0) & (fy < 1)
+    rx, ry = (x - g.offset_x) / g.scale_x, (y - g.offset_y) / g.scale_y  # in the region the model saw
+    rw, rh = g.region_width or g.width, g.region_height or g.height
+    ix, iy = np.meshgrid((rx >= 0) & (rx < rw), (ry >= 0) & (ry < rh))  # not letterbox padding
+    fx, fy = np.meshgrid((rx + g.origin_x) / g.width, (ry + g.origin_y) / g.height)  # fractions of the frame
+    return fx, fy, ix & iy
 
 
 def run_lengths(classes: np.ndarray) -> list[list[int]]:

@@ -129,3 +129,29 @@ def test_a_wrong_channel_count_is_refused() -> None:
     with pytest.raises(ValueError, match="3 channels for 2 labels"):
         run(m, np.zeros((1, 64, 64, 3), np.float32), tensor, photo)
 
+
+
+def test_a_cropped_region_gives_its_own_shares_and_zones_in_frame_fractions() -> None:
+    """`[model] crop` = the right half of the frame: the model sees only that half (letterboxed); the shares are
+    the half's own ink share (its padding excluded), and a zone over the frame's right quarter — in fractions of
+    the whole frame — holds that quarter's ink share."""
+    import dataclasses
+
+    from edge_infer.preprocess import region
+
+    photo = frame()
+    m = manifest("argmax")
+    m = dataclasses.replace(m, input=dataclasses.replace(m.input, crop=(0.5, 0.0, 1.0, 1.0)))
+    half = region(photo, m.input)  # type: ignore[arg-type]
+    classes, _ = truth_map(half, m)
+    tensor = TensorInfo(0, (1, 64, 64), np.dtype(np.int32), 0.0, 0)
+    quarter = Zone("right quarter", ((0.75, 0), (1, 0), (1, 1), (0.75, 1)))
+    g = view_geometry(half.size, m.input, half.info["source_scale"], half.info["crop_origin"],  # type: ignore[arg-type]
+                      half.info["frame_size"])
+    ctx = Context(m, [tensor], Thresholds(m, 0.5, {}), (quarter,), 3, g)
+    result = task_for("segmentation").postprocess([classes[None].astype(np.int32)], ctx)
+    pixels = np.asarray(photo) > 110
+    assert result.areas["ink"] == pytest.approx(float(pixels[:, photo.width // 2:].mean()), abs=0.01)
+    assert result.zones["right quarter"]["ink"] == pytest.approx(float(pixels[:, 3 * photo.width // 4:].mean()),
+                                                                 abs=0.015)
+    assert result.frame == photo.size
