@@ -195,7 +195,7 @@ class ServiceConfig:
                                   else "expected a list of group names")
     watchdog_sec: int = opt(30, check=_between(2, 3600), unit="s")
     stop_timeout: int = opt(45, check=_between(5, 3600), unit="s")
-    memory_max: str = opt("300M")
+    memory_max: int = opt(300 * 1024**2, check=_between(16 * 1024**2, 2**40), unit="bytes")  # "300M", "1GiB"
     cpu_quota: str = opt("")
     # 0: restart for as long as it takes (a broker, camera or disk that comes back later); N: give up after
     # start_limit_burst failed starts within N seconds

@@ -126,12 +126,20 @@ def _config_lines(cfg: Config) -> tuple[list[str], list[str]]:
         *([f"LoadCredential=mqtt_password:{cfg.mqtt.password_file}"] if cfg.mqtt.password_file else []),
         *([f"LoadCredential=http_password:{http_pw}"] if http_pw else []),
         *([f"LoadCredential=web_token:{cfg.web.token_file}"] if cfg.web.enabled and cfg.web.token_file else []),
-        f"MemoryMax={svc.memory_max}",
+        f"MemoryMax={systemd_size(svc.memory_max)}",
         *([f"CPUQuota={svc.cpu_quota}"] if svc.cpu_quota else []),
         *(["PrivateDevices=yes"] if not devices else
           ["DevicePolicy=closed", *[f"DeviceAllow={d} rw" for d in devices]]),
     ]
     return [f"StartLimitIntervalSec={svc.start_limit_interval}", f"StartLimitBurst={svc.start_limit_burst}"], service
+
+
+def systemd_size(n: int) -> str:
+    """Bytes as systemd writes sizes: the largest binary unit that divides them (`300M`, `1G`), else bytes."""
+    for suffix, factor in (("T", 1024**4), ("G", 1024**3), ("M", 1024**2), ("K", 1024)):
+        if n % factor == 0:
+            return f"{n // factor}{suffix}"
+    return str(n)
 
 
 def render_unit(cfg: Config, python: str | None = None, version: int | None = None) -> str:

@@ -43,7 +43,7 @@ def test_every_profile_gets_a_notify_unit_with_its_limits(profile: Path) -> None
     assert unit["RestartPreventExitStatus"] == ["2"]  # a config error: restarting cannot help
     assert unit["StartLimitIntervalSec"] == [str(service.get("start_limit_interval", 0))]  # 0: never give up
     assert unit["WatchdogSec"] == [str(service.get("watchdog_sec", 30))]
-    assert unit["MemoryMax"] == [service.get("memory_max", "300M")]
+    assert unit["MemoryMax"] == [service.get("memory_max", "300M")]  # "1G", "512M": as systemd writes them
     assert unit["User"] == ["edge-infer"] and "StartLimitBurst" in unit
     assert unit["ExecStart"][0].endswith(f"-m edge_infer run --config {profile}")
     assert unit["ProtectSystem"] == ["strict"] and unit["CapabilityBoundingSet"] == [""]
@@ -147,7 +147,7 @@ def _instance_config(folder: Path, name: str, source: str, state: str) -> Path:
     path = folder / f"{name}.toml"
     bundle = REPO / "demo" / "digits-int8-only.tflite"
     path.write_text(f'[device]\nstate_dir = "{state}"\n[model]\nbundle = "{bundle}"\n'
-                    f'{source}\n[service]\nmemory_max = "{100 + len(name)}M"\n')
+                    f'{source}\n[service]\nmemory_max = "{100 + len(name)}MiB"\n')
     return path
 
 
