@@ -61,7 +61,7 @@ def _unit_files(cfg: Config, args: argparse.Namespace) -> tuple[str, dict[Path, 
 
 
 def cmd_install_service(args: argparse.Namespace) -> int:
-    from edge_infer.unit import hidden_paths, install_commands, next_steps
+    from edge_infer.unit import hidden_paths, install_commands, next_steps, service_groups
 
     cfg = load_config(args.config)
     unit, files = _unit_files(cfg, args)
@@ -74,6 +74,10 @@ def cmd_install_service(args: argparse.Namespace) -> int:
                                                           if len(problems) > 1 else ""))
     for problem in problems:
         print(f"edge-infer: warning: {problem}", file=sys.stderr)
+    for group in service_groups(cfg)[1]:
+        print(f"edge-infer: warning: group {group!r} does not exist here, so the service does not join it (its "
+              "device's driver or udev rules create it: install them, then run install-service again)",
+              file=sys.stderr)
     commands = install_commands(cfg)
     try:
         pwd.getpwnam(cfg.service.user)

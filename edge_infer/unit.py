@@ -15,9 +15,32 @@ import sys
 from pathlib import Path
 
 from edge_infer.config import Config
+from edge_infer.delegates import Grants, grants_for
 
 UNIT_NAME = "edge-infer.service"
 CAMERA_DMA_HEAPS = ("/dev/dma_heap/linux,cma", "/dev/dma_heap/system")
+
+
+def accelerator_grants(cfg: Config) -> Grants:
+    """What the configured delegate's hardware needs (a Coral: its USB or PCIe node, and netlink for USB)."""
+    return grants_for(cfg.model.delegate, dict(cfg.model.delegate_options))
+
+
+def service_groups(cfg: Config) -> tuple[list[str], list[str]]:
+    """(groups the service user joins, groups it should but that do not exist here): the source's, the
+    accelerator's and `[service] groups`. A unit naming a missing group would not start, so those are left out
+    and `install-service` says which (e.g. `apex` before the Coral PCIe driver is installed)."""
+    import grp
+
+    wanted = set(source_devices(cfg)[1]) | set(accelerator_grants(cfg).groups) | set(cfg.service.groups)
+    present, missing = [], []
+    for group in sorted(wanted):
+        try:
+            grp.getgrnam(group)
+            present.append(group)
+        except KeyError:
+            missing.append(group)
+    return present, missing
 
 
 def source_devices(cfg: Config) -> tuple[list[str], list[str]]:
@@ -109,8 +132,10 @@ def _config_lines(cfg: Config) -> tuple[list[str], list[str]]:
     """What this config decides: ([Unit] start limits, [Service] watchdog, user, groups, state and writable
     folders, credentials, memory and CPU caps, and the devices its source opens)."""
     svc = cfg.service
-    devices, groups = source_devices(cfg)
-    groups = sorted(set(groups) | set(svc.groups))
+    devices, _ = source_devices(cfg)
+    accel = accelerator_grants(cfg)
+    devices = [*devices, *accel.devices]
+    groups, _ = service_groups(cfg)
     state = Path(cfg.device.state_dir)
     http_pw = getattr(cfg.source, "password_file", None)
     service = [
@@ -130,6 +155,8 @@ def _config_lines(cfg: Config) -> tuple[list[str], list[str]]:
         *([f"CPUQuota={svc.cpu_quota}"] if svc.cpu_quota else []),
         *(["PrivateDevices=yes"] if not devices else
           ["DevicePolicy=closed", *[f"DeviceAllow={d} rw" for d in devices]]),
+        # the sandbox's families plus what the accelerator needs (systemd merges repeated lines)
+        *([f"RestrictAddressFamilies={' '.join(accel.families)}"] if accel.families else []),
     ]
     return [f"StartLimitIntervalSec={svc.start_limit_interval}", f"StartLimitBurst={svc.start_limit_burst}"], service
 
@@ -251,8 +278,7 @@ def hidden_paths(cfg: Config, python: str | None = None) -> list[str]:
 def install_commands(cfg: Config) -> list[list[str]]:
     """What `install-service` runs as root: the user (no login, no home) in the device groups."""
     svc = cfg.service
-    _, groups = source_devices(cfg)
-    groups = sorted(set(groups) | set(svc.groups))
+    groups, _ = service_groups(cfg)
     useradd = ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell",
                "/usr/sbin/nologin", "--user-group", svc.user]
     if groups:

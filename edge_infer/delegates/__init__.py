@@ -57,6 +57,23 @@ class Delegate(Protocol):
         """Extra keyword arguments for `Interpreter(...)` (raises to say the delegate cannot be loaded)."""
 
 
+@dataclass(frozen=True)
+class Grants:
+    """What a delegate's hardware needs from the service's sandbox: device nodes or classes (`DeviceAllow=`),
+    the groups that own them, and socket families beyond the MQTT ones."""
+
+    devices: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    families: tuple[str, ...] = ()
+
+
+def grants_for(name: str, options: dict[str, Any]) -> Grants:
+    """The sandbox grants of delegate `name` with `options` (a delegate without hardware needs none)."""
+    delegate = delegate_for(name)
+    grants = getattr(delegate, "grants", None)
+    return grants(options) if grants is not None else Grants()
+
+
 _DELEGATES: Registry[Callable[[], Delegate]] = Registry("edge_infer.delegates", NAMES, "delegate")
 register = _DELEGATES.register
 

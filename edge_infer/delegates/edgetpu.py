@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edge_infer.delegates import DelegateError, load_library, register, unknown_options
+from edge_infer.delegates import DelegateError, Grants, load_library, register, unknown_options
 
 LIBRARY = "libedgetpu.so.1"
 
@@ -27,6 +27,20 @@ class EdgeTpu:
         if device is not None and (not isinstance(device, str) or not device.startswith(("usb", "pci"))):
             raise DelegateError(f"[model.delegate_options].device: expected \"usb\", \"usb:N\" or \"pci:N\", "
                                 f"got {device!r}")
+
+    def grants(self, options: dict[str, Any]) -> Grants:
+        """The USB accelerator is a USB device node (`/dev/bus/usb/…`, group plugdev by Coral's udev rule) found
+        by libusb, which watches for hot-plug over netlink; the M.2/PCIe one is `/dev/apex_N` (group apex). Without
+        a `device` option, both — the library takes the first it finds."""
+        device = str(options.get("device") or "")
+        usb = Grants(("char-usb_device",), ("plugdev",), ("AF_NETLINK",))
+        pci_index = device.partition(":")[2] or "0"
+        pci = Grants((f"/dev/apex_{pci_index}",), ("apex",))
+        if device.startswith("usb"):
+            return usb
+        if device.startswith("pci"):
+            return pci
+        return Grants((*usb.devices, *pci.devices), (*usb.groups, *pci.groups), usb.families)
 
     def interpreter_kwargs(self, module: Any, options: dict[str, Any]) -> dict[str, Any]:
         settings = {"device": options["device"]} if options.get("device") else {}

@@ -198,3 +198,45 @@ def test_two_instances_never_share_a_state_directory_and_names_must_fit(tmp_path
     odd = _instance_config(tmp_path / "x", "front door", '[source]\ntype = "directory"\npath = "/srv/c"', "/v/c")
     proc = run_cli("install-service", "--config", str(odd), "--instance", "--dry-run")
     assert proc.returncode == 2 and "edge-infer@NAME" in proc.stderr
+
+
+@pytest.mark.parametrize(("device", "nodes", "netlink"), [
+    ("usb", ["char-usb_device rw"], True),
+    ("pci:1", ["/dev/apex_1 rw"], False),
+    (None, ["char-usb_device rw", "/dev/apex_0 rw"], True),
+])
+def test_a_coral_gets_its_device_and_nothing_more(tmp_path: Path, device: str | None, nodes: list[str],
+                                                 netlink: bool) -> None:
+    """`delegate = "edgetpu"`: the USB accelerator's device class (and netlink, for libusb's hot-plug watch),
+    the PCIe one's /dev/apex_N, both when the config does not say; its groups only where they exist (a unit
+    naming a missing group would not start); still rated ≤ 2.0."""
+    cfg = tmp_path / "coral.toml"
+    options = f'[model.delegate_options]\ndevice = "{device}"\n' if device else ""
+    cfg.write_text(f'[model]\nbundle = "{REPO / "demo" / "digits-int8-only.tflite"}"\ndelegate = "edgetpu"\n{options}'
+                   '[source]\ntype = "directory"\npath = "/srv/frames"\n')
+    proc = run_cli("install-service", "--config", str(cfg), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    unit = settings(proc.stdout.split(":\n", 1)[1].split("\n# would run:", 1)[0])
+    assert unit["DevicePolicy"] == ["closed"] and unit["DeviceAllow"] == nodes and "PrivateDevices" not in unit
+    assert ("AF_NETLINK" in unit["RestrictAddressFamilies"]) == netlink
+    import grp
+
+    def exists(group: str) -> bool:
+        try:
+            grp.getgrnam(group)
+            return True
+        except KeyError:
+            return False
+
+    wanted = {"plugdev"} if device == "usb" else {"apex"} if device else {"plugdev", "apex"}
+    assert set(unit.get("SupplementaryGroups", [""])[0].split()) == {g for g in wanted if exists(g)}
+    assert all(f"group '{g}' does not exist" in proc.stderr for g in wanted if not exists(g))
+    plain = settings(dry_run_unit(REPO / "device_configs" / "pi-4.toml"))
+    assert plain["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]  # nothing more without a Coral
+    if shutil.which("systemd-analyze") is not None:
+        path = tmp_path / "edge-infer.service"
+        path.write_text(proc.stdout.split(":\n", 1)[1].split("\n# would run:", 1)[0])
+        rated = subprocess.run(["systemd-analyze", "security", "--offline=true", str(path)], capture_output=True,
+                               text=True, timeout=60)
+        level = re.search(r"Overall exposure level for edge-infer.service: ([0-9.]+)", rated.stdout)
+        assert level and float(level.group(1)) <= 2.0, rated.stdout[-1500:]
