@@ -9,6 +9,7 @@ caps come from the device profile's `[service]` table.
 
 from __future__ import annotations
 
+import grp
 import re
 import shlex
 import sys
@@ -30,8 +31,6 @@ def service_groups(cfg: Config) -> tuple[list[str], list[str]]:
     """(groups the service user joins, groups it should but that do not exist here): the source's, the
     accelerator's and `[service] groups`. A unit naming a missing group would not start, so those are left out
     and `install-service` says which (e.g. `apex` before the Coral PCIe driver is installed)."""
-    import grp
-
     wanted = set(source_devices(cfg)[1]) | set(accelerator_grants(cfg).groups) | set(cfg.service.groups)
     present, missing = [], []
     for group in sorted(wanted):
