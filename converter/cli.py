@@ -4,6 +4,7 @@ Examples:
   edge-convert model.keras --mode int8 --calibration data/train --eval data/test \\
       --labels labels.txt --out digits.tflite --report report.json
   edge-convert wrap downloaded.tflite --calibration data/train --eval data/test --out model.tflite
+  edge-convert add-variant model.tflite model_edgetpu.tflite    # an accelerator's build of the same model
 
 This module is the command line; `converter.job` runs the conversion step by step.
 """
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "add-variant":  # no TensorFlow: a TFLite runtime reads the variant's tensors
+        from converter.variants import main as add_variant
+
+        return add_variant(argv[1:])
     wrap = bool(argv) and argv[0] == "wrap"
     args = build_parser().parse_args(argv[1:] if wrap else argv)
     args.wrap = wrap

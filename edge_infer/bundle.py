@@ -11,11 +11,12 @@ import io
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_infer.manifest import FORMAT_NAME, FORMAT_VERSION, Manifest, ManifestError, parse_manifest
+from edge_infer.variants import Variant, VariantError, read_variants
 
 MANIFEST_NAME = "manifest.json"
 TFLITE_IDENTIFIER = b"TFL3"
@@ -38,11 +39,13 @@ class BundleError(Exception):
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, verified bundle: the model bytes (without the archive) and its manifest."""
+    """A loaded, verified bundle: the model bytes (without the archive), its manifest and its accelerator
+    variants (`edge_infer.variants`; the model bytes are the CPU variant)."""
 
     path: Path
     model_bytes: bytes
     manifest: Manifest
+    variants: dict[str, Variant] = field(default_factory=dict, repr=False)
 
     @property
     def sha256(self) -> str:
@@ -204,4 +207,13 @@ def load_bundle(path: Path | str) -> Bundle:
     model_bytes = data[: manifest.model_size]
     if model_digest(model_bytes) != manifest.model_sha256:
         raise BundleError(path, "model bytes do not match the manifest's sha256 (corrupted or tampered file)")
-    return Bundle(path=path, model_bytes=model_bytes, manifest=manifest)
+    variants: dict[str, Variant] = {}
+    if doc.get("variants"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:  # its limits were checked by read_manifest_doc
+                variants = read_variants(doc, zf)
+        except VariantError as exc:
+            raise BundleError(path, str(exc)) from None
+        except Exception as exc:  # zlib.error, EOFError, ...: a damaged archive is a refused bundle
+            raise BundleError(path, f"corrupt bundle archive: {exc}") from None
+    return Bundle(path=path, model_bytes=model_bytes, manifest=manifest, variants=variants)

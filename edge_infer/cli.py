@@ -85,12 +85,14 @@ def _check_findings(cfg: Config) -> list[tuple[str, str, str]]:
         second = model_from_config(cfg.model, cfg.decide.escalate_to)
         found.append(("escalate", "ok", f"{second.bundle.path} — {describe(second)}"))
     rt = model.engine.runtime
+    variants = ", ".join(["cpu", *(f"{v.name} ({v.delegate})" for v in model.bundle.variants.values())])
     found.append(("runtime", "ok", f"{rt.name} {rt.version}, {cfg.model.threads} thread(s), delegate "
-                                   f"{model.engine.settings.describe()}"))
-    if model.engine.fallback_from is not None:  # the accelerator is missing: the service would run on the CPU
-        wanted, why = model.engine.fallback_from
-        found.append(("accel", "MISSING", f"{why} — the CPU ({rt.delegate}) runs the model and {wanted.delegate} "
-                                          "is retried with back-off (delegate_fallback = false makes this an error)"))
+                                   f"{model.engine.settings.describe()}, variant {model.engine.variant} "
+                                   f"(the bundle has: {variants})"))
+    if (fallback := model.engine.fallback_from) is not None:  # the accelerator is missing: the CPU would run it
+        found.append(("accel", "MISSING", f"{fallback.error} — the CPU ({rt.delegate}) runs the model and "
+                                          f"{fallback.wanted.delegate} is retried with back-off "
+                                          "(delegate_fallback = false makes this an error)"))
     if cfg.source.type == "camera":
         found.append(_camera_line(cfg.source.backend))
     if cfg.sink.type == "mqtt":
@@ -104,10 +106,17 @@ def _check_findings(cfg: Config) -> list[tuple[str, str, str]]:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from edge_infer.install import findings as install_findings
+
     cfg = load_config(args.config)
     _setup_logging(args.log_level or "warning")
+    installed = install_findings()
+    if not args.json:  # first, and before anything that could fail for want of what they name
+        for what, status, detail in installed:
+            print(f"{what:<8} {status}: {detail}", flush=True)
     found = _check_findings(cfg)
     if args.json:
+        found = installed + found
         print(json.dumps({"config": str(cfg.path), "checks": [{"check": what, "status": status, "detail": detail}
                                                               for what, status, detail in found]}, indent=2))
     else:

@@ -31,6 +31,23 @@ def _venv_for_camera(cfg: Config, python: str | None, dry_run: bool) -> list[str
     return [f"let {cfg_file.parent} see apt's packages (picamera2): include-system-site-packages = true"]
 
 
+def _install_gaps(python: str | None) -> list[str]:
+    """What the service's Python lacks to run the daemon (`edge_infer.install`), one line each — asked of that
+    Python itself, which may be another venv than this one."""
+    import json
+
+    ask = "from edge_infer.install import main; main()"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as systemd starts it: no PYTHONPATH
+    try:
+        done = subprocess.run([python or sys.executable, "-c", ask], capture_output=True, text=True, timeout=60,
+                              cwd="/", env=env)
+        found = json.loads(done.stdout)
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError):
+        return [f"{python or sys.executable} cannot import edge_infer: install edge-infer into that venv "
+                "(README: Install on a Pi)"]
+    return [detail for _what, status, detail in found if status == "MISSING"]
+
+
 def _siblings(cfg: Config) -> list[Config]:
     """The other configs in the folder an instance's config lives in (the ones that load)."""
     others = []
@@ -68,6 +85,12 @@ def cmd_install_service(args: argparse.Namespace) -> int:
     if not args.dry_run and os.geteuid() != 0:
         raise ConfigError(f"{cfg.path}: install-service writes {next(iter(files))} and creates a system user: run "
                           "it as root (or with --dry-run to see what it would do)")
+    gaps = _install_gaps(args.python)
+    if gaps and not args.dry_run:
+        raise ConfigError(f"the service's Python lacks {gaps[0]}" + (f" (and {len(gaps) - 1} more: run edge-infer "
+                                                                     "check)" if len(gaps) > 1 else ""))
+    for gap in gaps:
+        print(f"edge-infer: warning: the service's Python lacks {gap}", file=sys.stderr)
     problems = hidden_paths(cfg, args.python)
     if problems and not args.dry_run:
         raise ConfigError(f"{cfg.path}: {problems[0]}" + (f" (and {len(problems) - 1} more: see --dry-run)"

@@ -120,13 +120,17 @@ def result_payload(
     latency_ms: float,
     state: DebouncedState | None = None,
     decided_by: dict[str, str] | None = None,
+    ran_on: dict[str, str] | None = None,
 ) -> bytes:
     """`results`: the task's result, its status, which model produced it (`path`, and `decided_by` when a
-    second model did) and, with debouncing, the stable state."""
+    second model did), the model variant and delegate that ran it (`ran_on`) and, with debouncing, the stable
+    state."""
     doc = _envelope(identity, seq, msg_id, sample)
     doc.update(task=result.task, result=result.to_dict(), **decision.to_dict(), latency_ms=round(latency_ms, 3))
     if decided_by is not None:
         doc["decided_by"] = decided_by
+    if ran_on is not None:
+        doc["ran_on"] = ran_on
     if state is not None:
         doc["state"] = state.to_dict()
     return _encode(doc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -35,9 +35,17 @@ from edge_infer.runtime import Engine, build_engine
 from edge_infer.tasks import Context, Task, TaskResult, task_for
 from edge_infer.tasks.classification import Classification
 from edge_infer.tasks.zones import Zone, zones_from_config
+from edge_infer.variants import pick
 
 if TYPE_CHECKING:
     from edge_infer.sections import ModelConfig
+
+
+class Ran(NamedTuple):
+    """A task result and what made it (`Engine.ran_on`: the model variant and its delegate)."""
+
+    result: TaskResult
+    ran_on: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,7 @@ class Model:
                  thresholds: Thresholds | None = None) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
-        self.engine = engine or Engine(bundle.model_bytes, settings)
+        self.engine = engine or engine_for(bundle, settings or EngineSettings(), fallback=False)
         self.rules = Rules(thresholds or Thresholds(self.manifest, None, {}), tuple(zones), top_k)
         self.task_impl: Task = task_for(self.manifest.task)
         spec = self.manifest.input
@@ -164,6 +172,12 @@ class Model:
         """Input tensor → the task's result (call from one thread: the interpreter is not thread-safe)."""
         return self.postprocess(self.engine.run(tensor), geometry)
 
+    def ran(self, tensor: np.ndarray, geometry: ViewGeometry | None = None) -> Ran:
+        """`run`, saying which variant and delegate made the result (an accelerator may fail during this very
+        call, and the CPU answer)."""
+        outputs = self.engine.run(tensor)
+        return Ran(self.postprocess(outputs, geometry), self.engine.ran_on)
+
     def postprocess(self, outputs: Sequence[np.ndarray], geometry: ViewGeometry | None = None) -> TaskResult:
         """The interpreter's outputs → the task's result."""
         rules = self.rules
@@ -210,7 +224,7 @@ def open_bundle(path: Path | str, overrides: dict[str, Any] | None = None, setti
     doc.update({k: overrides[k] for k in MODEL_OVERRIDES if k in overrides})
     if "output" in overrides:
         doc["output"] = {**bundle.manifest.raw.get("output", {}), **overrides["output"]}
-    return Bundle(bundle.path, bundle.model_bytes, parse_doc(path, doc, "[model] overrides")), None
+    return replace(bundle, manifest=parse_doc(path, doc, "[model] overrides")), None
 
 
 def with_crop(bundle: Bundle, crop: Sequence[float]) -> Bundle:
@@ -218,8 +232,7 @@ def with_crop(bundle: Bundle, crop: Sequence[float]) -> Bundle:
     spec = bundle.manifest.input
     if not isinstance(spec, ImageInputSpec):
         raise BundleError(bundle.path, "[model].crop is for image models; this one reads sensor windows")
-    manifest = replace(bundle.manifest, input=replace(spec, crop=tuple(crop)))
-    return Bundle(bundle.path, bundle.model_bytes, manifest)
+    return replace(bundle, manifest=replace(bundle.manifest, input=replace(spec, crop=tuple(crop))))
 
 
 def threshold_problem(task: str, threshold: float | None) -> str | None:
@@ -227,6 +240,15 @@ def threshold_problem(task: str, threshold: float | None) -> str | None:
     if threshold is not None and threshold > 1.0 and task != "anomaly":
         return f"[model].threshold = {threshold}: a {task} threshold is a confidence from 0 to 1"
     return None
+
+
+def engine_for(bundle: Bundle, settings: EngineSettings, fallback: bool = True) -> Engine:
+    """An interpreter on the bundle's variant for the configured delegate (else its own model); with `fallback`,
+    on the CPU model while the accelerator cannot load, take the model or answer (`engine.fallback_from`)."""
+    variant = pick(bundle.variants, settings.delegate)
+    if variant is None:
+        return build_engine(bundle.model_bytes, settings, fallback)
+    return build_engine(variant.model_bytes, settings, fallback, variant.name, bundle.model_bytes)
 
 
 def engine_settings(model_cfg: ModelConfig) -> EngineSettings:
@@ -242,8 +264,8 @@ def model_from_config(model_cfg: ModelConfig, bundle_path: str | None = None,
     overrides = {k: getattr(model_cfg, k) for k in (*MODEL_OVERRIDES, "input")} if bundle_path is None else {}
     settings = engine_settings(model_cfg)
     bundle, engine = open_bundle(bundle_path or model_cfg.bundle, overrides, settings, model_cfg.delegate_fallback)
-    if engine is None:  # an accelerator that cannot load: the CPU runs the model (`engine.fallback_from` says so)
-        engine = build_engine(bundle.model_bytes, settings, model_cfg.delegate_fallback)
+    if engine is None:
+        engine = engine_for(bundle, settings, model_cfg.delegate_fallback)
     per_label: dict[str, float] = {}
     if bundle_path is None and model_cfg.crop is not None:
         bundle = with_crop(bundle, model_cfg.crop)

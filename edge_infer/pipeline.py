@@ -22,7 +22,7 @@ from edge_infer.gates.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, Decode
 from edge_infer.gates.quality import DEFAULT_LIMITS, ImageGate, ImageQuality
 from edge_infer.gates.sensor import SensorGate, SensorLimits
 from edge_infer.manifest import SensorInputSpec
-from edge_infer.model import Model
+from edge_infer.model import Model, Ran
 from edge_infer.monitor import channel_means
 from edge_infer.preprocess import ViewGeometry
 from edge_infer.review import CaptureStore
@@ -96,6 +96,7 @@ class Outcome:
     state: DebouncedState | None = None
     stats: dict[str, float] = field(default_factory=dict)
     first: TaskResult | None = None  # the first model's result, when a second one decided (`path` escalated)
+    ran_on: dict[str, str] | None = None  # the model variant and delegate that made `result` (`Engine.ran_on`)
 
 
 @dataclass(frozen=True)
@@ -246,19 +247,18 @@ class Pipeline:
         rows = [",".join(repr(float(v)) for v in (t, *row)) for t, row in zip(times, sample.window, strict=False)]
         return ("\n".join([header, *rows]) + "\n").encode()
 
-    def finish(self, prepared: Prepared, result: TaskResult | None = None) -> Outcome:
-        """Back half: inference (unless `result` is this input's, from another interpreter of this pipeline's
+    def finish(self, prepared: Prepared, ran: Ran | None = None) -> Outcome:
+        """Back half: inference (unless `ran` is this input's result, from another interpreter of this pipeline's
         model), postprocessing, the decision and its fallback. Inputs finish one at a time, in input order."""
         if prepared.tensor is None:
             return Outcome(prepared.verdict)
-        if result is None:
-            result = self.model.run(prepared.tensor, prepared.geometry)
+        result, ran_on = ran if ran is not None else self.model.ran(prepared.tensor, prepared.geometry)
         decision = self.model.decide(result)
         policy = self.policy
         first = None
         if decision.status == "uncertain" and policy.fallback == "escalate" and policy.escalate_to is not None:
             first = result
-            result, second = self._escalate(prepared, policy.escalate_to)
+            (result, ran_on), second = self._escalate(prepared, policy.escalate_to)
             decision = with_fallback(second, policy.escalate_fallback, "escalated")
             if decision.status == "ok":  # the bigger model was sure: that is the fallback this result took
                 decision = replace(decision, fallback="escalate")
@@ -272,17 +272,17 @@ class Pipeline:
         if self.debouncer is not None:
             state = self.debouncer.update(result.event_key if decision.status == "ok" else None)
         return Outcome(prepared.verdict, result, decision, (time.perf_counter() - prepared.started) * 1000.0, state,
-                       prepared.stats, first)
+                       prepared.stats, first, ran_on)
 
-    def _escalate(self, prepared: Prepared, second: Model) -> tuple[TaskResult, Decision]:
+    def _escalate(self, prepared: Prepared, second: Model) -> tuple[Ran, Decision]:
         """The second model's own preprocessing of the same input, its result and its own thresholds."""
         if prepared.sample.window is not None:
             tensor, geometry = second.window_tensor(prepared.sample.window), None
         else:
             assert prepared.image is not None  # decoded once, by the first model's prepare
             tensor, geometry = second.input_for(prepared.image)
-        result = second.run(tensor, geometry)
-        return result, second.decide(result)
+        ran = second.ran(tensor, geometry)
+        return ran, second.decide(ran.result)
 
     def _keep(self, prepared: Prepared, result: TaskResult, decision: Decision) -> None:
         """An uncertain input into the review folder, under its predicted label (a person confirms it)."""

@@ -4,6 +4,10 @@ A runtime is chosen by *building an interpreter on the model*, not by importing 
 imports fine under numpy 2 and only fails when an Interpreter is created. `EDGE_INFER_RUNTIME` (or the
 config's `model.runtime`) restricts the choice to one runtime. How the interpreter runs the model (kernels,
 accelerator) is the delegate's business (`edge_infer.delegates`), given in one `EngineSettings`.
+
+An engine on an accelerator keeps the CPU model at hand: when the delegate cannot load or take the model
+(`build_engine`), or when `invoke()` fails later (the accelerator unplugged or locked up), the CPU model runs
+instead — the failed input again, at once — and `fallback_from` says what was wanted and why it is not running.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from edge_infer.delegates import CPU, DEFAULT, DelegateError, EngineSettings, delegate_for
+from edge_infer.variants import CPU_VARIANT
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +45,24 @@ class DelegateUnavailable(RuntimeUnavailable):
 
 @dataclass(frozen=True)
 class RuntimeInfo:
+    """Which runtime built an interpreter, its version, and the delegate it runs with."""
+
     name: str
     version: str
     delegate: str = "xnnpack"
 
     def to_dict(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "delegate": self.delegate}
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """Why the CPU runs the model: the settings, model bytes and variant name that were wanted, and the error."""
+
+    wanted: EngineSettings
+    error: str
+    content: bytes = dataclasses.field(repr=False)
+    variant: str
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,10 @@ class TensorInfo:
     @property
     def quantized(self) -> bool:
         return self.scale != 0.0
+
+    def contract(self) -> tuple[tuple[int, ...], str, float, int]:
+        """What a caller relies on: shape, type and quantization (not the index or the name)."""
+        return self.shape, self.dtype.name, round(self.scale, 9), self.zero_point
 
 
 def _tensor_info(detail: dict[str, Any]) -> TensorInfo:
@@ -105,42 +126,41 @@ def runtime_candidates(preferred: str | None = None) -> list[str]:
 
 
 class Engine:
-    """One interpreter (use one per thread): set a prepared input tensor, invoke, read the outputs."""
+    """One interpreter (use one per thread): set a prepared input tensor, invoke, read the outputs. `variant` names
+    the model bytes it runs (`edge_infer.variants`); `cpu_content`, the CPU model an accelerator falls back to
+    when `fallback` is on (default: the same bytes)."""
 
-    def __init__(self, model_content: bytes, settings: EngineSettings | None = None) -> None:
+    def __init__(self, model_content: bytes, settings: EngineSettings | None = None, variant: str = CPU_VARIANT,
+                 cpu_content: bytes | None = None, fallback: bool = False) -> None:
         settings = settings or EngineSettings()
-        failures: list[str] = []
-        for name in runtime_candidates(settings.runtime):
-            try:
-                self._interpreter, self.runtime = _build(name, model_content, settings)
-                break
-            except ImportError as exc:
-                failures.append(f"{name}: not installed ({exc.name or exc})")
-            except DelegateError as exc:  # the same on every runtime: say it once
-                raise DelegateUnavailable(str(exc)) from None
-            except Exception as exc:  # a runtime that cannot build this model: try the next one
-                failures.append(f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-        else:
-            raise RuntimeUnavailable("no TFLite runtime could load the model — " + "; ".join(failures))
+        self._interpreter, self.runtime = _first_runtime(model_content, settings)
         self._model_content = model_content  # the interpreter may reference this buffer; keep it alive
-        self.settings = settings
-        self.fallback_from: tuple[EngineSettings, str] | None = None  # (the wanted settings, why the CPU runs)
+        self._cpu_content = cpu_content if cpu_content is not None else model_content
+        self.settings, self.variant = settings, variant
+        self.may_fall_back = fallback and settings.delegate not in CPU
+        self.fallback_from: Fallback | None = None
         self.threads = settings.threads
         self.inputs = [_tensor_info(d) for d in self._interpreter.get_input_details()]
         self.outputs = [_tensor_info(d) for d in self._interpreter.get_output_details()]
         log.info(
-            "event=interpreter runtime=%s version=%s threads=%d delegate=%s inputs=%s outputs=%s",
+            "event=interpreter runtime=%s version=%s threads=%d delegate=%s variant=%s inputs=%s outputs=%s",
             self.runtime.name,
             self.runtime.version,
             settings.threads,
             settings.describe(),
+            variant,
             [(t.shape, t.dtype.name) for t in self.inputs],
             [(t.shape, t.dtype.name) for t in self.outputs],
         )
 
     def twin(self) -> Engine:
         """Another interpreter of the same model, built the same way (for another thread)."""
-        return Engine(self._model_content, self.settings)
+        return Engine(self._model_content, self.settings, self.variant, self._cpu_content, self.may_fall_back)
+
+    @property
+    def ran_on(self) -> dict[str, str]:
+        """What results say made them: the model variant and the delegate it ran with."""
+        return {"variant": self.variant, "delegate": self.settings.delegate}
 
     @property
     def interpreter(self) -> Any:
@@ -148,21 +168,106 @@ class Engine:
         return self._interpreter
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
-        """Invoke on one input tensor (already shaped and typed for input 0); return every output."""
+        """Invoke on one input tensor (already shaped and typed for input 0); return every output. On an
+        accelerator that fails here, with `fallback` on, the CPU model takes over and answers this input."""
+        try:
+            return self._invoke(tensor)
+        except RuntimeError as exc:
+            if not self.may_fall_back or self.fallback_from is not None:
+                raise
+            self._fall_back(f"the {self.settings.delegate} delegate failed during inference: {_first_line(exc)}")
+        return self._invoke(tensor)
+
+    def _invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
         self._interpreter.set_tensor(self.inputs[0].index, tensor)
         self._interpreter.invoke()
         return [self._interpreter.get_tensor(t.index) for t in self.outputs]
 
+    def _fall_back(self, error: str) -> None:
+        """From now on this engine runs the CPU model (same contract), remembering what it stands in for."""
+        cpu = Engine(self._cpu_content, cpu_settings(self.settings))
+        fallback = Fallback(self.settings, error, self._model_content, self.variant)
+        self._interpreter, self.runtime, self.settings = cpu.interpreter, cpu.runtime, cpu.settings
+        self.variant, self._model_content = cpu.variant, self._cpu_content
+        self.fallback_from = fallback  # last: the housekeeping thread reads it to say what runs now
+        log.warning("event=delegate_failed delegate=%s fallback=%s error=%r", fallback.wanted.delegate,
+                    self.settings.delegate, error)
 
-def build_engine(model_content: bytes, settings: EngineSettings, fallback: bool = True) -> Engine:
-    """An interpreter with `settings`; when its accelerator delegate cannot load or take the model and
-    `fallback` is on, one on the CPU (`xnnpack`) instead, which says what it stands in for (`fallback_from`)."""
+    def retry(self) -> Engine:
+        """While this engine stands in for an accelerator: a new engine on it, proven by one inference on a zero
+        input (raises `DelegateUnavailable` while the accelerator is still gone or failing)."""
+        assert self.fallback_from is not None, "nothing to retry: this engine runs what was wanted"
+        wanted = self.fallback_from
+        engine = Engine(wanted.content, wanted.wanted, wanted.variant, self._cpu_content, True)
+        try:
+            engine.prove()
+        except RuntimeError as exc:
+            raise DelegateUnavailable(f"the {wanted.wanted.delegate} delegate failed during inference: "
+                                      f"{_first_line(exc)}") from None
+        return engine
+
+    def prove(self) -> None:
+        """One inference on a zero input, on this engine's own interpreter, never falling back (raises the
+        runtime's RuntimeError)."""
+        self._invoke(np.zeros(self.inputs[0].shape, self.inputs[0].dtype))
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _first_runtime(model_content: bytes, settings: EngineSettings) -> tuple[Any, RuntimeInfo]:
+    """An allocated interpreter from the first runtime of the chain that can build one for the model."""
+    failures: list[str] = []
+    for name in runtime_candidates(settings.runtime):
+        try:
+            return _build(name, model_content, settings)
+        except ImportError as exc:
+            failures.append(f"{name}: not installed ({exc.name or exc})")
+        except DelegateError as exc:  # the same on every runtime: say it once
+            raise DelegateUnavailable(str(exc)) from None
+        except Exception as exc:  # a runtime that cannot build this model: try the next one
+            failures.append(f"{name}: {type(exc).__name__}: {_first_line(exc) if str(exc) else ''}")
+    raise RuntimeUnavailable("no TFLite runtime could load the model — " + "; ".join(failures))
+
+
+def cpu_settings(settings: EngineSettings) -> EngineSettings:
+    """The same threads and runtime on the CPU (the default delegate)."""
+    return dataclasses.replace(settings, delegate=DEFAULT, delegate_options={})
+
+
+def build_engine(model_content: bytes, settings: EngineSettings, fallback: bool = True,
+                 variant: str = CPU_VARIANT, cpu_content: bytes | None = None) -> Engine:
+    """An interpreter with `settings` on `model_content` (the `variant`); when its accelerator delegate cannot
+    load or take the model and `fallback` is on, one on the CPU model (`cpu_content`, default the same bytes)
+    instead, which says what it stands in for (`fallback_from`) — and later failures during inference fall back
+    the same way (`Engine.run`)."""
     try:
-        return Engine(model_content, settings)
+        return Engine(model_content, settings, variant, cpu_content, fallback)
     except DelegateUnavailable as exc:
         if not fallback or settings.delegate in CPU:
             raise
-        engine = Engine(model_content, dataclasses.replace(settings, delegate=DEFAULT, delegate_options={}))
-        engine.fallback_from = (settings, str(exc))
+        engine = Engine(cpu_content if cpu_content is not None else model_content, cpu_settings(settings))
+        engine.fallback_from = Fallback(settings, str(exc), model_content, variant)
         log.info("event=delegate_unavailable delegate=%s fallback=%s error=%r", settings.delegate, DEFAULT, str(exc))
         return engine
+
+
+def tensor_contract(model_content: bytes, runtime: str | None = None) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """A model's input and output tensors, read without allocating it (so a model compiled for an accelerator,
+    whose custom operator this machine cannot run, is readable too). Raises `RuntimeUnavailable`."""
+    failures: list[str] = []
+    for name in runtime_candidates(runtime):
+        module_name, attr_path, _ = RUNTIMES[name]
+        try:
+            factory: Any = importlib.import_module(module_name)
+            for attr in attr_path.split("."):
+                factory = getattr(factory, attr)
+            interpreter = factory(model_content=model_content)
+            return ([_tensor_info(d) for d in interpreter.get_input_details()],
+                    [_tensor_info(d) for d in interpreter.get_output_details()])
+        except ImportError as exc:
+            failures.append(f"{name}: not installed ({exc.name or exc})")
+        except Exception as exc:  # not a model this runtime can read
+            failures.append(f"{name}: {_first_line(exc)}")
+    raise RuntimeUnavailable("cannot read the model's tensors — " + "; ".join(failures))

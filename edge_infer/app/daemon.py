@@ -38,7 +38,7 @@ from edge_infer.messages import (
     snapshot_payload,
 )
 from edge_infer.metrics import LatencyWindow
-from edge_infer.model import Model
+from edge_infer.model import Model, Ran
 from edge_infer.monitor import DriftMonitor
 from edge_infer.outbox import EVENTS, Outbox, Pending
 from edge_infer.pipeline import Measured, Outcome, Pipeline, Prepared
@@ -162,7 +162,7 @@ class Daemon:
         return self._finish(pipeline, self._timed("decode", pipeline.prepare, sample))
 
     def _finish(self, pipeline: Pipeline, prepared: Prepared | Sample,
-                lane: Future[tuple[Measured, TaskResult | None]] | None = None) -> Outcome:
+                lane: Future[tuple[Measured, Ran | None]] | None = None) -> Outcome:
         """The back half of one input, on the pipeline (model) that took it: inference — or, from the pool's
         `lane`, the measured input and its result, judged here in input order — then commit and pacing."""
         started = time.monotonic()
@@ -171,9 +171,9 @@ class Daemon:
                 assert isinstance(prepared, Prepared)
                 outcome = self._timed("inference", pipeline.finish, prepared)
             else:
-                measured, result = self._timed("inference", Future.result, lane)
+                measured, ran = self._timed("inference", Future.result, lane)
                 prepared = pipeline.judge(measured)
-                outcome = pipeline.finish(prepared, result)
+                outcome = pipeline.finish(prepared, ran)
         except Exception as exc:  # a just-promoted model that fails is rolled back; the input runs again
             if self.updater is None or not self.updater.failed(pipeline, exc):
                 raise

@@ -20,10 +20,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
-from edge_infer.model import Model
+from edge_infer.model import Model, Ran
 from edge_infer.pipeline import Measured, Pipeline
 from edge_infer.sources import Sample
-from edge_infer.tasks import TaskResult
 
 T = TypeVar("T")
 
@@ -110,13 +109,13 @@ class InterpreterPool:
             self._local.engines = (model.engine, twin)
         return model.on_engine(twin)
 
-    def submit(self, pipeline: Pipeline, sample: Sample) -> Future[tuple[Measured, TaskResult | None]]:
+    def submit(self, pipeline: Pipeline, sample: Sample) -> Future[tuple[Measured, Ran | None]]:
         """A lane: `pipeline.measure(sample)` and, when it decoded to a tensor, the model's result on this thread's
         interpreter — before the gate's ordered verdict (`Pipeline.judge`), which may still reject it."""
         return self._executor.submit(self._lane, pipeline, sample)
 
-    def _lane(self, pipeline: Pipeline, sample: Sample) -> tuple[Measured, TaskResult | None]:
+    def _lane(self, pipeline: Pipeline, sample: Sample) -> tuple[Measured, Ran | None]:
         measured = self._timed("decode", pipeline.measure, sample)
         if measured.tensor is None:
             return measured, None
-        return measured, self._model(pipeline.model).run(measured.tensor, measured.geometry)
+        return measured, self._model(pipeline.model).ran(measured.tensor, measured.geometry)

@@ -21,7 +21,7 @@ def payload_for(sample: Sample, outcome: Outcome, identity: Identity, msg_id: st
     decided_by = escalated_model if decision is not None and decision.path == "escalated" else None
     if result is not None and decision is not None and decision.action == "publish":
         return "results", lambda seq: result_payload(identity, seq, msg_id, sample, result, decision,
-                                                     outcome.latency_ms, outcome.state, decided_by)
+                                                     outcome.latency_ms, outcome.state, decided_by, outcome.ran_on)
     if result is None and publish_rejections:
         return "rejections", lambda seq: rejection_payload(identity, seq, msg_id, sample, verdict)
     return ("results" if result is not None else "rejections"), None

@@ -1,6 +1,7 @@
 """An accelerator that is not there: the model runs on the CPU meanwhile (`edge_infer.runtime.build_engine`
-falls back when the configured delegate cannot load or cannot take the model), the delegate is tried again with
-back-off from the housekeeping thread, and when it loads the serving port gets an interpreter on it back.
+falls back when the configured delegate cannot load or cannot take the model, `Engine.run` when it fails during
+inference), the delegate is tried again with back-off from the housekeeping thread, and when it loads and answers
+one inference the serving port gets an interpreter on it back.
 Events: `accelerator_lost` (delegate, error, fallback) and `accelerator_restored` (delegate, lost_s); the health
 document's `accelerator` says which one runs now."""
 
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge_infer.runtime import DelegateUnavailable, Engine
+from edge_infer.runtime import DelegateUnavailable
 from edge_infer.serving import Serving
 from edge_infer.sources.health import Backoff
 
@@ -36,11 +37,12 @@ class AcceleratorWatch:
         fallback = self.serving.model.engine.fallback_from
         if fallback is None or self.lost_since is not None:
             return
-        settings, self.error = fallback
+        self.error = fallback.error
         self.lost_since = self._clock()
         self._next_try = self.lost_since + self._backoff.next_delay()
-        self._event("accelerator_lost", {"delegate": settings.delegate, "error": self.error,
-                                         "fallback": self.serving.model.engine.settings.delegate})
+        self._event("accelerator_lost", {"delegate": fallback.wanted.delegate, "error": self.error,
+                                         "fallback": self.serving.model.engine.settings.delegate,
+                                         "variant": fallback.variant})
 
     def turn(self) -> None:
         """Housekeeping: when the next retry is due, try the delegate again; on success swap it in."""
@@ -51,10 +53,10 @@ class AcceleratorWatch:
             return
         if self.lost_since is None or engine.fallback_from is None or self._clock() < self._next_try:
             return
-        wanted = engine.fallback_from[0]
+        wanted = engine.fallback_from.wanted
         self.attempts += 1
         try:
-            restored = Engine(self.serving.model.bundle.model_bytes, wanted)
+            restored = engine.retry()
         except DelegateUnavailable as exc:
             self.error = str(exc)
             self._next_try = self._clock() + self._backoff.next_delay()
@@ -76,8 +78,9 @@ class AcceleratorWatch:
     def to_dict(self) -> dict[str, Any]:
         """The health document's `accelerator`: the delegate running now and, while lost, why and since when."""
         engine = self.serving.model.engine
-        doc: dict[str, Any] = {"delegate": engine.settings.delegate, "lost": self.lost_since is not None}
+        doc: dict[str, Any] = {"delegate": engine.settings.delegate, "variant": engine.variant,
+                               "lost": self.lost_since is not None}
         if self.lost_since is not None and engine.fallback_from is not None:
-            doc.update(wanted=engine.fallback_from[0].delegate, error=self.error,
+            doc.update(wanted=engine.fallback_from.wanted.delegate, error=self.error,
                        since_s=round(self._clock() - self.lost_since, 1), attempts=self.attempts)
         return doc

@@ -1,16 +1,20 @@
 """An accelerator delegate, for real: the test run compiles `tests/helpers/probe_delegate.c` (the external-delegate
 ABI declared by hand — no TFLite headers ship anywhere) into a shared library that records its options and every
-Prepare call, leaves the graph to the CPU, and fails on demand. Loaded through the config on this leg's runtime
-(ai-edge-litert or tflite-runtime 2.14): options reach it; a delegate that cannot load, or cannot take the model,
-hands the model to the CPU with `accelerator_lost` and comes back with `accelerator_restored` when it loads again
-— and no input is lost meanwhile."""
+Prepare call, takes the graph's RESHAPE nodes on request (its kernel copies the bytes, so answers are the CPU's
+exactly), and fails on demand — at load, at Prepare, or in its kernel during `invoke()`. Loaded through the config
+on this leg's runtime (ai-edge-litert or tflite-runtime 2.14): options reach it; a delegate that cannot load, cannot
+take the model, or stops answering mid-run hands the model to the CPU variant with `accelerator_lost` and comes back
+with `accelerator_restored` when it loads and answers again — and no input is lost meanwhile. Bundles with an
+accelerator variant (`edge-convert add-variant`) run that variant on its delegate and the CPU model without it."""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +26,7 @@ from edge_infer.config import load_config
 from edge_infer.gates.decode import decode_image
 from edge_infer.model import Model, model_from_config
 from edge_infer.sinks.memory import MemorySink
-from tests.conftest import DIGITS_INT8, DIGITS_TEST, run_cli, write_config
+from tests.conftest import DIGITS_INT8, DIGITS_TEST, REPO, run_cli, write_config
 from tests.device.faults import wait_until
 from tests.helpers.broker import free_port
 
@@ -40,8 +44,8 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def config(tmp_path: Path, library: Path, **options: str) -> Path:
-    cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
+def config(tmp_path: Path, library: Path, bundle: Path = DIGITS_INT8, **options: str) -> Path:
+    cfg = write_config(tmp_path / "c.toml", bundle=bundle, source=tmp_path / "in", state=tmp_path / "s",
                        port=free_port())
     table = ", ".join(f'{k} = "{v}"' for k, v in {"log": str(tmp_path / "probe.log"), **options}.items())
     cfg.write_text(cfg.read_text().replace(
@@ -91,15 +95,9 @@ def test_a_lost_accelerator_hands_over_to_the_cpu_and_comes_back(library: Path, 
     sinks: list[MemorySink] = []
     daemon = Daemon(load_config(config(tmp_path, library, **options)),
                     sink=lambda opener: sinks.append(MemorySink(opener)) or sinks[0])
-    sink = sinks[0]
+    sink, feed = sinks[0], feeder(tmp_path / "in")
     runner = threading.Thread(target=daemon.run, daemon=True)
     runner.start()
-
-    def feed(paths: list[Path], start: int) -> None:
-        for i, path in enumerate(paths, start):
-            shutil.copy(path, tmp_path / "in" / f".{i}.tmp")
-            (tmp_path / "in" / f".{i}.tmp").rename(tmp_path / "in" / f"{i:03d}-{path.parent.name}.png")
-
     try:
         assert wait_until(lambda: any(e["event"] == "accelerator_lost" for e in events(sink)), 30)
         health = daemon.health()["accelerator"]
@@ -127,3 +125,107 @@ def test_a_lost_accelerator_hands_over_to_the_cpu_and_comes_back(library: Path, 
     assert lost["delegate"] == "external" and lost["fallback"] == "xnnpack"
     assert ("cannot be loaded" if failure == "load" else "failed on this model") in lost["error"]
     assert probe_log(tmp_path).count("prepare") >= 1  # the restored interpreter prepared the model on it
+
+
+def add_variant(*args: str) -> subprocess.CompletedProcess[str]:
+    """`edge-convert add-variant ARGS` as a user runs it (no TensorFlow needed)."""
+    return subprocess.run([sys.executable, "-m", "converter.cli", "add-variant", *args], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+
+
+@pytest.fixture
+def probe_bundle(tmp_path: Path) -> Path:
+    """The digits bundle with a `probe` variant for the external delegate: the same graph with another
+    description, so its bytes (and sha256) differ from the CPU model's."""
+    variant = tmp_path / "digits_probe.tflite"
+    variant.write_bytes(DIGITS_INT8.read_bytes().replace(b"MLIR Converted.", b"probe variant.."))
+    out = tmp_path / "digits-variants.tflite"
+    proc = add_variant(str(DIGITS_INT8), str(variant), "--name", "probe", "--delegate", "external", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "variant 'probe' for the external delegate" in proc.stdout and "contract checked" in proc.stdout
+    return out
+
+
+def feeder(folder: Path) -> Callable[[list[Path], int], None]:
+    def feed(paths: list[Path], start: int) -> None:
+        for i, path in enumerate(paths, start):
+            shutil.copy(path, folder / f".{i}.tmp")
+            (folder / f".{i}.tmp").rename(folder / f"{i:03d}-{path.parent.name}.png")
+    return feed
+
+
+def test_an_accelerator_that_stops_answering_mid_run_loses_no_input(library: Path, tmp_path: Path,
+                                                                    probe_bundle: Path) -> None:
+    gone = tmp_path / "gone"  # while this file exists the "accelerator" fails every invoke()
+    (tmp_path / "in").mkdir()
+    cfg = config(tmp_path, library, bundle=probe_bundle, claim="reshape", fail_invoke_if_exists=str(gone))
+    sinks: list[MemorySink] = []
+    daemon = Daemon(load_config(cfg), sink=lambda opener: sinks.append(MemorySink(opener)) or sinks[0])
+    sink, feed = sinks[0], feeder(tmp_path / "in")
+    assert daemon.model.engine.ran_on == {"variant": "probe", "delegate": "external"}
+    assert "claimed 1" in probe_log(tmp_path)
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+    try:
+        feed(DIGITS[:10], 0)
+        assert wait_until(lambda: len(sink.of_kind("results")) >= 10, 60)
+        gone.touch()  # unplugged while serving
+        feed(DIGITS[10:30], 10)
+        assert wait_until(lambda: any(e["event"] == "accelerator_lost" for e in events(sink)), 60)
+        assert wait_until(lambda: len(sink.of_kind("results")) >= 30, 60)
+        assert wait_until(lambda: daemon.health()["accelerator"]["attempts"] >= 1, 30)  # loads, cannot answer
+        assert daemon.health()["accelerator"]["lost"] is True
+        gone.unlink()
+        assert wait_until(lambda: any(e["event"] == "accelerator_restored" for e in events(sink)), 60)
+        feed(DIGITS[30:], 30)
+        assert wait_until(lambda: len(sink.of_kind("results")) >= len(DIGITS), 60)
+    finally:
+        daemon.stop_event.set()
+        runner.join(30)
+    results = sorted((json.loads(p) for p in sink.of_kind("results")), key=lambda r: r["input"]["id"])
+    assert [r["input"]["id"] for r in results] == [f"{i:03d}-{p.parent.name}.png" for i, p in enumerate(DIGITS)]
+    cpu = Model(load_bundle(DIGITS_INT8))
+    for r, path in zip(results, DIGITS, strict=True):  # the same answers whoever made them
+        assert r["result"]["label"] == cpu.classify(decode_image(path.read_bytes())).label
+    ran_on = [(r["ran_on"]["variant"], r["ran_on"]["delegate"]) for r in results]
+    assert set(ran_on[:10]) == {("probe", "external")} and set(ran_on[30:]) == {("probe", "external")}
+    assert ran_on[10] == ("cpu", "xnnpack")  # the input that met the failure: answered by the CPU, not lost
+    assert set(ran_on[10:30]) == {("cpu", "xnnpack")}
+    lost = next(e for e in events(sink) if e["event"] == "accelerator_lost")["details"]
+    assert lost["delegate"] == "external" and lost["variant"] == "probe" and lost["fallback"] == "xnnpack"
+    assert "failed during inference" in lost["error"] and "stopped answering" in lost["error"]
+    changes = [e["event"] for e in events(sink) if e["event"].startswith("accelerator_")]
+    assert changes == ["accelerator_lost", "accelerator_restored"], changes
+
+
+def test_a_bundle_runs_the_variant_for_its_delegate_and_its_own_model_without_one(
+        library: Path, tmp_path: Path, probe_bundle: Path) -> None:
+    bundle = load_bundle(probe_bundle)
+    assert set(bundle.variants) == {"probe"} and bundle.variants["probe"].model_bytes != bundle.model_bytes
+    on_probe = model_from_config(load_config(config(tmp_path, library, bundle=probe_bundle)).model)
+    assert on_probe.engine.ran_on == {"variant": "probe", "delegate": "external"}
+    plain = write_config(tmp_path / "cpu.toml", bundle=probe_bundle, source=tmp_path / "in", state=tmp_path / "s2",
+                         port=free_port())
+    on_cpu = model_from_config(load_config(plain).model)
+    assert on_cpu.engine.ran_on == {"variant": "cpu", "delegate": "xnnpack"}
+    for path in DIGITS[:20]:
+        image = decode_image(path.read_bytes())
+        assert on_probe.classify(image).label == on_cpu.classify(image).label
+    proc = run_cli("check", "--config", str(config(tmp_path, library, bundle=probe_bundle)))
+    assert "variant probe (the bundle has: cpu, probe (external))" in proc.stdout, proc.stdout
+
+
+def test_add_variant_refuses_what_breaks_the_contract_in_one_line(tmp_path: Path) -> None:
+    from tests.conftest import DIGITS_FLOAT32
+
+    cases = {
+        "float32 [1, 16, 16, 1], the bundle's model's is uint8": (str(DIGITS_INT8), str(DIGITS_FLOAT32)),
+        "not a TFLite model": (str(DIGITS_INT8), str(REPO / "README.md")),
+        "No such file": (str(DIGITS_INT8), str(tmp_path / "missing.tflite")),
+        "bundle not found": (str(tmp_path / "nope.tflite"), str(DIGITS_INT8)),
+    }
+    for expected, args in cases.items():
+        proc = add_variant(*args, "--out", str(tmp_path / "out.tflite"))
+        assert proc.returncode == 2 and expected in proc.stderr, (expected, proc.stderr)
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out.tflite").exists()

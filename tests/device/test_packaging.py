@@ -6,12 +6,14 @@ but pure-Python wheels and tflite-runtime's armv7l wheel. Asks the package index
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from tests.requirements_for import requirements
 
 try:
@@ -60,3 +62,43 @@ def test_armv7l_apt_first_needs_only_pure_python_wheels_and_tflite_runtime(tmp_p
     assert len(wheels) == len(from_pip), wheels
     for wheel in wheels:
         assert wheel.endswith("-py3-none-any.whl") or wheel.startswith("tflite_runtime-2.14.0-cp311-cp311-"), wheel
+
+
+def test_a_venv_without_the_device_packages_gets_one_fix_line_each(tmp_path: Path) -> None:
+    """`check`'s install lines, asked of a real, empty venv (what install-service asks the service's Python)."""
+    import venv
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "empty")
+    python = str(tmp_path / "empty" / "bin" / "python")
+    ask = f"import sys; sys.path.append({str(REPO)!r}); from edge_infer.install import main; main()"
+    found = json.loads(subprocess.run([python, "-c", ask], capture_output=True, text=True, check=True).stdout)
+    missing = [detail for _what, status, detail in found if status == "MISSING"]
+    pip = f"{tmp_path / 'empty'}/bin/pip install --only-binary=:all:"
+    assert any(m.startswith("numpy: ") and pip in m for m in missing), missing
+    assert any(m.startswith("pillow: ") for m in missing) and any(m.startswith("paho-mqtt: ") for m in missing)
+    runtime = next(m for m in missing if m.startswith("a TFLite runtime: "))
+    assert runtime.endswith("tflite-runtime==2.14.0" if os.uname().machine == "armv7l" else "ai-edge-litert")
+    assert found[0][0:2] == ["install", "ok"] and "Python 3." in found[0][2]
+
+
+def test_the_runtime_fix_names_the_one_path_each_machine_has() -> None:
+    from edge_infer.install import runtime_fix
+
+    assert runtime_fix("armv7l", (3, 11)).endswith("install --only-binary=:all: tflite-runtime==2.14.0")
+    assert "no 32-bit ARM wheel for Python 3.13" in runtime_fix("armv7l", (3, 13))  # 32-bit trixie
+    assert runtime_fix("aarch64", (3, 13)).endswith("install --only-binary=:all: ai-edge-litert")
+
+
+def test_install_service_says_what_the_services_python_lacks(tmp_path: Path) -> None:
+    import venv
+
+    from tests.conftest import DIGITS_INT8, run_cli, write_config
+    from tests.helpers.broker import free_port
+
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "empty")
+    cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
+                       port=free_port())
+    proc = run_cli("install-service", "--config", str(cfg), "--dry-run", "--python",
+                   str(tmp_path / "empty" / "bin" / "python"))
+    lacks = [ln for ln in proc.stderr.splitlines() if "the service's Python lacks" in ln]
+    assert any("cannot import edge_infer" in ln for ln in lacks), proc.stderr  # edge-infer not in that venv
