@@ -24,12 +24,14 @@ import numpy as np
 from PIL import Image
 
 from edge_infer.app.interpreters import interpreter_count, usable_cores
-from edge_infer.bundle import load_bundle
+from edge_infer.bundle import Bundle, load_bundle
 from edge_infer.config import Config
+from edge_infer.delegates import EngineSettings
 from edge_infer.gates.baseline import SceneBaseline, features
 from edge_infer.gates.decode import DecodeRejected, decode_image
 from edge_infer.gates.quality import gate_from_config
-from edge_infer.model import Model, engine_settings
+from edge_infer.model import Model, engine_for, engine_settings
+from edge_infer.runtime import Engine, RuntimeUnavailable, cpu_settings
 from edge_infer.sources import directory
 from edge_infer.sources.directory import IGNORED_SUFFIXES
 
@@ -111,12 +113,12 @@ def _naive_rate(cfg: Config, files: list[Path], threads: int) -> dict[str, float
 
 CHILD_FLOOR = """
 import sys, numpy, PIL.Image, paho.mqtt.client
-from edge_infer.runtime import Engine
-from edge_infer.delegates import EngineSettings
+from edge_infer.config import load_config
+from edge_infer.model import engine_for, engine_settings
 from edge_infer.bundle import load_bundle
-b = load_bundle(sys.argv[1]); s = EngineSettings(int(sys.argv[2]), sys.argv[3], sys.argv[4])
+cfg = load_config(sys.argv[1]).model  # the engine as the daemon builds it: variant, delegate and its options
 def rss(): return [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].split()[1]
-engines = [Engine(b.model_bytes, s)]
+engines = [engine_for(load_bundle(cfg.bundle), engine_settings(cfg))]
 engines[0].run(numpy.zeros(engines[0].inputs[0].shape, engines[0].inputs[0].dtype))
 print(rss())
 x = numpy.zeros(engines[0].inputs[0].shape, engines[0].inputs[0].dtype)
@@ -145,8 +147,7 @@ print("rss", [l for l in open('/proc/self/status') if l.startswith('VmRSS')][0].
 def _children(cfg: Config, files: list[Path], root: Path) -> dict[str, Any]:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     floor = subprocess.run(
-        [sys.executable, "-c", CHILD_FLOOR, cfg.model.bundle, str(cfg.model.threads), cfg.model.runtime,
-         cfg.model.delegate],
+        [sys.executable, "-c", CHILD_FLOOR, str(cfg.path)],
         capture_output=True, text=True, env=env, timeout=300, check=True,
     )
     inputs = root / "in-child"
@@ -166,6 +167,31 @@ def _children(cfg: Config, files: list[Path], root: Path) -> dict[str, Any]:
         "rss_ratio": round(rss_kb / floor_kb, 3),
         "rss_per_extra_interpreter_mb": round((three_kb - floor_kb) / 2 / 1024, 1),
     }
+
+
+def _variants(bundle: Bundle, settings: EngineSettings, tensors: list[np.ndarray]) -> dict[str, dict[str, Any]]:
+    """Invoke latency of each model variant in the bundle on its own delegate: the CPU model on the CPU, an
+    accelerator variant on the configured delegate when it is the variant's (else why it was not measured)."""
+    runs: list[tuple[str, bytes, EngineSettings | str]] = [("cpu", bundle.model_bytes, cpu_settings(settings))]
+    for v in bundle.variants.values():
+        runs.append((v.name, v.model_bytes, settings if settings.delegate == v.delegate else
+                     f"for the {v.delegate} delegate; [model] delegate is {settings.delegate!r}"))
+    out: dict[str, dict[str, Any]] = {}
+    for name, content, how in runs:
+        if isinstance(how, str):
+            out[name] = {"delegate": how.split()[2], "not_measured": how}
+            continue
+        try:
+            engine = Engine(content, how, name)
+            engine.run(tensors[0])
+            started = time.perf_counter()
+            for tensor in tensors:
+                engine.run(tensor)
+        except (RuntimeUnavailable, RuntimeError) as exc:
+            out[name] = {"delegate": how.delegate, "not_measured": str(exc).splitlines()[0]}
+            continue
+        out[name] = {"delegate": how.delegate, **_rate(len(tensors), time.perf_counter() - started)}
+    return out
 
 
 def _median(results: list[dict[str, float]]) -> dict[str, float]:
@@ -206,7 +232,8 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
     cores = usable_cores()
     blobs = [p.read_bytes() for p in files]
     bundle = load_bundle(cfg.model.bundle)
-    model = Model(bundle, engine_settings(cfg.model))
+    settings = engine_settings(cfg.model)
+    model = Model(bundle, settings, engine=engine_for(bundle, settings))  # a missing accelerator: the CPU's figures
     max_pixels, min_side, draft = cfg.gate.max_pixels, cfg.gate.min_side, model.draft_size
     front_half = FrontHalf(cfg, model)
     tensors = [front_half(data) for data in blobs]
@@ -232,6 +259,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
             for mode in ("pipelined", "sequential"):
                 samples.setdefault(f"pipeline_{mode}", []).append(_pipeline_rate(cfg, files, mode, root / str(r)))
         children = _children(cfg, files, root)
+    variants = _variants(bundle, settings, tensors)
     stages = {name: _median(results) for name, results in samples.items()}
     invoke, decode_pre, decode = stages["invoke"], stages["decode_preprocess"], stages["decode_gate"]
     naive_threads = max((k for k in stages if k.startswith("naive_loop_")), key=lambda k: stages[k]["per_s"])
@@ -244,6 +272,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
     return {
         "model": {"name": bundle.manifest.name, "sha256": bundle.sha256[:12], "bytes": bundle.manifest.model_size},
         "runtime": model.engine.runtime.to_dict(),
+        "variants": variants,
         "threads": cfg.model.threads,
         "interpreters": interpreter_count(cfg.pipeline.interpreters, cfg.model.threads, cores),
         "frames": len(files),
@@ -295,6 +324,9 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"quality gate / pipeline frame time  {r['quality_gate_share_of_frame']:.3f}  "
           f"(limits from {report['quality_gate']['limits']['source']}; "
           f"{report['quality_gate']['rejected']}/{report['frames']} frames rejected)")
+    for name, v in report["variants"].items():
+        figure = f"{v['ms']:.3f} ms/frame ({v['per_s']:,.1f}/s)" if "ms" in v else f"not measured: {v['not_measured']}"
+        print(f"variant {name:<12} on {v['delegate']:<10}   {figure}")
     print(f"start-up to first result            {report['startup_to_first_result_s']:.2f} s")
     print(f"steady RSS / floor                  {report['rss_mb']} MB / {report['rss_floor_mb']} MB "
           f"= {report['rss_ratio']:.2f}; each further interpreter +{report['rss_per_extra_interpreter_mb']} MB")

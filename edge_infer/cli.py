@@ -89,6 +89,11 @@ def _check_findings(cfg: Config) -> list[tuple[str, str, str]]:
     found.append(("runtime", "ok", f"{rt.name} {rt.version}, {cfg.model.threads} thread(s), delegate "
                                    f"{model.engine.settings.describe()}, variant {model.engine.variant} "
                                    f"(the bundle has: {variants})"))
+    from edge_infer.delegates.edgetpu import found as edge_tpus
+
+    accelerators = edge_tpus()
+    found.append(("accel", "ok" if accelerators else "none", "; ".join(accelerators) or
+                  "no Edge TPU on USB or PCIe (another accelerator's delegate: [model] delegate = \"external\")"))
     if (fallback := model.engine.fallback_from) is not None:  # the accelerator is missing: the CPU would run it
         found.append(("accel", "MISSING", f"{fallback.error} — the CPU ({rt.delegate}) runs the model and "
                                           f"{fallback.wanted.delegate} is retried with back-off "

@@ -10,8 +10,12 @@
 #                real brokers, daemon processes, signals — tests delivery and faults, which do not depend on
 #                the runtime, and runs once, in the litert leg)
 #      convert   TensorFlow converter + device code              → tests/converter
-#  - runs pytest in each leg (the converter leg in the background while the device legs run; pytest-xdist
-#    workers within each leg) and ends with one line:  tests: N passed, N failed, N skipped
+#      arm64, armhf  an emulated Raspberry Pi OS (bookworm) root filesystem per architecture, the project
+#                installed in it as the README says, the demo compared with this machine's and a smoke subset of
+#                tests/device (tests/arm/leg.sh: debootstrap + qemu-user through binfmt_misc; skipped, with the
+#                reason, where this machine cannot emulate)
+#  - runs pytest in each leg (the converter and the emulated legs in the background while the device legs run;
+#    pytest-xdist workers within each leg) and ends with one line:  tests: N passed, N failed, N skipped
 # Extra arguments go to every pytest run (e.g. -x, -k outbox).  LEGS="litert tflrt" picks legs.
 set -uo pipefail
 
@@ -88,11 +92,11 @@ unavailable() {  # why a leg cannot run on this machine (wheels that do not exis
 failed_legs=()
 not_run=()
 ready=()
-legs=${LEGS:-litert tflrt convert}
+legs=${LEGS:-litert tflrt convert arm64 armhf}
 if [[ " $legs " != *" litert "* ]] || [ -n "$(unavailable litert)" ]; then
   TIER[tflrt]=""  # no litert leg here (an armv7l Pi, or LEGS without it): tflrt runs the system tier too
 fi
-mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml "$VENVS"/leg-*.log
+mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml "$VENVS"/leg-*.log "$VENVS"/leg-*.rc
 
 prepare() {  # prepare LEG: build its environment; 0 when it can run
   local leg=$1 why
@@ -141,6 +145,18 @@ if [ "$convert_ready" -eq 0 ]; then
   convert_pid=$!
 fi
 prepare litert
+# The emulated Pi legs, one after the other, in the background too (their output: .venvs/leg-arm.log); they
+# compare the demo with this machine's, run by the litert environment, so they start once it is built.
+arm_legs=()
+for leg in arm64 armhf; do [[ " $legs " == *" $leg "* ]] && arm_legs+=("$leg"); done
+arm_pid=
+if [ ${#arm_legs[@]} -gt 0 ]; then
+  say "legs ${arm_legs[*]}: started in the background (output: .venvs/leg-arm.log, shown when they end)"
+  ( for leg in "${arm_legs[@]}"; do
+      bash tests/arm/leg.sh "$leg" "$@"; echo "$leg $?" >> "$VENVS/leg-arm.rc"
+    done > "$VENVS/leg-arm.log" 2>&1 ) &
+  arm_pid=$!
+fi
 for leg in litert tflrt; do
   [[ " ${ready[*]} " == *" $leg "* ]] || continue
   run_leg "$leg" "$@"
@@ -158,6 +174,16 @@ if [ -n "$convert_pid" ]; then
   wait "$convert_pid"
   cat "$VENVS/leg-convert.log"
   judge convert "$(cat "$VENVS/leg-convert.rc" 2>/dev/null || echo 1)"
+fi
+if [ -n "$arm_pid" ]; then
+  say "legs ${arm_legs[*]}: waiting for them to end"
+  wait "$arm_pid"
+  cat "$VENVS/leg-arm.log"
+  for leg in "${arm_legs[@]}"; do
+    rc=$(sed -n "s/^$leg //p" "$VENVS/leg-arm.rc" 2>/dev/null); rc=${rc:-1}
+    if [ "$rc" = 77 ]; then not_run+=("$(grep -m1 "^leg $leg: not run" "$VENVS/leg-arm.log")")
+    else judge "$leg" "$rc"; fi
+  done
 fi
 
 # ---- one closing block over every leg: skips by reason, legs not run, then the count line ---------------------

@@ -11,11 +11,34 @@ but entirely on the CPU.
 
 from __future__ import annotations
 
+import ctypes.util
+from pathlib import Path
 from typing import Any
 
 from edge_infer.delegates import DelegateError, Grants, load_library, register, unknown_options
 
 LIBRARY = "libedgetpu.so.1"
+# Coral USB: Global Unichip before its firmware is loaded, Google once it is (the id changes at first use)
+USB_IDS = {("1a6e", "089a"): "Coral USB Accelerator (firmware not loaded yet)",
+           ("18d1", "9302"): "Coral USB Accelerator"}
+
+
+def found(sys_root: Path = Path("/sys"), dev_root: Path = Path("/dev")) -> list[str]:
+    """The Edge TPUs this machine has, one description each (`check` lists them): Coral USB accelerators by
+    their USB ids, M.2/PCIe ones by their `/dev/apex_N` node; and whether the library that drives them is
+    installed."""
+    seen = []
+    for device in sorted((sys_root / "bus" / "usb" / "devices").glob("*")):
+        try:
+            ids = ((device / "idVendor").read_text().strip(), (device / "idProduct").read_text().strip())
+        except OSError:
+            continue
+        if ids in USB_IDS:
+            seen.append(f"{USB_IDS[ids]} on USB {device.name}")
+    seen += [f"Coral M.2/PCIe Edge TPU {node}" for node in sorted(dev_root.glob("apex_*"))]
+    if seen and not ctypes.util.find_library("edgetpu"):
+        seen.append(f"{LIBRARY} is not installed (apt install libedgetpu1-std)")
+    return seen
 
 
 class EdgeTpu:

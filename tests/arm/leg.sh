@@ -25,7 +25,8 @@ CACHE=${EDGE_INFER_ARM_CACHE:-/var/cache/edge-infer-ci}
 VENVS=${EDGE_INFER_VENVS:-$ROOT/.venvs}
 WORK=$VENVS/arm-$ARCH
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-HOST_PYTHON=${HOST_PYTHON:-$VENVS/litert/bin/python}
+HOST_PYTHON=${HOST_PYTHON:-$VENVS/litert/bin/python}  # this machine's demo, to compare with (tflrt's will do)
+[ -x "$HOST_PYTHON" ] || HOST_PYTHON=$VENVS/tflrt/bin/python
 BASE=$CACHE/bookworm-$ARCH-base.tar
 R=$WORK/root
 BINFMT=/proc/sys/fs/binfmt_misc
@@ -53,8 +54,8 @@ fi
 mkdir -p "$CACHE" "$WORK"
 
 # ---- qemu-user 10, static, from Debian trixie (cached) -----------------------------------------------------
-QEMU=$CACHE/qemu-10/$QARCH-binfmt-P   # the -binfmt-P name tells qemu that argv[0] is preserved (flag P)
-if ! "$QEMU" --version >/dev/null 2>&1; then
+QEMU=$CACHE/qemu-10/$QARCH-binfmt-P   # as Debian names it: the -binfmt-P name tells qemu argv[0] is kept (flag P)
+if ! "$CACHE/qemu-10/qemu-$QARCH" --version >/dev/null 2>&1; then
   say "fetching qemu-user from Debian trixie (static; cached in $CACHE/qemu-10)"
   apt_dir=$CACHE/trixie-apt
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$CACHE/qemu-10"
@@ -64,9 +65,11 @@ if ! "$QEMU" --version >/dev/null 2>&1; then
   apt-get "${opts[@]}" update -qq || die "cannot read Debian trixie's package list from $MIRROR"
   (cd "$apt_dir/archives" && apt-get "${opts[@]}" download qemu-user) >/dev/null || die "cannot download qemu-user"
   rm -rf "$apt_dir/x" && dpkg-deb -x "$apt_dir"/archives/qemu-user_*.deb "$apt_dir/x" || die "cannot unpack qemu-user"
-  for a in aarch64 arm; do cp "$apt_dir/x/usr/bin/qemu-$a" "$CACHE/qemu-10/$a-binfmt-P"; done
+  for a in aarch64 arm; do
+    cp "$apt_dir/x/usr/bin/qemu-$a" "$CACHE/qemu-10/qemu-$a" && ln -sf "qemu-$a" "$CACHE/qemu-10/$a-binfmt-P"
+  done
   rm -rf "$apt_dir/x" "$apt_dir"/archives/*.deb
-  "$QEMU" --version >/dev/null || die "the downloaded qemu-$QARCH does not run"
+  "$CACHE/qemu-10/qemu-$QARCH" --version >/dev/null || die "the downloaded qemu-$QARCH does not run"
 fi
 conf=$(sed -n "s|^:qemu-$QARCH:M::\([^:]*\):\([^:]*\):.*|\1:\2|p" <<'EOF'
 :qemu-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:x:OPF
@@ -92,7 +95,7 @@ if [ ! -s "$BASE" ]; then
   tmp=$CACHE/build-$ARCH && rm -rf "$tmp"
   debootstrap --arch="$ARCH" --variant=minbase --include=ca-certificates bookworm "$tmp" "$MIRROR" \
     > "$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log"; die "debootstrap failed"; }
-  chroot "$tmp" sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends mosquitto >/dev/null" \
+  chroot "$tmp" sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends mosquitto >/dev/null && apt-get clean" \
     || die "apt-get in the $ARCH root failed"
   tar -C "$tmp" --numeric-owner -cf "$BASE.tmp" . && mv "$BASE.tmp" "$BASE" && rm -rf "$tmp"
 fi
@@ -123,7 +126,7 @@ install=$(sed -n "/<!-- ci: install $ARCH -->/,/^\`\`\`\$/p" README.md | sed '1,
 [ -n "$install" ] || die "README.md has no '<!-- ci: install $ARCH -->' block"
 install=${install//\/path\/to\/edge-infer//src/edge-infer}
 say "install, as README.md says for this flavour:"
-printf '    %s\n' "$install"
+sed 's/^/    /' <<< "$install"
 t0=$SECONDS
 in_root "sudo() { \"\$@\"; }; set -e; $install" > "$WORK/install.log" 2>&1 \
   || { tail -30 "$WORK/install.log"; die "the README's install failed (log: $WORK/install.log)"; }

@@ -229,3 +229,17 @@ def test_add_variant_refuses_what_breaks_the_contract_in_one_line(tmp_path: Path
         assert proc.returncode == 2 and expected in proc.stderr, (expected, proc.stderr)
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "out.tflite").exists()
+
+
+def test_bench_reports_each_variants_latency_on_its_delegate(library: Path, tmp_path: Path,
+                                                             probe_bundle: Path) -> None:
+    (tmp_path / "in").mkdir()
+    feeder(tmp_path / "in")(DIGITS[:10], 0)
+    cfg = config(tmp_path, library, bundle=probe_bundle, claim="reshape")
+    proc = run_cli("bench", "--config", str(cfg), "--frames", "20", "--rounds", "1", "--json", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    variants = json.loads(proc.stdout)["variants"]
+    assert set(variants) == {"cpu", "probe"}
+    assert variants["cpu"]["delegate"] == "xnnpack" and variants["probe"]["delegate"] == "external"
+    assert all(v["ms"] > 0 and v["per_s"] > 0 for v in variants.values()), variants
+    assert "claimed 1" in probe_log(tmp_path)  # the probe variant really ran on the delegate

@@ -81,3 +81,20 @@ def test_check_names_the_delegate_and_refuses_one_that_cannot_load(tmp_path: Pat
     bad = run_cli("check", "--config", str(missing))
     assert bad.returncode == 2
     assert "no Edge TPU: libedgetpu.so.1 cannot be loaded" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_check_finds_edge_tpus_by_usb_id_and_apex_node(tmp_path: Path) -> None:
+    """A sysfs- and /dev-shaped tree (the ids are Coral's, before and after its firmware loads)."""
+    from edge_infer.delegates.edgetpu import found
+
+    for name, (vendor, product) in {"1-1": ("1a6e", "089a"), "2-1": ("18d1", "9302"), "1-2": ("046d", "c52b")}.items():
+        device = tmp_path / "sys" / "bus" / "usb" / "devices" / name
+        device.mkdir(parents=True)
+        (device / "idVendor").write_text(vendor + "\n")
+        (device / "idProduct").write_text(product + "\n")
+    (tmp_path / "dev").mkdir()
+    assert found(tmp_path / "sys", tmp_path / "dev")[:2] == [
+        "Coral USB Accelerator (firmware not loaded yet) on USB 1-1", "Coral USB Accelerator on USB 2-1"]
+    (tmp_path / "dev" / "apex_0").touch()
+    assert f"Coral M.2/PCIe Edge TPU {tmp_path / 'dev' / 'apex_0'}" in found(tmp_path / "sys", tmp_path / "dev")
+    assert found(tmp_path / "nothing", tmp_path / "nothing") == []
