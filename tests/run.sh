@@ -14,7 +14,7 @@
 #                installed in it as the README says, the demo compared with this machine's and a smoke subset of
 #                tests/device (tests/arm/leg.sh: debootstrap + qemu-user through binfmt_misc; skipped, with the
 #                reason, where this machine cannot emulate)
-#  - runs pytest in each leg (the converter and the emulated legs in the background while the device legs run;
+#  - runs pytest in each leg (the emulated and the converter legs in the background while the device legs run;
 #    pytest-xdist workers within each leg) and ends with one line:  tests: N passed, N failed, N skipped
 # Extra arguments go to every pytest run (e.g. -x, -k outbox).  LEGS="litert tflrt" picks legs.
 set -uo pipefail
@@ -79,7 +79,7 @@ declare -A EXPECT=([litert]=ai_edge_litert [tflrt]=tflite_runtime [convert]=)
 # file each. The device legs' slow tests mostly wait (outages, reconnects, signals), so they share out by test.
 declare -A WORKERS=([litert]="-n ${DEVICE_WORKERS:-3} --dist load" [tflrt]="-n ${DEVICE_WORKERS:-3} --dist load"
                     [convert]="-n ${CONVERT_WORKERS:-2} --dist loadfile")
-declare -A TIER=([litert]="" [tflrt]="not system" [convert]="")
+declare -A TIER=([litert]="" [tflrt]="not system" [convert]="" [arm64]="" [armhf]="")
 unavailable() {  # why a leg cannot run on this machine (wheels that do not exist), or nothing
   case $1 in
     litert) [ "$MACHINE" = armv7l ] && echo "ai-edge-litert has no armv7l wheels" ;;
@@ -97,6 +97,15 @@ if [[ " $legs " != *" litert "* ]] || [ -n "$(unavailable litert)" ]; then
   TIER[tflrt]=""  # no litert leg here (an armv7l Pi, or LEGS without it): tflrt runs the system tier too
 fi
 mkdir -p "$VENVS" && rm -f "$VENVS"/junit-*.xml "$VENVS"/leg-*.log "$VENVS"/leg-*.rc
+# The emulated Pi legs start first, each in the background (output: .venvs/leg-ARCH.log, shown when it ends):
+# under emulation everything is slow, and they need nothing the other legs build.
+arm_pids=()
+for leg in arm64 armhf; do
+  [[ " $legs " == *" $leg "* ]] || continue
+  say "leg $leg: started in the background (emulated; output: .venvs/leg-$leg.log, shown when it ends)"
+  ( bash tests/arm/leg.sh "$leg" "$@" > "$VENVS/leg-$leg.log" 2>&1; echo $? > "$VENVS/leg-$leg.rc" ) &
+  arm_pids+=("$leg:$!")
+done
 
 prepare() {  # prepare LEG: build its environment; 0 when it can run
   local leg=$1 why
@@ -145,18 +154,6 @@ if [ "$convert_ready" -eq 0 ]; then
   convert_pid=$!
 fi
 prepare litert
-# The emulated Pi legs, one after the other, in the background too (their output: .venvs/leg-arm.log); they
-# compare the demo with this machine's, run by the litert environment, so they start once it is built.
-arm_legs=()
-for leg in arm64 armhf; do [[ " $legs " == *" $leg "* ]] && arm_legs+=("$leg"); done
-arm_pid=
-if [ ${#arm_legs[@]} -gt 0 ]; then
-  say "legs ${arm_legs[*]}: started in the background (output: .venvs/leg-arm.log, shown when they end)"
-  ( for leg in "${arm_legs[@]}"; do
-      bash tests/arm/leg.sh "$leg" "$@"; echo "$leg $?" >> "$VENVS/leg-arm.rc"
-    done > "$VENVS/leg-arm.log" 2>&1 ) &
-  arm_pid=$!
-fi
 for leg in litert tflrt; do
   [[ " ${ready[*]} " == *" $leg "* ]] || continue
   run_leg "$leg" "$@"
@@ -175,16 +172,15 @@ if [ -n "$convert_pid" ]; then
   cat "$VENVS/leg-convert.log"
   judge convert "$(cat "$VENVS/leg-convert.rc" 2>/dev/null || echo 1)"
 fi
-if [ -n "$arm_pid" ]; then
-  say "legs ${arm_legs[*]}: waiting for them to end"
-  wait "$arm_pid"
-  cat "$VENVS/leg-arm.log"
-  for leg in "${arm_legs[@]}"; do
-    rc=$(sed -n "s/^$leg //p" "$VENVS/leg-arm.rc" 2>/dev/null); rc=${rc:-1}
-    if [ "$rc" = 77 ]; then not_run+=("$(grep -m1 "^leg $leg: not run" "$VENVS/leg-arm.log")")
-    else judge "$leg" "$rc"; fi
-  done
-fi
+for entry in "${arm_pids[@]}"; do
+  leg=${entry%%:*}
+  say "leg $leg: waiting for it to end"
+  wait "${entry#*:}"
+  cat "$VENVS/leg-$leg.log"
+  rc=$(cat "$VENVS/leg-$leg.rc" 2>/dev/null || echo 1)
+  if [ "$rc" = 77 ]; then not_run+=("$(grep -m1 "^leg $leg: not run" "$VENVS/leg-$leg.log")")
+  else judge "$leg" "$rc"; fi
+done
 
 # ---- one closing block over every leg: skips by reason, legs not run, then the count line ---------------------
 "$PYTHON" - "$VENVS" "${not_run[@]}" <<'EOF'
