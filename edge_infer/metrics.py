@@ -15,13 +15,20 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 log = logging.getLogger(__name__)
 
 
 # stage-time histogram buckets (seconds): a Pi Zero's MobileNet invoke (~0.3 s) to a commit batch (~1 ms)
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The q-th percentile of sorted values, interpolated linearly between the two nearest (numpy's default) —
+    without `np.percentile`, whose first call imports numpy.ma (0.3 s and a few MB on a small board)."""
+    position = (len(ordered) - 1) * q / 100.0
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 class LatencyWindow:
@@ -51,11 +58,10 @@ class LatencyWindow:
     def summary(self) -> dict[str, dict[str, float]]:
         out = {}
         for stage, window in list(self._windows.items()):
-            values = np.fromiter(list(window), dtype=np.float64)
-            if values.size:
-                p50, p95 = np.percentile(values, [50, 95])
-                out[stage] = {"p50_ms": round(float(p50) * 1000, 3), "p95_ms": round(float(p95) * 1000, 3),
-                              "n": int(values.size)}
+            values = sorted(window)
+            if values:
+                p50, p95 = percentile(values, 50), percentile(values, 95)
+                out[stage] = {"p50_ms": round(p50 * 1000, 3), "p95_ms": round(p95 * 1000, 3), "n": len(values)}
         return out
 
     def histograms(self) -> dict[str, tuple[list[tuple[str, int]], float]]:

@@ -159,3 +159,21 @@ def test_a_metrics_port_in_use_is_a_one_line_error(tmp_path: Path, broker: Mosqu
         assert "[metrics]: cannot listen on 127.0.0.1" in err and "Traceback" not in err
     finally:
         taken.close()
+
+
+def test_latency_percentiles_are_numpys_without_importing_numpy_ma() -> None:
+    import numpy as np
+    import pytest
+
+    from edge_infer.metrics import percentile
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 1000):
+        values = sorted(rng.exponential(0.01, n).tolist())
+        for q in (0, 50, 95, 100):
+            assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12, abs=1e-15)
+    code = ("import sys; from edge_infer.metrics import LatencyWindow; w = LatencyWindow()\n"
+            "for i in range(50): w.add('inference', i / 1000)\n"
+            "assert w.summary()['inference']['n'] == 50; print('numpy.ma' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
