@@ -44,6 +44,9 @@ if [ ! -e "$BINFMT/register" ]; then
   mount -t binfmt_misc binfmt_misc "$BINFMT" 2>/dev/null || skip "binfmt_misc is not available on this kernel"
 fi
 [ -w "$BINFMT/register" ] || skip "binfmt_misc cannot be written here (a container without CAP_SYS_ADMIN?)"
+mkdir -p "$CACHE" "$WORK"
+# the two legs run side by side: one at a time through apt and the shared qemu download
+exec 9> "$CACHE/.setup.lock" && flock 9
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
@@ -51,7 +54,6 @@ if [ ${#need[@]} -gt 0 ]; then
   say "installing with apt: ${need[*]}"
   apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
 fi
-mkdir -p "$CACHE" "$WORK"
 
 # ---- qemu-user 10, static, from Debian trixie (cached) -----------------------------------------------------
 QEMU=$CACHE/qemu-10/$QARCH-binfmt-P   # as Debian names it: the -binfmt-P name tells qemu argv[0] is kept (flag P)
@@ -71,6 +73,7 @@ if ! "$CACHE/qemu-10/qemu-$QARCH" --version >/dev/null 2>&1; then
   rm -rf "$apt_dir/x" "$apt_dir"/archives/*.deb
   "$CACHE/qemu-10/qemu-$QARCH" --version >/dev/null || die "the downloaded qemu-$QARCH does not run"
 fi
+flock -u 9
 conf=$(sed -n "s|^:qemu-$QARCH:M::\([^:]*\):\([^:]*\):.*|\1:\2|p" <<'EOF'
 :qemu-aarch64:M::\x7f\x45\x4c\x46\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\xb7\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:x:OPF
 :qemu-arm:M::\x7f\x45\x4c\x46\x01\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x02\x00\x28\x00:\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\xff\xfe\xff\xff\xff:x:OPF
