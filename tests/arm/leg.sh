@@ -36,6 +36,11 @@ say() { printf '\n== [%s] %s\n' "$ARCH" "$*"; }
 skip() { echo "leg $ARCH: not run — $*"; exit 77; }
 die() { echo "tests/arm/leg.sh [$ARCH]: $*" >&2; exit 1; }
 started=$SECONDS
+clear_dir() {  # clear_dir DIR: remove a root filesystem — first whatever a killed run left mounted in it (proc,
+  # sys, the host's /dev), so that the delete can never reach through into the host
+  awk -v root="$1/" 'index($2, root) == 1 { print $2 }' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  rm -rf --one-file-system "$1"
+}
 
 # ---- can this machine emulate? ----------------------------------------------------------------------------
 [ "$(uname -m)" = x86_64 ] || skip "the emulated legs run on an x86_64 machine (on a Pi, the device legs are native)"
@@ -95,16 +100,16 @@ trap cleanup EXIT
 # ---- the base root filesystem (cached): debootstrap minbase + apt lists + mosquitto for the tests ------------
 if [ ! -s "$BASE" ]; then
   say "debootstrap bookworm $ARCH (once per machine; cached as $BASE)"
-  tmp=$CACHE/build-$ARCH && rm -rf "$tmp"
+  tmp=$CACHE/build-$ARCH && clear_dir "$tmp"
   debootstrap --arch="$ARCH" --variant=minbase --include=ca-certificates bookworm "$tmp" "$MIRROR" \
     > "$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log"; die "debootstrap failed"; }
   chroot "$tmp" sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends mosquitto >/dev/null && apt-get clean" \
     || die "apt-get in the $ARCH root failed"
-  tar -C "$tmp" --numeric-owner -cf "$BASE.tmp" . && mv "$BASE.tmp" "$BASE" && rm -rf "$tmp"
+  tar -C "$tmp" --numeric-owner -cf "$BASE.tmp" . && mv "$BASE.tmp" "$BASE" && clear_dir "$tmp"
 fi
 
 say "a fresh root filesystem from the cached base"
-rm -rf "$R" && mkdir -p "$R" && tar -C "$R" --numeric-owner -xf "$BASE" || die "cannot unpack $BASE"
+clear_dir "$R" && mkdir -p "$R" && tar -C "$R" --numeric-owner -xf "$BASE" || die "cannot unpack $BASE"
 for m in proc sys dev dev/pts; do
   mount --bind "/$m" "$R/$m" && mounted+=("$R/$m") || die "cannot bind-mount /$m"
 done
