@@ -135,3 +135,37 @@ def test_random_damage_never_escapes_as_anything_but_bundle_error(tmp_path: Path
     except BundleError:
         return
     assert bundle.model_bytes == BUNDLE.model_bytes  # only damage outside the model (and manifest) may pass
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("tamper", "its bytes do not match the manifest (corrupted or tampered)"),
+    ("missing", "variants/npu.tflite is missing from the archive"),
+    ("bad_name", "is not a variant name"),
+    ("cpu_delegate", "is not an accelerator"),
+    ("twice", "'npu' is listed twice"),
+])
+def test_a_damaged_variant_refuses_the_bundle_in_one_line(tmp_path: Path, damage: str, expected: str) -> None:
+    from edge_infer.bundle import BundleParts, read_parts, write_parts
+    from edge_infer.variants import entry, member_name
+
+    parts = read_parts(DIGITS_INT8)
+    data = DIGITS_INT8.read_bytes()[: len(parts.model_bytes)]
+    doc = json.loads(parts.members["manifest.json"])
+    listed = [entry("npu", "external", data)]
+    members = dict(parts.members)
+    members[member_name("npu")] = data
+    if damage == "tamper":
+        members[member_name("npu")] = data[:-1] + bytes([data[-1] ^ 1])
+    elif damage == "missing":
+        del members[member_name("npu")]
+    elif damage == "bad_name":
+        listed[0]["name"] = "../../etc/passwd"
+    elif damage == "cpu_delegate":
+        listed[0]["delegate"] = "xnnpack"
+    elif damage == "twice":
+        listed.append(dict(listed[0]))
+    members["manifest.json"] = json.dumps({**doc, "variants": listed}).encode()
+    path = write_parts(tmp_path / "b.tflite", BundleParts(parts.model_bytes, members))
+    with pytest.raises(BundleError) as err:
+        load_bundle(path)
+    assert expected in str(err.value) and "\n" not in str(err.value)
