@@ -43,7 +43,7 @@ class OutboxWriter(threading.Thread):
         self._on_committed = on_committed
         self._on_problem = on_problem
         self._progress = progress or Progress()
-        self._queue: queue.Queue[Pending] = queue.Queue(maxsize=max(max_batch, 16))
+        self._queue: queue.Queue[Pending | None] = queue.Queue(maxsize=max(max_batch, 16))  # None: wake up
         self._stop_requested = threading.Event()
         self.committed = 0
         self.lost_on_stop = 0  # messages that could not be committed before stopping (disk full)
@@ -79,6 +79,8 @@ class OutboxWriter(threading.Thread):
     def stop(self, timeout: float = 30.0) -> None:
         self.flush(timeout)
         self._stop_requested.set()
+        with contextlib.suppress(queue.Full):  # wake the thread now rather than at its next poll
+            self._queue.put_nowait(None)
         self.join(timeout)
 
     def run(self) -> None:
@@ -88,22 +90,35 @@ class OutboxWriter(threading.Thread):
             except queue.Empty:
                 self._maybe_expire()
                 continue
-            batch = [first]
-            deadline = time.monotonic() + self.window_s
-            while len(batch) < self.max_batch:
-                remaining = deadline - time.monotonic()
-                try:
-                    batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            taken = self._batch(first)
+            batch = [item for item in taken if item is not None]
             try:
-                self._commit(batch)
+                if batch:
+                    self._commit(batch)
             except Exception:  # not one message: the batch's own failure (refusals are handled inside)
                 log.exception("event=writer_error batch=%d (continuing)", len(batch))
             finally:
-                for _ in batch:
+                for _ in taken:
                     self._queue.task_done()
             self._maybe_expire()
+
+    def _batch(self, first: Pending | None) -> list[Pending | None]:
+        """`first` and what else arrives within the window, up to `max_batch` messages; a wake-up (None) ends
+        the batch early (it is returned too: every item taken is marked done)."""
+        taken = [first]
+        if first is None:
+            return taken
+        # wait out the window once (a stop cuts it short) rather than waking for every message that arrives in it
+        if self.window_s > 0 and self._queue.qsize() < self.max_batch - 1:
+            self._stop_requested.wait(self.window_s)
+        while len(taken) < self.max_batch:
+            try:
+                taken.append(item := self._queue.get_nowait())
+            except queue.Empty:
+                break
+            if item is None:
+                break
+        return taken
 
     def _commit(self, batch: list[Pending]) -> None:
         """Commit a batch (retrying while the disk is full); a batch that fails otherwise is split."""

@@ -152,7 +152,11 @@ class DirectorySource:
             too_big = f"over the source's max_file_bytes ({self.max_file_bytes})"
             if st.st_size > self.max_file_bytes:
                 raise OSError(f"file is {st.st_size} bytes, {too_big}")
-            data = fh.read(self.max_file_bytes + 1)
+            # read what fstat promised (a buffer of `max_file_bytes` for every file would cost a large allocation
+            # per input); a file that grew meanwhile is read on, to at most one byte past the limit
+            data = fh.read(st.st_size + 1)
+            if len(data) > st.st_size:
+                data += fh.read(self.max_file_bytes + 1 - len(data))
             if len(data) > self.max_file_bytes:
                 raise OSError(f"file grew while it was read, {too_big}")
             return data
