@@ -12,13 +12,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from edge_infer.app import compose, startup
 from edge_infer.app.dashboard import Dashboard
 from edge_infer.app.endpoints import Endpoints
-from edge_infer.app.interpreters import InterpreterPool, interpreter_count, run_in_order
+from edge_infer.app.interpreters import Lane, Lanes, interpreter_count, run_in_order
 from edge_infer.app.payloads import payload_for
 from edge_infer.app.summary import RunSummary, health_doc, log_start, log_stop
 from edge_infer.bundle import BundleError
@@ -38,10 +37,10 @@ from edge_infer.messages import (
     snapshot_payload,
 )
 from edge_infer.metrics import LatencyWindow
-from edge_infer.model import Model, Ran
+from edge_infer.model import Model
 from edge_infer.monitor import DriftMonitor
 from edge_infer.outbox import EVENTS, Outbox, Pending
-from edge_infer.pipeline import Measured, Outcome, Pipeline, Prepared
+from edge_infer.pipeline import Outcome, Pipeline, Prepared
 from edge_infer.service import Notifier, Progress, Watchdog
 from edge_infer.sinks import Sink
 from edge_infer.sources import Sample, Source
@@ -79,7 +78,8 @@ class Daemon:
         self.pulled = 0  # inputs the source offered (read or skipped): what back-pressure bounds
         self._notes: list[startup.Note] = []  # announced once the writer runs
         self._last: tuple[Sample, TaskResult, Decision, Identity] | None = None  # for `snapshot`
-        self._handoff: queue.Queue[Any] | None = None  # decode → inference (`_run_pipelined`)
+        self._handoff: queue.Queue[Any] | None = None  # decode → inference, one interpreter (`_run_pipelined`)
+        self._lanes: Lanes | None = None  # several (`_run_pipelined`)
         self._last_health = self._last_scan = 0.0
         self._last_trim = self.started_at = time.monotonic()
 
@@ -161,24 +161,23 @@ class Daemon:
         pipeline = self.pipeline
         return self._finish(pipeline, self._timed("decode", pipeline.prepare, sample))
 
-    def _finish(self, pipeline: Pipeline, prepared: Prepared | Sample,
-                lane: Future[tuple[Measured, Ran | None]] | None = None) -> Outcome:
-        """The back half of one input, on the pipeline (model) that took it: inference — or, from the pool's
-        `lane`, the measured input and its result, judged here in input order — then commit and pacing."""
+    def _finish(self, pipeline: Pipeline, prepared: Prepared | Sample, lane: Lane | None = None) -> Outcome:
+        """The back half of one input, on the pipeline (model) that took it: inference — or, from its `lane`,
+        the measured input and its result, judged here in input order — then commit and pacing."""
         started = time.monotonic()
         try:
             if lane is None:
                 assert isinstance(prepared, Prepared)
                 outcome = self._timed("inference", pipeline.finish, prepared)
             else:
-                measured, ran = self._timed("inference", Future.result, lane)
+                measured, ran = lane()  # raises what the lane met
                 prepared = pipeline.judge(measured)
                 outcome = pipeline.finish(prepared, ran)
         except Exception as exc:  # a just-promoted model that fails is rolled back; the input runs again
             if self.updater is None or not self.updater.failed(pipeline, exc):
                 raise
             pipeline = self.pipeline
-            if lane is not None:  # the pool may be running this model: the rerun gets its own interpreter
+            if lane is not None:  # the lanes may be running this model: the rerun gets its own interpreter
                 pipeline = pipeline.replaced(model=pipeline.model.on_engine(pipeline.model.engine.twin()))
             sample = prepared.sample if isinstance(prepared, Prepared) else prepared
             prepared = pipeline.prepare(sample)
@@ -267,7 +266,9 @@ class Daemon:
     # ---- health --------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """The counters, drift state and scores a `health` message carries."""
-        queues = {"handoff": self._handoff.qsize() if self._handoff is not None else 0, "writer": self.writer.queued}
+        waiting = self._lanes.waiting if self._lanes is not None else \
+            self._handoff.qsize() if self._handoff is not None else 0
+        queues = {"handoff": waiting, "writer": self.writer.queued}
         return health_doc(self, queues)
 
     def _view_status(self) -> dict[str, Any]:
@@ -354,31 +355,28 @@ class Daemon:
         self.writer.outbox.close()
 
     def _run_pipelined(self, once: bool) -> None:
-        """Decode and preprocess in one thread while inference runs — on this thread's interpreter, or on a pool
-        of interpreters (`[pipeline] interpreters`) whose results this thread takes back in input order. A
-        bounded queue between the stages (and the writer's behind) makes the slowest stage set the pace instead
-        of a growing backlog."""
+        """Decode and inference at once: on lanes, each with its own interpreter, committing in input order
+        (`[pipeline] interpreters`, see `edge_infer.app.interpreters`); or, with one interpreter, a decode thread
+        preparing while this one infers. A bounded hand-off makes the slowest stage set the pace instead of a
+        growing backlog."""
         # sensor windows are tiny models, nothing to split; an accelerator is one device, shared by one interpreter
         size = interpreter_count(self.cfg.pipeline.interpreters, self.cfg.model.threads) \
             if self.pipeline.model.kind == "image" and self.cfg.model.delegate in CPU else 1
-        depth = max(self.cfg.pipeline.queue_size, 2 * size) if size > 1 else self.cfg.pipeline.queue_size
-        self._handoff = queue.Queue(maxsize=depth)
-        pool = InterpreterPool(size, self._timed) if size > 1 else None
-        log.info("event=pipeline interpreters=%d threads_each=%d queue=%d", size, self.cfg.model.threads, depth)
+        log.info("event=pipeline interpreters=%d threads_each=%d queue=%d", size, self.cfg.model.threads,
+                 self.cfg.pipeline.queue_size)
+        if size > 1:
+            self._lanes = Lanes(size, max(self.cfg.pipeline.queue_size, 2 * size), self._timed, self._finish)
+            samples = self.source.samples(self.stop_event, once, self._done)
+            self._lanes.run(((self.pipeline, sample) for sample in samples), self.stop_event)
+            return
+        self._handoff = queue.Queue(maxsize=self.cfg.pipeline.queue_size)
 
-        def decoded() -> Iterator[tuple[Pipeline, Prepared | Sample, Future[Any] | None]]:
+        def decoded() -> Iterator[tuple[Pipeline, Prepared]]:
             for sample in self.source.samples(self.stop_event, once, self._done):
                 pipeline = self.pipeline  # once per input: a model swap takes effect between inputs
-                if pool is not None:
-                    yield pipeline, sample, pool.submit(pipeline, sample)
-                else:
-                    yield pipeline, self._timed("decode", pipeline.prepare, sample), None
+                yield pipeline, self._timed("decode", pipeline.prepare, sample)
 
-        try:
-            run_in_order(decoded(), self._handoff, self.stop_event, lambda item: self._finish(*item))
-        finally:
-            if pool is not None:
-                pool.close()
+        run_in_order(decoded(), self._handoff, self.stop_event, lambda item: self._finish(*item))
 
     def _drain(self, timeout: float) -> None:
         """Wait for the sink to empty the outbox; give up early when the broker is unreachable."""
