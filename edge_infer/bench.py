@@ -26,7 +26,7 @@ from PIL import Image
 from edge_infer.app.interpreters import interpreter_count, usable_cores
 from edge_infer.bundle import Bundle, load_bundle
 from edge_infer.config import Config
-from edge_infer.delegates import EngineSettings
+from edge_infer.delegates import DEFAULT, EngineSettings
 from edge_infer.gates.baseline import SceneBaseline, features
 from edge_infer.gates.decode import DecodeRejected, decode_image
 from edge_infer.gates.quality import gate_from_config
@@ -172,14 +172,15 @@ def _children(cfg: Config, files: list[Path], root: Path) -> dict[str, Any]:
 def _variants(bundle: Bundle, settings: EngineSettings, tensors: list[np.ndarray]) -> dict[str, dict[str, Any]]:
     """Invoke latency of each model variant in the bundle on its own delegate: the CPU model on the CPU, an
     accelerator variant on the configured delegate when it is the variant's (else why it was not measured)."""
-    runs: list[tuple[str, bytes, EngineSettings | str]] = [("cpu", bundle.model_bytes, cpu_settings(settings))]
-    for v in bundle.variants.values():
-        runs.append((v.name, v.model_bytes, settings if settings.delegate == v.delegate else
-                     f"for the {v.delegate} delegate; [model] delegate is {settings.delegate!r}"))
+    runs: list[tuple[str, str, bytes, EngineSettings | None]] = [
+        ("cpu", DEFAULT, bundle.model_bytes, cpu_settings(settings))]
+    for v in bundle.variants.values():  # None: not this machine's configured delegate
+        runs.append((v.name, v.delegate, v.model_bytes, settings if settings.delegate == v.delegate else None))
     out: dict[str, dict[str, Any]] = {}
-    for name, content, how in runs:
-        if isinstance(how, str):
-            out[name] = {"delegate": how.split()[2], "not_measured": how}
+    for name, delegate, content, how in runs:
+        if how is None:
+            out[name] = {"delegate": delegate,
+                         "not_measured": f"for the {delegate} delegate; [model] delegate is {settings.delegate!r}"}
             continue
         try:
             engine = Engine(content, how, name)
@@ -188,9 +189,9 @@ def _variants(bundle: Bundle, settings: EngineSettings, tensors: list[np.ndarray
             for tensor in tensors:
                 engine.run(tensor)
         except (RuntimeUnavailable, RuntimeError) as exc:
-            out[name] = {"delegate": how.delegate, "not_measured": str(exc).splitlines()[0]}
+            out[name] = {"delegate": delegate, "not_measured": str(exc).splitlines()[0]}
             continue
-        out[name] = {"delegate": how.delegate, **_rate(len(tensors), time.perf_counter() - started)}
+        out[name] = {"delegate": delegate, **_rate(len(tensors), time.perf_counter() - started)}
     return out
 
 

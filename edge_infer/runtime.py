@@ -95,12 +95,18 @@ def _tensor_info(detail: dict[str, Any]) -> TensorInfo:
     )
 
 
-def _build(name: str, model_content: bytes, settings: EngineSettings) -> tuple[Any, RuntimeInfo]:
-    module_name, attr_path, version_module = RUNTIMES[name]
+def _interpreter_class(name: str) -> tuple[Any, Any]:
+    """The runtime `name`'s module and its Interpreter class (raises `ImportError`)."""
+    module_name, attr_path, _ = RUNTIMES[name]
     module: Any = importlib.import_module(module_name)
     factory = module
     for attr in attr_path.split("."):
         factory = getattr(factory, attr)
+    return module, factory
+
+
+def _build(name: str, model_content: bytes, settings: EngineSettings) -> tuple[Any, RuntimeInfo]:
+    module, factory = _interpreter_class(name)
     delegate_module = module.lite.experimental if name == "tensorflow" else module  # load_delegate, OpResolverType
     extra = delegate_for(settings.delegate).interpreter_kwargs(delegate_module, settings.delegate_options)
     try:
@@ -111,7 +117,7 @@ def _build(name: str, model_content: bytes, settings: EngineSettings) -> tuple[A
             raise
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DelegateError(f"the {settings.delegate} delegate loaded but failed on this model: {first}") from None
-    version = getattr(importlib.import_module(version_module), "__version__", "unknown")
+    version = getattr(importlib.import_module(RUNTIMES[name][2]), "__version__", "unknown")
     return interpreter, RuntimeInfo(name=name, version=str(version), delegate=settings.delegate)
 
 
@@ -258,12 +264,8 @@ def tensor_contract(model_content: bytes, runtime: str | None = None) -> tuple[l
     whose custom operator this machine cannot run, is readable too). Raises `RuntimeUnavailable`."""
     failures: list[str] = []
     for name in runtime_candidates(runtime):
-        module_name, attr_path, _ = RUNTIMES[name]
         try:
-            factory: Any = importlib.import_module(module_name)
-            for attr in attr_path.split("."):
-                factory = getattr(factory, attr)
-            interpreter = factory(model_content=model_content)
+            interpreter = _interpreter_class(name)[1](model_content=model_content)
             return ([_tensor_info(d) for d in interpreter.get_input_details()],
                     [_tensor_info(d) for d in interpreter.get_output_details()])
         except ImportError as exc:
