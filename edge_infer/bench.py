@@ -1,8 +1,9 @@
 """`edge-infer bench`: measure every stage on the configured model and inputs, in one run, side by side.
 
 Each figure is measured in the same process run as its baseline, so the ratios hold on a noisy machine:
-raw invoke rate, decode+preprocess rate, decode-gate cost, the full pipeline (pipelined and sequential, into
-a durable outbox in a temporary folder), a naive per-frame loop (open → convert → resize → invoke, as the
+raw invoke rate, decode+preprocess rate, decode-gate cost, that work on every core at once, the full pipeline
+(pipelined and sequential, into a durable outbox in a temporary folder; with `--broker`, also until a broker
+acknowledged every result), a naive per-frame loop (open → convert → resize → invoke, as the
 TFLite examples do), start-up to first result, and steady-state RSS against a floor (a bare script that
 imports numpy, Pillow, paho and the runtime and loads the same model).
 """
@@ -16,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -63,30 +65,44 @@ def _rate(n: int, seconds: float) -> dict[str, float]:
     return {"per_s": round(n / seconds, 1), "ms": round(seconds / n * 1000.0, 3)}
 
 
-def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str) -> Config:
+def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str, broker: str | None = None) -> Config:
+    """`cfg` for one measured run in `root`: the inputs' folder, a fresh outbox, and no broker (the discard port:
+    results stay in the outbox) — or `broker` (HOST:PORT, anonymous, no TLS), under its own topic prefix, with no
+    Home Assistant discovery and every result waited for until the broker acknowledged it."""
     replace = dataclasses.replace
+    mqtt = replace(cfg.mqtt, hosts=("127.0.0.1:9",), drain_timeout=0.0)  # discard port: never connects
+    if broker is not None:
+        mqtt = replace(cfg.mqtt, hosts=(broker,), drain_timeout=600.0, topic_prefix="edge-infer-bench",
+                       username=None, password_file=None, tls=False)
     return replace(
         cfg,
         device=replace(cfg.device, state_dir=str(root)),
         source=directory.Options(type="directory", name=cfg.source.name, path=str(inputs), settle_seconds=0.0),
         pipeline=replace(cfg.pipeline, mode=mode),
         outbox=replace(cfg.outbox, path=str(root / f"{mode}.db")),
-        mqtt=replace(cfg.mqtt, hosts=("127.0.0.1:9",), drain_timeout=0.0),  # discard port: never connects
+        mqtt=mqtt,
+        homeassistant=replace(cfg.homeassistant, discovery=False),
         log=replace(cfg.log, level="error"),
     )
 
 
-def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path) -> dict[str, float]:
+def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path, broker: str | None = None
+                   ) -> dict[str, float]:
+    """The daemon's rate over `files`, from its start until every result was stored in the outbox — or, with
+    `broker`, acknowledged by the broker (raises `BenchError` when not every one was)."""
     from edge_infer.app.daemon import Daemon
 
     inputs = root / f"in-{mode}"
     inputs.mkdir(parents=True)
     for i, path in enumerate(files):
         shutil.copy(path, inputs / f"{i:06d}{path.suffix}")
-    daemon = Daemon(_temp_config(cfg, root, inputs, mode))
-    started = time.perf_counter()
-    daemon.run(once=True)
-    elapsed = time.perf_counter() - started
+    daemon = Daemon(_temp_config(cfg, root, inputs, mode, broker))
+    started = time.monotonic()
+    daemon.run(once=True)  # then its clean stop (the last messages, `offline`): not part of the rate
+    elapsed = daemon.finished_at["stored" if broker is None else "delivered"] - started
+    if broker is not None and daemon.summary.queued:
+        raise BenchError(f"--broker {broker}: {daemon.summary.queued} results were not acknowledged "
+                         f"({daemon.sink.published} were)")
     return _rate(daemon.summary.results + daemon.summary.rejected, elapsed)
 
 
@@ -226,9 +242,60 @@ class FrontHalf:
         return self.model.view_tensor(pixels)
 
 
-def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]:
+def _all_cores(cfg: Config, model: Model, blobs: list[bytes], cores: int) -> dict[str, float]:
+    """The CPU-bound limit's own work — decode + gate + preprocess, then a single-thread invoke — on every core
+    at once, each thread on its own interpreter and its own share of the frames, no pipeline between them: what
+    this machine's cores deliver together (shared caches, memory bandwidth, a hypervisor's neighbours and the
+    GIL included), the ceiling for any schedule of this work in this process."""
+    engines = [model.engine, *(model.engine.twin() for _ in range(cores - 1))]
+    fronts = [FrontHalf(cfg, model) for _ in range(cores)]
+    for engine, front in zip(engines, fronts, strict=True):
+        engine.run(front(blobs[0]))  # warm-up
+    start = threading.Barrier(cores + 1)
+
+    def work(i: int) -> None:
+        start.wait()
+        for data in blobs[i::cores]:
+            engines[i].run(fronts[i](data))
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(cores)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return _rate(len(blobs), time.perf_counter() - started)
+
+
+def _ratios(stages: dict[str, dict[str, float]], limit: float | None) -> dict[str, float | None]:
+    """Each figure against its baseline from the same run (`limit`: the CPU-bound limit, None unless the
+    interpreter runs one thread); `delivered_*` only when the run had a broker."""
+    pipelined, sequential, naive = stages["pipeline_pipelined"], stages["pipeline_sequential"], stages["naive_loop"]
+    slowest = min(stages["invoke"]["per_s"], stages["decode_preprocess"]["per_s"])
+    ratios: dict[str, float | None] = {
+        "pipeline_vs_slowest_stage": round(pipelined["per_s"] / slowest, 3),
+        "pipeline_vs_naive": round(pipelined["per_s"] / naive["per_s"], 3),
+        "pipeline_vs_cpu_limit": round(pipelined["per_s"] / limit, 3) if limit else None,
+        "all_cores_vs_cpu_limit": round(stages["all_cores"]["per_s"] / limit, 3) if limit else None,
+        "pipeline_vs_all_cores": round(pipelined["per_s"] / stages["all_cores"]["per_s"], 3),
+        "pipelined_vs_sequential": round(pipelined["per_s"] / sequential["per_s"], 3),
+        "decode_gate_share_of_frame": round(stages["decode_gate"]["ms"] / pipelined["ms"], 3),
+        "quality_gate_share_of_frame": round(stages["quality_gate"]["ms"] / pipelined["ms"], 3),
+    }
+    if delivered := stages.get("pipeline_delivered"):
+        ratios["delivered_vs_naive"] = round(delivered["per_s"] / naive["per_s"], 3)
+        ratios["delivered_vs_cpu_limit"] = round(delivered["per_s"] / limit, 3) if limit else None
+    return ratios
+
+
+def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | None = None) -> dict[str, Any]:
     """Measure every stage `rounds` times, interleaved (so a burst of machine noise hits all stages alike),
-    and report each stage's median round."""
+    and report each stage's median round. With `broker` (HOST:PORT) the pipelined run is also measured end to
+    end: until the broker acknowledged every result."""
+    host, _, port = (broker or "x:1").rpartition(":")
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise BenchError(f"--broker {broker!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
     files = _images(cfg, frames)
     cores = usable_cores()
     blobs = [p.read_bytes() for p in files]
@@ -255,18 +322,20 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
             timed("decode_preprocess", lambda: [front_half(d) for d in blobs])
             samples.setdefault("quality_gate", []).append(_rate(len(files), sum(front_half.seconds)))
             timed("invoke", lambda: [model.engine.run(t) for t in tensors])
+            samples.setdefault("all_cores", []).append(_all_cores(cfg, model, blobs, cores))
             for threads in sorted({1, cores}):
                 samples.setdefault(f"naive_loop_{threads}", []).append(_naive_rate(cfg, files, threads))
             for mode in ("pipelined", "sequential"):
                 samples.setdefault(f"pipeline_{mode}", []).append(_pipeline_rate(cfg, files, mode, root / str(r)))
+            if broker is not None:
+                samples.setdefault("pipeline_delivered", []).append(
+                    _pipeline_rate(cfg, files, "pipelined", root / f"{r}-delivered", broker))
         children = _children(cfg, files, root)
     variants = _variants(bundle, settings, tensors)
     stages = {name: _median(results) for name, results in samples.items()}
-    invoke, decode_pre, decode = stages["invoke"], stages["decode_preprocess"], stages["decode_gate"]
+    invoke, decode_pre = stages["invoke"], stages["decode_preprocess"]
     naive_threads = max((k for k in stages if k.startswith("naive_loop_")), key=lambda k: stages[k]["per_s"])
     stages["naive_loop"] = {**stages[naive_threads], "threads": int(naive_threads.rsplit("_", 1)[1])}
-    pipelined, sequential, naive = stages["pipeline_pipelined"], stages["pipeline_sequential"], stages["naive_loop"]
-    slowest = min(invoke["per_s"], decode_pre["per_s"])
     # every core busy with nothing but decoding and single-thread inference: the rate no schedule can beat
     limit = cores / ((decode_pre["ms"] + invoke["ms"]) / 1000.0) if cfg.model.threads == 1 else None
     frame = Image.open(files[0])
@@ -281,14 +350,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3) -> dict[str, Any]
         "machine": {"arch": os.uname().machine, "cpus": os.cpu_count(), "usable_cores": cores},
         "rounds": rounds,
         "stages": stages,
-        "ratios": {
-            "pipeline_vs_slowest_stage": round(pipelined["per_s"] / slowest, 3),
-            "pipeline_vs_naive": round(pipelined["per_s"] / naive["per_s"], 3),
-            "pipeline_vs_cpu_limit": round(pipelined["per_s"] / limit, 3) if limit else None,
-            "pipelined_vs_sequential": round(pipelined["per_s"] / sequential["per_s"], 3),
-            "decode_gate_share_of_frame": round(decode["ms"] / pipelined["ms"], 3),
-            "quality_gate_share_of_frame": round(stages["quality_gate"]["ms"] / pipelined["ms"], 3),
-        },
+        "ratios": _ratios(stages, limit),
         "quality_gate": {"limits": front_half.gate.limits.to_dict(),
                          "rejected": sum(front_half.rejected)},
         **children,
@@ -308,16 +370,27 @@ def print_report(report: dict[str, Any]) -> None:
         "quality_gate": "  of which: image quality gate (+ baseline)",
         "pipeline_pipelined": "full pipeline, pipelined (durable outbox)",
         "pipeline_sequential": "full pipeline, sequential",
+        "pipeline_delivered": "full pipeline, pipelined, to broker ack",
+        "all_cores": f"no pipeline: that work on all {report['machine']['usable_cores']} cores at once",
         "naive_loop": f"naive loop, best of 1/{report['machine']['usable_cores']} threads "
                       f"({report['stages']['naive_loop']['threads']})",
     }
     for key, label in labels.items():
+        if key not in report["stages"]:  # pipeline_delivered: only with --broker
+            continue
         stage = report["stages"][key]
         print(f"{label:<44} {stage['per_s']:>10,.1f} {stage['ms']:>10.3f}")
     r = report["ratios"]
     if r["pipeline_vs_cpu_limit"]:
         print(f"pipeline / CPU-bound limit          {r['pipeline_vs_cpu_limit']:.2f}  (cores ÷ (decode+preprocess "
               f"+ single-thread invoke); {report['interpreters']} interpreter(s))")
+        print(f"all cores at once / CPU-bound limit {r['all_cores_vs_cpu_limit']:.2f}  (what the cores deliver "
+              f"together on this work: the ceiling of any schedule here)")
+    print(f"pipeline / all cores at once        {r['pipeline_vs_all_cores']:.2f}")
+    if "delivered_vs_naive" in r:
+        if r["delivered_vs_cpu_limit"]:
+            print(f"to broker ack / CPU-bound limit     {r['delivered_vs_cpu_limit']:.2f}")
+        print(f"to broker ack / naive loop          {r['delivered_vs_naive']:.2f}")
     print(f"pipeline / slowest stage            {r['pipeline_vs_slowest_stage']:.2f}")
     print(f"pipeline / naive loop               {r['pipeline_vs_naive']:.2f}")
     print(f"pipelined / sequential              {r['pipelined_vs_sequential']:.2f}")

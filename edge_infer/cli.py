@@ -199,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     _setup_logging("error")
     try:
-        report = run_bench(cfg, args.frames, args.rounds)
+        report = run_bench(cfg, args.frames, args.rounds, args.broker)
     except BenchError as exc:
         print(f"edge-infer: error: {exc}", file=sys.stderr)
         return 2
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--config", required=True, help="device config (TOML); inputs from [source].path")
     bench.add_argument("--frames", type=int, default=200, help="frames per measurement (200)")
     bench.add_argument("--rounds", type=int, default=3, help="repeat every measurement; report medians (3)")
+    bench.add_argument("--broker", metavar="HOST:PORT",
+                       help="also measure end to end: every result published to this broker (anonymous, no TLS, "
+                            "topics under edge-infer-bench/) and acknowledged; use a test broker")
     bench.add_argument("--json", action="store_true", help="print the report as JSON")
     bench.set_defaults(func=cmd_bench)
     add_fleet_parsers(sub.add_parser)

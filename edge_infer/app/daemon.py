@@ -70,6 +70,8 @@ class Daemon:
     def __init__(self, cfg: Config, source: Source | None = None, sink: SinkFactory | None = None) -> None:
         startup.prepare_process(cfg)
         self.failure: str | None = None  # why the daemon stopped itself (a worker thread died)
+        # when (time.monotonic) a `once` run had every result stored, and delivered (drained): what `bench` times
+        self.finished_at: dict[str, float] = {}
         self.winding_down = False
         self.watchdog: Watchdog | None = None  # while running under systemd's watchdog
         self.stop_event = threading.Event()
@@ -325,9 +327,11 @@ class Daemon:
                 for sample in self.source.samples(self.stop_event, once, self._done):
                     self.handle(sample)
             self.writer.flush()
+            self.finished_at["stored"] = time.monotonic()
             trim()  # the source is done: what the frames used goes back to the system
             if once:
                 self._drain(self.cfg.mqtt.drain_timeout)
+                self.finished_at["delivered"] = time.monotonic()
             self._maybe_health(force=True)  # the final counts, sent before `offline`
             if self.updater is not None:
                 self.updater.stopped_cleanly()
@@ -386,7 +390,7 @@ class Daemon:
                 and not self.stop_event.is_set():
             if self.sink.unreachable():
                 break
-            time.sleep(0.05)
+            time.sleep(0.01)
 
     # ---- the control thread ---------------------------------------------------------------------------------
     def _housekeeping(self) -> None:

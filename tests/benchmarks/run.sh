@@ -2,8 +2,9 @@
 # Every benchmark, rerunnable from a fresh clone:   bash tests/benchmarks/run.sh
 # Builds the test environments if needed (via tests/run.sh --collect-only), makes the pipeline benchmark's
 # inputs (a MobileNetV2-shaped int8 bundle and 640x480 JPEG frames, in .bench/), then prints:
-#   - edge-infer bench on both device runtimes (stage rates, pipeline vs slowest stage and vs a naive loop,
-#     start-up to first result, RSS vs a floor);
+#   - edge-infer bench on both device runtimes (stage rates, pipeline vs slowest stage, vs a naive loop, vs the
+#     CPU-bound limit and vs the same work on all cores at once; end to end to a local mosquitto's
+#     acknowledgement; start-up to first result, RSS vs a floor);
 #   - the delivery benchmark (durable enqueue and backlog drain rates vs same-run baselines);
 #   - converter time per mode; drift detection delay and false alarms; a 100,000-inference memory soak.
 # Each figure is printed beside its baseline from the same run and its target ("met" / "MISSED").
@@ -21,9 +22,16 @@ if [ ! -x "$VENVS/convert/bin/python" ] || [ ! -x "$VENVS/litert/bin/python" ] |
 fi
 "$VENVS/convert/bin/python" tests/benchmarks/make_bench_assets.py --out .bench 2>&1 | grep -E "^(wrote|edge-convert)" || true
 FRAMES=${FRAMES:-600}
+# a broker of its own for the end-to-end figure (source to broker acknowledgement)
+BROKER_DIR=$(mktemp -d)
+BROKER_PORT=$("$VENVS/litert/bin/python" -c 'from tests.helpers.broker import free_port; print(free_port())')
+printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$BROKER_PORT" > "$BROKER_DIR/mosquitto.conf"
+mosquitto -c "$BROKER_DIR/mosquitto.conf" > "$BROKER_DIR/log" 2>&1 &
+BROKER_PID=$!
+trap 'rm -f "$BENCH_VERDICTS"; kill "$BROKER_PID" 2>/dev/null || true; rm -rf "$BROKER_DIR"' EXIT
 echo; echo "== edge-infer bench (ai-edge-litert)"
-"$VENVS/litert/bin/edge-infer" bench --config .bench/bench.toml --frames "$FRAMES" 2>&1 | grep -v '^INFO:' \
-  | "$VENVS/litert/bin/python" -m tests.benchmarks.verdict
+"$VENVS/litert/bin/edge-infer" bench --config .bench/bench.toml --frames "$FRAMES" --broker "127.0.0.1:$BROKER_PORT" \
+  2>&1 | grep -v '^INFO:' | "$VENVS/litert/bin/python" -m tests.benchmarks.verdict
 echo; echo "== edge-infer bench (tflite-runtime 2.14)"
 EDGE_INFER_RUNTIME=tflite_runtime "$VENVS/tflrt/bin/edge-infer" bench --config .bench/bench.toml --frames 60 2>&1 | grep -v '^INFO:'
 echo; echo "== delivery"

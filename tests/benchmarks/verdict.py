@@ -35,6 +35,8 @@ if __name__ == "__main__":  # run.sh: judge edge-infer bench's printed ratios (s
     targets = {"pipeline / slowest stage": (0.9, True, "the slowest stage alone"),
                "pipeline / naive loop": (1.25, True, "a naive loop at its best thread count, same run"),
                "pipeline / CPU-bound limit": (0.85, True, "cores ÷ (decode+preprocess + single-thread invoke)"),
+               "to broker ack / naive loop": (1.25, True, "a naive loop at its best thread count, same run"),
+               "to broker ack / CPU-bound limit": (0.85, True, "cores ÷ (decode+preprocess + single-thread invoke)"),
                "quality gate / pipeline frame time": (0.05, False, "the pipeline's frame time")}
     for label, (target, at_least, baseline) in targets.items():
         found = re.search(rf"^{re.escape(label)}\s+([\d.]+)", text, re.M)

@@ -18,7 +18,8 @@ from edge_infer.config import load_config
 from tests.conftest import DIGITS_INT8, REPO, run_cli, write_config
 from tests.device.faults import make_frames, wait_until
 from tests.device.test_daemon_mqtt import make_inputs
-from tests.helpers.broker import free_port
+from tests.helpers.broker import Mosquitto, free_port
+from tests.helpers.subscriber import Subscriber
 
 
 def outbox_docs(db: Path) -> list[dict]:
@@ -81,14 +82,32 @@ def test_a_stalled_outbox_holds_the_pipeline_back(tmp_path: Path) -> None:
 
 
 def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
+    """Every stage and ratio, and the end-to-end run: every result published to the given broker (a subscriber
+    there sees them, under the bench's own topic prefix) and acknowledged."""
     demo = REPO / "device_configs" / "demo.toml"
-    proc = run_cli("bench", "--config", str(demo), "--frames", "30", "--rounds", "1", "--json", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        subscriber = Subscriber(broker.port, "#")
+        proc = run_cli("bench", "--config", str(demo), "--frames", "30", "--rounds", "1", "--json",
+                       "--broker", f"127.0.0.1:{broker.port}", timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        # 30 frames, two of them the gate refuses: 28 results, all from the one delivered run
+        assert wait_until(lambda: len(subscriber.of_kind("results")) >= 28, 30)
+        results = subscriber.of_kind("results")
+        assert len(results) == 28 and all(m.topic.startswith("edge-infer-bench/") for m in subscriber.all())
+        assert not any(m.topic.startswith("homeassistant/") for m in subscriber.all())
+    finally:
+        broker.stop()
     cores = report["machine"]["usable_cores"]
-    assert set(report["stages"]) == {"invoke", "decode_preprocess", "decode_gate", "quality_gate",
-                                     "pipeline_pipelined", "pipeline_sequential", "naive_loop",
-                                     *{f"naive_loop_{n}" for n in (1, cores)}}
+    assert set(report["stages"]) == {"invoke", "decode_preprocess", "decode_gate", "quality_gate", "all_cores",
+                                     "pipeline_pipelined", "pipeline_sequential", "pipeline_delivered",
+                                     "naive_loop", *{f"naive_loop_{n}" for n in (1, cores)}}
+    ratios, stages = report["ratios"], report["stages"]
+    assert ratios["delivered_vs_naive"] == pytest.approx(
+        stages["pipeline_delivered"]["per_s"] / stages["naive_loop"]["per_s"], rel=0.01, abs=0.001)
+    assert ratios["pipeline_vs_all_cores"] == pytest.approx(
+        stages["pipeline_pipelined"]["per_s"] / stages["all_cores"]["per_s"], rel=0.01, abs=0.001)
     naive = report["stages"]["naive_loop"]  # the faster of the naive loop at 1 thread and at one per core
     assert naive["per_s"] == max(report["stages"][f"naive_loop_{n}"]["per_s"] for n in (1, cores))
     limit = cores / ((report["stages"]["decode_preprocess"]["ms"] + report["stages"]["invoke"]["ms"]) / 1000)
@@ -101,6 +120,13 @@ def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
     assert all(stage["per_s"] > 0 for stage in report["stages"].values())
     assert report["frames"] == 30 and report["frame_size"] == "32x32 PNG"
     assert 0 < report["startup_to_first_result_s"] < 60 and report["rss_ratio"] > 0.5
+
+
+def test_bench_refuses_a_broker_that_is_not_host_and_port() -> None:
+    demo = REPO / "device_configs" / "demo.toml"
+    proc = run_cli("bench", "--config", str(demo), "--broker", "localhost")
+    assert proc.returncode == 2 and "--broker 'localhost': expected HOST:PORT" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_bench_without_images_is_a_one_line_error(tmp_path: Path) -> None:
