@@ -106,14 +106,11 @@ class OutboxWriter(threading.Thread):
         """`first` and what else arrives within the window, up to `max_batch` messages; a wake-up (None) ends
         the batch early (it is returned too: every item taken is marked done)."""
         taken = [first]
-        if first is None:
-            return taken
-        # wait out the window once (a stop cuts it short) rather than waking for every message that arrives in it
-        if self.window_s > 0 and self._queue.qsize() < self.max_batch - 1:
-            self._stop_requested.wait(self.window_s)
-        while len(taken) < self.max_batch:
+        deadline = time.monotonic() + self.window_s
+        while first is not None and len(taken) < self.max_batch:
+            remaining = deadline - time.monotonic()
             try:
-                taken.append(item := self._queue.get_nowait())
+                taken.append(item := self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
             except queue.Empty:
                 break
             if item is None:

@@ -120,8 +120,10 @@ class Lanes:
 
     def _lane(self, number: int, inputs: Iterator[tuple[Pipeline, Sample]], stop: threading.Event) -> None:
         twins = _Twins(number)
-        while self._room(stop):
-            with self._take:
+        while True:
+            with self._take:  # the room is checked by the lane about to take: the bound holds exactly
+                if not self._room(stop):
+                    return
                 try:
                     pipeline, sample = next(inputs)
                 except StopIteration:
