@@ -70,9 +70,9 @@ class Daemon:
     def __init__(self, cfg: Config, source: Source | None = None, sink: SinkFactory | None = None) -> None:
         startup.prepare_process(cfg)
         self.failure: str | None = None  # why the daemon stopped itself (a worker thread died)
-        # when (time.monotonic) a `once` run had every result stored, and delivered (drained): what `bench` times
-        self.finished_at: dict[str, float] = {}
+        self.finished_at: dict[str, float] = {}  # when a `once` run had all stored, delivered: what `bench` times
         self.winding_down = False
+        self._housekeeper: threading.Thread | None = None
         self.watchdog: Watchdog | None = None  # while running under systemd's watchdog
         self.stop_event = threading.Event()
         self.reload_requested = threading.Event()
@@ -268,10 +268,9 @@ class Daemon:
     # ---- health --------------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
         """The counters, drift state and scores a `health` message carries."""
-        waiting = self._lanes.waiting if self._lanes is not None else \
-            self._handoff.qsize() if self._handoff is not None else 0
-        queues = {"handoff": waiting, "writer": self.writer.queued}
-        return health_doc(self, queues)
+        lanes, handoff = self._lanes, self._handoff
+        waiting = lanes.waiting if lanes is not None else handoff.qsize() if handoff is not None else 0
+        return health_doc(self, {"handoff": waiting, "writer": self.writer.queued})
 
     def _view_status(self) -> dict[str, Any]:
         """What the live view shows beside its own state (each push, while someone watches)."""
@@ -312,7 +311,8 @@ class Daemon:
         if self.notifier.watchdog_s:
             self.watchdog = Watchdog(self.notifier, self.progress, self.notifier.watchdog_s, self.status_line)
             self.watchdog.start()
-        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
+        self._housekeeper.start()
         self.notifier.send(READY=1, STATUS=self.status_line())
 
     def run(self, once: bool = False) -> RunSummary:
@@ -344,6 +344,9 @@ class Daemon:
 
     def _stop_threads(self) -> None:
         self.winding_down = True  # the writer and the sink stop now, on purpose
+        if self._housekeeper is not None:  # it ends first: nothing of it runs on what is being closed
+            self.reload_requested.set()  # wakes it; it sees `winding_down` and ends instead of reloading
+            self._housekeeper.join(10.0)
         if self.pipeline.baseline is not None:
             self.pipeline.baseline.save()
         self.notifier.send(STOPPING=1, STATUS="stopping: storing and sending what is in flight")
@@ -396,7 +399,7 @@ class Daemon:
     def _housekeeping(self) -> None:
         """Its own thread: SIGHUP reloads, commands, updates, the periodic health snapshot and the thermal check,
         also while no input arrives; and the check that the writer and the sink still run."""
-        while not self.stop_event.is_set():
+        while not (self.stop_event.is_set() or self.winding_down):
             try:
                 self._housekeeping_turn()
             except Exception:  # one failing step must never stop health, reloads and the thread check
@@ -405,6 +408,8 @@ class Daemon:
 
     def _housekeeping_turn(self) -> None:
         if self.reload_requested.wait(min(0.5, max(0.05, self.cfg.health.interval or 0.5))):
+            if self.winding_down:
+                return
             self.reload_requested.clear()
             self.notifier.send(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000)
             self.reload()

@@ -49,6 +49,21 @@ def docs(sink: MemorySink, kind: str) -> list[dict]:
     return [json.loads(p) for p in sink.of_kind(kind)]
 
 
+def housekeepers() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "housekeeping")
+
+
+def test_a_finished_run_leaves_no_thread_behind(tmp_path: Path) -> None:
+    """A program that runs the daemon once, then again (bench does, an embedding program may): each run's
+    housekeeping thread ends with it — none keeps waking to work on a closed outbox."""
+    before = housekeepers()
+    for run in ("first", "second"):
+        (tmp_path / run).mkdir()
+        daemon, _sink = build(config(tmp_path / run), DIGITS[:5])
+        assert daemon.run(once=True).results == 5
+    assert housekeepers() == before
+
+
 def test_the_app_in_process_classifies_rejects_and_delivers(tmp_path: Path) -> None:
     """450 held-out digits and two broken files: every input ends as a schema-valid result or rejection, in
     order, and the results agree with the ground truth (the folder each digit came from)."""
