@@ -86,8 +86,8 @@ def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
     there sees them, under the bench's own topic prefix) and acknowledged."""
     demo = REPO / "device_configs" / "demo.toml"
     broker = Mosquitto(tmp_path / "broker").start()
+    subscriber = Subscriber(broker.port, "#")
     try:
-        subscriber = Subscriber(broker.port, "#")
         proc = run_cli("bench", "--config", str(demo), "--frames", "30", "--rounds", "1", "--json",
                        "--broker", f"127.0.0.1:{broker.port}", timeout=300)
         assert proc.returncode == 0, proc.stderr
@@ -98,6 +98,7 @@ def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
         assert len(results) == 28 and all(m.topic.startswith("edge-infer-bench/") for m in subscriber.all())
         assert not any(m.topic.startswith("homeassistant/") for m in subscriber.all())
     finally:
+        subscriber.close()
         broker.stop()
     cores = report["machine"]["usable_cores"]
     assert set(report["stages"]) == {"invoke", "decode_preprocess", "decode_gate", "quality_gate", "all_cores",
