@@ -32,6 +32,7 @@ from edge_infer.delegates import DEFAULT, EngineSettings
 from edge_infer.gates.baseline import SceneBaseline, features
 from edge_infer.gates.decode import DecodeRejected, decode_image
 from edge_infer.gates.quality import gate_from_config
+from edge_infer.hosts import host_port
 from edge_infer.model import Model, engine_for, engine_settings
 from edge_infer.runtime import Engine, RuntimeUnavailable, cpu_settings
 from edge_infer.sources import directory
@@ -70,8 +71,9 @@ def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str, broker: str |
     results stay in the outbox) — or `broker` (HOST:PORT, anonymous, no TLS), under its own topic prefix, with no
     Home Assistant discovery and every result waited for until the broker acknowledged it."""
     replace = dataclasses.replace
-    mqtt = replace(cfg.mqtt, hosts=("127.0.0.1:9",), drain_timeout=0.0)  # discard port: never connects
-    if broker is not None:
+    if broker is None:
+        mqtt = replace(cfg.mqtt, hosts=("127.0.0.1:9",), drain_timeout=0.0)  # discard port: never connects
+    else:
         mqtt = replace(cfg.mqtt, hosts=(broker,), drain_timeout=600.0, topic_prefix="edge-infer-bench",
                        username=None, password_file=None, tls=False)
     return replace(
@@ -293,8 +295,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | Non
     """Measure every stage `rounds` times, interleaved (so a burst of machine noise hits all stages alike),
     and report each stage's median round. With `broker` (HOST:PORT) the pipelined run is also measured end to
     end: until the broker acknowledged every result."""
-    host, _, port = (broker or "x:1").rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if broker is not None and host_port(broker) is None:
         raise BenchError(f"--broker {broker!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
     files = _images(cfg, frames)
     cores = usable_cores()

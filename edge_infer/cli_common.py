@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge_infer.config import ConfigError
+from edge_infer.hosts import host_port
 
 AddParser = Callable[..., argparse.ArgumentParser]
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -36,11 +37,11 @@ def broker_from(args: argparse.Namespace):
     """`broker_args` → a `Broker`; one-line errors for a bad address or an unreadable password file."""
     from edge_infer.remote import Broker
 
-    host, _, port = args.broker.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    address = host_port(args.broker)
+    if address is None:
         raise ConfigError(f"--broker {args.broker!r}: expected host:port, e.g. 127.0.0.1:1883")
     try:
         password = Path(args.password_file).read_text().strip() if args.password_file else None
     except OSError as exc:
         raise ConfigError(f"--password-file {args.password_file}: {exc.strerror}") from None
-    return Broker(host, int(port), args.username, password, args.tls, args.ca_file)
+    return Broker(*address, args.username, password, args.tls, args.ca_file)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edge_infer.cli_common import AddParser, subcommand
 from edge_infer.config import Config, ConfigError, load_config
+from edge_infer.hosts import host_port
 
 
 def _venv_for_camera(cfg: Config, python: str | None, dry_run: bool) -> list[str]:
@@ -138,8 +139,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise ConfigError(f"{out} exists: pass --force to replace it, or --out another file")
-    host, _, port = args.broker.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if host_port(args.broker) is None:
         raise ConfigError(f"--broker {args.broker!r}: expected host:port, e.g. 127.0.0.1:1883")
     cameras, csi_unreached = find_cameras(Path(args.sys_root))
     if csi_unreached:

@@ -12,6 +12,7 @@ from typing import Any
 from edge_infer.crop import crop_problem
 from edge_infer.delegates import DEFAULT as DEFAULT_DELEGATE
 from edge_infer.delegates import NAMES as DELEGATES
+from edge_infer.hosts import host_port
 from edge_infer.options import Check, opt
 from edge_infer.options import between as _between
 from edge_infer.tasks.names import NAMES as TASK_NAMES
@@ -75,8 +76,7 @@ def _debounce(v: list[Any]) -> str | None:
 
 def _host_list(v: list[Any]) -> str | None:
     for item in v:
-        host, _, port = str(item).rpartition(":")
-        if not isinstance(item, str) or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not isinstance(item, str) or host_port(item) is None:
             return f"expected a list of \"host:port\" strings, got {item!r}"
     return None
 
