@@ -169,14 +169,19 @@ def _validate_thresholds(path: Path, thresholds: dict[str, Any]) -> dict[str, fl
     return out
 
 
-def _check_delegate(path: Path, model: dict[str, Any]) -> None:
-    """`[model].delegate` and its options, checked by the delegate's own module (imported only here)."""
-    from edge_infer.delegates import DelegateError, check_options
+def _check_delegate(path: Path, model: dict[str, Any], watchdog_sec: int) -> None:
+    """`[model].delegate` and its options, checked by the delegate's own module (imported only here); an
+    accelerator's deadline leaves the CPU time to answer before systemd's watchdog gives up on a busy stage."""
+    from edge_infer.delegates import CPU, DelegateError, check_options
 
     try:
         check_options(model["delegate"], model["delegate_options"])
     except DelegateError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    if model["delegate"] not in CPU and model["accelerator_timeout"] > watchdog_sec / 2:
+        raise ConfigError(f"{path}: [model].accelerator_timeout = {model['accelerator_timeout']:g}: at most half of "
+                          f"[service].watchdog_sec ({watchdog_sec} s), or the watchdog restarts the service before "
+                          "the CPU takes over from a locked-up accelerator")
 
 
 def parse_config(doc: dict[str, Any], path: Path) -> Config:
@@ -195,7 +200,7 @@ def parse_config(doc: dict[str, Any], path: Path) -> Config:
     if device["id"] is None:
         device["id"] = socket.gethostname().split(".")[0] or "edge-device"
     sections["model"]["thresholds"] = _validate_thresholds(path, sections["model"]["thresholds"])
-    _check_delegate(path, sections["model"])
+    _check_delegate(path, sections["model"], sections["service"]["watchdog_sec"])
     if sections["outbox"]["path"] is None:
         sections["outbox"]["path"] = str(Path(device["state_dir"]) / "outbox.db")
     if sections["mqtt"]["client_id"] is None:

@@ -252,8 +252,9 @@ def engine_for(bundle: Bundle, settings: EngineSettings, fallback: bool = True) 
 
 
 def engine_settings(model_cfg: ModelConfig) -> EngineSettings:
-    """`[model]`'s threads, runtime, delegate and delegate options as one settings object."""
-    return EngineSettings(model_cfg.threads, model_cfg.runtime, model_cfg.delegate, dict(model_cfg.delegate_options))
+    """`[model]`'s threads, runtime, delegate, delegate options and accelerator deadline as one settings object."""
+    return EngineSettings(model_cfg.threads, model_cfg.runtime, model_cfg.delegate, dict(model_cfg.delegate_options),
+                          model_cfg.accelerator_timeout)
 
 
 def model_from_config(model_cfg: ModelConfig, bundle_path: str | None = None,

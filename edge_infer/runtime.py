@@ -6,8 +6,9 @@ config's `model.runtime`) restricts the choice to one runtime. How the interpret
 accelerator) is the delegate's business (`edge_infer.delegates`), given in one `EngineSettings`.
 
 An engine on an accelerator keeps the CPU model at hand: when the delegate cannot load or take the model
-(`build_engine`), or when `invoke()` fails later (the accelerator unplugged or locked up), the CPU model runs
-instead — the failed input again, at once — and `fallback_from` says what was wanted and why it is not running.
+(`build_engine`), or when `invoke()` fails later (the accelerator unplugged) or does not return within
+`EngineSettings.timeout_s` (locked up: `edge_infer.deadline`), the CPU model runs instead — the failed input
+again, at once — and `fallback_from` says what was wanted and why it is not running.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ import dataclasses
 import importlib
 import logging
 import os
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from edge_infer.delegates import CPU, DEFAULT, DelegateError, EngineSettings, delegate_for
+from edge_infer.deadline import Caller, Hung
+from edge_infer.delegates import DEFAULT, DelegateError, EngineSettings, delegate_for
 from edge_infer.variants import CPU_VARIANT
 
 log = logging.getLogger(__name__)
@@ -134,7 +137,8 @@ def runtime_candidates(preferred: str | None = None) -> list[str]:
 class Engine:
     """One interpreter (use one per thread): set a prepared input tensor, invoke, read the outputs. `variant` names
     the model bytes it runs (`edge_infer.variants`); `cpu_content`, the CPU model an accelerator falls back to
-    when `fallback` is on (default: the same bytes)."""
+    when `fallback` is on (default: the same bytes). On an accelerator with `settings.timeout_s`, an `invoke()`
+    that does not return in time counts as failed (`deadline.Hung`): the accelerator has locked up."""
 
     def __init__(self, model_content: bytes, settings: EngineSettings | None = None, variant: str = CPU_VARIANT,
                  cpu_content: bytes | None = None, fallback: bool = False) -> None:
@@ -143,8 +147,11 @@ class Engine:
         self._model_content = model_content  # the interpreter may reference this buffer; keep it alive
         self._cpu_content = cpu_content if cpu_content is not None else model_content
         self.settings, self.variant = settings, variant
-        self.may_fall_back = fallback and settings.delegate not in CPU
+        self.may_fall_back = fallback and settings.accelerated
         self.fallback_from: Fallback | None = None
+        self._caller = _caller(settings, "invoke")
+        weakref.finalize(self, self._caller.close)
+        self._late: Caller | None = None  # a call to the accelerator that missed its deadline (while it runs on)
         self.threads = settings.threads
         self.inputs = [_tensor_info(d) for d in self._interpreter.get_input_details()]
         self.outputs = [_tensor_info(d) for d in self._interpreter.get_output_details()]
@@ -160,8 +167,9 @@ class Engine:
         )
 
     def twin(self) -> Engine:
-        """Another interpreter of the same model, built the same way (for another thread)."""
-        return Engine(self._model_content, self.settings, self.variant, self._cpu_content, self.may_fall_back)
+        """Another interpreter of the same model, built the same way (for another thread); on the CPU model when
+        the accelerator cannot load it now (as `build_engine`)."""
+        return build_engine(self._model_content, self.settings, self.may_fall_back, self.variant, self._cpu_content)
 
     @property
     def ran_on(self) -> dict[str, str]:
@@ -175,47 +183,89 @@ class Engine:
 
     def run(self, tensor: np.ndarray) -> list[np.ndarray]:
         """Invoke on one input tensor (already shaped and typed for input 0); return every output. On an
-        accelerator that fails here, with `fallback` on, the CPU model takes over and answers this input."""
+        accelerator that fails or hangs here, with `fallback` on, the CPU model takes over and answers this input."""
         try:
             return self._invoke(tensor)
-        except RuntimeError as exc:
+        except RuntimeError as exc:  # `Hung` included
             if not self.may_fall_back or self.fallback_from is not None:
                 raise
-            self._fall_back(f"the {self.settings.delegate} delegate failed during inference: {_first_line(exc)}")
+            self._fall_back(_failure(self.settings, exc, "failed during inference"))
         return self._invoke(tensor)
 
     def _invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
-        self._interpreter.set_tensor(self.inputs[0].index, tensor)
-        self._interpreter.invoke()
-        return [self._interpreter.get_tensor(t.index) for t in self.outputs]
+        # a late call that returns after a fallback touches only its own interpreter
+        interpreter, inputs, outputs = self._interpreter, self.inputs, self.outputs
+        return self._caller.call(lambda: _answer(interpreter, inputs, outputs, tensor))
 
     def _fall_back(self, error: str) -> None:
         """From now on this engine runs the CPU model (same contract), remembering what it stands in for."""
         cpu = Engine(self._cpu_content, cpu_settings(self.settings))
         fallback = Fallback(self.settings, error, self._model_content, self.variant)
+        late = self._caller if self._caller.spent else None
+        self._caller.close()
         self._interpreter, self.runtime, self.settings = cpu.interpreter, cpu.runtime, cpu.settings
         self.variant, self._model_content = cpu.variant, self._cpu_content
-        self.fallback_from = fallback  # last: the housekeeping thread reads it to say what runs now
+        self._caller = _caller(self.settings, "invoke")
+        self.stand_in(fallback, late)
         log.warning("event=delegate_failed delegate=%s fallback=%s error=%r", fallback.wanted.delegate,
                     self.settings.delegate, error)
 
+    def stand_in(self, fallback: Fallback, late: Caller | None = None) -> None:
+        """This CPU engine runs instead of `fallback.wanted`; `late`: a call to that accelerator which missed its
+        deadline (no retry while it is still blocked in it — each would leave another thread behind)."""
+        self._late = late
+        self.fallback_from = fallback  # last: the housekeeping thread reads it to say what runs now
+
     def retry(self) -> Engine:
         """While this engine stands in for an accelerator: a new engine on it, proven by one inference on a zero
-        input (raises `DelegateUnavailable` while the accelerator is still gone or failing)."""
+        input within the deadline (raises `DelegateUnavailable` while the accelerator is still gone, failing or
+        locked up — and at once while an earlier call to it is still blocked: a locked-up accelerator is not
+        loaded again until it answers that call)."""
         assert self.fallback_from is not None, "nothing to retry: this engine runs what was wanted"
         wanted = self.fallback_from
+        if self._late is not None and self._late.busy:
+            raise DelegateUnavailable(f"the {wanted.wanted.delegate} delegate has not answered an earlier call yet "
+                                      "(locked up?)")
+        caller = _caller(wanted.wanted, "retry")
+        try:
+            return caller.call(lambda: self._proven(wanted))
+        except Hung as exc:
+            self._late = caller
+            raise DelegateUnavailable(_failure(wanted.wanted, exc, "failed")) from None
+        finally:
+            caller.close()
+
+    def _proven(self, wanted: Fallback) -> Engine:
         engine = Engine(wanted.content, wanted.wanted, wanted.variant, self._cpu_content, True)
         try:
             engine.prove()
         except RuntimeError as exc:
-            raise DelegateUnavailable(f"the {wanted.wanted.delegate} delegate failed during inference: "
-                                      f"{_first_line(exc)}") from None
+            raise DelegateUnavailable(_failure(wanted.wanted, exc, "failed during inference")) from None
         return engine
 
     def prove(self) -> None:
-        """One inference on a zero input, on this engine's own interpreter, never falling back (raises the
-        runtime's RuntimeError)."""
-        self._invoke(np.zeros(self.inputs[0].shape, self.inputs[0].dtype))
+        """One inference on a zero input, on this engine's own interpreter, never falling back and unguarded by
+        the deadline (raises the runtime's RuntimeError)."""
+        _answer(self._interpreter, self.inputs, self.outputs, np.zeros(self.inputs[0].shape, self.inputs[0].dtype))
+
+
+def _answer(interpreter: Any, inputs: list[TensorInfo], outputs: list[TensorInfo], tensor: np.ndarray
+            ) -> list[np.ndarray]:
+    interpreter.set_tensor(inputs[0].index, tensor)
+    interpreter.invoke()
+    return [interpreter.get_tensor(t.index) for t in outputs]
+
+
+def _caller(settings: EngineSettings, what: str) -> Caller:
+    """Calls on an accelerator wait at most its deadline; on the CPU they run in the calling thread."""
+    return Caller(settings.timeout_s if settings.accelerated else 0.0, f"{settings.delegate}-{what}")
+
+
+def _failure(settings: EngineSettings, exc: BaseException, what: str) -> str:
+    """One line on why the accelerator is not used: a deadline missed, or the runtime's error."""
+    if isinstance(exc, Hung):
+        return f"the {settings.delegate} delegate did not answer within {settings.timeout_s:g} s (locked up?)"
+    return f"the {settings.delegate} delegate {what}: {_first_line(exc)}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -247,14 +297,15 @@ def build_engine(model_content: bytes, settings: EngineSettings, fallback: bool 
     """An interpreter with `settings` on `model_content` (the `variant`); when its accelerator delegate cannot
     load or take the model and `fallback` is on, one on the CPU model (`cpu_content`, default the same bytes)
     instead, which says what it stands in for (`fallback_from`) — and later failures during inference fall back
-    the same way (`Engine.run`)."""
+    the same way (`Engine.run`). No deadline here: both runtimes load a delegate (`ctypes.pydll`) and prepare
+    the model holding the GIL, so a load that hangs stops the process (systemd's watchdog restarts it)."""
     try:
         return Engine(model_content, settings, variant, cpu_content, fallback)
     except DelegateUnavailable as exc:
-        if not fallback or settings.delegate in CPU:
+        if not fallback or not settings.accelerated:
             raise
         engine = Engine(cpu_content if cpu_content is not None else model_content, cpu_settings(settings))
-        engine.fallback_from = Fallback(settings, str(exc), model_content, variant)
+        engine.stand_in(Fallback(settings, str(exc), model_content, variant))
         log.info("event=delegate_unavailable delegate=%s fallback=%s error=%r", settings.delegate, DEFAULT, str(exc))
         return engine
 

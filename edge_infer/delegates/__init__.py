@@ -33,12 +33,20 @@ class DelegateError(ValueError):
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How every interpreter of this device is built: threads, runtime, delegate and the delegate's options."""
+    """How every interpreter of this device is built: threads, runtime, delegate, the delegate's options and how
+    long an accelerator may take to answer."""
 
     threads: int = 1
     runtime: str | None = None  # None or "auto": the chain ai_edge_litert → tflite_runtime → tensorflow
     delegate: str = DEFAULT
     delegate_options: dict[str, Any] = field(default_factory=dict)
+    # an accelerator's load or inference that takes longer has locked up (the CPU takes over); 0: wait forever
+    timeout_s: float = 0.0
+
+    @property
+    def accelerated(self) -> bool:
+        """An accelerator runs the model: it can go away, and the CPU takes over."""
+        return self.delegate not in CPU
 
     def describe(self) -> str:
         return self.delegate if not self.delegate_options else f"{self.delegate} {self.delegate_options}"

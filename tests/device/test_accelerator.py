@@ -9,6 +9,7 @@ accelerator variant (`edge-convert add-variant`) run that variant on its delegat
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 
 from edge_infer.app.daemon import Daemon
 from edge_infer.bundle import load_bundle
-from edge_infer.config import load_config
+from edge_infer.config import ConfigError, load_config
 from edge_infer.gates.decode import decode_image
 from edge_infer.model import Model, model_from_config
 from edge_infer.sinks.memory import MemorySink
@@ -44,12 +45,15 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+HANG_S = 2.0  # the tests' accelerator deadline: far above the probe's answer, even under emulation
+
+
 def config(tmp_path: Path, library: Path, bundle: Path = DIGITS_INT8, **options: str) -> Path:
     cfg = write_config(tmp_path / "c.toml", bundle=bundle, source=tmp_path / "in", state=tmp_path / "s",
                        port=free_port())
     table = ", ".join(f'{k} = "{v}"' for k, v in {"log": str(tmp_path / "probe.log"), **options}.items())
     cfg.write_text(cfg.read_text().replace(
-        "threads = 1\n", f'threads = 1\ndelegate = "external"\n'
+        "threads = 1\n", f'threads = 1\ndelegate = "external"\naccelerator_timeout = {HANG_S}\n'
                          f'delegate_options = {{ library = "{library}", options = {{ {table} }} }}\n'))
     return cfg
 
@@ -85,12 +89,19 @@ def events(sink: MemorySink) -> list[dict]:
     return [json.loads(p) for p in sink.of_kind("events")]
 
 
-@pytest.mark.parametrize("failure", ["load", "prepare"])
+LOST_AT_LOAD = {  # failure → (the probe's option, what accelerator_lost says)
+    "load": ("fail_if_exists", "cannot be loaded"),
+    "prepare": ("fail_prepare_if_exists", "failed on this model"),
+}
+
+
+@pytest.mark.parametrize("failure", list(LOST_AT_LOAD))
 def test_a_lost_accelerator_hands_over_to_the_cpu_and_comes_back(library: Path, tmp_path: Path,
                                                                   failure: str) -> None:
     gone = tmp_path / "gone"  # while this file exists the "accelerator" is unplugged
     gone.touch()
-    options = {"fail_if_exists": str(gone)} if failure == "load" else {"fail_prepare_if_exists": str(gone)}
+    option, says = LOST_AT_LOAD[failure]
+    options = {option: str(gone)}
     (tmp_path / "in").mkdir()
     sinks: list[MemorySink] = []
     daemon = Daemon(load_config(config(tmp_path, library, **options)),
@@ -123,7 +134,7 @@ def test_a_lost_accelerator_hands_over_to_the_cpu_and_comes_back(library: Path, 
     assert changes == [("accelerator_lost", "warning"), ("accelerator_restored", "info")], changes
     lost = next(e for e in events(sink) if e["event"] == "accelerator_lost")["details"]
     assert lost["delegate"] == "external" and lost["fallback"] == "xnnpack"
-    assert ("cannot be loaded" if failure == "load" else "failed on this model") in lost["error"]
+    assert says in lost["error"], lost
     assert probe_log(tmp_path).count("prepare") >= 1  # the restored interpreter prepared the model on it
 
 
@@ -154,11 +165,19 @@ def feeder(folder: Path) -> Callable[[list[Path], int], None]:
     return feed
 
 
+MID_RUN = {  # failure → (the probe's option, what accelerator_lost says)
+    "fail": ("fail_invoke_if_exists", "failed during inference: probe delegate: the accelerator stopped answering"),
+    "hang": ("hang_invoke_if_exists", f"did not answer within {HANG_S:g} s (locked up?)"),
+}
+
+
+@pytest.mark.parametrize("failure", list(MID_RUN))
 def test_an_accelerator_that_stops_answering_mid_run_loses_no_input(library: Path, tmp_path: Path,
-                                                                    probe_bundle: Path) -> None:
-    gone = tmp_path / "gone"  # while this file exists the "accelerator" fails every invoke()
+                                                                    probe_bundle: Path, failure: str) -> None:
+    gone = tmp_path / "gone"  # while this file exists the "accelerator" fails (or blocks in) every invoke()
     (tmp_path / "in").mkdir()
-    cfg = config(tmp_path, library, bundle=probe_bundle, claim="reshape", fail_invoke_if_exists=str(gone))
+    option, says = MID_RUN[failure]
+    cfg = config(tmp_path, library, bundle=probe_bundle, claim="reshape", **{option: str(gone)})
     sinks: list[MemorySink] = []
     daemon = Daemon(load_config(cfg), sink=lambda opener: sinks.append(MemorySink(opener)) or sinks[0])
     sink, feed = sinks[0], feeder(tmp_path / "in")
@@ -175,6 +194,9 @@ def test_an_accelerator_that_stops_answering_mid_run_loses_no_input(library: Pat
         assert wait_until(lambda: len(sink.of_kind("results")) >= 30, 60)
         assert wait_until(lambda: daemon.health()["accelerator"]["attempts"] >= 1, 30)  # loads, cannot answer
         assert daemon.health()["accelerator"]["lost"] is True
+        if failure == "hang":  # not loaded again while a lane's call is still blocked in it: no thread piles up
+            assert "has not answered an earlier call yet" in daemon.health()["accelerator"]["error"]
+            assert probe_log(tmp_path).count("hang") == 1, probe_log(tmp_path)  # one interpreter on an accelerator
         gone.unlink()
         assert wait_until(lambda: any(e["event"] == "accelerator_restored" for e in events(sink)), 60)
         feed(DIGITS[30:], 30)
@@ -193,7 +215,7 @@ def test_an_accelerator_that_stops_answering_mid_run_loses_no_input(library: Pat
     assert set(ran_on[10:30]) == {("cpu", "xnnpack")}
     lost = next(e for e in events(sink) if e["event"] == "accelerator_lost")["details"]
     assert lost["delegate"] == "external" and lost["variant"] == "probe" and lost["fallback"] == "xnnpack"
-    assert "failed during inference" in lost["error"] and "stopped answering" in lost["error"]
+    assert says in lost["error"], lost
     changes = [e["event"] for e in events(sink) if e["event"].startswith("accelerator_")]
     assert changes == ["accelerator_lost", "accelerator_restored"], changes
 
@@ -243,3 +265,33 @@ def test_bench_reports_each_variants_latency_on_its_delegate(library: Path, tmp_
     assert variants["cpu"]["delegate"] == "xnnpack" and variants["probe"]["delegate"] == "external"
     assert all(v["ms"] > 0 and v["per_s"] > 0 for v in variants.values()), variants
     assert "claimed 1" in probe_log(tmp_path)  # the probe variant really ran on the delegate
+
+
+def test_the_accelerator_deadline_leaves_the_watchdog_time_to_spare(library: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, library)
+    cfg.write_text(cfg.read_text().replace(f"accelerator_timeout = {HANG_S}", "accelerator_timeout = 20"))
+    with pytest.raises(ConfigError, match=r"accelerator_timeout = 20: at most half of \[service\]\.watchdog_sec "
+                                          r"\(30 s\)") as caught:
+        load_config(cfg)
+    assert "\n" not in str(caught.value)
+    cfg.write_text(cfg.read_text() + "\n[service]\nwatchdog_sec = 60\n")
+    assert load_config(cfg).model.accelerator_timeout == 20.0  # a longer watchdog: allowed
+    on_cpu = write_config(tmp_path / "cpu.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s2",
+                          port=free_port())
+    on_cpu.write_text(on_cpu.read_text().replace("threads = 1\n", "threads = 1\naccelerator_timeout = 3000\n"))
+    assert load_config(on_cpu).model.accelerator_timeout == 3000.0  # no accelerator, no deadline to check
+
+
+def test_an_engine_let_go_takes_its_deadline_thread_with_it(library: Path, tmp_path: Path) -> None:
+    def callers() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "external-invoke"}
+
+    before = callers()
+    model = model_from_config(load_config(config(tmp_path, library, claim="reshape")).model)
+    image = decode_image(DIGITS[0].read_bytes())
+    for _ in range(3):
+        model.infer(model.prepare(image))
+    (mine,) = callers() - before  # the inferences ran on the deadline's thread
+    del model
+    gc.collect()
+    assert wait_until(lambda: not mine.is_alive(), 10)  # a reloaded model leaves no thread behind

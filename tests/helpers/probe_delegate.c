@@ -3,7 +3,8 @@
  * `fail_if_exists=PATH`: creation fails while PATH exists (an unplugged accelerator: load_delegate fails);
  * `fail_prepare=1` or `fail_prepare_if_exists=PATH`: Prepare fails (the delegate cannot take the model);
  * `claim=reshape`: it takes the graph's RESHAPE nodes (a copy of the bytes: the CPU's answer, exactly) and
- * `fail_invoke_if_exists=PATH` makes its kernel fail while PATH exists (an accelerator unplugged mid-run).
+ * `fail_invoke_if_exists=PATH` makes its kernel fail while PATH exists (an accelerator unplugged mid-run);
+ * `hang_invoke_if_exists=PATH` makes it block while PATH exists (a locked-up accelerator), then answer.
  * The external-delegate ABI (tflite_plugin_create_delegate / tflite_plugin_destroy_delegate, TfLiteDelegate)
  * is declared here because neither the TFLite wheels nor Debian ship its headers; it is stable across 2.x. */
 #include <stdbool.h>
@@ -81,6 +82,7 @@ struct TfLiteDelegate {
 
 typedef struct {
   char log[512]; char fail_file[512]; char fail_prepare_file[512]; char fail_invoke_file[512];
+  char hang_invoke_file[512];
   int fail_prepare, claim_reshape;
 } Probe;
 typedef struct { const Probe *probe; int from, to; } Kernel; /* one claimed RESHAPE: its data tensor in and out */
@@ -89,6 +91,14 @@ static void record(const Probe *p, const char *line) {
   if (!p->log[0]) return;
   FILE *f = fopen(p->log, "a");
   if (f) { fprintf(f, "%s\n", line); fclose(f); }
+}
+
+/* Block while `file` exists (a locked-up accelerator), then go on. */
+static void hang_while(const Probe *p, const char *file) {
+  if (!file[0] || access(file, F_OK) != 0) return;
+  record(p, "hang");
+  while (access(file, F_OK) == 0) usleep(10000);
+  record(p, "hang over");
 }
 
 static void *kernel_init(TfLiteContext *context, const char *buffer, size_t length) {
@@ -114,6 +124,7 @@ static TfLiteStatus kernel_invoke(TfLiteContext *context, TfLiteNode *node) {
     context->ReportError(context, "probe delegate: the accelerator stopped answering");
     return kTfLiteError;
   }
+  hang_while(k->probe, k->probe->hang_invoke_file);
   const TfLiteTensor *in = &context->tensors[k->from];
   TfLiteTensor *out = &context->tensors[k->to];
   memcpy(out->data.raw, in->data.raw, in->bytes < out->bytes ? in->bytes : out->bytes);
@@ -171,6 +182,8 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
       snprintf(p->fail_prepare_file, sizeof p->fail_prepare_file, "%s", values[i]);
     else if (!strcmp(keys[i], "fail_invoke_if_exists"))
       snprintf(p->fail_invoke_file, sizeof p->fail_invoke_file, "%s", values[i]);
+    else if (!strcmp(keys[i], "hang_invoke_if_exists"))
+      snprintf(p->hang_invoke_file, sizeof p->hang_invoke_file, "%s", values[i]);
     else if (!strcmp(keys[i], "claim")) p->claim_reshape = !strcmp(values[i], "reshape");
   }
   for (size_t i = 0; i < n; i++) {
