@@ -187,6 +187,8 @@ class Engine:
         try:
             return self._invoke(tensor)
         except RuntimeError as exc:  # `Hung` included
+            if isinstance(exc, Hung) and not self.may_fall_back:
+                raise Hung(_failure(self.settings, exc, "")) from None  # delegate_fallback = false: say which
             if not self.may_fall_back or self.fallback_from is not None:
                 raise
             self._fall_back(_failure(self.settings, exc, "failed during inference"))

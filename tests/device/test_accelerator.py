@@ -24,6 +24,7 @@ import pytest
 from edge_infer.app.daemon import Daemon
 from edge_infer.bundle import load_bundle
 from edge_infer.config import ConfigError, load_config
+from edge_infer.deadline import Hung
 from edge_infer.gates.decode import decode_image
 from edge_infer.model import Model, model_from_config
 from edge_infer.sinks.memory import MemorySink
@@ -295,3 +296,18 @@ def test_an_engine_let_go_takes_its_deadline_thread_with_it(library: Path, tmp_p
     del model
     gc.collect()
     assert wait_until(lambda: not mine.is_alive(), 10)  # a reloaded model leaves no thread behind
+
+
+def test_without_fallback_a_locked_up_accelerator_is_an_error_that_says_so(library: Path, tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.touch()
+    cfg = config(tmp_path, library, claim="reshape", hang_invoke_if_exists=str(gone))
+    cfg.write_text(cfg.read_text().replace('delegate = "external"\n',
+                                           'delegate = "external"\ndelegate_fallback = false\n'))
+    model = model_from_config(load_config(cfg).model)
+    try:
+        with pytest.raises(Hung, match=rf"^the external delegate did not answer within {HANG_S:g} s \(locked up\?\)$"):
+            model.infer(model.prepare(decode_image(DIGITS[0].read_bytes())))
+    finally:
+        gone.unlink()  # the blocked call returns and its thread ends
+    assert wait_until(lambda: probe_log(tmp_path).count("hang over") == 1, 10)
