@@ -25,6 +25,7 @@ import numpy as np
 
 from edge_infer.deadline import Caller, Hung
 from edge_infer.delegates import DEFAULT, DelegateError, EngineSettings, delegate_for
+from edge_infer.trial import try_in_child
 from edge_infer.variants import CPU_VARIANT
 
 log = logging.getLogger(__name__)
@@ -220,14 +221,18 @@ class Engine:
 
     def retry(self) -> Engine:
         """While this engine stands in for an accelerator: a new engine on it, proven by one inference on a zero
-        input within the deadline (raises `DelegateUnavailable` while the accelerator is still gone, failing or
-        locked up — and at once while an earlier call to it is still blocked: a locked-up accelerator is not
-        loaded again until it answers that call)."""
+        input within the deadline, after a child process did the same (`edge_infer.trial`); raises
+        `DelegateUnavailable` while the accelerator is still gone, failing, crashing or locked up — and at once while
+        an earlier call to it is still blocked: a locked-up accelerator is not loaded again until it answers that
+        call."""
         assert self.fallback_from is not None, "nothing to retry: this engine runs what was wanted"
         wanted = self.fallback_from
         if self._late is not None and self._late.busy:
             raise DelegateUnavailable(f"the {wanted.wanted.delegate} delegate has not answered an earlier call yet "
                                       "(locked up?)")
+        problem = try_in_child(wanted.content, wanted.wanted)  # a crash or a hang at load takes only the child
+        if problem is not None:
+            raise DelegateUnavailable(problem)
         caller = _caller(wanted.wanted, "retry")
         try:
             return caller.call(lambda: self._proven(wanted))
@@ -267,10 +272,11 @@ def _failure(settings: EngineSettings, exc: BaseException, what: str) -> str:
     """One line on why the accelerator is not used: a deadline missed, or the runtime's error."""
     if isinstance(exc, Hung):
         return f"the {settings.delegate} delegate did not answer within {settings.timeout_s:g} s (locked up?)"
-    return f"the {settings.delegate} delegate {what}: {_first_line(exc)}"
+    return f"the {settings.delegate} delegate {what}: {first_line(exc)}"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's first line (its type's name when it has no message)."""
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
@@ -285,7 +291,7 @@ def _first_runtime(model_content: bytes, settings: EngineSettings) -> tuple[Any,
         except DelegateError as exc:  # the same on every runtime: say it once
             raise DelegateUnavailable(str(exc)) from None
         except Exception as exc:  # a runtime that cannot build this model: try the next one
-            failures.append(f"{name}: {type(exc).__name__}: {_first_line(exc) if str(exc) else ''}")
+            failures.append(f"{name}: {type(exc).__name__}: {first_line(exc) if str(exc) else ''}")
     raise RuntimeUnavailable("no TFLite runtime could load the model — " + "; ".join(failures))
 
 
@@ -299,9 +305,11 @@ def build_engine(model_content: bytes, settings: EngineSettings, fallback: bool 
     """An interpreter with `settings` on `model_content` (the `variant`); when its accelerator delegate cannot
     load or take the model and `fallback` is on, one on the CPU model (`cpu_content`, default the same bytes)
     instead, which says what it stands in for (`fallback_from`) — and later failures during inference fall back
-    the same way (`Engine.run`). No deadline here: both runtimes load a delegate (`ctypes.pydll`) and prepare
-    the model holding the GIL, so a load that hangs stops the process (systemd's watchdog restarts it)."""
+    the same way (`Engine.run`). An accelerator is tried in a child process first (`edge_infer.trial`): loading
+    a delegate holds the GIL in both runtimes, so a load that crashes or hangs would take this process with it."""
     try:
+        if settings.accelerated and (problem := try_in_child(model_content, settings)) is not None:
+            raise DelegateUnavailable(problem)
         return Engine(model_content, settings, variant, cpu_content, fallback)
     except DelegateUnavailable as exc:
         if not fallback or not settings.accelerated:
@@ -324,5 +332,5 @@ def tensor_contract(model_content: bytes, runtime: str | None = None) -> tuple[l
         except ImportError as exc:
             failures.append(f"{name}: not installed ({exc.name or exc})")
         except Exception as exc:  # not a model this runtime can read
-            failures.append(f"{name}: {_first_line(exc)}")
+            failures.append(f"{name}: {first_line(exc)}")
     raise RuntimeUnavailable("cannot read the model's tensors — " + "; ".join(failures))

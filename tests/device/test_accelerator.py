@@ -25,9 +25,11 @@ from edge_infer.app.daemon import Daemon
 from edge_infer.bundle import load_bundle
 from edge_infer.config import ConfigError, load_config
 from edge_infer.deadline import Hung
+from edge_infer.delegates import EngineSettings
 from edge_infer.gates.decode import decode_image
 from edge_infer.model import Model, model_from_config
 from edge_infer.sinks.memory import MemorySink
+from edge_infer.trial import try_in_child
 from tests.conftest import DIGITS_INT8, DIGITS_TEST, REPO, run_cli, write_config
 from tests.device.faults import wait_until
 from tests.helpers.broker import free_port
@@ -93,6 +95,7 @@ def events(sink: MemorySink) -> list[dict]:
 LOST_AT_LOAD = {  # failure → (the probe's option, what accelerator_lost says)
     "load": ("fail_if_exists", "cannot be loaded"),
     "prepare": ("fail_prepare_if_exists", "failed on this model"),
+    "crash": ("crash_if_exists", "crashed the process that loaded it (SIGSEGV)"),
 }
 
 
@@ -300,14 +303,35 @@ def test_an_engine_let_go_takes_its_deadline_thread_with_it(library: Path, tmp_p
 
 def test_without_fallback_a_locked_up_accelerator_is_an_error_that_says_so(library: Path, tmp_path: Path) -> None:
     gone = tmp_path / "gone"
-    gone.touch()
     cfg = config(tmp_path, library, claim="reshape", hang_invoke_if_exists=str(gone))
     cfg.write_text(cfg.read_text().replace('delegate = "external"\n',
                                            'delegate = "external"\ndelegate_fallback = false\n'))
     model = model_from_config(load_config(cfg).model)
+    gone.touch()  # locked up after it loaded
     try:
         with pytest.raises(Hung, match=rf"^the external delegate did not answer within {HANG_S:g} s \(locked up\?\)$"):
             model.infer(model.prepare(decode_image(DIGITS[0].read_bytes())))
     finally:
         gone.unlink()  # the blocked call returns and its thread ends
     assert wait_until(lambda: probe_log(tmp_path).count("hang over") == 1, 10)
+
+
+def test_a_delegate_is_tried_in_a_child_process_first(library: Path, tmp_path: Path) -> None:
+    """What the child reports, for each way a load can go; the test process itself never loads the delegate."""
+    trouble = tmp_path / "trouble"
+    trouble.touch()
+    cases = {
+        "fail_if_exists": "cannot be loaded",
+        "crash_if_exists": "the external delegate crashed the process that loaded it (SIGSEGV)",
+        "hang_create_if_exists": "the external delegate did not load and answer within 3 s (locked up?)",
+        "hang_invoke_if_exists": "the external delegate did not load and answer within 3 s (locked up?)",
+        "fail_invoke_if_exists": "the external delegate failed during inference: ",
+    }
+    for option, says in cases.items():
+        settings = EngineSettings(delegate="external", delegate_options={
+            "library": str(library), "options": {"claim": "reshape", option: str(trouble)}})
+        problem = try_in_child(DIGITS_INT8.read_bytes(), settings, timeout_s=3.0)
+        assert problem is not None and says in problem, (option, problem)
+        assert "\n" not in problem
+    trouble.unlink()
+    assert try_in_child(DIGITS_INT8.read_bytes(), settings, timeout_s=60.0) is None  # all well: it answered

@@ -4,7 +4,9 @@
  * `fail_prepare=1` or `fail_prepare_if_exists=PATH`: Prepare fails (the delegate cannot take the model);
  * `claim=reshape`: it takes the graph's RESHAPE nodes (a copy of the bytes: the CPU's answer, exactly) and
  * `fail_invoke_if_exists=PATH` makes its kernel fail while PATH exists (an accelerator unplugged mid-run);
- * `hang_invoke_if_exists=PATH` makes it block while PATH exists (a locked-up accelerator), then answer.
+ * `hang_invoke_if_exists=PATH` makes it block while PATH exists (a locked-up accelerator), then answer;
+ * `crash_if_exists=PATH`: creation crashes the process (SIGSEGV) while PATH exists (a driver built for another
+ * runtime); `hang_create_if_exists=PATH`: creation blocks while PATH exists (a device locked up at load).
  * The external-delegate ABI (tflite_plugin_create_delegate / tflite_plugin_destroy_delegate, TfLiteDelegate)
  * is declared here because neither the TFLite wheels nor Debian ship its headers; it is stable across 2.x. */
 #include <stdbool.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <unistd.h>
 
 typedef enum { kTfLiteOk = 0, kTfLiteError = 1 } TfLiteStatus;
@@ -82,7 +85,7 @@ struct TfLiteDelegate {
 
 typedef struct {
   char log[512]; char fail_file[512]; char fail_prepare_file[512]; char fail_invoke_file[512];
-  char hang_invoke_file[512];
+  char hang_invoke_file[512]; char crash_file[512]; char hang_create_file[512];
   int fail_prepare, claim_reshape;
 } Probe;
 typedef struct { const Probe *probe; int from, to; } Kernel; /* one claimed RESHAPE: its data tensor in and out */
@@ -184,12 +187,20 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
       snprintf(p->fail_invoke_file, sizeof p->fail_invoke_file, "%s", values[i]);
     else if (!strcmp(keys[i], "hang_invoke_if_exists"))
       snprintf(p->hang_invoke_file, sizeof p->hang_invoke_file, "%s", values[i]);
+    else if (!strcmp(keys[i], "crash_if_exists")) snprintf(p->crash_file, sizeof p->crash_file, "%s", values[i]);
+    else if (!strcmp(keys[i], "hang_create_if_exists"))
+      snprintf(p->hang_create_file, sizeof p->hang_create_file, "%s", values[i]);
     else if (!strcmp(keys[i], "claim")) p->claim_reshape = !strcmp(values[i], "reshape");
   }
   for (size_t i = 0; i < n; i++) {
     snprintf(line, sizeof line, "option %s=%s", keys[i], values[i]);
     record(p, line);
   }
+  if (p->crash_file[0] && access(p->crash_file, F_OK) == 0) {
+    record(p, "crash");
+    raise(SIGSEGV);
+  }
+  hang_while(p, p->hang_create_file);
   if (p->fail_file[0] && access(p->fail_file, F_OK) == 0) {
     record(p, "create failed: the accelerator is gone");
     if (report_error) report_error("probe delegate: the accelerator is gone");
