@@ -101,8 +101,8 @@ class ModelConfig:
     delegate_options: Mapping[str, Any] = opt({})
     # an accelerator delegate that cannot load or take the model: run on the CPU and retry it with back-off
     delegate_fallback: bool = opt(True)
-    # an accelerator's load or inference that takes longer has locked up: the CPU answers instead (and the
-    # accelerator is retried with back-off); 0 waits forever. At most half of [service].watchdog_sec.
+    # an accelerator's inference that takes longer has locked up: the CPU answers instead (and the accelerator
+    # is retried with back-off); 0 waits forever. At most half of [service].watchdog_sec.
     accelerator_timeout: float = opt(10.0, check=_between(0.0, 3600.0), unit="s")
     top_k: int = opt(3, check=_between(1, 1000))
     threshold: float | None = opt(None, check=_between(0.0, 1e12))

@@ -40,7 +40,7 @@ class EngineSettings:
     runtime: str | None = None  # None or "auto": the chain ai_edge_litert → tflite_runtime → tensorflow
     delegate: str = DEFAULT
     delegate_options: dict[str, Any] = field(default_factory=dict)
-    # an accelerator's load or inference that takes longer has locked up (the CPU takes over); 0: wait forever
+    # an accelerator's inference that takes longer has locked up (the CPU takes over); 0: wait forever
     timeout_s: float = 0.0
 
     @property
