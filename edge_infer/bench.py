@@ -43,7 +43,8 @@ class BenchError(Exception):
     """Nothing to measure (no images in the source folder); one line."""
 
 
-def _images(cfg: Config, frames: int) -> list[Path]:
+def bench_images(cfg: Config, frames: int) -> list[Path]:
+    """`frames` paths of decodable images from the config's `[source]` folder, cycled (raises `BenchError`)."""
     if cfg.source.type != "directory":
         raise BenchError(f"{cfg.path}: bench measures image models on the files of a [source] type = \"directory\" "
                          f"folder; this config's source is {cfg.source.type!r}")
@@ -297,7 +298,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | Non
     end: until the broker acknowledged every result."""
     if broker is not None and host_port(broker) is None:
         raise BenchError(f"--broker {broker!r}: expected HOST:PORT, e.g. 127.0.0.1:1883")
-    files = _images(cfg, frames)
+    files = bench_images(cfg, frames)
     cores = usable_cores()
     blobs = [p.read_bytes() for p in files]
     bundle = load_bundle(cfg.model.bundle)
