@@ -1,11 +1,13 @@
 """An accelerator delegate, for real: the test run compiles `tests/helpers/probe_delegate.c` (the external-delegate
 ABI declared by hand — no TFLite headers ship anywhere) into a shared library that records its options and every
 Prepare call, takes the graph's RESHAPE nodes on request (its kernel copies the bytes, so answers are the CPU's
-exactly), and fails on demand — at load, at Prepare, or in its kernel during `invoke()`. Loaded through the config
-on this leg's runtime (ai-edge-litert or tflite-runtime 2.14): options reach it; a delegate that cannot load, cannot
-take the model, or stops answering mid-run hands the model to the CPU variant with `accelerator_lost` and comes back
-with `accelerator_restored` when it loads and answers again — and no input is lost meanwhile. Bundles with an
-accelerator variant (`edge-convert add-variant`) run that variant on its delegate and the CPU model without it."""
+exactly), and fails on demand — at load, at Prepare, or in its kernel during `invoke()` — blocks there (locked
+up), or crashes the process that loads it. Loaded through the config on this leg's runtime (ai-edge-litert or
+tflite-runtime 2.14): options reach it; a delegate that cannot load, cannot take the model, crashes its trial
+process, or stops answering mid-run (an error, or no answer within the deadline) hands the model to the CPU variant
+with `accelerator_lost` and comes back with `accelerator_restored` when it loads and answers again — and no input
+is lost meanwhile. Bundles with an accelerator variant (`edge-convert add-variant`) run that variant on its
+delegate and the CPU model without it."""
 
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-HANG_S = 2.0  # the tests' accelerator deadline: far above the probe's answer, even under emulation
+HANG_S = 2.0  # the tests' accelerator deadline: far above the probe's answer, even on a loaded machine
 
 
 def config(tmp_path: Path, library: Path, bundle: Path = DIGITS_INT8, **options: str) -> Path:
