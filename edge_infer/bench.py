@@ -262,13 +262,19 @@ def _all_cores(cfg: Config, model: Model, blobs: list[bytes], cores: int) -> dic
             engines[i].run(fronts[i](data))
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(cores)]
-    for thread in threads:
-        thread.start()
+    return _rate(len(blobs), run_together(threads, start))
+
+
+def run_together(runners: list[Any], start: Any) -> float:
+    """Start every runner (threads or processes, each waiting on the barrier `start` before its work), release
+    them at once, and return the seconds until the last one finished."""
+    for runner in runners:
+        runner.start()
     start.wait()
     started = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    return _rate(len(blobs), time.perf_counter() - started)
+    for runner in runners:
+        runner.join()
+    return time.perf_counter() - started
 
 
 def _ratios(stages: dict[str, dict[str, float]], limit: float | None) -> dict[str, float | None]:

@@ -15,14 +15,13 @@ import queue
 import statistics
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from edge_infer.app.interpreters import usable_cores
-from edge_infer.bench import FrontHalf, bench_images
+from edge_infer.bench import FrontHalf, bench_images, run_together
 from edge_infer.bundle import load_bundle
 from edge_infer.config import Config, load_config
 from edge_infer.model import Model, engine_for, engine_settings
@@ -46,13 +45,7 @@ def _rate(cfg: Config, blobs: list[bytes], workers: int, processes: bool) -> flo
     out = ctx.Queue() if processes else queue.SimpleQueue()
     kind = ctx.Process if processes else threading.Thread
     runners = [kind(target=_worker, args=(cfg, blobs[i::workers], go, out)) for i in range(workers)]
-    for runner in runners:
-        runner.start()
-    go.wait()
-    started = time.perf_counter()
-    for runner in runners:
-        runner.join()
-    return len(blobs) / (time.perf_counter() - started)
+    return len(blobs) / run_together(runners, go)
 
 
 def main() -> int:
