@@ -37,6 +37,7 @@ from edge_infer.model import Model, engine_for, engine_settings
 from edge_infer.runtime import Engine, RuntimeUnavailable, cpu_settings
 from edge_infer.sources import directory
 from edge_infer.sources.directory import IGNORED_SUFFIXES
+from edge_infer.steal import Span, Stopwatch
 
 
 class BenchError(Exception):
@@ -63,8 +64,17 @@ def bench_images(cfg: Config, frames: int) -> list[Path]:
     return list(itertools.islice(itertools.cycle(found), frames))
 
 
-def _rate(n: int, seconds: float) -> dict[str, float]:
-    return {"per_s": round(n / seconds, 1), "ms": round(seconds / n * 1000.0, 3)}
+def _rate(n: int, seconds: float, span: Span | None = None, busy: int = 1) -> dict[str, float]:
+    """`n` frames in `seconds`; with the stage's `span` (`seconds` may be part of it) also this process's CPU time
+    per frame (`cpu_ms`) and cores kept busy on average (`cores_busy`), the hypervisor's steal on its `busy` cores
+    in % (`steal_pct`) and the rate with that steal taken out (`given_per_s`)."""
+    rate = {"per_s": round(n / seconds, 1), "ms": round(seconds / n * 1000.0, 3)}
+    if span is not None and span.wall > 0:
+        rate.update(cpu_ms=round(span.cpu / n * 1000.0, 3), cores_busy=round(span.cpu / span.wall, 2))
+    if span is not None and span.steal is not None and span.wall > 0:
+        rate["steal_pct"] = round(100.0 * (span.steal_share(busy) or 0.0), 1)
+        rate["given_per_s"] = round(n / (seconds * span.given(busy) / span.wall), 1)
+    return rate
 
 
 def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str, broker: str | None = None) -> Config:
@@ -89,10 +99,11 @@ def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str, broker: str |
     )
 
 
-def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path, broker: str | None = None
-                   ) -> dict[str, float]:
+def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path, broker: str | None = None,
+                   busy: int = 1) -> dict[str, float]:
     """The daemon's rate over `files`, from its start until every result was stored in the outbox — or, with
-    `broker`, acknowledged by the broker (raises `BenchError` when not every one was)."""
+    `broker`, acknowledged by the broker (raises `BenchError` when not every one was); it keeps `busy` cores
+    busy."""
     from edge_infer.app.daemon import Daemon
 
     inputs = root / f"in-{mode}"
@@ -101,12 +112,13 @@ def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path, broker
         shutil.copy(path, inputs / f"{i:06d}{path.suffix}")
     daemon = Daemon(_temp_config(cfg, root, inputs, mode, broker))
     started = time.monotonic()
-    daemon.run(once=True)  # then its clean stop (the last messages, `offline`): not part of the rate
+    with Stopwatch() as watch:
+        daemon.run(once=True)  # then its clean stop (the last messages, `offline`): not part of the rate
     elapsed = daemon.finished_at["stored" if broker is None else "delivered"] - started
     if broker is not None and daemon.summary.queued:
         raise BenchError(f"--broker {broker}: {daemon.summary.queued} results were not acknowledged "
                          f"({daemon.sink.published} were)")
-    return _rate(daemon.summary.results + daemon.summary.rejected, elapsed)
+    return _rate(daemon.summary.results + daemon.summary.rejected, elapsed, watch.span, busy)
 
 
 def _naive_rate(cfg: Config, files: list[Path], threads: int) -> dict[str, float]:
@@ -116,18 +128,18 @@ def _naive_rate(cfg: Config, files: list[Path], threads: int) -> dict[str, float
     model = Model(bundle, dataclasses.replace(engine_settings(cfg.model), threads=threads))
     interpreter = model.engine.interpreter
     spec, tensor = bundle.manifest.input, model.engine.inputs[0]
-    started = time.perf_counter()
-    for path in files:
-        image = Image.open(path).convert("L" if spec.color == "L" else "RGB").resize((spec.width, spec.height))
-        x = np.expand_dims(np.asarray(image), 0)
-        if spec.color == "L":
-            x = x[..., np.newaxis]
-        if tensor.dtype == np.float32:
-            x = x.astype(np.float32) * spec.scale + spec.offset
-        interpreter.set_tensor(tensor.index, x.astype(tensor.dtype))
-        interpreter.invoke()
-        int(np.argmax(interpreter.get_tensor(model.engine.outputs[0].index)))
-    return _rate(len(files), time.perf_counter() - started)
+    with Stopwatch() as watch:
+        for path in files:
+            image = Image.open(path).convert("L" if spec.color == "L" else "RGB").resize((spec.width, spec.height))
+            x = np.expand_dims(np.asarray(image), 0)
+            if spec.color == "L":
+                x = x[..., np.newaxis]
+            if tensor.dtype == np.float32:
+                x = x.astype(np.float32) * spec.scale + spec.offset
+            interpreter.set_tensor(tensor.index, x.astype(tensor.dtype))
+            interpreter.invoke()
+            int(np.argmax(interpreter.get_tensor(model.engine.outputs[0].index)))
+    return _rate(len(files), watch.span.wall, watch.span, threads)
 
 
 CHILD_FLOOR = """
@@ -215,7 +227,12 @@ def _variants(bundle: Bundle, settings: EngineSettings, tensors: list[np.ndarray
 
 
 def _median(results: list[dict[str, float]]) -> dict[str, float]:
-    return sorted(results, key=lambda r: r["per_s"])[len(results) // 2]
+    """The median round by rate; the CPU and steal figures are their own medians."""
+    middle = dict(sorted(results, key=lambda r: r["per_s"])[len(results) // 2])
+    for key in ("cpu_ms", "cores_busy", "steal_pct", "given_per_s"):
+        if all(key in r for r in results):
+            middle[key] = sorted(r[key] for r in results)[len(results) // 2]
+    return middle
 
 
 class FrontHalf:
@@ -262,7 +279,9 @@ def _all_cores(cfg: Config, model: Model, blobs: list[bytes], cores: int) -> dic
             engines[i].run(fronts[i](data))
 
     threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(cores)]
-    return _rate(len(blobs), run_together(threads, start))
+    with Stopwatch() as watch:
+        seconds = run_together(threads, start)
+    return _rate(len(blobs), seconds, watch.span, cores)
 
 
 def run_together(runners: list[Any], start: Any) -> float:
@@ -277,9 +296,10 @@ def run_together(runners: list[Any], start: Any) -> float:
     return time.perf_counter() - started
 
 
-def _ratios(stages: dict[str, dict[str, float]], limit: float | None) -> dict[str, float | None]:
-    """Each figure against its baseline from the same run (`limit`: the CPU-bound limit, None unless the
-    interpreter runs one thread); `delivered_*` only when the run had a broker."""
+def _ratios(stages: dict[str, dict[str, float]], cores: int, one_thread: bool) -> dict[str, float | None]:
+    """Each figure against its baseline from the same run (the CPU-bound limit only when the interpreter runs
+    one thread); `delivered_*` only when the run had a broker; `*_given` only where the steal was counted."""
+    limit = _limit(stages, cores, "per_s") if one_thread else None
     pipelined, sequential, naive = stages["pipeline_pipelined"], stages["pipeline_sequential"], stages["naive_loop"]
     slowest = min(stages["invoke"]["per_s"], stages["decode_preprocess"]["per_s"])
     ratios: dict[str, float | None] = {
@@ -295,7 +315,18 @@ def _ratios(stages: dict[str, dict[str, float]], limit: float | None) -> dict[st
     if delivered := stages.get("pipeline_delivered"):
         ratios["delivered_vs_naive"] = round(delivered["per_s"] / naive["per_s"], 3)
         ratios["delivered_vs_cpu_limit"] = round(delivered["per_s"] / limit, 3) if limit else None
+    if one_thread and (given := _limit(stages, cores, "given_per_s")):
+        for name, stage in (("pipeline", "pipeline_pipelined"), ("all_cores", "all_cores"),
+                            ("delivered", "pipeline_delivered")):
+            if "given_per_s" in stages.get(stage, {}):
+                ratios[f"{name}_vs_cpu_limit_given"] = round(stages[stage]["given_per_s"] / given, 3)
     return ratios
+
+
+def _limit(stages: dict[str, dict[str, float]], cores: int, key: str) -> float | None:
+    """The CPU-bound limit, cores ÷ (decode+preprocess time + single-thread invoke time), from the rates `key`."""
+    decode, invoke = stages["decode_preprocess"].get(key), stages["invoke"].get(key)
+    return cores / (1.0 / decode + 1.0 / invoke) if decode and invoke else None
 
 
 def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | None = None) -> dict[str, Any]:
@@ -317,9 +348,9 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | Non
     samples: dict[str, list[dict[str, float]]] = {}
 
     def timed(name: str, work: Any) -> None:
-        started = time.perf_counter()
-        work()
-        samples.setdefault(name, []).append(_rate(len(files), time.perf_counter() - started))
+        with Stopwatch() as watch:
+            work()
+        samples.setdefault(name, []).append(_rate(len(files), watch.span.wall, watch.span))
 
     with tempfile.TemporaryDirectory(prefix="edge-infer-bench-") as tmp:
         root = Path(tmp)
@@ -334,18 +365,16 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | Non
             for threads in sorted({1, cores}):
                 samples.setdefault(f"naive_loop_{threads}", []).append(_naive_rate(cfg, files, threads))
             for mode in ("pipelined", "sequential"):
-                samples.setdefault(f"pipeline_{mode}", []).append(_pipeline_rate(cfg, files, mode, root / str(r)))
+                samples.setdefault(f"pipeline_{mode}", []).append(
+                    _pipeline_rate(cfg, files, mode, root / str(r), busy=cores if mode == "pipelined" else 1))
             if broker is not None:
                 samples.setdefault("pipeline_delivered", []).append(
-                    _pipeline_rate(cfg, files, "pipelined", root / f"{r}-delivered", broker))
+                    _pipeline_rate(cfg, files, "pipelined", root / f"{r}-delivered", broker, cores))
         children = _children(cfg, files, root)
     variants = _variants(bundle, settings, tensors)
     stages = {name: _median(results) for name, results in samples.items()}
-    invoke, decode_pre = stages["invoke"], stages["decode_preprocess"]
     naive_threads = max((k for k in stages if k.startswith("naive_loop_")), key=lambda k: stages[k]["per_s"])
     stages["naive_loop"] = {**stages[naive_threads], "threads": int(naive_threads.rsplit("_", 1)[1])}
-    # every core busy with nothing but decoding and single-thread inference: the rate no schedule can beat
-    limit = cores / ((decode_pre["ms"] + invoke["ms"]) / 1000.0) if cfg.model.threads == 1 else None
     frame = Image.open(files[0])
     return {
         "model": {"name": bundle.manifest.name, "sha256": bundle.sha256[:12], "bytes": bundle.manifest.model_size},
@@ -358,7 +387,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | Non
         "machine": {"arch": os.uname().machine, "cpus": os.cpu_count(), "usable_cores": cores},
         "rounds": rounds,
         "stages": stages,
-        "ratios": _ratios(stages, limit),
+        "ratios": _ratios(stages, cores, cfg.model.threads == 1),
         "quality_gate": {"limits": front_half.gate.limits.to_dict(),
                          "rejected": sum(front_half.rejected)},
         **children,
@@ -370,7 +399,7 @@ def print_report(report: dict[str, Any]) -> None:
           f"{report['runtime']['version']}, {report['threads']} thread(s), {report['frames']} frames of "
           f"{report['frame_size']}, {report['machine']['arch']} × {report['machine']['cpus']} CPUs, "
           f"median of {report['rounds']} rounds")
-    print(f"{'stage':<44} {'frames/s':>10} {'ms/frame':>10}")
+    print(f"{'stage':<44} {'frames/s':>10} {'ms/frame':>10} {'CPU ms/frame':>13} {'cores busy':>11} {'steal %':>8}")
     labels = {
         "invoke": "raw interpreter invoke",
         "decode_preprocess": "decode + quality gate + preprocess",
@@ -387,7 +416,9 @@ def print_report(report: dict[str, Any]) -> None:
         if key not in report["stages"]:  # pipeline_delivered: only with --broker
             continue
         stage = report["stages"][key]
-        print(f"{label:<44} {stage['per_s']:>10,.1f} {stage['ms']:>10.3f}")
+        cpu = f"{stage['cpu_ms']:>13.3f} {stage['cores_busy']:>11.2f}" if "cpu_ms" in stage else " " * 25
+        steal = f"{stage['steal_pct']:>8.1f}" if "steal_pct" in stage else ""
+        print(f"{label:<44} {stage['per_s']:>10,.1f} {stage['ms']:>10.3f} {cpu} {steal}".rstrip())
     r = report["ratios"]
     if r["pipeline_vs_cpu_limit"]:
         print(f"pipeline / CPU-bound limit          {r['pipeline_vs_cpu_limit']:.2f}  (cores ÷ (decode+preprocess "
@@ -399,6 +430,23 @@ def print_report(report: dict[str, Any]) -> None:
         if r["delivered_vs_cpu_limit"]:
             print(f"to broker ack / CPU-bound limit     {r['delivered_vs_cpu_limit']:.2f}")
         print(f"to broker ack / naive loop          {r['delivered_vs_naive']:.2f}")
+    given = [f"{label} {r[key]:.2f}" for key, label in (
+        ("pipeline_vs_cpu_limit_given", "pipeline / limit"), ("all_cores_vs_cpu_limit_given", "all cores / limit"),
+        ("delivered_vs_cpu_limit_given", "to broker ack / limit")) if key in r]
+    if given:
+        print("… with the hypervisor's steal taken out ('steal %': the share of a stage's busy cores' time the host "
+              "gave to other\n  guests; 0 on a Raspberry Pi): " + ", ".join(given))
+    stages = report["stages"]
+    pipeline, ceiling = stages["pipeline_pipelined"], stages["all_cores"]
+    if "cpu_ms" in ceiling and r["pipeline_vs_cpu_limit"]:
+        alone = stages["decode_preprocess"]["cpu_ms"] + stages["invoke"]["cpu_ms"]
+        print(f"all cores at once vs one core alone: {ceiling['cpu_ms'] / alone:.2f}× the CPU per frame (busy cores "
+              f"slow each other: shared caches, memory, a host's hyperthreads), cores busy {ceiling['cores_busy']:.2f} "
+              f"of {report['machine']['usable_cores']}")
+    if "cpu_ms" in pipeline and "cpu_ms" in ceiling:
+        print(f"pipeline vs all cores at once: {pipeline['cpu_ms'] / ceiling['cpu_ms']:.2f}× the CPU per frame "
+              f"(reading, judging, storing; its start and stop), cores busy {pipeline['cores_busy']:.2f} vs "
+              f"{ceiling['cores_busy']:.2f}")
     print(f"pipeline / slowest stage            {r['pipeline_vs_slowest_stage']:.2f}")
     print(f"pipeline / naive loop               {r['pipeline_vs_naive']:.2f}")
     print(f"pipelined / sequential              {r['pipelined_vs_sequential']:.2f}")

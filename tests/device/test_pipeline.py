@@ -121,6 +121,12 @@ def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
     assert all(stage["per_s"] > 0 for stage in report["stages"].values())
     assert report["frames"] == 30 and report["frame_size"] == "32x32 PNG"
     assert 0 < report["startup_to_first_result_s"] < 60 and report["rss_ratio"] > 0.5
+    # every timed stage says what it cost: CPU per frame, cores kept busy, the hypervisor's steal (Linux counts it)
+    for name, stage in stages.items():
+        if name != "quality_gate":  # summed from inside the front half: no span of its own
+            assert stage["cpu_ms"] > 0 and stage["cores_busy"] > 0 and stage["steal_pct"] >= 0, name
+    assert all(stages[name]["cores_busy"] <= 1.2 for name in ("invoke", "decode_preprocess", "decode_gate"))
+    assert all(ratios[f"{name}_vs_cpu_limit_given"] > 0 for name in ("pipeline", "all_cores", "delivered"))
 
 
 def test_bench_refuses_a_broker_that_is_not_host_and_port() -> None:
