@@ -201,7 +201,8 @@ def test_an_accelerator_that_stops_answering_mid_run_loses_no_input(library: Pat
         assert wait_until(lambda: daemon.health()["accelerator"]["attempts"] >= 1, 30)  # loads, cannot answer
         assert daemon.health()["accelerator"]["lost"] is True
         if failure == "hang":  # not loaded again while a lane's call is still blocked in it: no thread piles up
-            assert "has not answered an earlier call yet" in daemon.health()["accelerator"]["error"]
+            assert wait_until(lambda: "has not answered an earlier call yet" in daemon.health()["accelerator"]["error"],
+                              30)  # a try ended that way
             assert probe_log(tmp_path).count("hang") == 1, probe_log(tmp_path)  # one interpreter on an accelerator
         gone.unlink()
         assert wait_until(lambda: any(e["event"] == "accelerator_restored" for e in events(sink)), 60)
@@ -224,6 +225,46 @@ def test_an_accelerator_that_stops_answering_mid_run_loses_no_input(library: Pat
     assert says in lost["error"], lost
     changes = [e["event"] for e in events(sink) if e["event"].startswith("accelerator_")]
     assert changes == ["accelerator_lost", "accelerator_restored"], changes
+
+
+def test_a_retry_waiting_on_a_locked_up_device_does_not_hold_up_housekeeping(library: Path, tmp_path: Path,
+                                                                            probe_bundle: Path) -> None:
+    """Each retry's trial waits up to 45 s for a device that locked up at load; meanwhile the housekeeping thread
+    (health, reloads, commands) goes on, and the health document says a try is under way."""
+    gone, stuck = tmp_path / "gone", tmp_path / "stuck"  # fails every invoke(); blocks the delegate's creation
+    (tmp_path / "in").mkdir()
+    cfg = config(tmp_path, library, bundle=probe_bundle, claim="reshape", fail_invoke_if_exists=str(gone),
+                 hang_create_if_exists=str(stuck))
+    cfg.write_text(cfg.read_text() + "\n[health]\ninterval = 0.2\n")
+    sinks: list[MemorySink] = []
+    daemon = Daemon(load_config(cfg), sink=lambda opener: sinks.append(MemorySink(opener)) or sinks[0])
+    sink, feed = sinks[0], feeder(tmp_path / "in")
+    runner = threading.Thread(target=daemon.run, daemon=True)
+    runner.start()
+
+    def snapshots() -> int:
+        return sum(kind == "health" for kind, _ in list(sink.snapshots))
+
+    try:
+        stuck.touch()
+        gone.touch()  # unplugged while serving, and locked up for whoever loads it next
+        feed(DIGITS[:5], 0)
+        assert wait_until(lambda: any(e["event"] == "accelerator_lost" for e in events(sink)), 60)
+        assert wait_until(lambda: "hang" in probe_log(tmp_path), 60)  # a retry's trial, blocked in the device
+        assert daemon.health()["accelerator"]["retrying"] is True
+        seen = snapshots()
+        assert wait_until(lambda: snapshots() >= seen + 3, 20)  # housekeeping goes on: a snapshot every 0.2 s
+        assert "hang over" not in probe_log(tmp_path)  # … while the trial is still blocked
+        assert wait_until(lambda: len(sink.of_kind("results")) >= 5, 60)  # and so does the CPU
+        stuck.unlink()
+        gone.unlink()  # the device answers again: that same trial goes on, loads and answers
+        assert wait_until(lambda: any(e["event"] == "accelerator_restored" for e in events(sink)), 60)
+        assert daemon.health()["accelerator"]["retrying"] is False
+        assert daemon.model.engine.ran_on == {"variant": "probe", "delegate": "external"}
+    finally:
+        stuck.unlink(missing_ok=True)
+        daemon.stop_event.set()
+        runner.join(30)
 
 
 def test_a_bundle_runs_the_variant_for_its_delegate_and_its_own_model_without_one(
