@@ -1,8 +1,8 @@
 """What the GIL costs the CPU-bound limit's work: decode + gate + preprocess + a single-thread invoke per frame
 (`edge_infer.bench.FrontHalf`, as `edge-infer bench` measures the limit), on one core, on every core as threads
 of one process (what the daemon's lanes can reach), and on every core as processes (no GIL shared). Rounds are
-interleaved so the machine's noise hits all three alike; prints each round and the medians, and the two
-parallel efficiencies (rate ÷ cores × the one-core rate).
+interleaved so the machine's noise hits all three alike; prints each round (with the hypervisor's steal in it:
+`edge_infer.steal`) and the medians, and the two parallel efficiencies (rate ÷ cores × the one-core rate).
 
     .venvs/litert/bin/python tests/benchmarks/threads_vs_processes.py --config .bench/bench.toml [--frames 200]
 """
@@ -25,6 +25,7 @@ from edge_infer.bench import FrontHalf, bench_images, run_together
 from edge_infer.bundle import load_bundle
 from edge_infer.config import Config, load_config
 from edge_infer.model import Model, engine_for, engine_settings
+from edge_infer.steal import Stopwatch
 
 
 def _worker(cfg: Config, blobs: list[bytes], go: Any, out: Any) -> None:
@@ -39,13 +40,16 @@ def _worker(cfg: Config, blobs: list[bytes], go: Any, out: Any) -> None:
     out.put(1)
 
 
-def _rate(cfg: Config, blobs: list[bytes], workers: int, processes: bool) -> float:
+def _rate(cfg: Config, blobs: list[bytes], workers: int, processes: bool) -> tuple[float, float]:
+    """Frames per second, and the share of the busy cores' time the hypervisor took meanwhile (steal)."""
     ctx = mp.get_context("fork")
     go = ctx.Barrier(workers + 1) if processes else threading.Barrier(workers + 1)
     out = ctx.Queue() if processes else queue.SimpleQueue()
     kind = ctx.Process if processes else threading.Thread
     runners = [kind(target=_worker, args=(cfg, blobs[i::workers], go, out)) for i in range(workers)]
-    return len(blobs) / run_together(runners, go)
+    with Stopwatch() as watch:
+        seconds = run_together(runners, go)
+    return len(blobs) / seconds, watch.span.steal_share(workers) or 0.0
 
 
 def main() -> int:
@@ -59,10 +63,13 @@ def main() -> int:
     cores = usable_cores()
     rates: dict[str, list[float]] = {"one core": [], "threads": [], "processes": []}
     for r in range(args.rounds):
-        rates["one core"].append(_rate(cfg, blobs, 1, processes=True))
-        rates["threads"].append(_rate(cfg, blobs, cores, processes=False))
-        rates["processes"].append(_rate(cfg, blobs, cores, processes=True))
-        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in rates.items()), flush=True)
+        steal = {}
+        for kind, workers, processes in (("one core", 1, True), ("threads", cores, False),
+                                         ("processes", cores, True)):
+            rate, steal[kind] = _rate(cfg, blobs, workers, processes)
+            rates[kind].append(rate)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.1f}/s (steal {100 * steal[k]:.0f} %)"
+                                             for k, v in rates.items()), flush=True)
     med = {k: statistics.median(v) for k, v in rates.items()}
     print(f"median of {args.rounds} rounds, {len(blobs)} frames, {cores} cores: "
           + ", ".join(f"{k} {v:.1f}/s" for k, v in med.items()))
