@@ -31,8 +31,8 @@ def try_in_child(content: bytes, settings: EngineSettings, timeout_s: float = TR
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
     try:
-        proc = subprocess.run([sys.executable, "-m", "edge_infer.trial_child", doc], input=content, capture_output=True,
-                              timeout=timeout_s, env=env)
+        proc = subprocess.run([sys.executable, "-m", "edge_infer.trial_child", doc, str(os.getpid())], input=content,
+                              capture_output=True, timeout=timeout_s, env=env)
     except subprocess.TimeoutExpired:
         return f"the {settings.delegate} delegate did not load and answer within {timeout_s:g} s (locked up?)"
     if proc.returncode == 0:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -378,3 +379,47 @@ def test_a_delegate_is_tried_in_a_child_process_first(library: Path, tmp_path: P
         assert "\n" not in problem
     trouble.unlink()
     assert try_in_child(DIGITS_INT8.read_bytes(), settings, timeout_s=60.0) is None  # all well: it answered
+
+
+def test_a_trial_blocked_in_a_locked_up_device_ends_with_the_service_that_started_it(library: Path,
+                                                                                  tmp_path: Path) -> None:
+    """A service killed (or stopped) while its trial child waits in a device locked up at load leaves no process
+    behind: the child goes with it, not when the device comes back (maybe never)."""
+    stuck = tmp_path / "stuck"
+    stuck.touch()
+    options = {"library": str(library), "options": {"log": str(tmp_path / "probe.log"),
+                                                     "hang_create_if_exists": str(stuck)}}
+    service = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from edge_infer.delegates import EngineSettings; from edge_infer.trial import try_in_child; "
+        f"print(try_in_child(open({str(DIGITS_INT8)!r}, 'rb').read(), "
+        f"EngineSettings(delegate='external', delegate_options={options!r}), timeout_s=600))")], cwd=REPO)
+    try:
+        assert wait_until(lambda: "hang" in probe_log(tmp_path), 60)  # the child is blocked in the device
+        children = [pid for pid in _pids() if _parent(pid) == service.pid]
+        assert len(children) == 1, children
+        service.kill()  # kill -9: nothing of the service runs to clean up
+        service.wait(30)
+        assert wait_until(lambda: not _alive(children[0]), 30)
+        assert "hang over" not in probe_log(tmp_path)  # it went while still blocked, not because the device came back
+    finally:
+        service.kill()
+        stuck.unlink()  # a survivor (the bug this test is for) would end now
+
+
+def _pids() -> list[int]:
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its reaper."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
