@@ -69,9 +69,10 @@ def _rate(n: int, seconds: float, span: Span | None = None, busy: int = 1) -> di
     per frame (`cpu_ms`) and cores kept busy on average (`cores_busy`), the hypervisor's steal on its `busy` cores
     in % (`steal_pct`) and the rate with that steal taken out (`given_per_s`)."""
     rate = {"per_s": round(n / seconds, 1), "ms": round(seconds / n * 1000.0, 3)}
-    if span is not None and span.wall > 0:
-        rate.update(cpu_ms=round(span.cpu / n * 1000.0, 3), cores_busy=round(span.cpu / span.wall, 2))
-    if span is not None and span.steal is not None and span.wall > 0:
+    if span is None or span.wall <= 0:
+        return rate
+    rate.update(cpu_ms=round(span.cpu / n * 1000.0, 3), cores_busy=round(span.cpu / span.wall, 2))
+    if span.steal is not None:
         rate["steal_pct"] = round(100.0 * (span.steal_share(busy) or 0.0), 1)
         rate["given_per_s"] = round(n / (seconds * span.given(busy) / span.wall), 1)
     return rate
