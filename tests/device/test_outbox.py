@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import sqlite3
 import time
 from pathlib import Path
 
@@ -142,3 +144,60 @@ def test_audit_explains_drops_and_finds_real_gaps() -> None:
     report = auditor.report()["devices"]["d"]
     assert report["duplicates_dropped"] == 1 and report["explained_drops"] == 3
     assert report["unexplained_gaps"] == [[8, 8]] and report["missing"] == 1
+
+
+def _counted_by_the_tables(path: Path) -> dict[str, int]:
+    """The counters the meta table should hold, counted from the rows themselves (another connection)."""
+    with sqlite3.connect(path) as db:
+        data = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE kind != 'events'").fetchone()
+        events = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM messages WHERE kind = 'events'").fetchone()
+        dead = db.execute("SELECT COALESCE(SUM(length(payload)), 0) FROM dead_letters").fetchone()[0]
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    return {"counted": (*data, *events, dead), "meta": (meta["rows"], meta["bytes"], meta["event_rows"],
+                                                      meta["event_bytes"], meta["dead_letter_bytes"])}
+
+
+def test_counters_always_match_the_rows_across_connections_caps_and_failures(tmp_path: Path) -> None:
+    """The row and byte counters the caps are decided on (kept in memory during a transaction, written once
+    before its commit) equal what the tables hold after every operation: commits from the writer, deletes and
+    dead letters from another connection, drops by every cap, expiry, purges and a batch that fails midway."""
+    path = tmp_path / "o.db"
+    limits = Limits(max_rows=12, max_bytes=4000, max_event_rows=5, max_event_bytes=2000,
+                    max_dead_letters=3, max_dead_letter_bytes=700)
+    writer = Outbox(path, limits=limits, event_builder=_event_builder, primary=True)
+    publisher = Outbox(path, limits=limits, event_builder=_event_builder)
+    rng = random.Random(7)
+
+    def explode(_seq: int) -> bytes:
+        raise RuntimeError("payload failed")
+
+    for step in range(300):
+        op = rng.choice(["batch", "batch", "batch", "delete", "dead", "event", "fail", "expire"])
+        if op == "batch":
+            sizes = [rng.randint(1, 700) for _ in range(rng.randint(1, 6))]
+            writer.commit_batch([Pending(rng.choice(["results", "rejections"]), f"{step}-{i}",
+                                         lambda s, n=n: b"x" * n, ("dir", f"{step}-{i}"))
+                                 for i, n in enumerate(sizes)])
+        elif op == "delete" and (rows := publisher.pending(0, 100)):
+            publisher.delete(r.seq for r in rng.sample(rows, rng.randint(1, len(rows))))
+        elif op == "dead" and (rows := publisher.pending(0, 100)):
+            publisher.dead_letter(rng.choice(rows).seq, "Not authorized")
+        elif op == "event":
+            writer.add_event("thing", {"pad": "y" * rng.randint(1, 600)})
+        elif op == "fail":
+            with pytest.raises(RuntimeError):
+                writer.commit_batch([Pending("results", f"{step}-ok", lambda s: b"ok"),
+                                     Pending("results", f"{step}-bad", explode)])
+        elif op == "expire":
+            writer.expire()
+        counts = _counted_by_the_tables(path)
+        assert counts["meta"] == counts["counted"], f"step {step} ({op})"
+        assert writer.backlog() == publisher.backlog() == counts["counted"][0] + counts["counted"][2]
+    stats = writer.stats()
+    assert stats["dropped"]["max_rows"] + stats["dropped"]["max_bytes"] > 0 and stats["dropped"]["events"] > 0
+    assert stats["dead_letters_dropped"] > 0, "every cap was reached at least once"
+    assert writer.purge("queue") > 0 and publisher.purge("dead-letters") > 0
+    counts = _counted_by_the_tables(path)
+    assert counts["meta"] == counts["counted"]
+    seqs = [writer.commit("results", "after", lambda s: b"a") for _ in range(2)]
+    assert seqs[1] == seqs[0] + 1 and seqs[0] > stats["last_seq"], "seqs still increase, none reused"
