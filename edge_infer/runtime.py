@@ -198,7 +198,8 @@ class Engine:
     def _invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
         # a late call that returns after a fallback touches only its own interpreter
         interpreter, inputs, outputs = self._interpreter, self.inputs, self.outputs
-        return self._caller.call(lambda: _answer(interpreter, inputs, outputs, tensor))
+        answer = accelerator_answer if self.settings.accelerated else _answer
+        return self._caller.call(lambda: answer(interpreter, inputs, outputs, tensor))
 
     def _fall_back(self, error: str) -> None:
         """From now on this engine runs the CPU model (same contract), remembering what it stands in for."""
@@ -212,6 +213,12 @@ class Engine:
         self.stand_in(fallback, late)
         log.warning("event=delegate_failed delegate=%s fallback=%s error=%r", fallback.wanted.delegate,
                     self.settings.delegate, error)
+
+    def give_up(self, reason: str) -> None:
+        """Stop using the accelerator for `reason`: from the next call on the CPU model answers, as after a failure
+        (`retry` brings it back). Nothing changes on the CPU, after a fallback, or without `fallback`."""
+        if self.settings.accelerated and self.may_fall_back and self.fallback_from is None:
+            self._fall_back(reason)
 
     def stand_in(self, fallback: Fallback, late: Caller | None = None) -> None:
         """This CPU engine runs instead of `fallback.wanted`; `late`: a call to that accelerator which missed its
@@ -253,7 +260,8 @@ class Engine:
     def prove(self) -> None:
         """One inference on a zero input, on this engine's own interpreter, never falling back and unguarded by
         the deadline (raises the runtime's RuntimeError)."""
-        _answer(self._interpreter, self.inputs, self.outputs, np.zeros(self.inputs[0].shape, self.inputs[0].dtype))
+        answer = accelerator_answer if self.settings.accelerated else _answer
+        answer(self._interpreter, self.inputs, self.outputs, np.zeros(self.inputs[0].shape, self.inputs[0].dtype))
 
 
 def _answer(interpreter: Any, inputs: list[TensorInfo], outputs: list[TensorInfo], tensor: np.ndarray
@@ -261,6 +269,13 @@ def _answer(interpreter: Any, inputs: list[TensorInfo], outputs: list[TensorInfo
     interpreter.set_tensor(inputs[0].index, tensor)
     interpreter.invoke()
     return [interpreter.get_tensor(t.index) for t in outputs]
+
+
+def accelerator_answer(interpreter: Any, inputs: list[TensorInfo], outputs: list[TensorInfo], tensor: np.ndarray
+                       ) -> list[np.ndarray]:
+    """`_answer` on an accelerator, in a frame of its own name: a process that dies of a fatal signal with this
+    frame on a thread's stack died in the accelerator (`edge_infer.crashes`)."""
+    return _answer(interpreter, inputs, outputs, tensor)
 
 
 def _caller(settings: EngineSettings, what: str) -> Caller:

@@ -29,13 +29,7 @@ from edge_infer.decide import Decision
 from edge_infer.delegates import CPU
 from edge_infer.inbox import Inbox
 from edge_infer.memory import trim
-from edge_infer.messages import (
-    Identity,
-    event_payload,
-    health_payload,
-    message_id,
-    snapshot_payload,
-)
+from edge_infer.messages import Identity, event_payload, health_payload, message_id, snapshot_payload
 from edge_infer.metrics import LatencyWindow
 from edge_infer.model import Model
 from edge_infer.monitor import DriftMonitor
@@ -88,6 +82,7 @@ class Daemon:
         keys = startup.fleet_keys(cfg)
         slots = startup.open_slots(cfg, self._notes)
         model, previous = startup.start_model(cfg, slots, keys, self._notes)
+        self.crashes, rest = startup.after_crash(cfg, model, self._notes)
         self.serving = compose.serving(cfg, model, slots)
         self._last_health = self.started_at  # the first snapshot after one interval (and one at the end)
         escalate = self.pipeline.policy.escalate_to
@@ -122,7 +117,7 @@ class Daemon:
                                    progress=self.progress)
         self.updater = compose.updater(cfg, slots, keys, self.serving, self.add_event, self.latency.summary,
                                        previous)
-        self.accelerator = AcceleratorWatch(self.serving, self._accelerator_changed) \
+        self.accelerator = AcceleratorWatch(self.serving, self._accelerator_changed, rest_s=rest) \
             if compose.accelerator_watched(cfg) else None
         handlers = {"reload": self._reload_command, "snapshot": self.snapshot,
                     "set-threshold": self.serving.set_threshold}
@@ -320,6 +315,7 @@ class Daemon:
         outbox has been given a chance to drain)."""
         log_start(self)
         self._start_threads()
+        self.crashes.arm()  # a fatal signal from here on leaves every thread's stack for the next start
         try:
             if self.cfg.pipeline.mode == "pipelined":
                 self._run_pipelined(once)
@@ -337,6 +333,7 @@ class Daemon:
                 self.updater.stopped_cleanly()
         finally:
             self._stop_threads()
+            self.crashes.disarm()
         if self.failure is not None:
             raise DaemonFailed(self.failure)
         log_stop(self)

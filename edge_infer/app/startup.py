@@ -14,6 +14,7 @@ from typing import Any
 
 from edge_infer.bundle import BundleError, read_manifest_doc
 from edge_infer.config import Config, ConfigError
+from edge_infer.crashes import CrashRecord
 from edge_infer.memory import limit_arenas
 from edge_infer.model import Model, model_from_config
 from edge_infer.runtime import RuntimeUnavailable
@@ -97,3 +98,24 @@ def start_model(cfg: Config, slots: Slots | None, keys: list, notes: list[Note])
                     previous = model_from_config(dataclasses.replace(settings, bundle=str(slots.path(state.previous))))
             return model, previous
     return model_from_config(settings), None
+
+
+def after_crash(cfg: Config, model: Model, notes: list[Note]) -> tuple[CrashRecord, float | None]:
+    """How the last run died, when a fatal signal ended it (a `service_crashed` note); when it died inside a call
+    to the accelerator, this start gives the accelerator up and rests it before the first retry
+    (`edge_infer.crashes`). Returns the record to arm and that rest in seconds (None: the usual back-off)."""
+    record = CrashRecord(cfg.device.state_dir)
+    crash = record.previous
+    if crash is None:
+        return record, None
+    log.error("event=service_crashed error=%r where=%r in_accelerator=%s (the last run died of a fatal signal; "
+              "every thread's stack: %s)", crash.error, crash.where, crash.in_accelerator, record.kept)
+    notes.append(("service_crashed", crash.to_dict()))
+    engine = model.engine
+    if not crash.in_accelerator or not (engine.may_fall_back or engine.fallback_from is not None):
+        return record, None  # not the accelerator's doing, or `delegate_fallback = false`: it is used as configured
+    rest = record.accelerator_rest()
+    wanted = engine.fallback_from.wanted.delegate if engine.fallback_from is not None else engine.settings.delegate
+    engine.give_up(f"the service died in the {wanted} delegate last time ({crash.error}, in {crash.where}); "
+                   f"it rests {rest:g} s before the next try")
+    return record, rest

@@ -49,9 +49,11 @@ class AcceleratorWatch:
     """Follows the running model's interpreter: lost (CPU fallback) until the delegate loads again."""
 
     def __init__(self, serving: Serving, event: Callable[[str, dict[str, Any]], None],
-                 clock: Callable[[], float] = time.monotonic, most_s: float = 300.0, first_s: float = 1.0) -> None:
+                 clock: Callable[[], float] = time.monotonic, most_s: float = 300.0, first_s: float = 1.0,
+                 rest_s: float | None = None) -> None:
         self.serving, self._event, self._clock = serving, event, clock
         self._backoff = Backoff(most_s, first_s)
+        self._rest_s = rest_s  # the first try after this long instead (it crashed the service: `edge_infer.crashes`)
         self.lost_since: float | None = None
         self.error: str | None = None
         self._next_try = 0.0
@@ -66,7 +68,8 @@ class AcceleratorWatch:
             return
         self.error = fallback.error
         self.lost_since = self._clock()
-        self._next_try = self.lost_since + self._backoff.next_delay()
+        delay, self._rest_s = self._rest_s if self._rest_s is not None else self._backoff.next_delay(), None
+        self._next_try = self.lost_since + delay
         self._event("accelerator_lost", {"delegate": fallback.wanted.delegate, "error": self.error,
                                          "fallback": self.serving.model.engine.settings.delegate,
                                          "variant": fallback.variant})
@@ -120,5 +123,6 @@ class AcceleratorWatch:
                                "lost": self.lost_since is not None, "retrying": self._retry is not None}
         if self.lost_since is not None and engine.fallback_from is not None:
             doc.update(wanted=engine.fallback_from.wanted.delegate, error=self.error,
-                       since_s=round(self._clock() - self.lost_since, 1), attempts=self.attempts)
+                       since_s=round(self._clock() - self.lost_since, 1), attempts=self.attempts,
+                       next_try_s=round(max(0.0, self._next_try - self._clock()), 1))
         return doc

@@ -47,7 +47,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if compiler is None:
         pytest.skip("no C compiler to build the probe delegate (apt install gcc)")
     out = tmp_path_factory.mktemp("delegate") / "libprobe.so"
-    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(out), str(SOURCE)], check=True)
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-pthread", "-o", str(out), str(SOURCE)], check=True)
     return out
 
 

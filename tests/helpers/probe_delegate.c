@@ -5,6 +5,8 @@
  * `claim=reshape`: it takes the graph's RESHAPE nodes (a copy of the bytes: the CPU's answer, exactly) and
  * `fail_invoke_if_exists=PATH` makes its kernel fail while PATH exists (an accelerator unplugged mid-run);
  * `hang_invoke_if_exists=PATH` makes it block while PATH exists (a locked-up accelerator), then answer;
+ * `abort_after_invokes=N`: the Nth invoke of its kernels in a process aborts the process from a thread of the
+ * delegate's own while the invoking thread waits (libedgetpu's "USB transfer error … Abort" on a Coral mid-run);
  * `crash_if_exists=PATH`: creation crashes the process (SIGSEGV) while PATH exists (a driver built for another
  * runtime); `hang_create_if_exists=PATH`: creation blocks while PATH exists (a device locked up at load).
  * The external-delegate ABI (tflite_plugin_create_delegate / tflite_plugin_destroy_delegate, TfLiteDelegate)
@@ -14,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -86,7 +89,7 @@ struct TfLiteDelegate {
 typedef struct {
   char log[512]; char fail_file[512]; char fail_prepare_file[512]; char fail_invoke_file[512];
   char hang_invoke_file[512]; char crash_file[512]; char hang_create_file[512];
-  int fail_prepare, claim_reshape;
+  int fail_prepare, claim_reshape, abort_after;
 } Probe;
 typedef struct { const Probe *probe; int from, to; } Kernel; /* one claimed RESHAPE: its data tensor in and out */
 
@@ -120,9 +123,19 @@ static void *kernel_init(TfLiteContext *context, const char *buffer, size_t leng
 
 static void kernel_free(TfLiteContext *context, void *buffer) { (void)context; free(buffer); }
 
+static int invokes; /* this process's kernel invokes, for `abort_after_invokes` */
+
+static void *abort_process(void *arg) { (void)arg; abort(); return NULL; }
+
 static TfLiteStatus kernel_invoke(TfLiteContext *context, TfLiteNode *node) {
   const Kernel *k = (const Kernel *)node->user_data;
   if (!k) return kTfLiteError;
+  if (k->probe->abort_after > 0 && ++invokes >= k->probe->abort_after) {
+    record(k->probe, "abort");
+    pthread_t driver;
+    pthread_create(&driver, NULL, abort_process, NULL);
+    for (;;) pause(); /* the transfer this call waits for never completes */
+  }
   if (k->probe->fail_invoke_file[0] && access(k->probe->fail_invoke_file, F_OK) == 0) {
     context->ReportError(context, "probe delegate: the accelerator stopped answering");
     return kTfLiteError;
@@ -191,6 +204,7 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
     else if (!strcmp(keys[i], "hang_create_if_exists"))
       snprintf(p->hang_create_file, sizeof p->hang_create_file, "%s", values[i]);
     else if (!strcmp(keys[i], "claim")) p->claim_reshape = !strcmp(values[i], "reshape");
+    else if (!strcmp(keys[i], "abort_after_invokes")) p->abort_after = atoi(values[i]);
   }
   for (size_t i = 0; i < n; i++) {
     snprintf(line, sizeof line, "option %s=%s", keys[i], values[i]);
