@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from edge_infer.sinks.receipts import Counted, Receipts
 from edge_infer.uploader import CaptureFile, CaptureUploader
 
 log = logging.getLogger(__name__)
+ACTIVE_S = 1.0  # after a commit, the publisher looks for new rows every 10 ms for this long (else every 50 ms)
 Options = SinkConfig  # the `[sink]` keys of type "mqtt": none of its own — the broker is in `[mqtt]`
 PUBLISH_OVERHEAD = 64  # fixed header, topic length, packet id, properties: a safe upper bound
 
@@ -56,6 +58,8 @@ class Publisher(Counted, threading.Thread):
         self._will = will
         self._stop_requested = threading.Event()
         self._wake = threading.Event()
+        self._notified_at = 0.0  # monotonic time of the last `notify`
+        self.active_s = ACTIVE_S
         self.connected = threading.Event()
         self.connect_failures = 0  # consecutive failed connection attempts
         self.receipts = Receipts()
@@ -88,6 +92,7 @@ class Publisher(Counted, threading.Thread):
     # ---- called from other threads -------------------------------------------------------------
     def notify(self) -> None:
         """Tell the publisher new rows were committed."""
+        self._notified_at = time.monotonic()
         self._wake.set()
 
     def set_problem(self, name: str, text: str | None) -> None:
@@ -211,6 +216,7 @@ class Publisher(Counted, threading.Thread):
         login(client, s)
         client.will_set(s.topic("status"), self._will(), qos=1, retain=True)
         client.on_connect = self._on_connect
+        client.on_socket_open = _no_delay
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -227,7 +233,10 @@ class Publisher(Counted, threading.Thread):
         last_poll = 0.0
         connack_deadline = time.monotonic() + max(5.0, self.settings.keepalive)
         while True:
-            rc = client.loop(timeout=0.01 if self._inflight else 0.05)
+            # paho's wait on the socket cannot be cut short by `notify`: short while results come in (a new row
+            # waits at most 10 ms to be sent), longer when idle (fewer wake-ups on a quiet device)
+            active = self._inflight or time.monotonic() - self._notified_at < self.active_s
+            rc = client.loop(timeout=0.01 if active else 0.05)
             if self.connected.is_set():
                 established = True
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -406,3 +415,10 @@ class Publisher(Counted, threading.Thread):
                 self.receipts.taken.append(seq)
         except Exception:
             log.exception("event=callback_error callback=on_publish")
+
+
+def _no_delay(_client: mqtt.Client, _userdata: object, sock: object) -> None:
+    """Each message goes out when it is handed over: without TCP_NODELAY, a small packet sent while an earlier one
+    is unacknowledged waits for the broker's delayed ACK — up to 40 ms at the end of every burst."""
+    with contextlib.suppress(OSError, AttributeError):  # a websocket or test stand-in without socket options
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]

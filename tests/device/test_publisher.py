@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +79,17 @@ def test_credentials_without_tls_to_a_remote_broker_warn_and_are_never_logged(
     warnings = [r.getMessage() for r in caplog.records if "insecure_credentials" in r.getMessage()]
     assert len(warnings) == 1 and "broker=broker.example.net (password sent without TLS" in warnings[0]
     assert "s3cret-value" not in caplog.text and "s3cret-value" not in repr(settings)
+
+
+def test_the_publishers_connection_sends_each_message_without_delay(broker: Mosquitto) -> None:
+    """TCP_NODELAY on the connection to the broker: without it a small PUBLISH sent while an earlier one is
+    unacknowledged waits for the broker's delayed ACK (up to 40 ms at the end of every burst of results)."""
+    settings = MqttSettings(hosts=[("127.0.0.1", broker.port)], topic_prefix="edge", device_id="pi", client_id="c")
+    publisher = Publisher(settings, lambda: None, birth=lambda _p: b"", will=lambda: b"")  # type: ignore[arg-type]
+    client = publisher._new_client()
+    client.connect("127.0.0.1", broker.port)
+    try:
+        sock = client.socket()
+        assert sock is not None and sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        client.disconnect()
