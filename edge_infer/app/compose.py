@@ -60,10 +60,14 @@ def event_builder(port: Serving) -> EventBuilder:
     return build
 
 
-def outbox_opener(cfg: Config, events: EventBuilder | None = None) -> Callable[[], Outbox]:
-    """Opens one connection to the outbox (each thread has its own)."""
+def outbox_opener(cfg: Config, events: EventBuilder | None = None, receipts: bool = False) -> Callable[[], Outbox]:
+    """Opens one connection to the outbox (each thread has its own). With `receipts`, the sink's: it only deletes
+    what the receiver acknowledged and dead-letters what it refused, and commits that without waiting for the disk
+    (`durability = "normal"`) whatever `[outbox].durability` says — a power cut may undo the last of it, and those
+    messages are sent again (at least once, the same msg_id); one fsync per batch of acknowledgements less (an SD
+    card's wear and latency). What the writer stores keeps the configured durability."""
     box = cfg.outbox
-    return lambda: Outbox(box.path, box.durability, _limits(cfg), event_builder=events)
+    return lambda: Outbox(box.path, "normal" if receipts else box.durability, _limits(cfg), event_builder=events)
 
 
 def primary_outbox(cfg: Config, events: EventBuilder) -> Outbox:

@@ -97,7 +97,7 @@ class Daemon:
         if self.pipeline.baseline is not None:
             self.pipeline.baseline.listeners.append(self._scene_changed)
         self.inbox = Inbox(cfg.commands.max_message_bytes) if cfg.commands.enabled else None
-        opener = compose.outbox_opener(cfg, events)
+        opener = compose.outbox_opener(cfg, events, receipts=True)
         watched = compose.watched_conditions(cfg, self.source, self.serving)
         self.sink = sink(opener) if sink is not None else compose.sink(cfg, self.serving, opener, self.inbox,
                                                                        watched)
