@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from edge_infer.app import compose
 from edge_infer.audit import Auditor
+from edge_infer.config import load_config
 from edge_infer.outbox import Limits, Outbox, OutboxError, Pending
+from tests.conftest import DIGITS_INT8, write_config
 
 
 def test_seq_increases_and_is_never_reused_across_reopen_and_deletes(tmp_path: Path) -> None:
@@ -201,3 +204,15 @@ def test_counters_always_match_the_rows_across_connections_caps_and_failures(tmp
     assert counts["meta"] == counts["counted"]
     seqs = [writer.commit("results", "after", lambda s: b"a") for _ in range(2)]
     assert seqs[1] == seqs[0] + 1 and seqs[0] > stats["last_seq"], "seqs still increase, none reused"
+
+
+def test_only_the_sinks_connection_commits_without_waiting_for_the_disk(tmp_path: Path) -> None:
+    """What the writer stores keeps `[outbox].durability` (full: FULL, 2); the sink's acknowledgements and dead
+    letters are committed at NORMAL (1) — a power cut can only undo a delete (a message sent again)."""
+    cfg = load_config(write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in",
+                                   state=tmp_path / "s", port=1883))
+    writer = compose.primary_outbox(cfg, _event_builder)
+    sink = compose.outbox_opener(cfg, _event_builder, receipts=True)()
+    reader = compose.outbox_opener(cfg)()
+    levels = [box._db.execute("PRAGMA synchronous").fetchone()[0] for box in (writer, reader, sink)]
+    assert levels == [2, 2, 1], levels
