@@ -78,7 +78,7 @@ def _rate(n: int, seconds: float, span: Span | None = None, busy: int = 1) -> di
     return rate
 
 
-def _temp_config(cfg: Config, root: Path, inputs: Path, mode: str, broker: str | None = None) -> Config:
+def temp_config(cfg: Config, root: Path, inputs: Path, mode: str, broker: str | None = None) -> Config:
     """`cfg` for one measured run in `root`: the inputs' folder, a fresh outbox, and no broker (the discard port:
     results stay in the outbox) — or `broker` (HOST:PORT, anonymous, no TLS), under its own topic prefix, with no
     Home Assistant discovery and every result waited for until the broker acknowledged it."""
@@ -111,7 +111,7 @@ def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path, broker
     inputs.mkdir(parents=True)
     for i, path in enumerate(files):
         shutil.copy(path, inputs / f"{i:06d}{path.suffix}")
-    daemon = Daemon(_temp_config(cfg, root, inputs, mode, broker))
+    daemon = Daemon(temp_config(cfg, root, inputs, mode, broker))
     started = time.monotonic()
     with Stopwatch() as watch:
         daemon.run(once=True)  # then its clean stop (the last messages, `offline`): not part of the rate
@@ -162,12 +162,12 @@ CHILD_DAEMON = """
 import sys, time
 t0 = float(sys.argv[2])
 from edge_infer.config import load_config
-from edge_infer.bench import _temp_config
+from edge_infer.bench import temp_config
 from edge_infer.app.daemon import Daemon
 from pathlib import Path
 cfg = load_config(sys.argv[1])
 root = Path(sys.argv[3])
-d = Daemon(_temp_config(cfg, root, Path(sys.argv[4]), "pipelined"))
+d = Daemon(temp_config(cfg, root, Path(sys.argv[4]), "pipelined"))
 sample = next(d.source.samples(d.stop_event, True, lambda s: False))
 d.pipeline.process(sample)
 print("first", time.time() - t0, flush=True)
