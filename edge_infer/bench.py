@@ -100,7 +100,7 @@ def temp_config(cfg: Config, root: Path, inputs: Path, mode: str, broker: str | 
     )
 
 
-def _pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path, broker: str | None = None,
+def pipeline_rate(cfg: Config, files: list[Path], mode: str, root: Path, broker: str | None = None,
                    busy: int = 1) -> dict[str, float]:
     """The daemon's rate over `files`, from its start until every result was stored in the outbox — or, with
     `broker`, acknowledged by the broker (raises `BenchError` when not every one was); it keeps `busy` cores
@@ -367,10 +367,10 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | Non
                 samples.setdefault(f"naive_loop_{threads}", []).append(_naive_rate(cfg, files, threads))
             for mode in ("pipelined", "sequential"):
                 samples.setdefault(f"pipeline_{mode}", []).append(
-                    _pipeline_rate(cfg, files, mode, root / str(r), busy=cores if mode == "pipelined" else 1))
+                    pipeline_rate(cfg, files, mode, root / str(r), busy=cores if mode == "pipelined" else 1))
             if broker is not None:
                 samples.setdefault("pipeline_delivered", []).append(
-                    _pipeline_rate(cfg, files, "pipelined", root / f"{r}-delivered", broker, cores))
+                    pipeline_rate(cfg, files, "pipelined", root / f"{r}-delivered", broker, cores))
         children = _children(cfg, files, root)
     variants = _variants(bundle, settings, tensors)
     stages = {name: _median(results) for name, results in samples.items()}

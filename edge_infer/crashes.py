@@ -43,13 +43,14 @@ REST_S, REST_MAX_S, DAY_S = 300.0, 6 * 3600.0, 24 * 3600.0
 _FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.+)$')
 
 
-def _frame_id(code: Any) -> tuple[str, str]:
-    """(the file's last two path parts, the function's name): what identifies a frame across installs."""
-    path = Path(code.co_filename)
-    return f"{path.parent.name}/{path.name}", code.co_name
+def _file_id(filename: str) -> str:
+    """A source file's last two path parts: what identifies it across installs (`edge_infer/runtime.py`)."""
+    path = Path(filename)
+    return f"{path.parent.name}/{path.name}"
 
 
-ACCELERATOR_FRAMES = frozenset({_frame_id(accelerator_answer.__code__), _frame_id(load_library.__code__)})
+ACCELERATOR_FRAMES = frozenset((_file_id(f.__code__.co_filename), f.__code__.co_name)
+                               for f in (accelerator_answer, load_library))
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _threads(text: str) -> list[tuple[bool, list[tuple[str, str, str]]]]:
 
 
 def _in_accelerator(frames: list[tuple[str, str, str]]) -> bool:
-    return any((f"{Path(file).parent.name}/{Path(file).name}", func) in ACCELERATOR_FRAMES for file, _, func in frames)
+    return any((_file_id(file), func) in ACCELERATOR_FRAMES for file, _, func in frames)
 
 
 def parse(text: str) -> Crash | None:
@@ -95,8 +96,8 @@ def parse(text: str) -> Crash | None:
 
 
 class CrashRecord:
-    """`previous`: how the last run in `state_dir` died (None: it stopped cleanly, or left no stack). `arm` before
-    the daemon's threads start, `disarm` after they stopped."""
+    """`previous`: how the last run in `state_dir` died (None: it stopped cleanly, or left no stack). `arm` once the
+    daemon's threads run, `disarm` after they stopped."""
 
     def __init__(self, state_dir: Path | str, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(state_dir) / CRASH_FILE

@@ -200,12 +200,9 @@ class Outbox:
             self._changed.add(key)
 
     def _bump(self, key: str, by: int) -> None:
-        if not by:
-            return
-        if self._counts is None:
-            self._db.execute("UPDATE meta SET value = value + ? WHERE key = ?", (by, key))
-        else:
-            self._set(key, self._counts[key] + by)
+        """Add `by` to a counter (inside a transaction: every caller runs in one)."""
+        if by:
+            self._set(key, self._meta(key) + by)
 
     def _next_seqs(self, n: int) -> list[int]:
         """`n` fresh seqs (inside a transaction: allocated by its commit)."""

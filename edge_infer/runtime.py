@@ -18,6 +18,7 @@ import importlib
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -198,7 +199,7 @@ class Engine:
     def _invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
         # a late call that returns after a fallback touches only its own interpreter
         interpreter, inputs, outputs = self._interpreter, self.inputs, self.outputs
-        answer = accelerator_answer if self.settings.accelerated else _answer
+        answer = _answerer(self.settings)
         return self._caller.call(lambda: answer(interpreter, inputs, outputs, tensor))
 
     def _fall_back(self, error: str) -> None:
@@ -260,8 +261,8 @@ class Engine:
     def prove(self) -> None:
         """One inference on a zero input, on this engine's own interpreter, never falling back and unguarded by
         the deadline (raises the runtime's RuntimeError)."""
-        answer = accelerator_answer if self.settings.accelerated else _answer
-        answer(self._interpreter, self.inputs, self.outputs, np.zeros(self.inputs[0].shape, self.inputs[0].dtype))
+        zero = np.zeros(self.inputs[0].shape, self.inputs[0].dtype)
+        _answerer(self.settings)(self._interpreter, self.inputs, self.outputs, zero)
 
 
 def _answer(interpreter: Any, inputs: list[TensorInfo], outputs: list[TensorInfo], tensor: np.ndarray
@@ -276,6 +277,11 @@ def accelerator_answer(interpreter: Any, inputs: list[TensorInfo], outputs: list
     """`_answer` on an accelerator, in a frame of its own name: a process that dies of a fatal signal with this
     frame on a thread's stack died in the accelerator (`edge_infer.crashes`)."""
     return _answer(interpreter, inputs, outputs, tensor)
+
+
+def _answerer(settings: EngineSettings) -> Callable[..., list[np.ndarray]]:
+    """What runs one inference: on an accelerator in `accelerator_answer`'s frame, on the CPU `_answer`."""
+    return accelerator_answer if settings.accelerated else _answer
 
 
 def _caller(settings: EngineSettings, what: str) -> Caller:

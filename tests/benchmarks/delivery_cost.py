@@ -8,31 +8,15 @@ this process's CPU time per frame. Needs a broker (a local mosquitto).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from edge_infer.app.daemon import Daemon
-from edge_infer.bench import bench_images, temp_config
+from edge_infer.bench import bench_images, pipeline_rate
 from edge_infer.config import load_config
-
-
-def one_run(cfg_path: Path, files: list[Path], root: Path, broker: str | None) -> tuple[float, float]:
-    """(frames per second until stored, or acknowledged with `broker`; CPU ms per frame) of one daemon run."""
-    inputs = root / "in"
-    inputs.mkdir(parents=True)
-    for i, path in enumerate(files):
-        shutil.copy(path, inputs / f"{i:06d}{path.suffix}")
-    daemon = Daemon(temp_config(load_config(cfg_path), root, inputs, "pipelined", broker))
-    started, cpu = time.monotonic(), time.process_time()
-    daemon.run(once=True)
-    end = daemon.finished_at["delivered" if broker else "stored"]
-    return len(files) / (end - started), (time.process_time() - cpu) / len(files) * 1000.0
 
 
 def main() -> int:
@@ -42,12 +26,14 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    files = bench_images(load_config(args.config), args.frames)
+    cfg = load_config(args.config)
+    files = bench_images(cfg, args.frames)
     runs: dict[str, list[tuple[float, float]]] = {"to the outbox": [], "to broker ack": []}
     with tempfile.TemporaryDirectory(prefix="delivery-cost-") as tmp:
         for r in range(args.rounds):
-            for name, broker in (("to the outbox", None), ("to broker ack", args.broker)):
-                rate, cpu = one_run(args.config, files, Path(tmp) / f"{r}-{len(runs[name])}-{broker}", broker)
+            for k, (name, broker) in enumerate((("to the outbox", None), ("to broker ack", args.broker))):
+                run = pipeline_rate(cfg, files, "pipelined", Path(tmp) / f"{r}-{k}", broker)
+                rate, cpu = run["per_s"], run["cpu_ms"]
                 runs[name].append((rate, cpu))
                 print(f"round {r} {name:14s} {rate:7.1f} frames/s  {cpu:6.2f} CPU ms/frame", flush=True)
     medians = {name: statistics.median(rate for rate, _ in values) for name, values in runs.items()}
