@@ -15,29 +15,46 @@ such crash in the last day: 5 min, 10, 20, … at most 6 h (`CrashRecord.acceler
 `<state_dir>/accelerator-crashes.json`). When the signal came on a thread of the driver's own (no Python thread is
 the "current" one), any thread inside an accelerator call counts; when it came on a Python thread, only that one.
 A `kill -9`, the OOM killer or a power cut leave no stack: they are not counted.
+
+An input that kills the process wherever it runs — a decoder's bug hit by one file, a kernel that faults on one
+tensor — would be offered again after every restart: a source that re-reads what has no checkpoint (a folder) would
+crash-loop on it for ever. So each thread marks the input it decodes or runs (`edge_infer.inflight`), and a crash
+on a Python thread that had an input in hand counts against that input (`CrashRecord.strike`, kept in
+`<state_dir>/crashed-inputs.json`); after `QUARANTINE_AFTER` crashes it is no longer decoded: `screen` hands it on
+unreadable, so it gets its rejection — reason `unreadable`, the crashes in the detail — and its checkpoint like any
+other bad input. A crash in the accelerator is the accelerator's (it is rested), not the input's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import faulthandler
 import json
 import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from edge_infer.delegates import load_library
+from edge_infer.inflight import InFlight, slot_key
 from edge_infer.runtime import accelerator_answer
+
+if TYPE_CHECKING:
+    from edge_infer.sources import Sample
 
 log = logging.getLogger(__name__)
 CRASH_FILE = "crash.txt"
 KEPT_FILE = "crash-previous.txt"  # the last crash's whole dump, for a bug report
 HISTORY_FILE = "accelerator-crashes.json"
+IN_FLIGHT_FILE = "in-flight"
+INPUTS_FILE = "crashed-inputs.json"
+QUARANTINE_AFTER = 2  # crashes with the same input in hand; one could be a coincidence (a cosmic ray, a bad fan)
+KEPT_INPUTS = 50
 MAX_READ = 256 * 1024  # a dump of every thread's stack is a few KiB; more than this is not ours
 REST_S, REST_MAX_S, DAY_S = 300.0, 6 * 3600.0, 24 * 3600.0
 _FRAME = re.compile(r'^\s*File "(?P<file>.*)", line (?P<line>\d+) in (?P<func>.+)$')
@@ -61,6 +78,7 @@ class Crash:
     error: str
     where: str
     in_accelerator: bool
+    thread: int | None = None  # the thread the signal came on; None: a thread of no Python code (a driver's)
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.error, "where": self.where, "in_accelerator": self.in_accelerator}
@@ -75,6 +93,11 @@ def _threads(text: str) -> list[tuple[bool, list[tuple[str, str, str]]]]:
         elif threads and (m := _FRAME.match(line)):
             threads[-1][1].append((m["file"], m["line"], m["func"]))
     return threads
+
+
+def _quarantine_detail(entry: dict[str, Any]) -> str:
+    return (f"this input killed the service {entry['crashes']} times ({entry.get('error', '?')}, in "
+            f"{entry.get('where', '?')}): it is not decoded again")
 
 
 def _in_accelerator(frames: list[tuple[str, str, str]]) -> bool:
@@ -92,17 +115,26 @@ def parse(text: str) -> Crash | None:
     blamed = next((frames for frames in suspects if _in_accelerator(frames)), None)
     shown = blamed or (current[0] if current else None)
     where = f"{shown[0][2]} ({Path(shown[0][0]).name}:{shown[0][1]})" if shown else "a thread of no Python code"
-    return Crash(lines[0].strip()[:200], where[:200], blamed is not None)
+    return Crash(lines[0].strip()[:200], where[:200], blamed is not None, _current_thread(text))
+
+
+def _current_thread(text: str) -> int | None:
+    found = re.search(r"^Current thread 0x([0-9a-fA-F]+)", text, re.MULTILINE)
+    return int(found[1], 16) if found else None
 
 
 class CrashRecord:
-    """`previous`: how the last run in `state_dir` died (None: it stopped cleanly, or left no stack). `arm` once the
-    daemon's threads run, `disarm` after they stopped."""
+    """`previous`: how the last run in `state_dir` died (None: it stopped cleanly, or left no stack), and `input`:
+    the checkpoint key (`inflight.slot_key`) of the input the thread it died on had in hand (None: none, or the
+    accelerator's crash). `arm` once the daemon's threads run, `disarm` after they stopped; meanwhile `mark`."""
 
     def __init__(self, state_dir: Path | str, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(state_dir) / CRASH_FILE
         self.kept = Path(state_dir) / KEPT_FILE
         self.history = Path(state_dir) / HISTORY_FILE
+        self.inputs = Path(state_dir) / INPUTS_FILE
+        self.in_flight = InFlight(Path(state_dir) / IN_FLIGHT_FILE)
+        self.mark = self.in_flight.mark
         self._clock = clock
         self._file: IO[str] | None = None
         self._was_enabled = False
@@ -113,12 +145,21 @@ class CrashRecord:
                 self.path.replace(self.kept)  # read once: the next start does not report it again
         except OSError:
             self.previous = None
+        crash = self.previous
+        self.input = self.in_flight.previous.get(crash.thread) \
+            if crash is not None and crash.thread is not None and not crash.in_accelerator else None
+        self.quarantined = {key: _quarantine_detail(entry) for key, entry in self._crashed_inputs().items()
+                            if entry["crashes"] >= QUARANTINE_AFTER}
 
     def arm(self) -> None:
         """From now on a fatal signal writes every thread's stack to `crash.txt` (emptied: this run's own)."""
         self._was_enabled = faulthandler.is_enabled()
         self._file = open(self.path, "w")  # noqa: SIM115 - faulthandler writes to it until `disarm`
         faulthandler.enable(file=self._file, all_threads=True)
+        try:
+            self.in_flight.open()
+        except OSError as exc:  # the crash record still works; only a poison input is not recognised
+            log.warning("event=in_flight_unwritable path=%s error=%r", self.in_flight.path, exc.strerror)
 
     def disarm(self) -> None:
         """The run ended without a fatal signal: `crash.txt` stays empty."""
@@ -130,18 +171,61 @@ class CrashRecord:
                 faulthandler.enable(file=sys.stderr, all_threads=True)
         self._file.close()
         self._file = None
+        self.in_flight.close()
+
+    def strike(self) -> int:
+        """Count the previous run's crash against the input in hand (`input`, which must be set); how many crashes
+        it has caused so far. At `QUARANTINE_AFTER` it joins `quarantined`."""
+        assert self.input is not None and self.previous is not None
+        inputs = self._crashed_inputs()
+        entry = inputs.pop(self.input, {"crashes": 0})
+        entry = {"crashes": int(entry["crashes"]) + 1, "error": self.previous.error, "where": self.previous.where}
+        inputs[self.input] = entry  # the newest last: the oldest are forgotten first
+        _write(self.inputs, {"inputs": dict(list(inputs.items())[-KEPT_INPUTS:])})
+        if entry["crashes"] >= QUARANTINE_AFTER:
+            self.quarantined[self.input] = _quarantine_detail(entry)
+        return entry["crashes"]
+
+    def screen(self, samples: Iterator[Sample]) -> Iterator[Sample]:
+        """`samples`, each quarantined one handed on unreadable (its bytes dropped: it is never decoded again)."""
+        if not self.quarantined:
+            yield from samples
+            return
+        for sample in samples:
+            detail = self.quarantined.get(slot_key(sample.key))
+            yield sample if detail is None else dataclasses.replace(sample, data=None, image=None, window=None,
+                                                                    times=None, read_error=detail)
+
+    def _crashed_inputs(self) -> dict[str, dict[str, Any]]:
+        inputs = _read(self.inputs).get("inputs")
+        return {str(k): v for k, v in inputs.items() if isinstance(v, dict) and type(v.get("crashes")) is int} \
+            if isinstance(inputs, dict) else {}
 
     def accelerator_rest(self) -> float:
         """Count the previous run's crash in the accelerator and say how long the accelerator rests before it is
         tried again: 5 min, doubling with each such crash in the last day, at most 6 h."""
         now = self._clock()
         try:
-            times = [float(t) for t in json.loads(self.history.read_text())["crashes"]]
-        except (OSError, ValueError, KeyError, TypeError):
+            times = [float(t) for t in _read(self.history)["crashes"]]
+        except (KeyError, TypeError, ValueError):
             times = []
         times = [*(t for t in times if 0 <= now - t < DAY_S), now][-20:]
-        try:
-            self.history.write_text(json.dumps({"crashes": times}))
-        except OSError as exc:
-            log.warning("event=crash_history_unwritable path=%s error=%r", self.history, exc.strerror)
+        _write(self.history, {"crashes": times})
         return min(REST_S * 2 ** (len(times) - 1), REST_MAX_S)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """A small state file of ours (at most `MAX_READ`); {} when it is missing or not a JSON object."""
+    try:
+        with open(path, errors="replace") as fh:
+            doc = json.loads(fh.read(MAX_READ))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write(path: Path, doc: dict[str, Any]) -> None:
+    try:
+        path.write_text(json.dumps(doc))
+    except OSError as exc:
+        log.warning("event=crash_history_unwritable path=%s error=%r", path, exc.strerror)

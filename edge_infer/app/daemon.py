@@ -20,11 +20,10 @@ from edge_infer.app.endpoints import Endpoints
 from edge_infer.app.interpreters import Lane, Lanes, interpreter_count, run_in_order
 from edge_infer.app.payloads import payload_for
 from edge_infer.app.summary import RunSummary, health_doc, log_start, log_stop
-from edge_infer.bundle import BundleError
-from edge_infer.config import Config, ConfigError, load_config
+from edge_infer.config import Config
 from edge_infer.control.accelerator import AcceleratorWatch
 from edge_infer.control.commands import CommandError
-from edge_infer.control.reload import apply_reload
+from edge_infer.control.reload import reload_from_file
 from edge_infer.decide import Decision
 from edge_infer.delegates import CPU
 from edge_infer.inbox import Inbox
@@ -153,6 +152,10 @@ class Daemon:
             return True
         return False
 
+    def _samples(self, once: bool) -> Iterator[Sample]:
+        """The source's inputs; one that killed the service before is handed on unreadable (`edge_infer.crashes`)."""
+        return self.crashes.screen(self.source.samples(self.stop_event, once, self._done))
+
     def handle(self, sample: Sample) -> Outcome:
         """Process one sample and commit its result or rejection, with its checkpoint, to the outbox."""
         pipeline = self.pipeline
@@ -187,11 +190,15 @@ class Daemon:
         return outcome
 
     def _timed(self, stage: str, work: Callable[[T], R], arg: T) -> R:
-        """Run one stage of one input, visible to the watchdog while it runs."""
+        """Run one stage of one input (`arg`: it, or what holds it as `.sample`), visible to the watchdog while it
+        runs and marked in flight on this thread (a fatal signal meanwhile counts against it)."""
         self.progress.start(stage)
+        sample = arg if isinstance(arg, Sample) else getattr(arg, "sample", None)
+        self.crashes.mark(sample.key if isinstance(sample, Sample) else None)
         try:
             return work(arg)
         finally:
+            self.crashes.mark(None)
             self.progress.done(stage)
 
     def commit(self, sample: Sample, outcome: Outcome, pipeline: Pipeline | None = None) -> Outcome:
@@ -320,7 +327,7 @@ class Daemon:
             if self.cfg.pipeline.mode == "pipelined":
                 self._run_pipelined(once)
             else:
-                for sample in self.source.samples(self.stop_event, once, self._done):
+                for sample in self._samples(once):
                     self.handle(sample)
             self.writer.flush()
             self.finished_at["stored"] = time.monotonic()
@@ -370,13 +377,12 @@ class Daemon:
                  self.cfg.pipeline.queue_size)
         if size > 1:
             self._lanes = Lanes(size, max(self.cfg.pipeline.queue_size, 2 * size), self._timed, self._finish)
-            samples = self.source.samples(self.stop_event, once, self._done)
-            self._lanes.run(((self.pipeline, sample) for sample in samples), self.stop_event)
+            self._lanes.run(((self.pipeline, sample) for sample in self._samples(once)), self.stop_event)
             return
         self._handoff = queue.Queue(maxsize=self.cfg.pipeline.queue_size)
 
         def decoded() -> Iterator[tuple[Pipeline, Prepared]]:
-            for sample in self.source.samples(self.stop_event, once, self._done):
+            for sample in self._samples(once):
                 pipeline = self.pipeline  # once per input: a model swap takes effect between inputs
                 yield pipeline, self._timed("decode", pipeline.prepare, sample)
 
@@ -446,21 +452,9 @@ class Daemon:
         self.stop_event.set()
 
     def reload(self) -> dict[str, object]:
-        """SIGHUP: re-read the config file; apply what can change while running (thresholds, fallbacks,
-        debounce, gate limits, drift levels, health interval, log level) and name what needs a restart. One
-        `config_reloaded` (or `config_reload_failed`) event says which."""
-        try:
-            applied, restart = apply_reload(self.serving, load_config(self.cfg.path))
-        except (ConfigError, BundleError, ValueError) as exc:
-            log.error("event=config_reload_failed error=%r (keeping the running config)", str(exc))
-            details: dict[str, object] = {"error": str(exc)[:500]}
-            self.add_event("config_reload_failed", details)
-            return details
-        log.info("event=config_reloaded applied=%s needs_restart=%s", ",".join(applied) or "-",
-                 ",".join(restart) or "-")
-        details = {"applied": applied, "needs_restart": restart}
-        self.add_event("config_reloaded", details)
-        return details
+        """SIGHUP: re-read the config file and apply what can change while running (`edge_infer.control.reload`);
+        one `config_reloaded` (or `config_reload_failed`) event says which."""
+        return reload_from_file(self.serving, self.add_event)
 
     def _reload_command(self, _args: dict[str, Any]) -> dict[str, Any]:
         result = self.reload()

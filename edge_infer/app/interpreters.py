@@ -152,7 +152,7 @@ class Lanes:
             ran = None
             if measured.tensor is not None:
                 model = twins.model(pipeline.model)
-                ran = self._timed("inference", lambda m: m.ran(measured.tensor, measured.geometry), model)
+                ran = self._timed("inference", lambda m: model.ran(m.tensor, m.geometry), measured)
         except BaseException as exc:
             return _raising(exc)
         return _done(measured, ran)

@@ -14,7 +14,7 @@ from typing import Any
 
 from edge_infer.bundle import BundleError, read_manifest_doc
 from edge_infer.config import Config, ConfigError
-from edge_infer.crashes import CrashRecord
+from edge_infer.crashes import QUARANTINE_AFTER, CrashRecord
 from edge_infer.memory import limit_arenas
 from edge_infer.model import Model, model_from_config
 from edge_infer.runtime import RuntimeUnavailable
@@ -101,16 +101,22 @@ def start_model(cfg: Config, slots: Slots | None, keys: list, notes: list[Note])
 
 
 def after_crash(cfg: Config, model: Model, notes: list[Note]) -> tuple[CrashRecord, float | None]:
-    """How the last run died, when a fatal signal ended it (a `service_crashed` note); when it died inside a call
-    to the accelerator, this start gives the accelerator up and rests it before the first retry
-    (`edge_infer.crashes`). Returns the record to arm and that rest in seconds (None: the usual back-off)."""
+    """How the last run died, when a fatal signal ended it (a `service_crashed` note); a crash with an input in hand
+    counts against that input (quarantined at the second); when it died inside a call to the accelerator, this
+    start gives the accelerator up and rests it before the first retry (`edge_infer.crashes`). Returns the record
+    to arm and that rest in seconds (None: the usual back-off)."""
     record = CrashRecord(cfg.device.state_dir)
     crash = record.previous
     if crash is None:
         return record, None
-    log.error("event=service_crashed error=%r where=%r in_accelerator=%s (the last run died of a fatal signal; "
-              "every thread's stack: %s)", crash.error, crash.where, crash.in_accelerator, record.kept)
-    notes.append(("service_crashed", crash.to_dict()))
+    details = crash.to_dict()
+    if record.input is not None:  # the thread it died on had this input in hand
+        crashes = record.strike()
+        details |= {"input": record.input, "input_crashes": crashes, "quarantined": crashes >= QUARANTINE_AFTER}
+    log.error("event=service_crashed error=%r where=%r in_accelerator=%s input=%r input_crashes=%s (the last run "
+              "died of a fatal signal; every thread's stack: %s)", crash.error, crash.where, crash.in_accelerator,
+              details.get("input"), details.get("input_crashes"), record.kept)
+    notes.append(("service_crashed", details))
     engine = model.engine
     if not crash.in_accelerator or not (engine.may_fall_back or engine.fallback_from is not None):
         return record, None  # not the accelerator's doing, or `delegate_fallback = false`: it is used as configured

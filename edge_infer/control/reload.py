@@ -9,9 +9,12 @@ keeps its running value until a restart, and is listed as `needs_restart`.
 from __future__ import annotations
 
 import dataclasses
+import logging
+from collections.abc import Callable
 from typing import Any
 
-from edge_infer.config import Config
+from edge_infer.bundle import BundleError
+from edge_infer.config import Config, ConfigError, load_config
 from edge_infer.decide import Thresholds
 from edge_infer.gates.quality import gate_from_config
 from edge_infer.logs import setup_logging
@@ -20,6 +23,7 @@ from edge_infer.review import review_store
 from edge_infer.serving import Serving, sensor_gate_for
 from edge_infer.tasks.zones import zones_from_config
 
+log = logging.getLogger(__name__)
 LIVE_MODEL_KEYS = ("threshold", "thresholds", "zones", "top_k")
 RESTART_SECTIONS = ("device", "source", "mqtt", "sink", "outbox", "pipeline", "service", "metrics", "web",
                     "thermal", "homeassistant", "fleet", "update", "commands")
@@ -47,6 +51,22 @@ def _needs_restart(old: Config, new: Config) -> tuple[list[str], list[str]]:
     decide_restart += ["fallback"] if escalation_switch else []
     restart += [f"decide.{k}" for k in decide_restart]
     return restart, decide_restart
+
+
+def reload_from_file(serving: Serving, announce: Callable[[str, dict], None]) -> dict[str, object]:
+    """Re-read the running config's file and `apply_reload` it; one `config_reloaded` (or, keeping the running
+    config, `config_reload_failed`) event through `announce` says which. Returns that event's details."""
+    try:
+        applied, restart = apply_reload(serving, load_config(serving.cfg.path))
+    except (ConfigError, BundleError, ValueError) as exc:
+        log.error("event=config_reload_failed error=%r (keeping the running config)", str(exc))
+        details: dict[str, object] = {"error": str(exc)[:500]}
+        announce("config_reload_failed", details)
+        return details
+    log.info("event=config_reloaded applied=%s needs_restart=%s", ",".join(applied) or "-", ",".join(restart) or "-")
+    details = {"applied": applied, "needs_restart": restart}
+    announce("config_reloaded", details)
+    return details
 
 
 def apply_reload(serving: Serving, new: Config) -> tuple[list[str], list[str]]:

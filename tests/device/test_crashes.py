@@ -7,10 +7,13 @@ says why, and loses no input."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -18,10 +21,12 @@ import pytest
 from edge_infer.app.daemon import Daemon
 from edge_infer.config import load_config
 from edge_infer.crashes import REST_MAX_S, REST_S, CrashRecord
+from edge_infer.inflight import InFlight, slot_key
 from edge_infer.sinks.memory import MemorySink
-from tests.conftest import REPO
+from tests.conftest import DIGITS_INT8, REPO, write_config
 from tests.device.faults import DaemonProcess, outbox_count, wait_until
 from tests.device.test_accelerator import DIGITS, config, feeder, library, probe_bundle, probe_log  # noqa: F401
+from tests.helpers.broker import free_port
 
 CHILD = """
 import ctypes, os, signal, sys, threading, time, types
@@ -194,3 +199,132 @@ def test_an_accelerator_that_aborts_the_service_rests_after_the_restart(library:
     assert "died in the external delegate last time" in lost["error"] and "rests 300 s" in lost["error"], lost
     assert probe_log(tmp_path).count("abort") == 1, "not loaded for inference again: no second crash"
     assert (tmp_path / "s" / "crash.txt").read_text() == "", "the restarted run stopped cleanly"
+
+
+# a decoder bug that one file hits: this child's Pillow faults for real (SIGSEGV) in `load` on a PNG carrying the
+# marker, wherever it is decoded
+POISON_SITE = """
+import ctypes
+from PIL import ImageFile
+_load = ImageFile.ImageFile.load
+def load(self):
+    if self.info.get("edge-infer-test") == "poison":
+        ctypes.string_at(0)
+    return _load(self)
+ImageFile.ImageFile.load = load
+"""
+
+
+@pytest.mark.parametrize("interpreters", ["2", "1"])  # lanes; one interpreter (a decode thread beside it)
+def test_an_input_that_kills_the_service_twice_is_rejected_not_crash_looped(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interpreters: str) -> None:
+    """A folder with one file that crashes the decoder: without the quarantine systemd would restart the service
+    into the same file for ever, and nothing after it would ever be processed."""
+    from PIL import Image, PngImagePlugin
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(POISON_SITE)
+    monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{REPO}")
+    inputs, state = tmp_path / "in", tmp_path / "s"
+    inputs.mkdir()
+    clean = DIGITS[:6]
+    feeder(inputs)(clean, 0)
+    marker = PngImagePlugin.PngInfo()
+    marker.add_text("edge-infer-test", "poison")
+    Image.open(DIGITS[6]).save(inputs / "003-poison.png", pnginfo=marker)
+    cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=inputs, state=state, port=free_port())
+    cfg.write_text(cfg.read_text() + f"\n[pipeline]\ninterpreters = {interpreters}\n")
+    db, log = state / "outbox.db", tmp_path / "daemon.log"
+    for attempt in (1, 2):  # it dies on the file, is restarted into it, dies again
+        proc = DaemonProcess(cfg, log).start()
+        try:
+            assert proc.proc is not None and proc.proc.wait(120) == -signal.SIGSEGV, log.read_text()[-2000:]
+        finally:
+            proc.kill()
+        assert "event=service_crashed" in log.read_text() or attempt == 1
+    restarted = DaemonProcess(cfg, log).start()
+    try:
+        def stored_all() -> bool:
+            return outbox_count(db, "SELECT COUNT(*) FROM messages WHERE kind IN ('results', 'rejections')") \
+                >= len(clean) + 1
+        assert wait_until(lambda: stored_all() or not restarted.alive(), 120) and restarted.alive(), \
+            log.read_text()[-3000:]
+        assert restarted.terminate() == 0, log.read_text()[-2000:]
+    finally:
+        restarted.kill()
+    rows = stored(db)
+    results = sorted(doc["input"]["id"] for _, kind, doc in rows if kind == "results")
+    assert results == sorted(f"{i:03d}-{p.parent.name}.png" for i, p in enumerate(clean)), "every other input once"
+    [rejection] = [doc for _, kind, doc in rows if kind == "rejections"]
+    assert rejection["input"]["id"] == "003-poison.png" and rejection["reason"] == "unreadable", rejection
+    assert "killed the service 2 times" in rejection["detail"] and "Segmentation fault" in rejection["detail"]
+    crashes = [doc["details"] for _, kind, doc in rows if kind == "events" and doc["event"] == "service_crashed"]
+    assert [(c["input"].split("@")[0], c["input_crashes"], c["quarantined"]) for c in crashes] == [
+        ("003-poison.png", 1, False), ("003-poison.png", 2, True)], crashes
+    assert all(c["where"].startswith("string_at (") and not c["in_accelerator"] for c in crashes), crashes
+    assert (state / "crash.txt").read_text() == "" and not (state / "in-flight").exists(), "a clean stop"
+
+
+def test_each_thread_marks_its_own_input_and_a_clean_stop_leaves_none(tmp_path: Path) -> None:
+    record = InFlight(tmp_path / "in-flight")
+    assert record.previous == {}
+    record.open()
+    long_key = "x" * 600 + "@123"
+    marked = threading.Barrier(3)
+    idents: dict[str, int] = {}
+
+    def work(key: str | None) -> None:
+        record.mark("first")
+        record.mark(key)  # the slot is the thread's own: the newer mark replaces the older one
+        idents[str(key)] = threading.get_ident()
+        marked.wait()
+        marked.wait()  # held until the file was read
+
+    threads = [threading.Thread(target=work, args=(key,)) for key in ("a.jpg@1", long_key)]
+    for thread in threads:
+        thread.start()
+    marked.wait()
+    seen = InFlight(tmp_path / "in-flight").previous  # what a next start would read after a crash now
+    marked.wait()
+    for thread in threads:
+        thread.join()
+    assert seen == {idents["a.jpg@1"]: "a.jpg@1", idents[long_key]: slot_key(long_key)}, seen
+    assert slot_key(long_key).startswith("sha256:") and slot_key("a.jpg@1") == "a.jpg@1"
+    record.mark(None)
+    record.close()
+    assert not (tmp_path / "in-flight").exists() and InFlight(tmp_path / "in-flight").previous == {}
+    record.mark("after the close")  # ignored, no error
+
+
+@pytest.mark.parametrize("content", ['{"inputs": {"a@1": {"crashes": "2"}}}', '{"inputs": []}', "[1, 2]",
+                                     "not json", '{"inputs": {"a@1": {"crashes": 2}}}'])
+def test_a_damaged_crashed_inputs_file_quarantines_nothing_it_does_not_say(tmp_path: Path, content: str) -> None:
+    (tmp_path / "crashed-inputs.json").write_text(content)
+    quarantined = CrashRecord(tmp_path).quarantined
+    assert list(quarantined) == (["a@1"] if content.endswith("{\"crashes\": 2}}}") else []), quarantined
+
+
+def crashed_with(state: Path, key: str, thread: int = 0x7F00AA) -> CrashRecord:
+    """The state folder as a run leaves it that died of SIGSEGV on `thread` while it had `key` in hand (the slot
+    written here by the file's layout, not by `InFlight`)."""
+    (state / "crash.txt").write_text(f"Fatal Python error: Segmentation fault\n\nCurrent thread 0x{thread:016x} "
+                                     f"(most recent call first):\n  File \"/x/PIL/ImageFile.py\", line 1 in load\n")
+    raw = key.encode()
+    (state / "in-flight").write_bytes(struct.pack("<QH", thread, len(raw)) + raw)
+    return CrashRecord(state)
+
+
+def test_crashes_count_per_input_and_only_the_newest_inputs_are_kept(tmp_path: Path) -> None:
+    for i in range(60):
+        record = crashed_with(tmp_path, f"{i}.png@1")
+        assert record.input == f"{i}.png@1" and record.strike() == 1
+    kept = json.loads((tmp_path / "crashed-inputs.json").read_text())["inputs"]
+    assert list(kept) == [f"{i}.png@1" for i in range(10, 60)]
+    assert crashed_with(tmp_path, "59.png@1").strike() == 2
+    record = CrashRecord(tmp_path)
+    assert record.previous is None and record.input is None
+    assert list(record.quarantined) == ["59.png@1"] and "killed the service 2 times" in record.quarantined["59.png@1"]
+    (tmp_path / "crash.txt").write_text((tmp_path / "crash-previous.txt").read_text().replace("7f00aa", "7f00bb"))
+    record = CrashRecord(tmp_path)  # it died on thread …bb; the input in the file was …aa's
+    assert record.previous is not None and record.previous.thread == 0x7F00BB and record.input is None
