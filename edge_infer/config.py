@@ -184,8 +184,21 @@ def _check_delegate(path: Path, model: dict[str, Any], watchdog_sec: int) -> Non
                           "the CPU takes over from a locked-up accelerator")
 
 
+def _delegate_path(doc: dict[str, Any]) -> dict[str, Any]:
+    """`[model] delegate = "/path/to/libdelegate.so"`: shorthand for `delegate = "external"` with that `library`,
+    `[model.delegate_options]` then being the library's own options (strings)."""
+    model = doc.get("model")
+    name = model.get("delegate") if isinstance(model, dict) else None
+    if not isinstance(name, str) or not ("/" in name or name.endswith(".so")):
+        return doc
+    options = model.get("delegate_options", {})
+    options = {"library": name, "options": options} if isinstance(options, dict) else options
+    return {**doc, "model": {**model, "delegate": "external", "delegate_options": options}}
+
+
 def parse_config(doc: dict[str, Any], path: Path) -> Config:
     """Validate a decoded TOML document, fill defaults and resolve paths."""
+    doc = _delegate_path(doc)
     for section in doc:
         if section not in SECTIONS:
             raise _unknown(path, f"[{section}]", section, list(SECTIONS))

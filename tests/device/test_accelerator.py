@@ -79,6 +79,19 @@ def test_the_delegate_loads_through_the_config_and_gets_its_options(library: Pat
         assert model.infer(model.prepare(image)).label == cpu.infer(cpu.prepare(image)).label
 
 
+def test_a_delegate_given_by_its_path_is_an_external_one_with_those_options(library: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
+                       port=free_port())
+    cfg.write_text(cfg.read_text().replace("threads = 1\n", f'threads = 1\ndelegate = "{library}"\ndelegate_options'
+                                           f' = {{ log = "{tmp_path / "probe.log"}", answer = "7" }}\n'))
+    settings = load_config(cfg).model
+    assert (settings.delegate, dict(settings.delegate_options)) == (
+        "external", {"library": str(library), "options": {"log": str(tmp_path / "probe.log"), "answer": "7"}})
+    model = model_from_config(settings)
+    assert model.engine.runtime.delegate == "external" and model.engine.fallback_from is None
+    assert probe_log(tmp_path)[-3:] == ["option answer=7", "create", "prepare"]
+
+
 @pytest.mark.parametrize("failure", ["load", "prepare"])
 def test_without_fallback_a_failing_delegate_is_one_line(library: Path, tmp_path: Path, failure: str) -> None:
     options = {"fail_if_exists": str(tmp_path)} if failure == "load" else {"fail_prepare": "1"}
