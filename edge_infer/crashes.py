@@ -17,12 +17,14 @@ the "current" one), any thread inside an accelerator call counts; when it came o
 A `kill -9`, the OOM killer or a power cut leave no stack: they are not counted.
 
 An input that kills the process wherever it runs — a decoder's bug hit by one file, a kernel that faults on one
-tensor — would be offered again after every restart: a source that re-reads what has no checkpoint (a folder) would
-crash-loop on it for ever. So each thread marks the input it decodes or runs (`edge_infer.inflight`), and a crash
-on a Python thread that had an input in hand counts against that input (`CrashRecord.strike`, kept in
-`<state_dir>/crashed-inputs.json`); after `QUARANTINE_AFTER` crashes it is no longer decoded: `screen` hands it on
-unreadable, so it gets its rejection — reason `unreadable`, the crashes in the detail — and its checkpoint like any
-other bad input. A crash in the accelerator is the accelerator's (it is rested), not the input's.
+tensor, or one that hangs it until systemd's watchdog kills it (SIGABRT) — would be offered again after every
+restart: a source that re-reads what has no checkpoint (a folder) would crash-loop on it for ever. So each thread
+marks the input it decodes or runs (`edge_infer.inflight`; the watchdog marks the thread it found hung), and a crash
+on a Python thread (or while one was hung) that had an input in hand counts against that input
+(`CrashRecord.strike`, kept in `<state_dir>/crashed-inputs.json`); after `QUARANTINE_AFTER` crashes it is no longer
+decoded: `screen` hands it on unreadable, so it gets its rejection — reason `unreadable`, the crashes in the detail —
+and its checkpoint like any other bad input. A crash in the accelerator is the accelerator's (it is rested), not
+the input's.
 """
 
 from __future__ import annotations
@@ -78,20 +80,24 @@ class Crash:
     error: str
     where: str
     in_accelerator: bool
-    thread: int | None = None  # the thread the signal came on; None: a thread of no Python code (a driver's)
+    thread: int | None = None  # the thread blamed (the signal's, or a hung one); None: not a Python thread
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": self.error, "where": self.where, "in_accelerator": self.in_accelerator}
 
 
-def _threads(text: str) -> list[tuple[bool, list[tuple[str, str, str]]]]:
-    """faulthandler's dump → [(is the current thread, [(file, line, function), innermost first])]."""
-    threads: list[tuple[bool, list[tuple[str, str, str]]]] = []
+_Frames = list[tuple[str, str, str]]  # (file, line, function), innermost first
+_THREAD = re.compile(r"^(?:Current thread|Thread) 0x(?P<ident>[0-9a-fA-F]+)")
+
+
+def _threads(text: str) -> list[tuple[int, bool, _Frames]]:
+    """faulthandler's dump → [(thread id, is the current thread, its frames)]."""
+    threads: list[tuple[int, bool, _Frames]] = []
     for line in text.splitlines():
-        if line.startswith(("Thread 0x", "Current thread 0x")):
-            threads.append((line.startswith("Current"), []))
+        if head := _THREAD.match(line):
+            threads.append((int(head["ident"], 16), line.startswith("Current"), []))
         elif threads and (m := _FRAME.match(line)):
-            threads[-1][1].append((m["file"], m["line"], m["func"]))
+            threads[-1][2].append((m["file"], m["line"], m["func"]))
     return threads
 
 
@@ -100,33 +106,33 @@ def _quarantine_detail(entry: dict[str, Any]) -> str:
             f"{entry.get('where', '?')}): it is not decoded again")
 
 
-def _in_accelerator(frames: list[tuple[str, str, str]]) -> bool:
+def _in_accelerator(frames: _Frames) -> bool:
     return any((_file_id(file), func) in ACCELERATOR_FRAMES for file, _, func in frames)
 
 
-def parse(text: str) -> Crash | None:
-    """The crash a faulthandler dump describes; None for an empty or unrecognised file."""
+def parse(text: str, hung: int | None = None) -> Crash | None:
+    """The crash a faulthandler dump describes; None for an empty or unrecognised file. `hung`: the thread the
+    watchdog found stuck before the process was killed (systemd's watchdog sends SIGABRT to the process, which
+    any thread may take): that one is blamed, not the thread the signal came on."""
     lines = [line for line in text.splitlines() if line.strip()]
     if not lines or not lines[0].startswith("Fatal Python error"):
         return None
     threads = _threads(text)
-    current = [frames for is_current, frames in threads if is_current]
-    suspects = current or [frames for _, frames in threads]  # the signal came on a thread Python does not know
-    blamed = next((frames for frames in suspects if _in_accelerator(frames)), None)
-    shown = blamed or (current[0] if current else None)
+    current = [(ident, frames) for ident, is_current, frames in threads if is_current]
+    if hung is not None and (stuck := [(ident, frames) for ident, _, frames in threads if ident == hung]):
+        current = stuck
+    suspects = current or [(ident, frames) for ident, _, frames in threads]  # on a thread Python does not know
+    blamed = next((frames for _, frames in suspects if _in_accelerator(frames)), None)
+    shown = blamed or (current[0][1] if current else None)
     where = f"{shown[0][2]} ({Path(shown[0][0]).name}:{shown[0][1]})" if shown else "a thread of no Python code"
-    return Crash(lines[0].strip()[:200], where[:200], blamed is not None, _current_thread(text))
-
-
-def _current_thread(text: str) -> int | None:
-    found = re.search(r"^Current thread 0x([0-9a-fA-F]+)", text, re.MULTILINE)
-    return int(found[1], 16) if found else None
+    return Crash(lines[0].strip()[:200], where[:200], blamed is not None, current[0][0] if current else None)
 
 
 class CrashRecord:
     """`previous`: how the last run in `state_dir` died (None: it stopped cleanly, or left no stack), and `input`:
-    the checkpoint key (`inflight.slot_key`) of the input the thread it died on had in hand (None: none, or the
-    accelerator's crash). `arm` once the daemon's threads run, `disarm` after they stopped; meanwhile `mark`."""
+    the checkpoint key (`inflight.slot_key`) of the input the thread it died on (or the watchdog found hung) had in
+    hand (None: none, or the accelerator's crash). `arm` once the daemon's threads run, `disarm` after they stopped;
+    meanwhile `mark` and `hung`."""
 
     def __init__(self, state_dir: Path | str, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(state_dir) / CRASH_FILE
@@ -134,13 +140,13 @@ class CrashRecord:
         self.history = Path(state_dir) / HISTORY_FILE
         self.inputs = Path(state_dir) / INPUTS_FILE
         self.in_flight = InFlight(Path(state_dir) / IN_FLIGHT_FILE)
-        self.mark = self.in_flight.mark
+        self.mark, self.hung = self.in_flight.mark, self.in_flight.hung
         self._clock = clock
         self._file: IO[str] | None = None
         self._was_enabled = False
         try:
             with open(self.path, errors="replace") as fh:
-                self.previous = parse(fh.read(MAX_READ))
+                self.previous = parse(fh.read(MAX_READ), self.in_flight.previous_hung)
             if self.previous is not None:
                 self.path.replace(self.kept)  # read once: the next start does not report it again
         except OSError:

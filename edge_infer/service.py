@@ -80,26 +80,30 @@ class Progress:
             self._record(stage, took)
         return took
 
-    def stuck(self, limit_s: float) -> tuple[str, float] | None:
-        """The stage busy longest, and for how long, if that is more than `limit_s`."""
+    def stuck(self, limit_s: float) -> tuple[str, float, int] | None:
+        """The stage busy longest, for how long and on which thread (its id), if that is more than `limit_s`."""
         now = self._clock()
         with self._lock:
             worst = max(self._busy.items(), key=lambda kv: now - kv[1], default=None)
         if worst is None or now - worst[1] <= limit_s:
             return None
-        return worst[0][0], now - worst[1]
+        (stage, thread), started = worst
+        return stage, now - started, thread
 
 
 class Watchdog(threading.Thread):
     """Pets systemd's watchdog every `interval / 2` while `progress` shows no hung stage."""
 
     def __init__(self, notifier: Notifier, progress: Progress, interval_s: float,
-                 status: Callable[[], str] | None = None) -> None:
+                 status: Callable[[], str] | None = None, on_hung: Callable[[int | None], None] | None = None) -> None:
+        """`on_hung(thread)` is told when a stage starts being withheld for (its thread's id) and when nothing is
+        hung any more (None): systemd kills a service it stops hearing from."""
         super().__init__(name="watchdog", daemon=True)
         self.notifier = notifier
         self.progress = progress
         self.interval_s = interval_s
         self.status = status
+        self.on_hung = on_hung
         self.stopping = threading.Event()
         self.withheld = 0
 
@@ -112,10 +116,16 @@ class Watchdog(threading.Thread):
                 if self.status is not None:
                     fields["STATUS"] = self.status()
                 self.notifier.send(**fields)
+                if warned and self.on_hung is not None:
+                    self.on_hung(None)
                 warned = False
                 continue
             self.withheld += 1
             if not warned:
-                log.error("event=watchdog_withheld stage=%s busy_s=%.1f (systemd will restart the service)", *stuck)
-                self.notifier.send(STATUS=f"hung: {stuck[0]} busy for {stuck[1]:.0f} s")
+                stage, busy_s, thread = stuck
+                log.error("event=watchdog_withheld stage=%s busy_s=%.1f (systemd will restart the service)", stage,
+                          busy_s)
+                if self.on_hung is not None:
+                    self.on_hung(thread)
+                self.notifier.send(STATUS=f"hung: {stage} busy for {busy_s:.0f} s")
                 warned = True

@@ -309,9 +309,12 @@ class Daemon:
         self.writer.start()
         for name, details in self._notes:
             self.add_event(name, details)
+        if self._notes:  # stored before any input runs: the one that crashed the last run may crash this one
+            self.writer.flush(timeout=10.0)
         self.sink.start()
         if self.notifier.watchdog_s:
-            self.watchdog = Watchdog(self.notifier, self.progress, self.notifier.watchdog_s, self.status_line)
+            self.watchdog = Watchdog(self.notifier, self.progress, self.notifier.watchdog_s, self.status_line,
+                                     self.crashes.hung)
             self.watchdog.start()
         self._housekeeper = threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True)
         self._housekeeper.start()

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,12 @@ import pytest
 from edge_infer.app.daemon import Daemon
 from edge_infer.config import load_config
 from edge_infer.crashes import REST_MAX_S, REST_S, CrashRecord
-from edge_infer.inflight import InFlight, slot_key
+from edge_infer.inflight import SLOT_BYTES, InFlight, slot_key
 from edge_infer.sinks.memory import MemorySink
 from tests.conftest import DIGITS_INT8, REPO, write_config
 from tests.device.faults import DaemonProcess, outbox_count, wait_until
 from tests.device.test_accelerator import DIGITS, config, feeder, library, probe_bundle, probe_log  # noqa: F401
+from tests.device.test_service import NotifySocket
 from tests.helpers.broker import free_port
 
 CHILD = """
@@ -202,30 +204,56 @@ def test_an_accelerator_that_aborts_the_service_rests_after_the_restart(library:
 
 
 # a decoder bug that one file hits: this child's Pillow faults for real (SIGSEGV) in `load` on a PNG carrying the
-# marker, wherever it is decoded
+# marker, wherever it is decoded — or never returns from it
 POISON_SITE = """
-import ctypes
+import ctypes, os, time
 from PIL import ImageFile
 _load = ImageFile.ImageFile.load
 def load(self):
     if self.info.get("edge-infer-test") == "poison":
+        if os.environ.get("POISON") == "hang":
+            time.sleep(3600)
         ctypes.string_at(0)
     return _load(self)
 ImageFile.ImageFile.load = load
 """
 
 
-@pytest.mark.parametrize("interpreters", ["2", "1"])  # lanes; one interpreter (a decode thread beside it)
+def systemd_restarts(cfg: Path, log: Path, notify: NotifySocket | None) -> int:
+    """One run of the service into the poison, as systemd sees it: it dies, or (with the watchdog) stops petting
+    and is sent SIGABRT, systemd's default WatchdogSignal. Returns how the process ended."""
+    since = time.monotonic()
+    proc = DaemonProcess(cfg, log).start()
+    try:
+        if notify is not None:
+            assert wait_until(lambda: any(f["STATUS"].startswith("hung: decode")
+                                          for f in notify.with_key("STATUS", since=since)), 60), log.read_text()[-2000:]
+            assert proc.proc is not None
+            proc.proc.send_signal(signal.SIGABRT)
+        assert proc.proc is not None
+        return proc.proc.wait(120)
+    finally:
+        proc.kill()
+
+
+@pytest.mark.parametrize(("poison", "interpreters"), [("crash", "2"), ("crash", "1"), ("hang", "2")])
 def test_an_input_that_kills_the_service_twice_is_rejected_not_crash_looped(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interpreters: str) -> None:
-    """A folder with one file that crashes the decoder: without the quarantine systemd would restart the service
-    into the same file for ever, and nothing after it would ever be processed."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, poison: str, interpreters: str) -> None:
+    """A folder with one file that crashes (or hangs) the decoder: without the quarantine systemd would restart the
+    service into the same file for ever, and nothing after it would ever be processed. Lanes, and one interpreter
+    (a decode thread beside it)."""
     from PIL import Image, PngImagePlugin
 
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(POISON_SITE)
     monkeypatch.setenv("PYTHONPATH", f"{site}{os.pathsep}{REPO}")
+    monkeypatch.setenv("POISON", poison)
+    notify = None
+    if poison == "hang":  # the test is systemd: the service pets its watchdog every 0.5 s
+        notify = NotifySocket(tmp_path / "notify.sock")
+        monkeypatch.setenv("NOTIFY_SOCKET", str(notify.path))
+        monkeypatch.setenv("WATCHDOG_USEC", "1000000")
     inputs, state = tmp_path / "in", tmp_path / "s"
     inputs.mkdir()
     clean = DIGITS[:6]
@@ -236,33 +264,35 @@ def test_an_input_that_kills_the_service_twice_is_rejected_not_crash_looped(
     cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=inputs, state=state, port=free_port())
     cfg.write_text(cfg.read_text() + f"\n[pipeline]\ninterpreters = {interpreters}\n")
     db, log = state / "outbox.db", tmp_path / "daemon.log"
-    for attempt in (1, 2):  # it dies on the file, is restarted into it, dies again
-        proc = DaemonProcess(cfg, log).start()
-        try:
-            assert proc.proc is not None and proc.proc.wait(120) == -signal.SIGSEGV, log.read_text()[-2000:]
-        finally:
-            proc.kill()
-        assert "event=service_crashed" in log.read_text() or attempt == 1
-    restarted = DaemonProcess(cfg, log).start()
+    signum = signal.SIGSEGV if poison == "crash" else signal.SIGABRT
     try:
-        def stored_all() -> bool:
-            return outbox_count(db, "SELECT COUNT(*) FROM messages WHERE kind IN ('results', 'rejections')") \
-                >= len(clean) + 1
-        assert wait_until(lambda: stored_all() or not restarted.alive(), 120) and restarted.alive(), \
-            log.read_text()[-3000:]
-        assert restarted.terminate() == 0, log.read_text()[-2000:]
+        for _ in (1, 2):  # it dies on the file, is restarted into it, dies again
+            assert systemd_restarts(cfg, log, notify) == -signum, log.read_text()[-2000:]
+        restarted = DaemonProcess(cfg, log).start()
+        try:
+            def stored_all() -> bool:
+                return outbox_count(db, "SELECT COUNT(*) FROM messages WHERE kind IN ('results', 'rejections')") \
+                    >= len(clean) + 1
+            assert wait_until(lambda: stored_all() or not restarted.alive(), 120) and restarted.alive(), \
+                log.read_text()[-3000:]
+            assert restarted.terminate() == 0, log.read_text()[-2000:]
+        finally:
+            restarted.kill()
     finally:
-        restarted.kill()
+        if notify is not None:
+            notify.close()
     rows = stored(db)
     results = sorted(doc["input"]["id"] for _, kind, doc in rows if kind == "results")
     assert results == sorted(f"{i:03d}-{p.parent.name}.png" for i, p in enumerate(clean)), "every other input once"
     [rejection] = [doc for _, kind, doc in rows if kind == "rejections"]
     assert rejection["input"]["id"] == "003-poison.png" and rejection["reason"] == "unreadable", rejection
-    assert "killed the service 2 times" in rejection["detail"] and "Segmentation fault" in rejection["detail"]
+    error = "Segmentation fault" if poison == "crash" else "Aborted"
+    assert "killed the service 2 times" in rejection["detail"] and error in rejection["detail"], rejection
     crashes = [doc["details"] for _, kind, doc in rows if kind == "events" and doc["event"] == "service_crashed"]
     assert [(c["input"].split("@")[0], c["input_crashes"], c["quarantined"]) for c in crashes] == [
         ("003-poison.png", 1, False), ("003-poison.png", 2, True)], crashes
-    assert all(c["where"].startswith("string_at (") and not c["in_accelerator"] for c in crashes), crashes
+    where = "string_at (" if poison == "crash" else "load (sitecustomize.py:"  # the hung thread's, not the main one
+    assert all(c["where"].startswith(where) and not c["in_accelerator"] for c in crashes), crashes
     assert (state / "crash.txt").read_text() == "" and not (state / "in-flight").exists(), "a clean stop"
 
 
@@ -311,7 +341,7 @@ def crashed_with(state: Path, key: str, thread: int = 0x7F00AA) -> CrashRecord:
     (state / "crash.txt").write_text(f"Fatal Python error: Segmentation fault\n\nCurrent thread 0x{thread:016x} "
                                      f"(most recent call first):\n  File \"/x/PIL/ImageFile.py\", line 1 in load\n")
     raw = key.encode()
-    (state / "in-flight").write_bytes(struct.pack("<QH", thread, len(raw)) + raw)
+    (state / "in-flight").write_bytes(bytes(SLOT_BYTES) + struct.pack("<QH", thread, len(raw)) + raw)  # slot 1
     return CrashRecord(state)
 
 
@@ -328,3 +358,17 @@ def test_crashes_count_per_input_and_only_the_newest_inputs_are_kept(tmp_path: P
     (tmp_path / "crash.txt").write_text((tmp_path / "crash-previous.txt").read_text().replace("7f00aa", "7f00bb"))
     record = CrashRecord(tmp_path)  # it died on thread …bb; the input in the file was …aa's
     assert record.previous is not None and record.previous.thread == 0x7F00BB and record.input is None
+
+
+def test_after_the_watchdogs_abort_the_hung_thread_is_blamed_not_the_one_the_signal_came_on(tmp_path: Path) -> None:
+    (tmp_path / "crash.txt").write_text(
+        "Fatal Python error: Aborted\n\nThread 0x00000000007f00bb (most recent call first):\n"
+        '  File "/x/PIL/ImageFile.py", line 9 in load\n  File "/x/edge_infer/pipeline.py", line 3 in measure\n\n'
+        "Current thread 0x00000000007f00aa (most recent call first):\n"
+        '  File "/usr/lib/python3.11/threading.py", line 1 in join\n')
+    slot = struct.Struct("<QH")
+    (tmp_path / "in-flight").write_bytes(slot.pack(0x7F00BB, 0).ljust(SLOT_BYTES, b"\0")  # the hung thread
+                                         + slot.pack(0x7F00BB, 7) + b"b.png@1")
+    record = CrashRecord(tmp_path)
+    assert record.previous is not None and record.previous.thread == 0x7F00BB, record.previous
+    assert record.previous.where == "load (ImageFile.py:9)" and record.input == "b.png@1"

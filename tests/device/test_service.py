@@ -141,7 +141,7 @@ def test_progress_names_the_stage_that_hangs() -> None:
     progress.done("decode")
     assert progress.stuck(2.0) is None
     now[0] = 3.5
-    assert progress.stuck(2.0) == ("inference", 3.5)
+    assert progress.stuck(2.0) == ("inference", 3.5, threading.get_ident())
     progress.done("inference")
     assert progress.stuck(2.0) is None
 
