@@ -107,7 +107,10 @@ def test_kept_inputs_upload_in_chunks_once_results_are_out(tmp_path: Path, broke
             assert doc["meta"]["decision"]["status"] == "uncertain"
     kept = {p.read_bytes() for p in (tmp_path / "up" / "uncertain").glob("*/*") if p.suffix == ".png"}
     rebuilt = {b"".join(chunks[i] for i in sorted(chunks)) for chunks in parts.values()}
-    assert rebuilt == kept and all(hashlib.sha256(b).hexdigest() in parts for b in rebuilt)
+    inputs = {p.read_bytes() for p in (tmp_path / "in").iterdir()}
+    # every input still kept went out, each a byte-exact copy of an input; on a slow machine one may go out while
+    # the outbox is momentarily empty and later leave the folder (it holds the newest 15): that one is extra here
+    assert kept <= rebuilt <= inputs and all(hashlib.sha256(b).hexdigest() in parts for b in rebuilt)
     # captures go out only while no result waits: a result stored (its `ts`) well before a capture chunk was made
     # is published before that chunk. (A slow pipeline leaves the outbox empty between results, so captures
     # may interleave with results stored later: that is by design.)
