@@ -2,7 +2,8 @@
 armed by `CrashRecord`, inside the real `accelerator_answer` frame (on the calling thread, or from a native thread
 of the "driver's" own, as libedgetpu aborts) or elsewhere; the next `CrashRecord` reads how and where. End to end:
 the probe delegate aborts the running service mid-run; the restarted service runs on the CPU instead of crash-looping,
-says why, and loses no input."""
+says why, and loses no input. And an input file whose decoding crashes (or hangs until the watchdog's abort) the
+service is rejected after its second time instead of being offered again for ever."""
 
 from __future__ import annotations
 
