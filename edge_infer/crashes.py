@@ -154,7 +154,8 @@ class CrashRecord:
         crash = self.previous
         self.input = self.in_flight.previous.get(crash.thread) \
             if crash is not None and crash.thread is not None and not crash.in_accelerator else None
-        self.quarantined = {key: _quarantine_detail(entry) for key, entry in self._crashed_inputs().items()
+        self._inputs = self._crashed_inputs()  # read once: `strike` updates it and writes it back
+        self.quarantined = {key: _quarantine_detail(entry) for key, entry in self._inputs.items()
                             if entry["crashes"] >= QUARANTINE_AFTER}
 
     def arm(self) -> None:
@@ -183,7 +184,7 @@ class CrashRecord:
         """Count the previous run's crash against the input in hand (`input`, which must be set); how many crashes
         it has caused so far. At `QUARANTINE_AFTER` it joins `quarantined`."""
         assert self.input is not None and self.previous is not None
-        inputs = self._crashed_inputs()
+        inputs = self._inputs
         entry = inputs.pop(self.input, {"crashes": 0})
         entry = {"crashes": int(entry["crashes"]) + 1, "error": self.previous.error, "where": self.previous.where}
         inputs[self.input] = entry  # the newest last: the oldest are forgotten first
