@@ -324,6 +324,26 @@ def _ratios(stages: dict[str, dict[str, float]], cores: int, one_thread: bool) -
     return ratios
 
 
+def _spread(samples: dict[str, list[dict[str, float]]], cores: int, one_thread: bool) -> dict[str, list[float]]:
+    """The lowest and highest of each headline ratio taken round by round (each round's figures against that
+    round's own baselines): how much the machine's noise moves the median."""
+    pairs = {"pipeline_vs_naive": ("pipeline_pipelined", "naive"),
+             "delivered_vs_naive": ("pipeline_delivered", "naive")}
+    if one_thread:
+        pairs.update(pipeline_vs_cpu_limit=("pipeline_pipelined", "limit"),
+                     delivered_vs_cpu_limit=("pipeline_delivered", "limit"))
+    rounds = len(samples["invoke"])
+    per_round: dict[str, list[float]] = {}
+    for r in range(rounds):
+        stages = {name: results[r] for name, results in samples.items() if len(results) == rounds}
+        base = {"naive": max(v["per_s"] for k, v in stages.items() if k.startswith("naive_loop_")),
+                "limit": _limit(stages, cores, "per_s")}
+        for name, (stage, against) in pairs.items():
+            if stage in stages and base[against]:
+                per_round.setdefault(name, []).append(stages[stage]["per_s"] / base[against])
+    return {name: [round(min(v), 3), round(max(v), 3)] for name, v in per_round.items()}
+
+
 def _limit(stages: dict[str, dict[str, float]], cores: int, key: str) -> float | None:
     """The CPU-bound limit, cores ÷ (decode+preprocess time + single-thread invoke time), from the rates `key`."""
     decode, invoke = stages["decode_preprocess"].get(key), stages["invoke"].get(key)
@@ -389,6 +409,7 @@ def run_bench(cfg: Config, frames: int = 200, rounds: int = 3, broker: str | Non
         "rounds": rounds,
         "stages": stages,
         "ratios": _ratios(stages, cores, cfg.model.threads == 1),
+        "spread": _spread(samples, cores, cfg.model.threads == 1),
         "quality_gate": {"limits": front_half.gate.limits.to_dict(),
                          "rejected": sum(front_half.rejected)},
         **children,
@@ -421,16 +442,19 @@ def print_report(report: dict[str, Any]) -> None:
         steal = f"{stage['steal_pct']:>8.1f}" if "steal_pct" in stage else ""
         print(f"{label:<44} {stage['per_s']:>10,.1f} {stage['ms']:>10.3f} {cpu} {steal}".rstrip())
     r = report["ratios"]
+    span = {name: f" (rounds {low:.2f}–{high:.2f})" for name, (low, high) in report.get("spread", {}).items()}
     if r["pipeline_vs_cpu_limit"]:
-        print(f"pipeline / CPU-bound limit          {r['pipeline_vs_cpu_limit']:.2f}  (cores ÷ (decode+preprocess "
-              f"+ single-thread invoke); {report['interpreters']} interpreter(s))")
+        print(f"pipeline / CPU-bound limit          {r['pipeline_vs_cpu_limit']:.2f}"
+              f"{span.get('pipeline_vs_cpu_limit', '')}  (cores ÷ (decode+preprocess + single-thread invoke); "
+              f"{report['interpreters']} interpreter(s))")
         print(f"all cores at once / CPU-bound limit {r['all_cores_vs_cpu_limit']:.2f}  (what the cores deliver "
               f"together on this work: the ceiling of any schedule here)")
     print(f"pipeline / all cores at once        {r['pipeline_vs_all_cores']:.2f}")
     if "delivered_vs_naive" in r:
         if r["delivered_vs_cpu_limit"]:
-            print(f"to broker ack / CPU-bound limit     {r['delivered_vs_cpu_limit']:.2f}")
-        print(f"to broker ack / naive loop          {r['delivered_vs_naive']:.2f}")
+            print(f"to broker ack / CPU-bound limit     {r['delivered_vs_cpu_limit']:.2f}"
+                  f"{span.get('delivered_vs_cpu_limit', '')}")
+        print(f"to broker ack / naive loop          {r['delivered_vs_naive']:.2f}{span.get('delivered_vs_naive', '')}")
     given = [f"{label} {r[key]:.2f}" for key, label in (
         ("pipeline_vs_cpu_limit_given", "pipeline / limit"), ("all_cores_vs_cpu_limit_given", "all cores / limit"),
         ("delivered_vs_cpu_limit_given", "to broker ack / limit")) if key in r]
@@ -449,7 +473,7 @@ def print_report(report: dict[str, Any]) -> None:
               f"(reading, judging, storing; its start and stop), cores busy {pipeline['cores_busy']:.2f} vs "
               f"{ceiling['cores_busy']:.2f}")
     print(f"pipeline / slowest stage            {r['pipeline_vs_slowest_stage']:.2f}")
-    print(f"pipeline / naive loop               {r['pipeline_vs_naive']:.2f}")
+    print(f"pipeline / naive loop               {r['pipeline_vs_naive']:.2f}{span.get('pipeline_vs_naive', '')}")
     print(f"pipelined / sequential              {r['pipelined_vs_sequential']:.2f}")
     print(f"decode gate / pipeline frame time   {r['decode_gate_share_of_frame']:.2f}")
     print(f"quality gate / pipeline frame time  {r['quality_gate_share_of_frame']:.3f}  "

@@ -127,6 +127,11 @@ def test_bench_command_measures_every_stage(tmp_path: Path) -> None:
             assert stage["cpu_ms"] > 0 and stage["cores_busy"] > 0 and stage["steal_pct"] >= 0, name
     assert all(stages[name]["cores_busy"] <= 1.2 for name in ("invoke", "decode_preprocess", "decode_gate"))
     assert all(ratios[f"{name}_vs_cpu_limit_given"] > 0 for name in ("pipeline", "all_cores", "delivered"))
+    # the rounds' spread of each headline ratio: with one round, lowest = highest = the ratio itself
+    assert set(report["spread"]) == {"pipeline_vs_naive", "delivered_vs_naive", "pipeline_vs_cpu_limit",
+                                     "delivered_vs_cpu_limit"}
+    for name, (low, high) in report["spread"].items():
+        assert low == high == pytest.approx(ratios[name], rel=0.01, abs=0.002), name
 
 
 def test_bench_refuses_a_broker_that_is_not_host_and_port() -> None:
