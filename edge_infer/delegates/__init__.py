@@ -119,6 +119,8 @@ def load_library(module: Any, library: str, options: dict[str, str]) -> Any:
             return module.load_delegate(library, options)
         except (OSError, ValueError, RuntimeError) as exc:
             problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except AttributeError:  # ctypes: a shared library without the external-delegate entry points
+            problem = "it is not a TFLite external delegate (no tflite_plugin_create_delegate in it)"
         gc.collect()
     finally:
         sys.unraisablehook = previous

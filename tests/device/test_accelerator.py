@@ -104,6 +104,21 @@ def test_without_fallback_a_failing_delegate_is_one_line(library: Path, tmp_path
     assert ("cannot be loaded" if failure == "load" else "failed on this model") in line, line
 
 
+def test_a_library_that_is_no_tflite_delegate_is_named_as_such(tmp_path: Path) -> None:
+    """A real shared library without the external-delegate entry points (Python's own `_ctypes`): the CPU runs
+    the model, and `check` says why in one line — not that no runtime could load the model."""
+    import _ctypes
+
+    cfg = write_config(tmp_path / "c.toml", bundle=DIGITS_INT8, source=tmp_path / "in", state=tmp_path / "s",
+                       port=free_port())
+    cfg.write_text(cfg.read_text().replace("threads = 1\n", f'threads = 1\ndelegate = "{_ctypes.__file__}"\n'))
+    proc = run_cli("check", "--config", str(cfg))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("accel") and "MISSING" in ln)
+    assert (f"delegate library {_ctypes.__file__} cannot be loaded: it is not a TFLite external delegate "
+            "(no tflite_plugin_create_delegate in it)") in line, line
+    assert "no TFLite runtime" not in line and "the CPU (xnnpack) runs the model" in line
+
+
 def events(sink: MemorySink) -> list[dict]:
     return [json.loads(p) for p in sink.of_kind("events")]
 
