@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edge_infer.delegates import NAMES as DELEGATES
 from edge_infer.options import EXAMPLES, build, fields_of, quantity
 from edge_infer.sections import (
     CommandsConfig,
@@ -184,21 +185,30 @@ def _check_delegate(path: Path, model: dict[str, Any], watchdog_sec: int) -> Non
                           "the CPU takes over from a locked-up accelerator")
 
 
-def _delegate_path(doc: dict[str, Any]) -> dict[str, Any]:
+def _delegate_path(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     """`[model] delegate = "/path/to/libdelegate.so"`: shorthand for `delegate = "external"` with that `library`,
-    `[model.delegate_options]` then being the library's own options (strings)."""
+    `[model.delegate_options]` then being the library's own options (strings). A library path with a `/` in it is
+    relative to the config file, like every path here; a bare file name is the dynamic loader's to find."""
     model = doc.get("model")
     name = model.get("delegate") if isinstance(model, dict) else None
-    if not isinstance(name, str) or not ("/" in name or name.endswith(".so")):
+    if not isinstance(name, str):
         return doc
     options = model.get("delegate_options", {})
-    options = {"library": name, "options": options} if isinstance(options, dict) else options
-    return {**doc, "model": {**model, "delegate": "external", "delegate_options": options}}
+    if "/" in name or name.endswith(".so"):
+        model = {**model, "delegate": "external"}
+        options = {"library": name, "options": options} if isinstance(options, dict) else options
+    elif name not in DELEGATES:
+        raise ConfigError(f"{path}: [model].delegate: expected one of {', '.join(map(repr, DELEGATES))} or the path "
+                          f"to a TFLite delegate library (.so), got {name!r}")
+    library = options.get("library") if isinstance(options, dict) else None
+    if isinstance(library, str) and "/" in library and not Path(library).expanduser().is_absolute():
+        options = {**options, "library": str((path.parent / Path(library).expanduser()).resolve())}
+    return {**doc, "model": {**model, "delegate_options": options}}
 
 
 def parse_config(doc: dict[str, Any], path: Path) -> Config:
     """Validate a decoded TOML document, fill defaults and resolve paths."""
-    doc = _delegate_path(doc)
+    doc = _delegate_path(doc, path)
     for section in doc:
         if section not in SECTIONS:
             raise _unknown(path, f"[{section}]", section, list(SECTIONS))

@@ -57,7 +57,8 @@ def config_with(tmp_path: Path, model_extra: str) -> Path:
 
 
 @pytest.mark.parametrize(("extra", "problem"), [
-    ('delegate = "npu"', r"\[model\]\.delegate: expected one of 'xnnpack', 'builtin'"),
+    ('delegate = "npu"', r"\[model\]\.delegate: expected one of 'xnnpack', 'builtin'.* or the path to a TFLite "
+                         r"delegate library \(\.so\), got 'npu'"),
     ('delegate = "external"', r"\[model.delegate_options\]\.library: the delegate library's path is required"),
     ('delegate = "edgetpu"\ndelegate_options = { device = "gpu" }',
      r"\[model.delegate_options\]\.device: expected \"usb\""),
@@ -66,6 +67,19 @@ def config_with(tmp_path: Path, model_extra: str) -> Path:
 def test_delegate_config_errors_are_one_line(tmp_path: Path, extra: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         load_config(config_with(tmp_path, extra))
+
+
+def test_a_delegate_library_path_is_relative_to_the_config_file_and_a_bare_name_is_the_loaders(
+        tmp_path: Path) -> None:
+    """Like every path in the config: `./lib/x.so` is next to the config file, wherever the service starts."""
+    def library(extra: str) -> str:
+        return load_config(config_with(tmp_path, extra)).model.delegate_options["library"]
+
+    assert library('delegate = "./lib/libnpu.so"') == str(tmp_path / "lib" / "libnpu.so")
+    assert library('delegate = "external"\ndelegate_options = { library = "../libnpu.so" }') == \
+        str(tmp_path.parent / "libnpu.so")
+    assert library('delegate = "/opt/npu/libnpu.so"') == "/opt/npu/libnpu.so"
+    assert library('delegate = "external"\ndelegate_options = { library = "libnpu.so" }') == "libnpu.so"
 
 
 def test_check_names_the_delegate_and_refuses_one_that_cannot_load(tmp_path: Path) -> None:
