@@ -201,8 +201,9 @@ def _delegate_path(doc: dict[str, Any], path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: [model].delegate: expected one of {', '.join(map(repr, DELEGATES))} or the path "
                           f"to a TFLite delegate library (.so), got {name!r}")
     library = options.get("library") if isinstance(options, dict) else None
-    if isinstance(library, str) and "/" in library and not Path(library).expanduser().is_absolute():
-        options = {**options, "library": str((path.parent / Path(library).expanduser()).resolve())}
+    if isinstance(library, str) and "/" in library:
+        where = Path(library).expanduser()
+        options = {**options, "library": str(where if where.is_absolute() else (path.parent / where).resolve())}
     return {**doc, "model": {**model, "delegate_options": options}}
 
 

@@ -79,6 +79,7 @@ def test_a_delegate_library_path_is_relative_to_the_config_file_and_a_bare_name_
     assert library('delegate = "external"\ndelegate_options = { library = "../libnpu.so" }') == \
         str(tmp_path.parent / "libnpu.so")
     assert library('delegate = "/opt/npu/libnpu.so"') == "/opt/npu/libnpu.so"
+    assert library('delegate = "~/npu/libnpu.so"') == str(Path.home() / "npu" / "libnpu.so")  # dlopen expands no ~
     assert library('delegate = "external"\ndelegate_options = { library = "libnpu.so" }') == "libnpu.so"
 
 
