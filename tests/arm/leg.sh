@@ -46,7 +46,9 @@ clear_dir() {  # clear_dir DIR: remove a root filesystem — first whatever a ki
 [ "$(uname -m)" = x86_64 ] || skip "the emulated legs run on an x86_64 machine (on a Pi, the device legs are native)"
 [ "$(id -u)" -eq 0 ] || skip "needs root (debootstrap, chroot, binfmt_misc)"
 if [ ! -e "$BINFMT/register" ]; then
-  mount -t binfmt_misc binfmt_misc "$BINFMT" 2>/dev/null || skip "binfmt_misc is not available on this kernel"
+  # the other leg may be mounting it at this very moment (both start together): then it is there afterwards
+  mount -t binfmt_misc binfmt_misc "$BINFMT" 2>/dev/null || [ -e "$BINFMT/register" ] ||
+    skip "binfmt_misc is not available on this kernel"
 fi
 [ -w "$BINFMT/register" ] || skip "binfmt_misc cannot be written here (a container without CAP_SYS_ADMIN?)"
 mkdir -p "$CACHE" "$WORK"
