@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edge_infer.delegates import NAMES as DELEGATES
 from edge_infer.options import EXAMPLES, build, fields_of, quantity
 from edge_infer.sections import (
     CommandsConfig,
@@ -197,9 +196,6 @@ def _delegate_path(doc: dict[str, Any], path: Path) -> dict[str, Any]:
     if "/" in name or name.endswith(".so"):
         model = {**model, "delegate": "external"}
         options = {"library": name, "options": options} if isinstance(options, dict) else options
-    elif name not in DELEGATES:
-        raise ConfigError(f"{path}: [model].delegate: expected one of {', '.join(map(repr, DELEGATES))} or the path "
-                          f"to a TFLite delegate library (.so), got {name!r}")
     library = options.get("library") if isinstance(options, dict) else None
     if isinstance(library, str) and "/" in library:
         where = Path(library).expanduser()

@@ -97,7 +97,8 @@ class ModelConfig:
     bundle: str = opt(required=True, is_path=True)
     threads: int = opt(1, check=_between(1, 64))
     runtime: str = opt("auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"))
-    delegate: str = opt(DEFAULT_DELEGATE, choices=DELEGATES)
+    delegate: str = opt(DEFAULT_DELEGATE, check=lambda v: None if v in DELEGATES else (  # a path: see config.py
+        f"expected one of {', '.join(map(repr, DELEGATES))} or the path to a TFLite delegate library (.so), got {v!r}"))
     delegate_options: Mapping[str, Any] = opt({})
     # an accelerator delegate that cannot load or take the model: run on the CPU and retry it with back-off
     delegate_fallback: bool = opt(True)
